@@ -1,0 +1,194 @@
+"""The `sparge` torch.library custom ops: fake (meta) implementations, autograd, device dispatch.
+
+Ops take plain tensors and scalars (no BlockMask) so torch.compile can trace them; the public wrappers in
+`api.py` validate arguments and pack/unpack `BlockMask`. Outputs are contiguous in the caller's layout.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .backend import backend_for
+from .validation import num_blocks, to_hnd
+
+
+def _from_hnd(x: Tensor, layout: str) -> Tensor:
+    return x.transpose(1, 2).contiguous() if layout == "NHD" else x.contiguous()
+
+
+def _dims(q: Tensor, k: Tensor, layout: str) -> tuple[int, int, int, int]:
+    qh, kh = to_hnd(q, layout), to_hnd(k, layout)
+    return qh.shape[0], qh.shape[1], qh.shape[2], kh.shape[2]
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------- mask prediction
+@torch.library.custom_op("sparge::predict_block_mask", mutates_args=())
+def predict_block_mask_op(
+    q: Tensor, k: Tensor, topk: float, topp: float, block_q: int, block_k: int, scale: float, layout: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    backend = backend_for(q.device)
+    return backend.predict(to_hnd(q, layout), to_hnd(k, layout), topk, topp, block_q, block_k, scale)
+
+
+@predict_block_mask_op.register_fake
+def _predict_fake(q, k, topk, topp, block_q, block_k, scale, layout):
+    b, h, lq, lk = _dims(q, k, layout)
+    nq, nk = num_blocks(lq, block_q), num_blocks(lk, block_k)
+    i32 = dict(dtype=torch.int32, device=q.device)
+    return (
+        q.new_empty((b, h, nq), **i32),
+        q.new_empty((b, h, nq, nk), **i32),
+        q.new_empty((b, h, nk), **i32),
+        q.new_empty((b, h, nk, nq), **i32),
+    )
+
+
+# ------------------------------------------------------------------------------------ attention, backward
+@torch.library.custom_op("sparge::block_sparse_attention_backward", mutates_args=())
+def block_sparse_attention_backward_op(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    dlse: Optional[Tensor],
+    kv_count: Tensor,
+    kv_index: Tensor,
+    q_count: Tensor,
+    q_index: Tensor,
+    block_q: int,
+    block_k: int,
+    scale: float,
+    layout: str,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    backend = backend_for(q.device)
+    hnd = [to_hnd(t, layout) for t in (dout, q, k, v, out)]
+    dq, dk, dv = backend.backward(
+        *hnd, lse, dlse, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, deterministic
+    )
+    return _from_hnd(dq, layout), _from_hnd(dk, layout), _from_hnd(dv, layout)
+
+
+@block_sparse_attention_backward_op.register_fake
+def _(dout, q, k, v, out, lse, dlse, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, layout,
+      deterministic):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(
+        k, memory_format=torch.contiguous_format
+    ), torch.empty_like(v, memory_format=torch.contiguous_format)
+
+
+def _attention_forward(q, k, v, kv_count, kv_index, block_q, block_k, scale, layout):
+    backend = backend_for(q.device)
+    out, lse = backend.forward(
+        to_hnd(q, layout), to_hnd(k, layout), to_hnd(v, layout), kv_count, kv_index, block_q, block_k, scale
+    )
+    return _from_hnd(out, layout), lse
+
+
+def _attention_fake(q, layout):
+    b, h, lq = to_hnd(q, layout).shape[:3]
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    return out, q.new_empty((b, h, lq), dtype=_lse_dtype(q.dtype))
+
+
+def _attention_backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, kv_count, kv_index, q_count, q_index = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv = block_sparse_attention_backward_op(
+        grad_out, q, k, v, out, lse, grad_lse, kv_count, kv_index, q_count, q_index,
+        ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic,
+    )
+    return dq, dk, dv
+
+
+# ------------------------------------------------------------------------------------- attention, forward
+@torch.library.custom_op("sparge::block_sparse_attention", mutates_args=())
+def block_sparse_attention_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kv_count: Tensor,
+    kv_index: Tensor,
+    q_count: Tensor,
+    q_index: Tensor,
+    block_q: int,
+    block_k: int,
+    scale: float,
+    layout: str,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor]:
+    return _attention_forward(q, k, v, kv_count, kv_index, block_q, block_k, scale, layout)
+
+
+@block_sparse_attention_op.register_fake
+def _(q, k, v, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, layout, deterministic):
+    return _attention_fake(q, layout)
+
+
+def _setup_block_sparse(ctx, inputs, output):
+    q, k, v, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, layout, deterministic = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, kv_count, kv_index, q_count, q_index)
+    ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic = block_q, block_k, scale, layout, deterministic
+
+
+def _backward_block_sparse(ctx, grad_out, grad_lse):
+    dq, dk, dv = _attention_backward(ctx, grad_out, grad_lse)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+block_sparse_attention_op.register_autograd(_backward_block_sparse, setup_context=_setup_block_sparse)
+
+
+# ------------------------------------------------------------------------------- predict, then attend
+@torch.library.custom_op("sparge::sparge_attention", mutates_args=())
+def sparge_attention_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    topk: float,
+    topp: float,
+    block_q: int,
+    block_k: int,
+    scale: float,
+    layout: str,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    backend = backend_for(q.device)
+    kv_count, kv_index, q_count, q_index = backend.predict(
+        to_hnd(q, layout), to_hnd(k, layout), topk, topp, block_q, block_k, scale
+    )
+    out, lse = _attention_forward(q, k, v, kv_count, kv_index, block_q, block_k, scale, layout)
+    return out, lse, kv_count, kv_index, q_count, q_index
+
+
+@sparge_attention_op.register_fake
+def _(q, k, v, topk, topp, block_q, block_k, scale, layout, deterministic):
+    out, lse = _attention_fake(q, layout)
+    return (out, lse) + tuple(_predict_fake(q, k, topk, topp, block_q, block_k, scale, layout))
+
+
+def _setup_sparge(ctx, inputs, output):
+    q, k, v, topk, topp, block_q, block_k, scale, layout, deterministic = inputs
+    out, lse, kv_count, kv_index, q_count, q_index = output
+    ctx.save_for_backward(q, k, v, out, lse, kv_count, kv_index, q_count, q_index)
+    ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic = block_q, block_k, scale, layout, deterministic
+
+
+def _backward_sparge(ctx, grad_out, grad_lse, *grad_mask):
+    # The selection is piecewise constant: no gradient flows into it, only through the kept blocks.
+    dq, dk, dv = _attention_backward(ctx, grad_out, grad_lse)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+sparge_attention_op.register_autograd(_backward_sparge, setup_context=_setup_sparge)
