@@ -1,17 +1,76 @@
 """Loads the compiled extension `sparge_kernels._C` and registers its kernels as the CUDA backend.
 
-The extension does not link libtorch: torch glue (allocation, streams, layout strides) lives here.
+The extension does not link libtorch: the torch glue (allocation, strides, the current stream) is Python,
+one module per kernel family, each providing the `Backend` entry point of the same name:
+  cuda_forward.py  -> forward(q, k, v, kv_count, kv_index, block_q, block_k, scale)
+  cuda_mask.py     -> predict(q, k, topk, topp, block_q, block_k, scale)      (else: the PyTorch reference, on GPU)
+  cuda_backward.py -> backward(dout, q, k, v, out, lse, dlse, ...)            (else: a clear error)
 """
 
 from __future__ import annotations
 
-from .backend import register_cuda_backend
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+
+from .backend import Backend, _reference_predict, register_cuda_backend
 
 try:
     from . import _C  # type: ignore[attr-defined]
 except ImportError as exc:  # built without nvcc, or not built at all
     _C = None
-    register_cuda_backend(None, f"the compiled extension sparge_kernels._C is missing ({exc})")
+    _C_ERROR = f"the compiled extension sparge_kernels._C is missing ({exc})"
+else:
+    _C_ERROR = None
+
+
+def _glue_module(name: str) -> ModuleType | None:
+    """Import `sparge_kernels.<name>` if that file exists; errors inside an existing module propagate."""
+    qualified = f"{__package__}.{name}"
+    try:
+        return importlib.import_module(qualified)
+    except ModuleNotFoundError as exc:
+        if exc.name == qualified:
+            return None
+        raise
+
+
+def _entry(module: ModuleType | None, *names: str) -> Callable | None:
+    if module is None:
+        return None
+    for name in names:
+        fn = getattr(module, name, None)
+        if fn is not None:
+            return fn
+    return None
+
+
+def _missing(what: str) -> Callable:
+    def fail(*args, **kwargs):
+        raise RuntimeError(
+            f"CUDA {what} kernel not built: this sparge-kernels wheel has no CUDA {what}. "
+            "Set SPARGE_BACKEND=reference to run the (slow) PyTorch reference on the GPU."
+        )
+
+    return fail
+
+
+def _build_backend() -> Backend:
+    forward = _entry(_glue_module("cuda_forward"), "forward")
+    predict = _entry(_glue_module("cuda_mask"), "predict", "predict_block_mask")
+    backward = _entry(_glue_module("cuda_backward"), "backward", "attention_backward")
+    return Backend(
+        "cuda",
+        predict=predict or _reference_predict,
+        forward=forward or _missing("forward"),
+        backward=backward or _missing("backward"),
+    )
+
+
+if _C is None:
+    register_cuda_backend(None, _C_ERROR)
+else:
+    register_cuda_backend(_build_backend())
 
 
 def cuda_available() -> bool:

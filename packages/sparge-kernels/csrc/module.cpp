@@ -1,0 +1,15 @@
+// sparge_kernels._C: the CUDA kernels of sparge-kernels. No libtorch: tensors arrive as device pointers,
+// shapes and element strides; the caller's CUDA stream arrives as an integer (torch's cuda_stream).
+#include <nanobind/nanobind.h>
+
+#include "bindings.h"
+
+namespace nb = nanobind;
+
+NB_MODULE(_C, m) {
+  m.doc() = "sparge-kernels CUDA kernels (block-sparse attention, mask prediction)";
+  // What this wheel was compiled for, so the Python glue can give clear errors for the rest.
+  m.attr("build_archs") = SPARGE_BUILD_ARCHS;
+  m.attr("build_head_dims") = SPARGE_BUILD_HEAD_DIMS;
+  m.attr("build_dtypes") = SPARGE_BUILD_DTYPES;
+}
