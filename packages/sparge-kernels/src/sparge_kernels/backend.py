@@ -8,8 +8,8 @@ opts in to the (slow) reference on CUDA explicitly, e.g. to debug a kernel again
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -26,7 +26,7 @@ def indices_from_dense(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     order = torch.sort(sort_key, dim=-1).values
     count = dense.sum(dim=-1, dtype=torch.int32)
     index = torch.where(order < n, order, torch.full_like(order, -1))
-    return count, index.to(torch.int32)
+    return count.contiguous(), index.to(torch.int32).contiguous()
 
 
 def _dense_from_indices(count: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:

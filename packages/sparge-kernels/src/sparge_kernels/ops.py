@@ -6,8 +6,6 @@ Ops take plain tensors and scalars (no BlockMask) so torch.compile can trace the
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -59,7 +57,7 @@ def block_sparse_attention_backward_op(
     v: Tensor,
     out: Tensor,
     lse: Tensor,
-    dlse: Optional[Tensor],
+    dlse: Tensor | None,
     kv_count: Tensor,
     kv_index: Tensor,
     q_count: Tensor,

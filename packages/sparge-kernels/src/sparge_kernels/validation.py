@@ -118,8 +118,9 @@ def check_mask_fits(mask: object, b: int, h: int, lq: int, lk: int, device: torc
     expected = (b, h, num_blocks(lq, mask.block_q), num_blocks(lk, mask.block_k))
     if tuple(mask.kv_index.shape) != expected:
         raise ValueError(f"mask has shape {tuple(mask.kv_index.shape)} but q, k need (B, H, Nq, Nk) = {expected}")
-    if tuple(mask.q_index.shape) != (b, h, expected[3], expected[2]):
-        raise ValueError(f"mask.q_index has shape {tuple(mask.q_index.shape)}, expected {(b, h, expected[3], expected[2])}")
+    transposed = (b, h, expected[3], expected[2])
+    if tuple(mask.q_index.shape) != transposed:
+        raise ValueError(f"mask.q_index has shape {tuple(mask.q_index.shape)}, expected {transposed}")
     for name in ("kv_count", "kv_index", "q_count", "q_index"):
         t = getattr(mask, name)
         if t.dtype != torch.int32:
