@@ -1,0 +1,149 @@
+// Launchers of the three mask-prediction kernels: argument checks (std::invalid_argument -> ValueError),
+// load-width and tile-size dispatch, shared-memory opt-in, launch checks.
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "common/cuda_check.h"
+#include "mask/mask_launch.h"
+#include "mask/pool_blocks.cuh"
+#include "mask/select_blocks.cuh"
+#include "mask/transpose_mask.cuh"
+
+namespace sparge::mask {
+namespace {
+
+cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+int max_dynamic_smem() {
+  int device = 0, bytes = 0;
+  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
+  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return bytes;
+}
+
+// Widest load (in elements) that every row start of Q and K allows: aligned pointer, strides and D multiples.
+int vector_width(const PoolParams& p, int elem_bytes) {
+  for (int bytes = 16; bytes >= elem_bytes; bytes /= 2) {
+    const int vec = bytes / elem_bytes;
+    auto fits = [&](const StridedTokens& t) {
+      return reinterpret_cast<std::uintptr_t>(t.ptr) % bytes == 0 && t.stride_b % vec == 0 &&
+             t.stride_h % vec == 0 && t.stride_l % vec == 0;
+    };
+    if (p.head_dim % vec == 0 && fits(p.q) && fits(p.k)) return vec;
+  }
+  return 1;
+}
+
+template <typename Elem, int kVec>
+void launch_pool_typed(const PoolParams& p, dim3 grid, cudaStream_t stream) {
+  pool_blocks_kernel<Elem, kVec><<<grid, kPoolThreads, 0, stream>>>(p);
+}
+
+template <typename Elem>
+void dispatch_pool_width(const PoolParams& p, int vec, dim3 grid, cudaStream_t stream) {
+  constexpr int kMaxVec = int(16 / sizeof(typename Elem::Storage));
+  if (vec >= kMaxVec) return launch_pool_typed<Elem, kMaxVec>(p, grid, stream);
+  if constexpr (kMaxVec > 4) {
+    if (vec >= 4) return launch_pool_typed<Elem, 4>(p, grid, stream);
+  }
+  if (vec >= 2) return launch_pool_typed<Elem, 2>(p, grid, stream);
+  return launch_pool_typed<Elem, 1>(p, grid, stream);
+}
+
+template <int kRows>
+void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
+  const size_t smem = select_smem_bytes<kRows>(p.head_dim, p.num_k_blocks);
+  if (smem > 48 * 1024) {
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks_kernel<kRows>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           int(smem)));
+  }
+  const dim3 grid((p.num_q_blocks + kRows - 1) / kRows, p.heads, p.batch);
+  select_blocks_kernel<kRows><<<grid, kSelectThreads, smem, stream>>>(p);
+}
+
+void check_grid_yz(int heads, int batch) {
+  SPARGE_REQUIRE(heads <= 65535, "mask prediction: at most 65535 heads");
+  SPARGE_REQUIRE(batch <= 65535, "mask prediction: batch at most 65535");
+}
+
+}  // namespace
+
+void launch_pool_blocks(const PoolParams& p, InputDtype dtype, std::uintptr_t stream) {
+  SPARGE_REQUIRE(p.batch > 0 && p.heads > 0, "mask pooling: empty batch or heads");
+  SPARGE_REQUIRE(p.head_dim > 0 && p.head_dim <= kMaxHeadDim,
+                 "mask pooling: head dim must be in [1, " + std::to_string(kMaxHeadDim) + "]");
+  for (const StridedTokens* t : {&p.q, &p.k}) {
+    SPARGE_REQUIRE(t->ptr != nullptr && t->length > 0 && t->block > 0, "mask pooling: empty input or block size");
+    SPARGE_REQUIRE(t->num_blocks == (t->length + t->block - 1) / t->block, "mask pooling: num_blocks mismatch");
+  }
+  SPARGE_REQUIRE(p.k_ld >= p.k.num_blocks, "mask pooling: k_ld < Nk");
+  const int64_t tasks = int64_t(p.batch) * p.heads * (int64_t(p.q.num_blocks) + p.k.num_blocks);
+  SPARGE_REQUIRE(tasks <= 0x7fffffff, "mask pooling: too many blocks for one launch");
+  const dim3 grid(static_cast<unsigned>(tasks));
+  const cudaStream_t s = as_stream(stream);
+  switch (dtype) {
+    case InputDtype::kBFloat16:
+      dispatch_pool_width<Bf16Elem>(p, vector_width(p, 2), grid, s);
+      break;
+    case InputDtype::kFloat16:
+      dispatch_pool_width<Fp16Elem>(p, vector_width(p, 2), grid, s);
+      break;
+    case InputDtype::kFloat32:
+      dispatch_pool_width<Fp32Elem>(p, vector_width(p, 4), grid, s);
+      break;
+    default:
+      throw std::invalid_argument("mask pooling: dtype must be float16, bfloat16 or float32");
+  }
+  SPARGE_CHECK_LAUNCH("pool_blocks_kernel");
+}
+
+void launch_select_blocks(const SelectParams& p, int rows_per_cta, std::uintptr_t stream) {
+  SPARGE_REQUIRE(p.head_dim > 0 && p.head_dim <= kMaxHeadDim,
+                 "mask selection: head dim must be in [1, " + std::to_string(kMaxHeadDim) + "]");
+  SPARGE_REQUIRE(p.num_q_blocks > 0 && p.num_k_blocks > 0, "mask selection: empty block grid");
+  SPARGE_REQUIRE(p.topk_count >= 0 && p.topk_count <= p.num_k_blocks, "mask selection: topk_count not in [0, Nk]");
+  SPARGE_REQUIRE(p.topk_count > 0 || p.topp > 0.f, "mask selection: topk_count and topp both disable selection");
+  SPARGE_REQUIRE(p.bits_ld == (p.num_k_blocks + 31) / 32, "mask selection: bits_ld must be ceil(Nk / 32)");
+  SPARGE_REQUIRE(p.k_ld >= p.num_k_blocks, "mask selection: k_ld < Nk");
+  check_grid_yz(p.heads, p.batch);
+  const size_t limit = size_t(max_dynamic_smem());
+  if (rows_per_cta == 0) {
+    rows_per_cta = select_smem_bytes<16>(p.head_dim, p.num_k_blocks) <= limit  ? 16
+                   : select_smem_bytes<8>(p.head_dim, p.num_k_blocks) <= limit ? 8
+                                                                               : 4;
+  }
+  SPARGE_REQUIRE(rows_per_cta == 4 || rows_per_cta == 8 || rows_per_cta == 16,
+                 "mask selection: rows_per_cta must be 0, 4, 8 or 16");
+  const size_t smem = rows_per_cta == 16 ? select_smem_bytes<16>(p.head_dim, p.num_k_blocks)
+                      : rows_per_cta == 8 ? select_smem_bytes<8>(p.head_dim, p.num_k_blocks)
+                                          : select_smem_bytes<4>(p.head_dim, p.num_k_blocks);
+  SPARGE_REQUIRE(smem <= limit, "mask selection: " + std::to_string(p.num_k_blocks) +
+                                    " key blocks need more shared memory than the GPU has (use larger block_k)");
+  const cudaStream_t s = as_stream(stream);
+  if (rows_per_cta == 16) {
+    launch_select_rows<16>(p, s);
+  } else if (rows_per_cta == 8) {
+    launch_select_rows<8>(p, s);
+  } else {
+    launch_select_rows<4>(p, s);
+  }
+  SPARGE_CHECK_LAUNCH("select_blocks_kernel");
+}
+
+void launch_transpose_mask(const TransposeParams& p, std::uintptr_t stream) {
+  SPARGE_REQUIRE(p.num_q_blocks > 0 && p.num_k_blocks > 0, "mask transpose: empty block grid");
+  SPARGE_REQUIRE(p.bits_ld == (p.num_k_blocks + 31) / 32, "mask transpose: bits_ld must be ceil(Nk / 32)");
+  check_grid_yz(p.heads, p.batch);
+  const size_t smem = sizeof(uint32_t) * size_t(p.num_q_blocks);
+  if (smem > 48 * 1024) {
+    SPARGE_REQUIRE(smem <= size_t(max_dynamic_smem()), "mask transpose: too many query blocks for shared memory");
+    SPARGE_CUDA_CHECK(
+        cudaFuncSetAttribute(transpose_mask_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  }
+  const dim3 grid(p.bits_ld, p.heads, p.batch);
+  transpose_mask_kernel<<<grid, kTransposeThreads, smem, as_stream(stream)>>>(p);
+  SPARGE_CHECK_LAUNCH("transpose_mask_kernel");
+}
+
+}  // namespace sparge::mask

@@ -1,0 +1,24 @@
+// Host entry points of the mask-prediction kernels (mask_launch.cu). Streams cross as integers so that this
+// header needs no CUDA types (bind.cpp is compiled by the host compiler).
+#pragma once
+
+#include <cstdint>
+
+#include "mask/mask_params.h"
+
+namespace sparge::mask {
+
+// Largest head dim the kernels take (pooled query rows of a CTA live in shared memory).
+constexpr int kMaxHeadDim = 256;
+
+// Kernel 1: block means of Q and K. Picks 16-byte loads when pointers, strides and D allow, else narrower.
+void launch_pool_blocks(const PoolParams& params, InputDtype dtype, std::uintptr_t stream);
+
+// Kernel 2: scores, softmax, Top-k ∪ Top-p; rows_per_cta 0 picks the default (16 query blocks per CTA, fewer
+// when Nk is too large for shared memory), else one of 4, 8, 16.
+void launch_select_blocks(const SelectParams& params, int rows_per_cta, std::uintptr_t stream);
+
+// Kernel 3: q_count / q_index from the row bitmask.
+void launch_transpose_mask(const TransposeParams& params, std::uintptr_t stream);
+
+}  // namespace sparge::mask

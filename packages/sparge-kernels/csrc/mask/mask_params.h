@@ -1,0 +1,54 @@
+// Parameters of the three mask-prediction kernels. Plain structs of pointers, sizes and element strides: the
+// extension does not link libtorch, the Python glue (cuda_mask.py) fills them from torch tensors.
+#pragma once
+
+#include <cstdint>
+
+namespace sparge::mask {
+
+// Element type of Q and K as the Python glue encodes it.
+enum class InputDtype : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
+
+// One (B, H, L, D) input seen through element strides; the D axis must have stride 1.
+struct StridedTokens {
+  const void* ptr;
+  int64_t stride_b, stride_h, stride_l;
+  int length;      // L: tokens
+  int block;       // tokens per block
+  int num_blocks;  // ceil(L / block)
+};
+
+// Kernel 1: block means of Q and K (fp32 accumulation) in one launch.
+struct PoolParams {
+  StridedTokens q, k;
+  int batch, heads, head_dim;
+  float* q_pooled;    // (B, H, Nq, D) row-major
+  float* k_pooled_t;  // (B, H, D, k_ld): transposed so that the score loop reads key blocks coalesced
+  int k_ld;           // >= Nk
+};
+
+// Kernel 2: scores, softmax and the hybrid Top-k ∪ Top-p selection per query block, writing kv_* directly.
+struct SelectParams {
+  const float* q_pooled;
+  const float* k_pooled_t;
+  int k_ld;
+  int batch, heads, head_dim, num_q_blocks, num_k_blocks;
+  float scale;
+  int topk_count;  // Top-k size: validation.topk_count(topk, Nk); 0 disables Top-k
+  float topp;      // Top-p mass; <= 0 disables Top-p
+  int32_t* kv_count;   // (B, H, Nq)
+  int32_t* kv_index;   // (B, H, Nq, Nk)
+  uint32_t* row_bits;  // (B, H, Nq, bits_ld): bit j%32 of word j/32 set iff key block j is kept
+  int bits_ld;         // ceil(Nk / 32)
+};
+
+// Kernel 3: q_count / q_index, the transpose of the selection, from the row bitmask.
+struct TransposeParams {
+  const uint32_t* row_bits;
+  int bits_ld;
+  int batch, heads, num_q_blocks, num_k_blocks;
+  int32_t* q_count;  // (B, H, Nk)
+  int32_t* q_index;  // (B, H, Nk, Nq)
+};
+
+}  // namespace sparge::mask

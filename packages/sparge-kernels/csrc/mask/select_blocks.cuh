@@ -1,0 +1,114 @@
+// Kernel 2 of mask prediction: for kRows query blocks of one (b, h), the scaled scores against all Nk pooled
+// key blocks (fp32 FMA, into shared memory), then per row (one warp each) the softmax and the hybrid
+// Top-k ∪ Top-p selection (select_row.cuh), written straight to kv_count / kv_index and a row bitmask that the
+// transpose kernel turns into q_count / q_index.
+#pragma once
+
+#include <cstdint>
+
+#include "mask/mask_params.h"
+#include "mask/select_row.cuh"
+
+namespace sparge::mask {
+
+constexpr int kSelectThreads = 256;
+constexpr int kSelectWarps = kSelectThreads / 32;
+constexpr int kWarpKeys = 64;  // key blocks per warp tile: 2 per lane
+constexpr int kDChunk = 8;     // head-dim steps per register prefetch
+
+__host__ __device__ constexpr int padded_head_dim(int head_dim) { return (head_dim + kDChunk - 1) / kDChunk * kDChunk; }
+
+template <int kRows>
+constexpr size_t select_smem_bytes(int head_dim, int num_k_blocks) {
+  return sizeof(float) * (size_t(padded_head_dim(head_dim)) * kRows + size_t(kRows) * num_k_blocks);
+}
+
+// Grid: (ceil(Nq / kRows), H, B). Shared memory: pooled queries transposed [D][kRows], scores [kRows][Nk].
+template <int kRows>
+__global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
+  static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");
+  extern __shared__ float4 smem_f4[];
+  float* q_t = reinterpret_cast<float*>(smem_f4);
+  const int head_dim = p.head_dim;
+  const int dp = padded_head_dim(head_dim);
+  const int nq = p.num_q_blocks, nk = p.num_k_blocks;
+  float* scores = q_t + dp * kRows;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int q0 = blockIdx.x * kRows;
+  const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
+
+  // Pooled queries, transposed so one float4 broadcast gives 4 rows at one d; zero rows/columns pad.
+  const float* q_src = p.q_pooled + bh * nq * head_dim;
+  for (int idx = tid; idx < kRows * dp; idx += kSelectThreads) {
+    const int r = idx / dp, d = idx - r * dp;
+    q_t[d * kRows + r] = (q0 + r < nq && d < head_dim) ? q_src[int64_t(q0 + r) * head_dim + d] : 0.f;
+  }
+  __syncthreads();
+
+  // Scores: each warp owns 64-key tiles; lane keys j and j + 32 read the transposed pooled K coalesced (L2).
+  const float* k_src = p.k_pooled_t + bh * head_dim * p.k_ld;
+  for (int tile = warp * kWarpKeys; tile < nk; tile += kSelectWarps * kWarpKeys) {
+    const int j0 = tile + lane, j1 = j0 + 32;
+    const bool has0 = j0 < nk, has1 = j1 < nk;
+    float acc0[kRows], acc1[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc0[r] = acc1[r] = 0.f;
+
+    float next0[kDChunk], next1[kDChunk];
+    auto load_keys = [&](int d0) {
+#pragma unroll
+      for (int u = 0; u < kDChunk; ++u) {
+        const int d = d0 + u;
+        const float* src = k_src + int64_t(d) * p.k_ld;
+        next0[u] = (has0 && d < head_dim) ? __ldg(src + j0) : 0.f;
+        next1[u] = (has1 && d < head_dim) ? __ldg(src + j1) : 0.f;
+      }
+    };
+    load_keys(0);
+    for (int d0 = 0; d0 < dp; d0 += kDChunk) {
+      float cur0[kDChunk], cur1[kDChunk];
+#pragma unroll
+      for (int u = 0; u < kDChunk; ++u) {
+        cur0[u] = next0[u];
+        cur1[u] = next1[u];
+      }
+      if (d0 + kDChunk < dp) load_keys(d0 + kDChunk);  // in flight while this chunk is multiplied
+#pragma unroll
+      for (int u = 0; u < kDChunk; ++u) {
+        const float4* qv = reinterpret_cast<const float4*>(q_t + (d0 + u) * kRows);
+#pragma unroll
+        for (int r4 = 0; r4 < kRows / 4; ++r4) {
+          const float4 q = qv[r4];
+          acc0[4 * r4 + 0] = fmaf(q.x, cur0[u], acc0[4 * r4 + 0]);
+          acc0[4 * r4 + 1] = fmaf(q.y, cur0[u], acc0[4 * r4 + 1]);
+          acc0[4 * r4 + 2] = fmaf(q.z, cur0[u], acc0[4 * r4 + 2]);
+          acc0[4 * r4 + 3] = fmaf(q.w, cur0[u], acc0[4 * r4 + 3]);
+          acc1[4 * r4 + 0] = fmaf(q.x, cur1[u], acc1[4 * r4 + 0]);
+          acc1[4 * r4 + 1] = fmaf(q.y, cur1[u], acc1[4 * r4 + 1]);
+          acc1[4 * r4 + 2] = fmaf(q.z, cur1[u], acc1[4 * r4 + 2]);
+          acc1[4 * r4 + 3] = fmaf(q.w, cur1[u], acc1[4 * r4 + 3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (has0) scores[r * nk + j0] = acc0[r] * p.scale;
+      if (has1) scores[r * nk + j1] = acc1[r] * p.scale;
+    }
+  }
+  __syncthreads();
+
+  // Selection: one warp per query block row.
+  for (int r = warp; r < kRows; r += kSelectWarps) {
+    const int i = q0 + r;
+    if (i >= nq) break;
+    float* row = scores + r * nk;
+    const RowCut cut = select_row(row, nk, p.topk_count, p.topp, lane);
+    const int64_t row_id = bh * nq + i;
+    write_row(reinterpret_cast<const uint32_t*>(row), nk, cut, lane, p.kv_index + row_id * nk, p.kv_count + row_id,
+              p.row_bits + row_id * p.bits_ld);
+  }
+}
+
+}  // namespace sparge::mask

@@ -1,0 +1,154 @@
+// Hybrid Top-k ∪ Top-p selection of one score row by one warp, without sorting.
+//
+// Both rules keep a prefix of the row sorted by (probability descending, index ascending), so their union is
+// the longer prefix, of length M = max(k, m_p) where m_p counts the entries whose exclusive cumulative mass is
+// below topp. The M-th entry's probability v is found by bisection over the IEEE bit patterns of the
+// probabilities (non-negative floats order like their bits) with the predicate
+//     P(u) = #{p >= u} >= k  and  mass{p >= u} >= topp,
+// whose largest true u is min(v_k, v_p) = v. The kept set is every entry above v plus the first `take` entries
+// equal to v in index order: exact float ties go to the lower index, as in the reference's stable sort.
+// Cumulative masses are fp32 sums (per lane in index order, then a butterfly), so the set can differ from the
+// reference only where a cumulative mass lies within fp32 rounding of topp, or on exact ties of the pooled
+// scores computed in a different summation order.
+#pragma once
+
+#include <cstdint>
+
+#include "mask/warp_utils.cuh"
+
+namespace sparge::mask {
+
+// The kept set of a row: {j : bits_j > threshold} ∪ {first `take` j with bits_j == threshold}.
+struct RowCut {
+  uint32_t threshold;
+  int take;
+};
+
+// row[0, n): the scaled logits of one row in shared memory; replaced in place by the bit patterns of the
+// softmax probabilities. Every lane touches only the entries j ≡ lane (mod 32), so no warp barrier is needed.
+__device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, float topp, int lane) {
+  uint32_t* bits = reinterpret_cast<uint32_t*>(row);
+
+  float row_max = -INFINITY;
+  for (int j = lane; j < n; j += 32) row_max = fmaxf(row_max, row[j]);
+  row_max = warp_max(row_max);
+  float denom = 0.f;
+  for (int j = lane; j < n; j += 32) {
+    const float e = __expf(row[j] - row_max);
+    row[j] = e;
+    denom += e;
+  }
+  denom = warp_sum(denom);
+  float total = 0.f;
+  uint32_t min_bits = 0xffffffffu, max_bits = 0u;
+  for (int j = lane; j < n; j += 32) {
+    const float prob = __fdiv_rn(row[j], denom);
+    const uint32_t b = __float_as_uint(prob);
+    bits[j] = b;
+    total += prob;
+    min_bits = min(min_bits, b);
+    max_bits = max(max_bits, b);
+  }
+  total = warp_sum(total);
+  min_bits = __reduce_min_sync(kFullWarp, min_bits);
+  max_bits = __reduce_max_sync(kFullWarp, max_bits);
+
+  const bool use_topp = topp > 0.f;
+  auto holds = [&](int count, float mass) { return count >= topk_count && (!use_topp || mass >= topp); };
+  // The whole row's mass can fall short of topp by rounding: then every entry is kept, as in the reference.
+  if (!holds(n, total)) return RowCut{0u, n};
+
+  // Invariant: P(lo) holds with count_lo entries >= lo; P(hi) fails with count_hi entries >= hi.
+  uint32_t lo = min_bits, hi = max_bits + 1u;
+  int count_lo = n, count_hi = 0;
+  while (hi - lo > 1u && count_lo - count_hi > 1) {
+    const uint32_t mid = lo + ((hi - lo) >> 1);
+    int count = 0;
+    float mass = 0.f;
+    for (int j = lane; j < n; j += 32) {
+      const uint32_t b = bits[j];
+      if (b >= mid) {
+        ++count;
+        mass += __uint_as_float(b);
+      }
+    }
+    count = int(__reduce_add_sync(kFullWarp, uint32_t(count)));
+    mass = warp_sum(mass);
+    if (holds(count, mass)) {
+      lo = mid;
+      count_lo = count;
+    } else {
+      hi = mid;
+      count_hi = count;
+    }
+  }
+  // [lo, hi) holds the cut value: either hi = lo + 1, or exactly one entry lies in [lo, hi), the largest below hi.
+  uint32_t cut = lo;
+  if (hi - lo > 1u) {
+    uint32_t below_hi = 0u;
+    for (int j = lane; j < n; j += 32) {
+      const uint32_t b = bits[j];
+      if (b < hi) below_hi = max(below_hi, b);
+    }
+    cut = __reduce_max_sync(kFullWarp, below_hi);
+  }
+
+  int above = 0, ties = 0;
+  float mass_above = 0.f;
+  for (int j = lane; j < n; j += 32) {
+    const uint32_t b = bits[j];
+    if (b > cut) {
+      ++above;
+      mass_above += __uint_as_float(b);
+    } else if (b == cut) {
+      ++ties;
+    }
+  }
+  above = int(__reduce_add_sync(kFullWarp, uint32_t(above)));
+  ties = int(__reduce_add_sync(kFullWarp, uint32_t(ties)));
+  mass_above = warp_sum(mass_above);
+
+  // Entries equal to the cut value, in index order: Top-k takes what it still lacks; Top-p takes each one
+  // while the mass before it is still short of topp (the crossing entry included).
+  const int take_k = topk_count > above ? min(topk_count - above, ties) : 0;
+  int take_p = 0;
+  if (use_topp) {
+    const float cut_prob = __uint_as_float(cut);
+    float before = mass_above;
+    while (take_p < ties && before < topp) {
+      before += cut_prob;
+      ++take_p;
+    }
+  }
+  return RowCut{cut, max(take_k, take_p)};
+}
+
+// Writes one row of kv_index (kept key blocks ascending, then -1), its kv_count and its bitmask words.
+__device__ __forceinline__ void write_row(const uint32_t* bits, int n, RowCut cut, int lane, int32_t* index_row,
+                                          int32_t* count_out, uint32_t* bits_row) {
+  const uint32_t below = lanes_below(lane);
+  const int words = (n + 31) / 32;
+  int kept = 0, ties_before = 0;
+  uint32_t held_word = 0u;  // lane w holds word (c & ~31) + w until the group of 32 words is stored
+  for (int c = 0; c < words; ++c) {
+    const int j = c * 32 + lane;
+    const bool valid = j < n;
+    const uint32_t b = valid ? bits[j] : 0u;
+    const bool tie = valid && b == cut.threshold;
+    const uint32_t tie_mask = __ballot_sync(kFullWarp, tie);
+    const bool keep = (valid && b > cut.threshold) || (tie && ties_before + __popc(tie_mask & below) < cut.take);
+    ties_before += __popc(tie_mask);
+    const uint32_t keep_mask = __ballot_sync(kFullWarp, keep);
+    if (keep) index_row[kept + __popc(keep_mask & below)] = j;
+    kept += __popc(keep_mask);
+    if ((c & 31) == lane) held_word = keep_mask;
+    if ((c & 31) == 31 || c == words - 1) {
+      const int w = (c & ~31) + lane;
+      if (w <= c) bits_row[w] = held_word;
+    }
+  }
+  for (int j = kept + lane; j < n; j += 32) index_row[j] = -1;
+  if (lane == 0) *count_out = kept;
+}
+
+}  // namespace sparge::mask

@@ -1,0 +1,189 @@
+"""Torch glue of the CUDA mask prediction (csrc/mask): the `predict` entry point of the CUDA backend.
+
+Three launches on the caller's current stream:
+  1. pool      one pass over Q and K: block means in fp32 (q_pooled (B,H,Nq,D), k_pooled_t (B,H,D,Nk))
+  2. select    per query block: scores · scale, softmax, hybrid Top-k ∪ Top-p -> kv_count, kv_index, row bitmask
+  3. transpose q_count, q_index from the row bitmask
+Selection rule (select_row.cuh): exactly the reference's, with fp32 cumulative masses; exact float ties of the
+probabilities go to the lower key-block index (the reference's stable sort). float64 inputs and head dims
+above 256 are outside the kernels and go to the PyTorch reference, with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .validation import num_blocks, topk_count
+
+__all__ = ["predict", "MaskWorkspace"]
+
+_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+MAX_HEAD_DIM = 256
+
+
+def _ext():
+    from . import _C  # type: ignore[attr-defined]
+
+    return _C
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+@dataclass
+class MaskWorkspace:
+    """Intermediates between the launches (fp32 pooled blocks, the row bitmask); exposed for tests/benchmarks."""
+
+    q_pooled: torch.Tensor  # (B, H, Nq, D) float32
+    k_pooled_t: torch.Tensor  # (B, H, D, k_ld) float32
+    row_bits: torch.Tensor  # (B, H, Nq, ceil(Nk / 32)) int32 (bit patterns)
+
+    @classmethod
+    def allocate(cls, b: int, h: int, nq: int, nk: int, d: int, device: torch.device) -> MaskWorkspace:
+        k_ld = -(-nk // 32) * 32
+        return cls(
+            torch.empty(b, h, nq, d, dtype=torch.float32, device=device),
+            torch.empty(b, h, d, k_ld, dtype=torch.float32, device=device),
+            torch.empty(b, h, nq, -(-nk // 32), dtype=torch.int32, device=device),
+        )
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device.type != "cuda":
+            raise ValueError(f"{name} must be a CUDA tensor for the CUDA mask kernels, got device {t.device}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be (B, H, L, D), got shape {tuple(t.shape)}")
+    if k.device != q.device:
+        raise ValueError(f"k is on {k.device} but q is on {q.device}")
+    if k.dtype != q.dtype:
+        raise TypeError(f"k has dtype {k.dtype} but q has {q.dtype}")
+    if k.shape[0] != q.shape[0] or k.shape[1] != q.shape[1] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"k {tuple(k.shape)} does not match q {tuple(q.shape)} in (B, H, D)")
+
+
+def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskWorkspace) -> None:
+    """Launch 1: block means of q and k (HND views, D stride 1) into ws.q_pooled / ws.k_pooled_t."""
+    b, h, lq, d = q.shape
+    lk = k.shape[2]
+    _ext().mask_pool_blocks(
+        q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), lq, block_q,
+        k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), lk, block_k,
+        b, h, d, _DTYPE_CODES[q.dtype], ws.q_pooled.data_ptr(), ws.k_pooled_t.data_ptr(), ws.k_pooled_t.shape[-1],
+        _stream(q.device),
+    )
+
+
+def select(
+    ws: MaskWorkspace, nk: int, scale: float, kk: int, topp: float, kv_count: torch.Tensor, kv_index: torch.Tensor,
+    rows_per_cta: int = 0,
+) -> None:
+    """Launch 2: scores, softmax and Top-k ∪ Top-p per query block into kv_count / kv_index / ws.row_bits."""
+    b, h, nq, d = ws.q_pooled.shape
+    _ext().mask_select_blocks(
+        ws.q_pooled.data_ptr(), ws.k_pooled_t.data_ptr(), ws.k_pooled_t.shape[-1], b, h, d, nq, nk, float(scale),
+        int(kk), float(topp), kv_count.data_ptr(), kv_index.data_ptr(), ws.row_bits.data_ptr(), ws.row_bits.shape[-1],
+        int(rows_per_cta), _stream(ws.q_pooled.device),
+    )
+
+
+def transpose(ws: MaskWorkspace, nk: int, q_count: torch.Tensor, q_index: torch.Tensor) -> None:
+    """Launch 3: q_count / q_index from ws.row_bits."""
+    b, h, nq, words = ws.row_bits.shape
+    _ext().mask_transpose(
+        ws.row_bits.data_ptr(), words, b, h, nq, nk, q_count.data_ptr(), q_index.data_ptr(),
+        _stream(ws.row_bits.device),
+    )
+
+
+def _keep_all(b: int, h: int, nq: int, nk: int, device: torch.device, out) -> tuple[torch.Tensor, ...]:
+    kv_count = torch.full((b, h, nq), nk, dtype=torch.int32, device=device)
+    kv_index = torch.arange(nk, dtype=torch.int32, device=device).expand(b, h, nq, nk)
+    q_count = torch.full((b, h, nk), nq, dtype=torch.int32, device=device)
+    q_index = torch.arange(nq, dtype=torch.int32, device=device).expand(b, h, nk, nq)
+    result = (kv_count, kv_index, q_count, q_index)
+    if out is None:
+        return tuple(t.contiguous() for t in result)
+    for dst, src in zip(out, result):
+        dst.copy_(src)
+    return tuple(out)
+
+
+def _check_out(out, shapes, device) -> None:
+    names = ("kv_count", "kv_index", "q_count", "q_index")
+    if len(out) != 4:
+        raise ValueError(f"out must hold 4 tensors {names}, got {len(out)}")
+    for name, t, shape in zip(names, out, shapes):
+        if t.dtype != torch.int32 or tuple(t.shape) != shape or t.device != device or not t.is_contiguous():
+            raise ValueError(f"out {name} must be a contiguous int32 tensor of shape {shape} on {device}")
+
+
+def predict(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    topk: float,
+    topp: float,
+    block_q: int,
+    block_k: int,
+    scale: float,
+    *,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    rows_per_cta: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
+
+    Returns (kv_count (B,H,Nq), kv_index (B,H,Nq,Nk), q_count (B,H,Nk), q_index (B,H,Nk,Nq)), int32, in the
+    `BlockMask` convention (indices ascending, then -1). `out` supplies those four buffers (contiguous);
+    `rows_per_cta` (0, 4, 8, 16) picks the selection kernel's query blocks per CTA (0: automatic).
+    """
+    _check_inputs(q, k)
+    b, h, lq, d = q.shape
+    lk = k.shape[2]
+    nq, nk = num_blocks(lq, block_q), num_blocks(lk, block_k)
+    if topk <= 0.0 and topp <= 0.0:
+        raise ValueError("topk and topp are both 0: at least one selection rule must be enabled")
+    device = q.device
+    if out is not None:
+        _check_out(out, ((b, h, nq), (b, h, nq, nk), (b, h, nk), (b, h, nk, nq)), device)
+    if topk >= 1.0 or topp >= 1.0:  # the reference keeps every block whatever the scores
+        return _keep_all(b, h, nq, nk, device, out)
+    if q.dtype not in _DTYPE_CODES or d > MAX_HEAD_DIM:
+        warnings.warn(
+            f"sparge CUDA mask kernels take float16/bfloat16/float32 and head dim <= {MAX_HEAD_DIM}; "
+            f"got {q.dtype}, D={d}: using the PyTorch reference",
+            stacklevel=2,
+        )
+        from .backend import _reference_predict
+
+        result = _reference_predict(q, k, topk, topp, block_q, block_k, scale)
+        if out is None:
+            return result
+        for dst, src in zip(out, result):
+            dst.copy_(src)
+        return tuple(out)
+    # The kernels read rows with unit stride along D; anything else is copied once.
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+
+    if out is None:
+        out = (
+            torch.empty(b, h, nq, dtype=torch.int32, device=device),
+            torch.empty(b, h, nq, nk, dtype=torch.int32, device=device),
+            torch.empty(b, h, nk, dtype=torch.int32, device=device),
+            torch.empty(b, h, nk, nq, dtype=torch.int32, device=device),
+        )
+    kv_count, kv_index, q_count, q_index = out
+    with torch.cuda.device(device):
+        ws = MaskWorkspace.allocate(b, h, nq, nk, d, device)
+        pool(q, k, block_q, block_k, ws)
+        select(ws, nk, scale, topk_count(topk, nk), topp, kv_count, kv_index, rows_per_cta)
+        transpose(ws, nk, q_count, q_index)
+    return kv_count, kv_index, q_count, q_index
