@@ -58,7 +58,8 @@ def main() -> None:
     rel = lambda a, b: float((a.double() - b.double()).norm() / b.double().norm())  # noqa: E731
     print(f"topk={args.topk} topp={args.topp}: density {mask.density:.4f} (sparsity {mask.sparsity:.1%}), "
           f"kept key blocks per query block {mask.kv_count.float().mean():.1f} of {mask.num_k_blocks}")
-    print(f"relative L2 error vs dense attention: sparse {rel(out, dense):.3e}, all blocks kept {rel(all_kept, dense):.3e}")
+    print(f"relative L2 error vs dense attention: sparse {rel(out, dense):.3e}, "
+          f"all blocks kept {rel(all_kept, dense):.3e}")
     print(f"time: sparge_attention {sparse_ms:.1f} ms, dense SDPA {dense_ms:.1f} ms")
 
 
