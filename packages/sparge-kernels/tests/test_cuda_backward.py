@@ -1,0 +1,319 @@
+"""CUDA block-sparse attention backward vs the float64 reference (GPU only).
+
+The backward is tested on its own: out and lse come from a forward (the CUDA one when built, else the reference
+forward on the GPU, which gives the same out/lse up to rounding), and dq, dk, dv from `cuda_backward.backward` are
+compared with `reference.attention_backward` run in float64 on the same (rounded) inputs, out, lse, dout, dlse.
+
+Error budgets (relative Frobenius error of each gradient, whole tensor and every (b, h) slice with a nonzero
+reference): bf16 ≤ 2e-2, fp16 ≤ 5e-3 — the kernels round P and dS to the input dtype before the dV, dK, dQ GEMMs
+(bf16 keeps 8 mantissa bits, fp16 11), accumulate in fp32. Where the reference gradient is exactly zero (query
+blocks that kept no key, key blocks no query kept) the kernel's must be exactly zero.
+Outputs are poisoned with NaN before every launch (cuda_backward.debug_fill_value) and must come back finite.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparge_kernels as sk
+from sparge_kernels import backend as backend_mod
+from sparge_kernels import reference
+from sparge_kernels.block_mask import BlockMask
+from sparge_kernels.validation import num_blocks
+
+
+def _backward_built() -> bool:
+    if not (torch.cuda.is_available() and sk.cuda_available()):
+        return False
+    from sparge_kernels import _C  # type: ignore[attr-defined]
+
+    return hasattr(_C, "attention_backward")
+
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not _backward_built(), reason="needs a CUDA GPU and sparge_kernels._C with the backward"),
+]
+
+REL_BUDGET = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    from sparge_kernels import cuda_backward
+
+    monkeypatch.setattr(cuda_backward, "debug_fill_value", float("nan"))
+    monkeypatch.delenv("SPARGE_BACKEND", raising=False)
+
+
+def _cuda_forward_works() -> bool:
+    try:
+        from sparge_kernels import cuda_forward  # noqa: F401
+    except ImportError:
+        return False
+    from sparge_kernels import _C  # type: ignore[attr-defined]
+
+    return hasattr(_C, "attention_forward")
+
+
+def forward(q, k, v, mask, scale):
+    """out, lse for HND views: the CUDA forward when built, else the reference forward (float32 compute)."""
+    if _cuda_forward_works():
+        from sparge_kernels import cuda_forward
+
+        return cuda_forward.forward(q, k, v, mask.kv_count, mask.kv_index, 128, 64, scale)
+    return reference.attention_forward(q, k, v, mask.kv_count, mask.kv_index, 128, 64, scale)
+
+
+def make_inputs(b, h, lq, lk, d, dtype, layout="HND", seed=0, q_scale=1.0):
+    """Fresh random q, k, v, dout as HND views (NHD memory when layout == 'NHD')."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rand(n, s=1.0):
+        shape = (b, h, n, d) if layout == "HND" else (b, n, h, d)
+        x = (torch.randn(shape, generator=g, device="cuda") * s).to(dtype)
+        return x if layout == "HND" else x.transpose(1, 2)
+
+    return rand(lq, q_scale), rand(lk), rand(lk), rand(lq)
+
+
+def random_mask(b, h, lq, lk, density, seed=0, empty_rows=0.0):
+    g = torch.Generator(device="cuda").manual_seed(seed + 1)
+    nq, nk = num_blocks(lq, 128), num_blocks(lk, 64)
+    dense = torch.rand(b, h, nq, nk, generator=g, device="cuda") < density
+    if empty_rows:
+        dense &= ~(torch.rand(b, h, nq, 1, generator=g, device="cuda") < empty_rows)
+    return BlockMask.from_dense(dense, block_q=128, block_k=64, seq_len_q=lq, seq_len_k=lk)
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x.double() - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def check_gradient(name, got, ref, dtype):
+    """got (dtype) vs ref (float64): finite, exact zeros where ref is zero, relative error within budget."""
+    assert got.dtype == dtype and got.shape == ref.shape, name
+    assert torch.isfinite(got).all(), f"{name}: NaN/inf (unwritten or overflowed elements)"
+    zero = (ref == 0).all(dim=-1)
+    assert (got[zero] == 0).all(), f"{name}: nonzero gradient where the reference is exactly zero"
+    budget = REL_BUDGET[dtype]
+    if ref.norm() > 0:
+        err = rel_err(got, ref)
+        assert err <= budget, f"{name}: relative error {err:.2e} > {budget:.0e}"
+    b, h = ref.shape[:2]
+    for i in range(b):
+        for j in range(h):
+            if ref[i, j].norm() > 0:
+                err = rel_err(got[i, j], ref[i, j])
+                assert err <= budget, f"{name}[{i},{j}]: relative error {err:.2e} > {budget:.0e}"
+
+
+def run_case(b, h, lq, lk, d, dtype, *, density=0.3, layout="HND", dlse=True, deterministic=False,
+             empty_rows=0.2, seed=0, scale=None, q_scale=1.0, mask=None):
+    from sparge_kernels import cuda_backward
+
+    q, k, v, dout = make_inputs(b, h, lq, lk, d, dtype, layout, seed, q_scale)
+    mask = mask if mask is not None else random_mask(b, h, lq, lk, density, seed, empty_rows)
+    scale = d**-0.5 if scale is None else scale
+    out, lse = forward(q, k, v, mask, scale)
+    g = torch.Generator(device="cuda").manual_seed(seed + 7)
+    dl = torch.randn(b, h, lq, generator=g, device="cuda") if dlse else None
+    args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale)
+    dq, dk, dv = cuda_backward.backward(dout, q, k, v, out, lse, dl, *args, deterministic)
+    ref = reference.attention_backward(
+        dout.double(), q.double(), k.double(), v.double(), out.double(), lse.double(),
+        dl.double() if dl is not None else None, mask.kv_count, mask.kv_index, 128, 64, scale,
+    )
+    for name, got, r in zip(("dq", "dk", "dv"), (dq, dk, dv), ref):
+        check_gradient(name, got, r, dtype)
+    return (q, k, v), (dq, dk, dv)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_random_masks_tails_layouts(dtype, d, layout, deterministic):
+    # 700 = 5·128 + 60 query rows, 900 = 14·64 + 4 keys: partial last blocks on both sides; 20% empty rows.
+    inputs, grads = run_case(2, 3, 700, 900, d, dtype, layout=layout, deterministic=deterministic)
+    for x, gx in zip(inputs, grads):  # gradients come back in the inputs' memory layout
+        assert gx.stride() == x.stride()
+
+
+@pytest.mark.parametrize("lq,lk", [(65, 300), (300, 65), (128, 64), (1, 1), (1000, 130), (2048, 4096)])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_lengths_and_lq_ne_lk(lq, lk, deterministic):
+    run_case(1, 2, lq, lk, 128, torch.bfloat16, density=0.5, empty_rows=0.1, deterministic=deterministic)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_full_mask_equals_dense_autograd(deterministic):
+    """All blocks kept: gradients equal dense attention's autograd gradients in float64."""
+    b, h, lq, lk, d = 1, 2, 500, 333, 64
+    q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.bfloat16)
+    mask = random_mask(b, h, lq, lk, density=1.1)
+    _, (dq, dk, dv) = run_case(b, h, lq, lk, d, torch.bfloat16, mask=mask, dlse=False, deterministic=deterministic)
+    qd, kd, vd = (x.double().requires_grad_() for x in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(qd, kd, vd)
+    out.backward(dout.double())
+    for name, got, ref in (("dq", dq, qd.grad), ("dk", dk, kd.grad), ("dv", dv, vd.grad)):
+        assert rel_err(got, ref) <= REL_BUDGET[torch.bfloat16], name
+
+
+def test_one_block_per_row_and_large_scores():
+    b, h, lq, lk = 1, 4, 1000, 1000
+    g = torch.Generator(device="cuda").manual_seed(5)
+    nq, nk = num_blocks(lq, 128), num_blocks(lk, 64)
+    pick = torch.randint(0, nk, (b, h, nq, 1), generator=g, device="cuda")
+    dense = torch.zeros(b, h, nq, nk, dtype=torch.bool, device="cuda").scatter_(-1, pick, True)
+    mask = BlockMask.from_dense(dense, seq_len_q=lq, seq_len_k=lk)
+    run_case(b, h, lq, lk, 128, torch.bfloat16, mask=mask)
+    run_case(b, h, lq, lk, 128, torch.bfloat16, density=0.3, q_scale=8.0, seed=3)  # peaked softmax
+
+
+def test_empty_mask_gives_exact_zeros():
+    from sparge_kernels import cuda_backward
+
+    b, h, lq, lk, d = 1, 2, 300, 200, 128
+    q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.bfloat16)
+    mask = random_mask(b, h, lq, lk, density=0.0)
+    out, lse = forward(q, k, v, mask, 0.1)
+    for det in (False, True):
+        dq, dk, dv = cuda_backward.backward(dout, q, k, v, out, lse, torch.randn_like(lse), mask.kv_count,
+                                            mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, det)
+        for t in (dq, dk, dv):
+            assert (t == 0).all()
+
+
+def test_dlse_none_equals_zero_dlse():
+    from sparge_kernels import cuda_backward
+
+    b, h, lq, lk, d = 1, 2, 600, 600, 64
+    q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.float16)
+    mask = random_mask(b, h, lq, lk, density=0.4)
+    out, lse = forward(q, k, v, mask, 0.125)
+    args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.125, True)
+    a = cuda_backward.backward(dout, q, k, v, out, lse, None, *args)
+    z = cuda_backward.backward(dout, q, k, v, out, lse, torch.zeros_like(lse), *args)
+    for x, y in zip(a, z):
+        assert torch.equal(x, y)
+
+
+def test_deterministic_is_bitwise_reproducible():
+    from sparge_kernels import cuda_backward
+
+    b, h, lq, lk, d = 2, 4, 1500, 1500, 128
+    q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.bfloat16, seed=11)
+    mask = random_mask(b, h, lq, lk, density=0.5, seed=11)
+    out, lse = forward(q, k, v, mask, d**-0.5)
+    dlse = torch.randn_like(lse)
+    args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, d**-0.5)
+    first = cuda_backward.backward(dout, q, k, v, out, lse, dlse, *args, True)
+    second = cuda_backward.backward(dout, q, k, v, out, lse, dlse, *args, True)
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
+    # The atomic mode differs only in dQ's summation order; dK and dV never use atomics.
+    atomic = cuda_backward.backward(dout, q, k, v, out, lse, dlse, *args, False)
+    assert torch.equal(atomic[1], first[1]) and torch.equal(atomic[2], first[2])
+    assert rel_err(atomic[0], first[0].double()) <= 1e-2
+
+
+def test_strided_and_odd_inputs():
+    """Non-contiguous views (a slice of a wider head dim, a sliced sequence) are copied or read through strides."""
+    from sparge_kernels import cuda_backward
+
+    b, h, lq, lk, d = 1, 2, 400, 300, 64
+    g = torch.Generator(device="cuda").manual_seed(9)
+    wide = torch.randn(b, h, lq + 5, 2 * d, generator=g, device="cuda").to(torch.bfloat16)
+    q = wide[:, :, 3 : 3 + lq, :d]  # row stride 2d, odd row offset
+    k = torch.randn(b, h, lk, d, generator=g, device="cuda").to(torch.bfloat16)
+    v = torch.randn(b, lk, h, d, generator=g, device="cuda").to(torch.bfloat16).transpose(1, 2)
+    dout = torch.randn(b, h, lq, d, generator=g, device="cuda").to(torch.bfloat16)
+    mask = random_mask(b, h, lq, lk, density=0.5)
+    out, lse = forward(q, k, v, mask, 0.2)
+    dq, dk, dv = cuda_backward.backward(dout, q, k, v, out, lse, None, mask.kv_count, mask.kv_index, mask.q_count,
+                                        mask.q_index, 128, 64, 0.2, False)
+    ref = reference.attention_backward(dout.double(), q.double(), k.double(), v.double(), out.double(),
+                                       lse.double(), None, mask.kv_count, mask.kv_index, 128, 64, 0.2)
+    for name, got, r in zip(("dq", "dk", "dv"), (dq, dk, dv), ref):
+        check_gradient(name, got, r, torch.bfloat16)
+
+
+def test_bad_arguments_raise():
+    from sparge_kernels import cuda_backward
+
+    q, k, v, dout = make_inputs(1, 1, 128, 64, 64, torch.bfloat16)
+    mask = random_mask(1, 1, 128, 64, 1.0)
+    lse = torch.zeros(1, 1, 128, device="cuda")
+    idx = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index)
+    with pytest.raises(ValueError, match="block_q"):
+        cuda_backward.backward(dout, q, k, v, q, lse, None, *idx, 64, 64, 0.1, False)
+    with pytest.raises(TypeError, match="float16 or bfloat16"):
+        cuda_backward.backward(dout.float(), q.float(), k.float(), v.float(), q.float(), lse, None, *idx, 128, 64,
+                               0.1, False)
+    with pytest.raises(ValueError, match="head dim"):
+        q3, k3, v3, d3 = make_inputs(1, 1, 128, 64, 96, torch.bfloat16)
+        cuda_backward.backward(d3, q3, k3, v3, q3, lse, None, *idx, 128, 64, 0.1, False)
+
+
+# ------------------------------------------------------------------------------ through the autograd of the ops
+@pytest.fixture
+def cuda_backend(monkeypatch):
+    """The registered CUDA backend; without a CUDA forward in this build, its forward is the reference's."""
+    from sparge_kernels import cuda_backward
+
+    if _cuda_forward_works():
+        return backend_mod.backend_for(torch.device("cuda"))
+    hybrid = backend_mod.Backend("cuda-backward+reference-forward", backend_mod._reference_predict,
+                                 reference.attention_forward, cuda_backward.backward)
+    monkeypatch.setattr(backend_mod, "_cuda_backend", hybrid)
+    return hybrid
+
+
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_autograd_with_lse_in_the_loss(cuda_backend, monkeypatch, layout, deterministic):
+    """return_lse=True and a loss that uses lse: dlse ≠ 0 reaches the kernels through the op's autograd."""
+    b, h, lq, lk, d = 1, 3, 520, 450, 128
+    q, k, v, _ = make_inputs(b, h, lq, lk, d, torch.bfloat16, layout)
+    mask = random_mask(b, h, lq, lk, density=0.4, empty_rows=0.2)
+    g = torch.Generator(device="cuda").manual_seed(3)
+    w_out = torch.randn(b, h, lq, d, generator=g, device="cuda")
+    w_lse = torch.randn(b, h, lq, generator=g, device="cuda")
+
+    def grads(qq, kk, vv):
+        qq, kk, vv = (x.detach().requires_grad_() for x in (qq, kk, vv))
+        args = [x if layout == "HND" else x.transpose(1, 2) for x in (qq, kk, vv)]
+        out, lse = sk.block_sparse_attention(*args, mask, layout=layout, return_lse=True,
+                                             deterministic=deterministic)
+        out = out if layout == "HND" else out.transpose(1, 2)
+        lse_term = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)).double()
+        loss = (out.double() * w_out.double()).sum() + (lse_term * w_lse.double()).sum()
+        loss.backward()
+        return qq.grad, kk.grad, vv.grad
+
+    got = grads(q, k, v)
+    with monkeypatch.context() as env:  # float64 inputs through the reference ops on the GPU
+        env.setenv("SPARGE_BACKEND", "reference")
+        ref = grads(q.double(), k.double(), v.double())
+    for name, x, r in zip(("dq", "dk", "dv"), got, ref):
+        check_gradient(name, x, r, torch.bfloat16)
+
+
+def test_torch_compile_fullgraph_traces_cuda_backward(cuda_backend):
+    b, h, lq, d = 1, 2, 384, 64
+    q, k, v, dout = make_inputs(b, h, lq, lq, d, torch.float16)
+
+    def f(q, k, v):
+        return sk.sparge_attention(q, k, v, topk=0.3, topp=0.5)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    grads = []
+    for fn in (f, compiled):
+        qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
+        fn(qq, kk, vv).backward(dout)
+        grads.append((qq.grad, kk.grad, vv.grad))
+    for x, y in zip(*grads):
+        assert torch.isfinite(x).all()
+        assert rel_err(x, y.double()) <= 1e-2
