@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from sparge_pipelines import SpargeWanAttnProcessor, apply_sparge, remove_sparge, sparge_state
 from sparge_pipelines.testing import tiny_wan_transformer
 
@@ -121,3 +122,56 @@ def test_bad_arguments_name_the_argument(model, kwargs, name):
 def test_bad_target_raises():
     with pytest.raises(TypeError, match="pipe_or_transformer"):
         apply_sparge(torch.nn.Linear(2, 2))
+
+
+def test_bare_transformer_step_follows_timesteps(model, inputs):
+    latents, _, text = inputs
+    state = apply_sparge(model, topk=0.2, topp=0.0, dense_steps=2, collect_stats=True, **BLOCKS)
+    try:
+        with torch.no_grad():
+            # Batched CFG (one call per step), then CFG as two calls per step, then a new run from the top.
+            for t in (900.0, 700.0, 700.0, 500.0, 500.0, 900.0):
+                model(latents, torch.tensor([t, t]), text)
+                state.record_density("marker", torch.tensor([[float(state.step)]]))
+    finally:
+        remove_sparge(model)
+    summary = state.stats.summary()
+    assert summary["steps"] == [0, 1, 2]
+    marker = summary["layers"].index("marker")
+    assert [row[marker] for row in summary["mean"]] == [0.0, 1.0, 2.0]
+    block0 = summary["layers"].index("blocks.0")
+    dense_0, dense_1, sparse_2 = (row[block0] for row in summary["mean"])
+    assert dense_0 == dense_1 == 1.0  # dense_steps=2 (step 0 also ran again at the restart)
+    assert sparse_2 < 0.5
+
+
+def test_i2v_transformer_self_attention_only():
+    """Wan2.1 I2V: image tokens go through attn2 (added K/V); the sparge processor sits on attn1 only."""
+    model = tiny_wan_transformer(seed=3, image_dim=16, added_kv_proj_dim=32)
+    g = torch.Generator().manual_seed(4)
+    latents = torch.randn(1, 4, 3, 16, 24, generator=g)
+    # diffusers' processor assumes 512 text tokens behind the image tokens.
+    kwargs = dict(encoder_hidden_states=torch.randn(1, 512, 32, generator=g),
+                  encoder_hidden_states_image=torch.randn(1, 4, 16, generator=g), return_dict=False)
+    with torch.no_grad():
+        dense = model(latents, torch.tensor([500.0]), **kwargs)[0]
+        cross = [b.attn2.processor for b in model.blocks]
+        state = apply_sparge(model, topk=1.0, collect_stats=True, **BLOCKS)
+        try:
+            assert [b.attn2.processor for b in model.blocks] == cross
+            sparse = model(latents, torch.tensor([500.0]), **kwargs)[0]
+        finally:
+            remove_sparge(model)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=2e-5)
+    assert state.stats.summary()["layers"] == ["blocks.0", "blocks.1"]
+
+
+def test_processor_rejects_cross_attention(model):
+    apply_sparge(model)
+    try:
+        attn = model.blocks[0].attn1
+        x = torch.randn(1, 8, 32)
+        with pytest.raises(ValueError, match="self-attention"):
+            attn.processor(attn, x, encoder_hidden_states=x)
+    finally:
+        remove_sparge(model)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
 from sparge_kernels import sparge_attention
 
 from .state import SpargeState

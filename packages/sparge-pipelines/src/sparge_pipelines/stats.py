@@ -49,7 +49,12 @@ class DensityStats:
         keys = list(self._sums)
         steps = sorted({s for s, _ in keys})
         # One stack and one device-to-host copy for everything.
-        values = torch.stack([self._sums[k] / self._counts[k] for k in keys]).cpu().tolist() if keys else []
+        means = [self._sums[k] / self._counts[k] for k in keys]
+        flat = torch.cat(means).cpu().tolist() if keys else []
+        offsets = [0]
+        for m in means:
+            offsets.append(offsets[-1] + m.numel())
+        values = [flat[a:b] for a, b in zip(offsets, offsets[1:], strict=False)]
         by_key = dict(zip(keys, values, strict=True))
         per_head = [[by_key.get((s, layer)) for layer in self._layers] for s in steps]
         mean = [[None if v is None else sum(v) / len(v) for v in row] for row in per_head]
@@ -82,14 +87,17 @@ class DensityStats:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         n_layers, n_steps = (data.shape if data.size else (1, 1))
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * n_steps + 2), max(3.0, 0.2 * n_layers + 1.5)))
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.2 * n_steps + 2.5), max(3.0, 0.18 * n_layers + 1.5)))
         image = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=1.0,
                           interpolation="nearest")
         ax.set_xlabel("denoising step")
         ax.set_ylabel("layer (self-attention)")
         if summary["steps"]:
             ax.set_xticks(range(n_steps), [str(s) for s in summary["steps"]], fontsize=6)
-        ax.set_title(title or f"achieved block density (mean over heads), overall {summary['overall']:.3f}")
+        if summary["layers"]:
+            labels = [name.removeprefix("blocks.") for name in summary["layers"]]
+            ax.set_yticks(range(n_layers), labels, fontsize=6)
+        ax.set_title(title or f"block density, head mean (overall {summary['overall']:.3f})", fontsize=9)
         fig.colorbar(image, ax=ax, label="density")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
