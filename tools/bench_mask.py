@@ -88,10 +88,22 @@ def bench_shape(name: str, iters: int) -> list[str]:
     ws = cuda_mask.MaskWorkspace.allocate(b, h, nq, nk, d, q.device)
     kk = topk_count(TOPK, nk)
 
-    def total():
-        cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, out=out)
-
-    t_total = time_ms(total, iters)
+    variants = {  # label: predict tuning (the result never depends on it)
+        "auto": {},
+        "1 head group (no overlap)": {"head_groups": 1},
+        "2 head groups": {"head_groups": 2},
+        "3 head groups": {"head_groups": 3},
+        "4 head groups": {"head_groups": 4},
+        "6 head groups": {"head_groups": 6},
+        "4 head groups, 16-row tail": {"head_groups": 4, "tail_rows_per_cta": 16},
+        "4 head groups, 8 rows/CTA": {"head_groups": 4, "rows_per_cta": 8},
+    }
+    t_variants = {
+        label: time_ms(lambda kw=kw: cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, out=out, **kw),
+                       iters)
+        for label, kw in variants.items()
+    }
+    t_total = t_variants["auto"]
     t_pool = time_ms(lambda: cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws), iters)
     t_select = {r: time_ms(lambda r=r: cuda_mask.select(ws, nk, scale, kk, TOPP, out[0], out[1], r), iters)
                 for r in (16, 8, 4)}
@@ -116,7 +128,9 @@ def bench_shape(name: str, iters: int) -> list[str]:
         "",
         "| what | ms | GB/s (Q+K once) | speedup vs eager reference |",
         "| --- | --- | --- | --- |",
-        row("**sparge CUDA predict (3 launches + allocations)**", t_total, gbytes, True),
+        row(f"**sparge CUDA predict, auto (head groups: {cuda_mask.default_head_groups(b, h, nq, nk)})**",
+            t_total, gbytes, True),
+        *(row(f"sparge CUDA predict, {label}", t, gbytes, True) for label, t in t_variants.items() if label != "auto"),
         row("launch 1: pool Q and K", t_pool, gbytes),
         *(row(f"launch 2: scores + softmax + Top-k/Top-p ({r} rows/CTA)", t, None) for r, t in t_select.items()),
         row("launch 3: transpose -> q_count, q_index", t_transpose, None),

@@ -206,13 +206,41 @@ def test_keep_all(topk, topp):
     assert dense.all()
 
 
-@pytest.mark.parametrize("rows_per_cta", [4, 8, 16])
-def test_rows_per_cta_variants_agree(rows_per_cta):
-    q, k = make_qk(1, 3, 3000, 5000, 128, seed=1)
+@pytest.mark.parametrize(
+    "tuning",
+    [
+        {"head_groups": 1, "rows_per_cta": 4},
+        {"head_groups": 1, "rows_per_cta": 8},
+        {"head_groups": 1, "rows_per_cta": 16},
+        {"head_groups": 2, "rows_per_cta": 16, "tail_rows_per_cta": 8},
+        {"head_groups": 3, "rows_per_cta": 0, "tail_rows_per_cta": 4},
+        {"head_groups": 5, "rows_per_cta": 8, "tail_rows_per_cta": 0},
+    ],
+    ids=str,
+)
+def test_tuning_variants_agree(tuning):
+    """Head groups (overlap on a side stream) and CTA sizes change the schedule, never the result."""
+    q, k = make_qk(2, 5, 3000, 5000, 128, seed=1, layout="NHD")
     scale = 128 ** -0.5
-    base = run_kernel(q, k, 0.03, 0.2, 128, 64, scale)
-    other = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, rows_per_cta=rows_per_cta)
+    base = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, head_groups=1, rows_per_cta=16)
+    other = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, **tuning)
     for x, y in zip(base, other):
+        assert torch.equal(x, y)
+    check_semantics(q, k, check_encoding(*other), 0.03, 0.2, 128, 64, scale)
+
+
+def test_side_stream_output_is_ordered_on_the_callers_stream():
+    """With head groups, outputs written on the side stream are complete for later work on a user stream."""
+    q, k = make_qk(1, 8, 8192, 8192, 128, seed=8)
+    expected = run_kernel(q, k, 0.03, 0.2, 128, 64, 0.1, head_groups=1)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            result = _cuda_mask().predict(q, k, 0.03, 0.2, 128, 64, 0.1, head_groups=4)
+            snapshot = [t.clone() for t in result]  # runs on `stream` right after the prediction
+    torch.cuda.synchronize()
+    for x, y in zip(expected, snapshot):
         assert torch.equal(x, y)
 
 

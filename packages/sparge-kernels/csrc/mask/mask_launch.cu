@@ -2,7 +2,9 @@
 // load-width and tile-size dispatch, shared-memory opt-in, launch checks.
 #include <cuda_runtime_api.h>
 
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "common/cuda_check.h"
 #include "mask/mask_launch.h"
@@ -58,19 +60,49 @@ void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks_kernel<kRows>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            int(smem)));
   }
-  const dim3 grid((p.num_q_blocks + kRows - 1) / kRows, p.heads, p.batch);
+  const dim3 grid((p.num_q_blocks + kRows - 1) / kRows, p.group_heads, p.batch);
   select_blocks_kernel<kRows><<<grid, kSelectThreads, smem, stream>>>(p);
 }
 
-void check_grid_yz(int heads, int batch) {
-  SPARGE_REQUIRE(heads <= 65535, "mask prediction: at most 65535 heads");
+void check_heads(int batch, int heads, int head_begin, int group_heads) {
+  SPARGE_REQUIRE(batch > 0 && heads > 0, "mask prediction: empty batch or heads");
+  SPARGE_REQUIRE(head_begin >= 0 && group_heads > 0 && head_begin + group_heads <= heads,
+                 "mask prediction: head group outside [0, heads)");
+  SPARGE_REQUIRE(group_heads <= 65535, "mask prediction: at most 65535 heads per launch");
   SPARGE_REQUIRE(batch <= 65535, "mask prediction: batch at most 65535");
+}
+
+// A high-priority non-blocking stream per device and reusable events, for launch_predict's overlap.
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  std::vector<cudaEvent_t> events;
+};
+
+std::mutex side_mutex;
+std::vector<SideStream> side_streams;  // indexed by device; guarded by side_mutex
+
+SideStream& side_stream_for_current_device(size_t num_events) {
+  int device = 0;
+  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
+  if (side_streams.size() <= size_t(device)) side_streams.resize(size_t(device) + 1);
+  SideStream& side = side_streams[size_t(device)];
+  if (side.stream == nullptr) {
+    int least = 0, greatest = 0;
+    SPARGE_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    SPARGE_CUDA_CHECK(cudaStreamCreateWithPriority(&side.stream, cudaStreamNonBlocking, greatest));
+  }
+  while (side.events.size() < num_events) {
+    cudaEvent_t event = nullptr;
+    SPARGE_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    side.events.push_back(event);
+  }
+  return side;
 }
 
 }  // namespace
 
 void launch_pool_blocks(const PoolParams& p, InputDtype dtype, std::uintptr_t stream) {
-  SPARGE_REQUIRE(p.batch > 0 && p.heads > 0, "mask pooling: empty batch or heads");
+  check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
   SPARGE_REQUIRE(p.head_dim > 0 && p.head_dim <= kMaxHeadDim,
                  "mask pooling: head dim must be in [1, " + std::to_string(kMaxHeadDim) + "]");
   for (const StridedTokens* t : {&p.q, &p.k}) {
@@ -78,7 +110,7 @@ void launch_pool_blocks(const PoolParams& p, InputDtype dtype, std::uintptr_t st
     SPARGE_REQUIRE(t->num_blocks == (t->length + t->block - 1) / t->block, "mask pooling: num_blocks mismatch");
   }
   SPARGE_REQUIRE(p.k_ld >= p.k.num_blocks, "mask pooling: k_ld < Nk");
-  const int64_t tasks = int64_t(p.batch) * p.heads * (int64_t(p.q.num_blocks) + p.k.num_blocks);
+  const int64_t tasks = int64_t(p.batch) * p.group_heads * (int64_t(p.q.num_blocks) + p.k.num_blocks);
   SPARGE_REQUIRE(tasks <= 0x7fffffff, "mask pooling: too many blocks for one launch");
   const dim3 grid(static_cast<unsigned>(tasks));
   const cudaStream_t s = as_stream(stream);
@@ -106,7 +138,7 @@ void launch_select_blocks(const SelectParams& p, int rows_per_cta, std::uintptr_
   SPARGE_REQUIRE(p.topk_count > 0 || p.topp > 0.f, "mask selection: topk_count and topp both disable selection");
   SPARGE_REQUIRE(p.bits_ld == (p.num_k_blocks + 31) / 32, "mask selection: bits_ld must be ceil(Nk / 32)");
   SPARGE_REQUIRE(p.k_ld >= p.num_k_blocks, "mask selection: k_ld < Nk");
-  check_grid_yz(p.heads, p.batch);
+  check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
   const size_t limit = size_t(max_dynamic_smem());
   if (rows_per_cta == 0) {
     rows_per_cta = select_smem_bytes<16>(p.head_dim, p.num_k_blocks) <= limit  ? 16
@@ -134,16 +166,54 @@ void launch_select_blocks(const SelectParams& p, int rows_per_cta, std::uintptr_
 void launch_transpose_mask(const TransposeParams& p, std::uintptr_t stream) {
   SPARGE_REQUIRE(p.num_q_blocks > 0 && p.num_k_blocks > 0, "mask transpose: empty block grid");
   SPARGE_REQUIRE(p.bits_ld == (p.num_k_blocks + 31) / 32, "mask transpose: bits_ld must be ceil(Nk / 32)");
-  check_grid_yz(p.heads, p.batch);
+  check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
   const size_t smem = sizeof(uint32_t) * size_t(p.num_q_blocks);
   if (smem > 48 * 1024) {
     SPARGE_REQUIRE(smem <= size_t(max_dynamic_smem()), "mask transpose: too many query blocks for shared memory");
     SPARGE_CUDA_CHECK(
         cudaFuncSetAttribute(transpose_mask_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
-  const dim3 grid(p.bits_ld, p.heads, p.batch);
+  const dim3 grid(p.bits_ld, p.group_heads, p.batch);
   transpose_mask_kernel<<<grid, kTransposeThreads, smem, as_stream(stream)>>>(p);
   SPARGE_CHECK_LAUNCH("transpose_mask_kernel");
+}
+
+void launch_predict(PoolParams pool, SelectParams select, TransposeParams transpose, InputDtype dtype,
+                    int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream) {
+  const int heads = pool.heads;
+  SPARGE_REQUIRE(select.heads == heads && transpose.heads == heads, "mask prediction: heads differ between stages");
+  SPARGE_REQUIRE(head_groups >= 1, "mask prediction: head_groups must be >= 1");
+  head_groups = head_groups < heads ? head_groups : heads;
+  if (tail_rows_per_cta == 0) tail_rows_per_cta = rows_per_cta;
+  auto set_group = [&](int begin, int count) {
+    pool.head_begin = select.head_begin = transpose.head_begin = begin;
+    pool.group_heads = select.group_heads = transpose.group_heads = count;
+  };
+  if (head_groups == 1) {
+    set_group(0, heads);
+    launch_pool_blocks(pool, dtype, stream);
+    launch_select_blocks(select, rows_per_cta, stream);
+    launch_transpose_mask(transpose, stream);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(side_mutex);
+  SideStream& side = side_stream_for_current_device(size_t(head_groups) + 1);
+  const cudaStream_t main_stream = as_stream(stream);
+  const auto side_handle = reinterpret_cast<std::uintptr_t>(side.stream);
+  for (int g = 0; g < head_groups; ++g) {
+    // Contiguous groups of near-equal size.
+    const int begin = int(int64_t(heads) * g / head_groups);
+    const int end = int(int64_t(heads) * (g + 1) / head_groups);
+    set_group(begin, end - begin);
+    launch_pool_blocks(pool, dtype, stream);
+    SPARGE_CUDA_CHECK(cudaEventRecord(side.events[size_t(g)], main_stream));
+    SPARGE_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.events[size_t(g)], 0));
+    launch_select_blocks(select, g + 1 == head_groups ? tail_rows_per_cta : rows_per_cta, side_handle);
+    launch_transpose_mask(transpose, side_handle);
+  }
+  cudaEvent_t done = side.events[size_t(head_groups)];
+  SPARGE_CUDA_CHECK(cudaEventRecord(done, side.stream));
+  SPARGE_CUDA_CHECK(cudaStreamWaitEvent(main_stream, done, 0));
 }
 
 }  // namespace sparge::mask

@@ -21,4 +21,14 @@ void launch_select_blocks(const SelectParams& params, int rows_per_cta, std::uin
 // Kernel 3: q_count / q_index from the row bitmask.
 void launch_transpose_mask(const TransposeParams& params, std::uintptr_t stream);
 
+// The whole prediction for all heads (the head_begin/group_heads fields of the params are overwritten). With
+// head_groups > 1 the heads are split into that many contiguous groups: pooling runs group after group on the
+// caller's stream, and each group's selection and transpose run on a high-priority side stream as soon as its
+// pooling is done, overlapping the memory-bound pooling of the next groups. The caller's stream waits for the
+// side stream before returning, so outputs are ordered on the caller's stream. With several groups,
+// tail_rows_per_cta is used for the last one (smaller CTAs shorten the part that cannot overlap); 0 means
+// rows_per_cta.
+void launch_predict(PoolParams pool, SelectParams select, TransposeParams transpose, InputDtype dtype,
+                    int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream);
+
 }  // namespace sparge::mask

@@ -18,10 +18,14 @@ struct StridedTokens {
   int num_blocks;  // ceil(L / block)
 };
 
+// Every launch covers all batches and the heads [head_begin, head_begin + group_heads) of `heads`, so that the
+// heads can be processed in groups whose selection overlaps the pooling of the next group (mask_launch.cu).
+
 // Kernel 1: block means of Q and K (fp32 accumulation) in one launch.
 struct PoolParams {
   StridedTokens q, k;
   int batch, heads, head_dim;
+  int head_begin, group_heads;
   float* q_pooled;    // (B, H, Nq, D) row-major
   float* k_pooled_t;  // (B, H, D, k_ld): transposed so that the score loop reads key blocks coalesced
   int k_ld;           // >= Nk
@@ -33,6 +37,7 @@ struct SelectParams {
   const float* k_pooled_t;
   int k_ld;
   int batch, heads, head_dim, num_q_blocks, num_k_blocks;
+  int head_begin, group_heads;
   float scale;
   int topk_count;  // Top-k size: validation.topk_count(topk, Nk); 0 disables Top-k
   float topp;      // Top-p mass; <= 0 disables Top-p
@@ -47,6 +52,7 @@ struct TransposeParams {
   const uint32_t* row_bits;
   int bits_ld;
   int batch, heads, num_q_blocks, num_k_blocks;
+  int head_begin, group_heads;
   int32_t* q_count;  // (B, H, Nk)
   int32_t* q_index;  // (B, H, Nk, Nq)
 };

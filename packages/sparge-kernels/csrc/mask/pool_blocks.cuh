@@ -52,7 +52,7 @@ __device__ __forceinline__ Chunk<S, kVec> load_once(const S* ptr) {
   return chunk;
 }
 
-// Grid: one CTA per block, the B·H·Nq query blocks first, then the B·H·Nk key blocks.
+// Grid: one CTA per block, the B·G·Nq query blocks first, then the B·G·Nk key blocks (G: heads of the group).
 template <typename Elem, int kVec>
 __global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolParams p) {
   using S = typename Elem::Storage;
@@ -65,15 +65,16 @@ __global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolPar
   const int group = tid / chunks_per_row;
   const int chunk = tid - group * chunks_per_row;
 
-  const int64_t q_tasks = int64_t(p.batch) * p.heads * p.q.num_blocks;
+  const int64_t q_tasks = int64_t(p.batch) * p.group_heads * p.q.num_blocks;
   int64_t task = blockIdx.x;
   const bool is_q = task < q_tasks;
   const StridedTokens in = is_q ? p.q : p.k;
   if (!is_q) task -= q_tasks;
   const int block_idx = int(task % in.num_blocks);
-  const int64_t bh = task / in.num_blocks;
-  const int h = int(bh % p.heads);
-  const int b = int(bh / p.heads);
+  const int64_t group_bh = task / in.num_blocks;
+  const int h = p.head_begin + int(group_bh % p.group_heads);
+  const int b = int(group_bh / p.group_heads);
+  const int64_t bh = int64_t(b) * p.heads + h;
   const int row0 = block_idx * in.block;
   const int rows = min(in.block, in.length - row0);
 

@@ -23,7 +23,7 @@ constexpr size_t select_smem_bytes(int head_dim, int num_k_blocks) {
   return sizeof(float) * (size_t(padded_head_dim(head_dim)) * kRows + size_t(kRows) * num_k_blocks);
 }
 
-// Grid: (ceil(Nq / kRows), H, B). Shared memory: pooled queries transposed [D][kRows], scores [kRows][Nk].
+// Grid: (ceil(Nq / kRows), group heads, B). Shared memory: pooled queries transposed [D][kRows], scores [kRows][Nk].
 template <int kRows>
 __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
   static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");
@@ -36,7 +36,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const Sel
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int q0 = blockIdx.x * kRows;
-  const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
+  const int64_t bh = int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y;
 
   // Pooled queries, transposed so one float4 broadcast gives 4 rows at one d; zero rows/columns pad.
   const float* q_src = p.q_pooled + bh * nq * head_dim;

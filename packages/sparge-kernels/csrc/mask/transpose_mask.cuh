@@ -12,12 +12,12 @@ namespace sparge::mask {
 
 constexpr int kTransposeThreads = 256;
 
-// Grid: (ceil(Nk / 32), H, B). Shared memory: Nq words.
+// Grid: (ceil(Nk / 32), group heads, B). Shared memory: Nq words.
 __global__ void __launch_bounds__(kTransposeThreads) transpose_mask_kernel(const TransposeParams p) {
   extern __shared__ uint32_t column[];
   const int nq = p.num_q_blocks, nk = p.num_k_blocks;
   const int word = blockIdx.x;
-  const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
+  const int64_t bh = int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   const uint32_t* src = p.row_bits + bh * nq * p.bits_ld + word;

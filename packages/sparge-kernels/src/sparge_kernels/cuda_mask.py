@@ -1,9 +1,11 @@
 """Torch glue of the CUDA mask prediction (csrc/mask): the `predict` entry point of the CUDA backend.
 
-Three launches on the caller's current stream:
+Three kernels, launched by one call into the extension:
   1. pool      one pass over Q and K: block means in fp32 (q_pooled (B,H,Nq,D), k_pooled_t (B,H,D,Nk))
   2. select    per query block: scores · scale, softmax, hybrid Top-k ∪ Top-p -> kv_count, kv_index, row bitmask
   3. transpose q_count, q_index from the row bitmask
+With head_groups > 1 the heads are processed in groups: pooling of group g+1 (memory-bound, caller's stream)
+overlaps selection of group g (compute-bound, a high-priority side stream joined back before returning).
 Selection rule (select_row.cuh): exactly the reference's, with fp32 cumulative masses; exact float ties of the
 probabilities go to the lower key-block index (the reference's stable sort). float64 inputs and head dims
 above 256 are outside the kernels and go to the PyTorch reference, with a warning.
@@ -134,13 +136,16 @@ def predict(
     scale: float,
     *,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    head_groups: int = 0,
     rows_per_cta: int = 0,
+    tail_rows_per_cta: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
     Returns (kv_count (B,H,Nq), kv_index (B,H,Nq,Nk), q_count (B,H,Nk), q_index (B,H,Nk,Nq)), int32, in the
-    `BlockMask` convention (indices ascending, then -1). `out` supplies those four buffers (contiguous);
-    `rows_per_cta` (0, 4, 8, 16) picks the selection kernel's query blocks per CTA (0: automatic).
+    `BlockMask` convention (indices ascending, then -1). `out` supplies those four buffers (contiguous).
+    Tuning (results never depend on it): `head_groups` (0: automatic, 1: no overlap), `rows_per_cta` (0, 4,
+    8, 16: query blocks per selection CTA, 0 automatic) and `tail_rows_per_cta` for the last group.
     """
     _check_inputs(q, k)
     b, h, lq, d = q.shape
@@ -181,9 +186,24 @@ def predict(
             torch.empty(b, h, nk, nq, dtype=torch.int32, device=device),
         )
     kv_count, kv_index, q_count, q_index = out
+    if head_groups <= 0:
+        head_groups = default_head_groups(b, h, nq, nk)
     with torch.cuda.device(device):
         ws = MaskWorkspace.allocate(b, h, nq, nk, d, device)
-        pool(q, k, block_q, block_k, ws)
-        select(ws, nk, scale, topk_count(topk, nk), topp, kv_count, kv_index, rows_per_cta)
-        transpose(ws, nk, q_count, q_index)
+        _ext().mask_predict(
+            q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), lq, block_q,
+            k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), lk, block_k,
+            b, h, d, _DTYPE_CODES[q.dtype], float(scale), topk_count(topk, nk), float(topp),
+            ws.q_pooled.data_ptr(), ws.k_pooled_t.data_ptr(), ws.k_pooled_t.shape[-1],
+            ws.row_bits.data_ptr(), ws.row_bits.shape[-1],
+            kv_count.data_ptr(), kv_index.data_ptr(), q_count.data_ptr(), q_index.data_ptr(),
+            int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), _stream(device),
+        )
     return kv_count, kv_index, q_count, q_index
+
+
+def default_head_groups(b: int, h: int, nq: int, nk: int) -> int:
+    """Head groups for overlapping selection with pooling: only worth it when pooling is long (large L)."""
+    if h < 2 or b * h * (nq + nk) < 2048:
+        return 1
+    return min(h, 4)
