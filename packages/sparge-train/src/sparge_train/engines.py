@@ -1,0 +1,69 @@
+"""DeepSpeed engines: the student (optimizer, ZeRO-2/3) and the teacher (ZeRO-3 inference engine or a plain
+frozen module on the device)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .checkpoint import install_safe_checkpoint_engine
+from .config import OptimConfig, RunConfig
+
+__all__ = ["Engines", "build_optimizer", "warmup_schedule", "build_engines"]
+
+
+@dataclass
+class Engines:
+    student: object  # deepspeed.DeepSpeedEngine
+    teacher: Callable[..., torch.Tensor] | None  # (x_t, timesteps, text) → v_teacher, no grad
+    teacher_module: torch.nn.Module | None
+
+
+def build_optimizer(cfg: OptimConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             fused=fused)
+
+
+def warmup_schedule(warmup_steps: int) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]:
+    """Linear warmup to the configured lr, then constant (fine-tuning from a trained teacher)."""
+
+    def make(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        if warmup_steps == 0:
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
+
+    return make
+
+
+def build_engines(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Module | None, *,
+                  student_ds: dict, teacher_ds: dict | None, sharded_teacher: bool, device: torch.device,
+                  dtype: torch.dtype) -> Engines:
+    import deepspeed
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = None if "optimizer" in student_ds else build_optimizer(cfg.optim, params, device)
+    student_engine, _, _, _ = deepspeed.initialize(
+        model=student, model_parameters=params if optimizer is None else None, optimizer=optimizer,
+        lr_scheduler=warmup_schedule(cfg.optim.warmup_steps), config=student_ds)
+    install_safe_checkpoint_engine(student_engine)
+    student_engine.train()
+
+    if teacher is None:
+        return Engines(student_engine, None, None)
+    if sharded_teacher:
+        teacher_engine, _, _, _ = deepspeed.initialize(model=teacher, config=teacher_ds)
+        install_safe_checkpoint_engine(teacher_engine)
+        teacher_engine.eval()
+        run = teacher_engine
+    else:
+        teacher.to(device=device, dtype=dtype)
+        run = teacher
+
+    @torch.no_grad()
+    def teacher_velocity(x_t: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return run(x_t, timesteps, text, return_dict=False)[0]
+
+    return Engines(student_engine, teacher_velocity, teacher)
