@@ -12,4 +12,7 @@ NB_MODULE(_C, m) {
   m.attr("build_archs") = SPARGE_BUILD_ARCHS;
   m.attr("build_head_dims") = SPARGE_BUILD_HEAD_DIMS;
   m.attr("build_dtypes") = SPARGE_BUILD_DTYPES;
+  bind_attention_forward(m);
+  bind_mask_prediction(m);
+  bind_attention_backward(m);
 }

@@ -1,0 +1,75 @@
+// Online softmax (FlashAttention-2 style) over the kept key blocks, in the exp2 domain.
+// Each thread tracks the running max and (thread-partial) sum of its accumulator rows; the sum is reduced
+// across the row's quad only once, at the end.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include <cmath>
+
+#include "forward/utils.h"
+
+namespace sparge::fwd {
+
+using namespace cute;
+
+template <int kRows>
+struct OnlineSoftmax {
+  using RowVector = decltype(make_tensor<float>(Shape<Int<kRows>>{}));
+  RowVector row_max;  // running max of the raw (unscaled) scores
+  RowVector row_sum;  // running sum of exp2(score * scale_log2 - max * scale_log2), thread-partial
+  float scale_log2;
+
+  __device__ explicit OnlineSoftmax(float scale_log2_) : scale_log2(scale_log2_) {
+    fill(row_max, -INFINITY);
+    fill(row_sum, 0.f);
+  }
+
+  // scores: (kRows, cols) raw q·k (masked entries -inf), overwritten with the unnormalised probabilities.
+  // out: (kRows, head dim) running output, rescaled to the new max.
+  template <class Scores, class Out>
+  __device__ __forceinline__ void update(Scores& scores, Out& out) {
+    static_assert(decltype(size<0>(scores))::value == kRows);
+    CUTE_UNROLL
+    for (int mi = 0; mi < kRows; ++mi) {
+      float block_max = row_max(mi);
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(scores); ++ni) block_max = fmaxf(block_max, scores(mi, ni));
+      block_max = quad_allreduce(block_max, MaxOp{});
+      // A row that has seen only -inf keeps max -inf; use 0 as its offset so exp2 gives 0, never NaN.
+      const float max_scaled = block_max == -INFINITY ? 0.f : block_max * scale_log2;
+      const float rescale = exp2f(row_max(mi) * scale_log2 - max_scaled);  // 0 when the old max is -inf
+      row_max(mi) = block_max;
+      row_sum(mi) *= rescale;
+      CUTE_UNROLL
+      for (int di = 0; di < size<1>(out); ++di) out(mi, di) *= rescale;
+      float sum = 0.f;
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(scores); ++ni) {
+        const float p = exp2f(scores(mi, ni) * scale_log2 - max_scaled);
+        scores(mi, ni) = p;
+        sum += p;
+      }
+      row_sum(mi) += sum;
+    }
+  }
+
+  // Normalises out and returns each row's log-sum-exp (natural log, of scale·q·k). A row with no kept key
+  // (sum 0) gets out = 0 and lse = -inf.
+  template <class Out>
+  __device__ __forceinline__ RowVector finalize(Out& out, float scale) {
+    RowVector lse;
+    CUTE_UNROLL
+    for (int mi = 0; mi < kRows; ++mi) {
+      const float sum = quad_allreduce(row_sum(mi), SumOp{});
+      const bool empty = !(sum > 0.f);
+      const float inv = empty ? 0.f : 1.f / sum;
+      lse(mi) = empty ? -INFINITY : row_max(mi) * scale + logf(sum);
+      CUTE_UNROLL
+      for (int di = 0; di < size<1>(out); ++di) out(mi, di) *= inv;
+    }
+    return lse;
+  }
+};
+
+}  // namespace sparge::fwd

@@ -1,0 +1,220 @@
+"""CUDA block-sparse attention forward vs the float64 reference (GPU only).
+
+Error budgets (out vs reference.attention_forward on the same inputs cast to float64):
+  relative Frobenius error per (b, h): bf16 ≤ 1e-2, fp16 ≤ 2e-3   (the kernel rounds P to the input dtype)
+  lse: |Δ| ≤ 1e-3 on rows with kept keys (fp32 accumulation of exact products); -inf exactly on empty rows
+  empty query blocks: out exactly 0
+Outputs are poisoned with NaN before every launch (cuda_forward.debug_fill_value) and must come back finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sparge_kernels as sk
+from sparge_kernels import reference
+from sparge_kernels.block_mask import BlockMask
+from sparge_kernels.validation import num_blocks
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not (torch.cuda.is_available() and sk.cuda_available()),
+                       reason="needs a CUDA GPU and the compiled sparge_kernels._C"),
+]
+
+REL_BUDGET = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+LSE_BUDGET = 1e-3
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    from sparge_kernels import cuda_forward
+
+    monkeypatch.setattr(cuda_forward, "debug_fill_value", float("nan"))
+    monkeypatch.delenv("SPARGE_BACKEND", raising=False)
+
+
+def make_qkv(b, h, lq, lk, d, dtype, layout="HND", seed=0, scale_v=1.0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    shape = (lambda n: (b, h, n, d)) if layout == "HND" else (lambda n: (b, n, h, d))
+    q = torch.randn(shape(lq), generator=g, device="cuda", dtype=torch.float32).to(dtype)
+    k = torch.randn(shape(lk), generator=g, device="cuda", dtype=torch.float32).to(dtype)
+    v = (torch.randn(shape(lk), generator=g, device="cuda", dtype=torch.float32) * scale_v).to(dtype)
+    return q, k, v
+
+
+def random_mask(b, h, lq, lk, density, seed=0, empty_rows=0.0, block_q=128, block_k=64):
+    g = torch.Generator(device="cuda").manual_seed(seed + 1)
+    nq, nk = num_blocks(lq, block_q), num_blocks(lk, block_k)
+    dense = torch.rand(b, h, nq, nk, generator=g, device="cuda") < density
+    if empty_rows:
+        dense &= ~(torch.rand(b, h, nq, 1, generator=g, device="cuda") < empty_rows)
+    return BlockMask.from_dense(dense, block_q=block_q, block_k=block_k, seq_len_q=lq, seq_len_k=lk)
+
+
+def one_block_mask(b, h, lq, lk, seed=0):
+    """Exactly one kept key block per row, chosen at random (the last, partial block included)."""
+    g = torch.Generator(device="cuda").manual_seed(seed + 2)
+    nq, nk = num_blocks(lq, 128), num_blocks(lk, 64)
+    pick = torch.randint(0, nk, (b, h, nq, 1), generator=g, device="cuda")
+    dense = torch.zeros(b, h, nq, nk, dtype=torch.bool, device="cuda").scatter_(-1, pick, True)
+    return BlockMask.from_dense(dense, seq_len_q=lq, seq_len_k=lk)
+
+
+def structured_qk(b, h, d, grid=(21, 30, 52), dtype=torch.bfloat16, seed=0, noise=0.3):
+    """Q, K as smooth random fields over a (T, H, W) token grid plus noise: neighbouring tokens correlate."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    coarse = tuple(max(2, n // 4) for n in grid)
+
+    def field():
+        low = torch.randn(b * h, d, *coarse, generator=g, device="cuda")
+        smooth = torch.nn.functional.interpolate(low, size=grid, mode="trilinear", align_corners=False)
+        x = smooth.reshape(b, h, d, -1).transpose(-1, -2)
+        return (x + noise * torch.randn(x.shape, generator=g, device="cuda")).to(dtype)
+
+    return field(), field()
+
+
+def check_against_reference(q, k, v, mask, layout="HND", scale=None):
+    d = q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    out, lse = sk.block_sparse_attention(q, k, v, mask, layout=layout, return_lse=True, scale=scale)
+    assert out.dtype == q.dtype and out.shape == q.shape and lse.dtype == torch.float32
+    assert torch.isfinite(out).all(), "out has non-finite values (unwritten poisoned rows?)"
+    assert not torch.isnan(lse).any(), "lse has NaN (unwritten poisoned rows?)"
+    to_hnd = (lambda x: x.transpose(1, 2)) if layout == "NHD" else (lambda x: x)
+    qh, kh, vh = (to_hnd(t).double() for t in (q, k, v))
+    ref_out, ref_lse = reference.attention_forward(qh, kh, vh, mask.kv_count, mask.kv_index, 128, 64, scale)
+    out_h = to_hnd(out).double()
+    err = (out_h - ref_out).flatten(2).norm(dim=-1)
+    ref_norm = ref_out.flatten(2).norm(dim=-1).clamp_min(1e-30)
+    rel = (err / ref_norm)[ref_out.flatten(2).norm(dim=-1) > 0]
+    budget = REL_BUDGET[q.dtype]
+    assert rel.numel() == 0 or rel.max().item() <= budget, f"relative error {rel.max().item():.3e} > {budget}"
+    # Rows with nothing kept: out exactly 0, lse exactly -inf.
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse) & (lse < 0), empty)
+    assert (out_h[empty] == 0).all()
+    finite = ~empty
+    if finite.any():
+        lse_err = (lse.double()[finite] - ref_lse[finite]).abs().max().item()
+        assert lse_err <= LSE_BUDGET, f"lse error {lse_err:.3e} > {LSE_BUDGET}"
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+def test_random_density_tails(dtype, d, layout):
+    b, h, lq, lk = 2, 3, 1000, 1000
+    q, k, v = make_qkv(b, h, lq, lk, d, dtype, layout, seed=d)
+    check_against_reference(q, k, v, random_mask(b, h, lq, lk, 0.3, seed=d), layout)
+
+
+@pytest.mark.parametrize("lq,lk", [(65, 65), (300, 1000), (1000, 130), (128, 64), (1, 1), (4096, 777)])
+def test_lengths_and_lq_ne_lk(lq, lk):
+    q, k, v = make_qkv(1, 2, lq, lk, 128, torch.bfloat16, seed=lq + lk)
+    check_against_reference(q, k, v, random_mask(1, 2, lq, lk, 0.5, seed=lq))
+
+
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+def test_full_rows_equal_dense_attention(layout):
+    b, h, lq, lk, d = 1, 4, 1000, 1100, 128
+    q, k, v = make_qkv(b, h, lq, lk, d, torch.bfloat16, layout, seed=3)
+    mask = random_mask(b, h, lq, lk, 1.0)
+    assert mask.density == 1.0
+    out, _ = check_against_reference(q, k, v, mask, layout)
+    to_hnd = (lambda x: x.transpose(1, 2)) if layout == "NHD" else (lambda x: x)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(*(to_hnd(t).float() for t in (q, k, v)))
+    assert (to_hnd(out).float() - sdpa).norm() / sdpa.norm() <= 1e-2
+
+
+def test_one_block_per_row():
+    q, k, v = make_qkv(2, 2, 1000, 1000, 64, torch.bfloat16, seed=4)
+    check_against_reference(q, k, v, one_block_mask(2, 2, 1000, 1000))
+
+
+def test_empty_rows_give_zero_and_minus_inf():
+    q, k, v = make_qkv(1, 3, 1000, 2000, 128, torch.bfloat16, seed=5)
+    mask = random_mask(1, 3, 1000, 2000, 0.2, empty_rows=0.4, seed=5)
+    assert (mask.kv_count == 0).any() and (mask.kv_count > 0).any()
+    check_against_reference(q, k, v, mask)
+    all_empty = BlockMask.from_dense(torch.zeros(1, 3, 8, 32, dtype=torch.bool, device="cuda"),
+                                     seq_len_q=1000, seq_len_k=2000)
+    out, lse = sk.block_sparse_attention(q, k, v, all_empty, return_lse=True)
+    assert (out == 0).all() and torch.isneginf(lse).all()
+
+
+def test_large_values_are_stable():
+    # Scores of magnitude ~100: the online softmax must rescale, not overflow.
+    q, k, v = make_qkv(1, 2, 700, 900, 64, torch.bfloat16, seed=6)
+    check_against_reference(q * 8, k * 8, v, random_mask(1, 2, 700, 900, 0.6, seed=6))
+
+
+def test_strided_and_odd_inputs():
+    # q/k/v slices of larger buffers (row strides != D) read in place; a non-unit last stride is copied.
+    base = torch.randn(1, 2, 600, 192, device="cuda").to(torch.bfloat16)
+    q, k, v = base[..., :64], base[..., 64:128], base[..., 128:]
+    check_against_reference(q, k, v, random_mask(1, 2, 600, 600, 0.5, seed=7))
+    wide = torch.randn(1, 2, 600, 256, device="cuda").to(torch.bfloat16)
+    check_against_reference(wide[..., ::2], k.contiguous()[..., :64].repeat(1, 1, 1, 2), wide[..., 1::2],
+                            random_mask(1, 2, 600, 600, 0.5, seed=8))
+
+
+def test_custom_scale():
+    q, k, v = make_qkv(1, 2, 500, 500, 128, torch.float16, seed=9)
+    check_against_reference(q, k, v, random_mask(1, 2, 500, 500, 0.5, seed=9), scale=0.3)
+
+
+def test_predicted_mask_structured_inputs():
+    b, h, d = 1, 2, 64
+    q, k = structured_qk(b, h, d, grid=(5, 12, 26), dtype=torch.bfloat16, seed=10)
+    v = torch.randn_like(q)
+    mask = sk.predict_block_mask(q, k, topk=0.03, topp=0.2)
+    assert 0 < mask.density < 1
+    check_against_reference(q, k, v, mask)
+    out = sk.sparge_attention(q, k, v, topk=0.03, topp=0.2)
+    assert torch.equal(out, sk.block_sparse_attention(q, k, v, mask))
+
+
+def test_wan_1p3b_480p_shape():
+    b, h, d = 1, 12, 128
+    q, k = structured_qk(b, h, d, dtype=torch.bfloat16, seed=11)
+    assert q.shape == (1, 12, 32760, 128)
+    v = torch.randn_like(q)
+    mask = sk.predict_block_mask(q, k, topk=0.03, topp=0.2)
+    check_against_reference(q, k, v, mask)
+    check_against_reference(q, k, v, random_mask(b, h, 32760, 32760, 0.05, seed=11))
+
+
+def test_block_sizes_other_than_128_64_rejected():
+    q, k, v = make_qkv(1, 1, 256, 256, 64, torch.bfloat16)
+    for bq, bk in ((64, 64), (128, 128)):
+        dense = torch.ones(1, 1, 256 // bq, 256 // bk, dtype=torch.bool, device="cuda")
+        mask = BlockMask.from_dense(dense, block_q=bq, block_k=bk)
+        with pytest.raises(ValueError, match="block_q=128 and block_k=64"):
+            sk.block_sparse_attention(q, k, v, mask)
+
+
+def test_unsupported_dtype_and_head_dim_rejected():
+    mask = random_mask(1, 1, 256, 256, 1.0)
+    q, k, v = make_qkv(1, 1, 256, 256, 64, torch.float32)
+    with pytest.raises(TypeError, match="float16 or bfloat16"):
+        sk.block_sparse_attention(q, k, v, mask)
+    q, k, v = make_qkv(1, 1, 256, 256, 96, torch.bfloat16)
+    with pytest.raises(ValueError, match="head dim 96"):
+        sk.block_sparse_attention(q, k, v, mask)
+
+
+def test_runs_on_current_stream():
+    q, k, v = make_qkv(1, 2, 1000, 1000, 128, torch.bfloat16, seed=12)
+    mask = random_mask(1, 2, 1000, 1000, 0.5, seed=12)
+    expected = sk.block_sparse_attention(q, k, v, mask)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        out = sk.block_sparse_attention(q, k, v, mask)
+    stream.synchronize()
+    assert torch.equal(out, expected)
