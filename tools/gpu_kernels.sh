@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Device script for the sparge-kernels CUDA kernels. Run on the GPU machine after the build:
+#   source tools/device/setup.sh && bash tools/gpu_kernels.sh [tests|sanitize|bench ...]
+# (no argument = all three). Logs and tables go to $OUT (default /tmp/out).
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+steps=${*:-tests sanitize bench}
+status=0
+for step in $steps; do
+  SECONDS=0
+  case $step in
+    tests)
+      python3 -m pytest -m gpu -q -p no:cacheprovider packages/sparge-kernels/tests/test_cuda_forward.py \
+        ${SPARGE_GPU_TESTS_EXTRA:-} 2>&1 | tee "$OUT/gpu_tests.log" || status=1 ;;
+    sanitize)
+      # memcheck on a small case with tails, empty rows and NHD strides (every launch of the forward).
+      compute-sanitizer --tool memcheck --error-exitcode 1 python3 - <<'PY' 2>&1 | tee "$OUT/sanitizer.log" || status=1
+import torch, sparge_kernels as sk
+from sparge_kernels.block_mask import BlockMask
+for dtype, d in ((torch.bfloat16, 128), (torch.float16, 64)):
+    q = torch.randn(1, 300, 2, d, device="cuda", dtype=dtype)
+    k = torch.randn(1, 200, 2, d, device="cuda", dtype=dtype)
+    dense = torch.rand(1, 2, 3, 4, device="cuda") < 0.6
+    dense[0, 0, 1] = False
+    m = BlockMask.from_dense(dense, seq_len_q=300, seq_len_k=200)
+    out, lse = sk.block_sparse_attention(q, k, k, m, layout="NHD", return_lse=True)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all()
+print("sanitizer case done")
+PY
+      ;;
+    bench)
+      python3 tools/bench_attention.py --out "$OUT/bench_attention.md" ${SPARGE_BENCH_ARGS:-} 2>&1 \
+        | tee "$OUT/bench.log" || status=1 ;;
+    *) echo "unknown step $step"; status=1 ;;
+  esac
+  echo "== $step: ${SECONDS}s (status so far $status)"
+done
+exit $status
