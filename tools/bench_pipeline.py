@@ -17,6 +17,7 @@ projections, norms, rope, attention, output projection) over the step time. Comp
 break the graph). The achieved density comes from a stats pass (BlockMask.density_per_head).
 
     python tools/bench_pipeline.py [--models 1.3b,14b] [--iters 3] [--warmup 1] [--no-compile]
+                                   [--compile-models 1.3b]
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def bench_case(key: str, args) -> list[dict]:
     density = state.stats.summary()["overall"]
     remove_sparge(model)
 
-    for compiled in ([False, True] if args.compile else [False]):
+    compile_here = args.compile and (args.compile_models is None or key in args.compile_models.split(","))
+    for compiled in ([False, True] if compile_here else [False]):
         set_compiled(model, compiled)
         for mode in ("dense", "sparge"):
             timed = not compiled
@@ -182,6 +184,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--compile-models", default=None, help="compile only these of --models (default: all)")
     p.add_argument("--allow-reference", action="store_true",
                    help="run without the CUDA kernels on the slow reference (correctness only, not timings)")
     args = p.parse_args()
