@@ -165,6 +165,70 @@ def bench_shape(name: str, backward: bool) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Forward+backward rows (issue 5, the block-sparse backward): registered in BACKWARD_ROWS, run with --backward.
+# Each row times one forward plus torch.autograd.grad of (q, k, v) for a fixed random dout. The table's speedup
+# column is against dense cuDNN *forward*; the labels carry the speedup against dense cuDNN fwd+bwd.
+# Useful FLOPs: fwd+bwd = 3.5 × forward (the backward's five GEMMs are 2.5 × the forward's two), bwd alone = 2.5 ×.
+def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = True) -> list[Row]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import flex_attention
+
+    import sparge_kernels as sk
+    from sparge_kernels import cuda_backward
+
+    b, h, length, d = ctx.shape
+    scale = d**-0.5
+    q, k, v = (x.detach().requires_grad_() for x in (ctx.q, ctx.k, ctx.v))
+    dout = torch.randn(q.shape, generator=torch.Generator(device="cuda").manual_seed(2), device="cuda").to(q.dtype)
+
+    def fwd_bwd(attend):
+        def run():
+            return torch.autograd.grad(attend(q, k, v), (q, k, v), dout)
+
+        return run
+
+    def sdpa(backend):
+        def attend(q, k, v):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v)
+
+        return attend
+
+    rows: list[Row] = []
+    t_ref = time_ms(fwd_bwd(sdpa(SDPBackend.CUDNN_ATTENTION)))
+
+    def add(label: str, ms: float, flops: float) -> None:
+        rows.append(Row(f"{label} ({t_ref / ms:.2f}x vs cuDNN fwd+bwd)", ms, flops))
+
+    add("dense SDPA (cuDNN) fwd+bwd", t_ref, 3.5 * ctx.dense_flops)
+    if with_flash:
+        add("dense SDPA (flash) fwd+bwd", time_ms(fwd_bwd(sdpa(SDPBackend.FLASH_ATTENTION))), 3.5 * ctx.dense_flops)
+    flex = torch.compile(flex_attention, dynamic=False)
+    for density, mask in ctx.masks.items():
+        kept = mask.density
+        what = f"random mask density {density:g} (kept {kept:.3f})"
+        if with_flex:
+            fbm = flex_block_mask(mask)
+            t = time_ms(fwd_bwd(lambda q, k, v, fbm=fbm: flex(q, k, v, block_mask=fbm, scale=scale)))
+            add(f"FlexAttention fwd+bwd, {what}", t, 3.5 * ctx.dense_flops * kept)
+        t = time_ms(fwd_bwd(lambda q, k, v, m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale)))
+        add(f"**sparge fwd+bwd**, {what}", t, 3.5 * ctx.dense_flops * kept)
+        with torch.no_grad():
+            out, lse = sk.block_sparse_attention(q, k, v, mask, scale=scale, return_lse=True)
+        idx = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, BLOCK_Q, BLOCK_K, scale)
+        for det in (False, True):
+            def bwd(det=det, out=out, lse=lse, idx=idx):
+                return cuda_backward.backward(dout, q, k, v, out, lse, None, *idx, det)
+
+            mode = "deterministic dQ" if det else "atomic dQ"
+            add(f"sparge backward alone ({mode}), {what}", time_ms(bwd), 2.5 * ctx.dense_flops * kept)
+    return rows
+
+
+BACKWARD_ROWS.append(fwd_bwd_rows)
+
+
 def table(name: str, rows: list[Row]) -> str:
     (b, h, length, d), _ = SHAPES[name]
     ref = rows[0].ms
