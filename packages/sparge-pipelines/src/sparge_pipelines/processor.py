@@ -80,7 +80,7 @@ class SpargeWanAttnProcessor:
         tiled = config.token_order == "tiled"
         if tiled:
             # Token-wise ops commute with the permutation: permute once before the projections, undo after.
-            perm, inverse = self.state.permutation(hidden_states.shape[1], hidden_states.device)
+            perm, inverse = self.state.permutation(hidden_states.shape[1])
             hidden_states = hidden_states.index_select(1, perm)
             if rotary_emb is not None:
                 rotary_emb = tuple(f.index_select(1, perm) for f in rotary_emb)

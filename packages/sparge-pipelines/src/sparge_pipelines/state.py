@@ -30,20 +30,21 @@ class SpargeState:
         self.stats: DensityStats | None = DensityStats() if config.collect_stats else None
         self.timer: AttentionTimer | None = AttentionTimer() if config.time_attention else None
         self.step = 0
+        # A bool, not the step: under torch.compile the processors then guard on two values, not on every step.
+        self.dense_now = config.dense_steps > 0
         self.step_override: int | None = None
         self.grid: tuple[int, int, int] | None = None
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
         self._last_timestep: float | None = None
         self._permutations: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.perm: torch.Tensor | None = None
+        self.inverse_perm: torch.Tensor | None = None
 
     @property
     def needs_forward_hook(self) -> bool:
         c = self.config
         return c.token_order == "tiled" or c.dense_steps > 0 or c.collect_stats or c.time_attention
 
-    @property
-    def dense_now(self) -> bool:
-        return self.step < self.config.dense_steps
 
     @torch.compiler.disable
     def begin_forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor | None, patch_size) -> None:
@@ -51,6 +52,9 @@ class SpargeState:
         _, _, f, h, w = hidden_states.shape
         self.grid = (f // patch_size[0], h // patch_size[1], w // patch_size[2])
         self.step = self._next_step(timestep)
+        self.dense_now = self.step < self.config.dense_steps
+        if self.config.token_order == "tiled":
+            self._update_permutation(hidden_states.device)
 
     def _next_step(self, timestep: torch.Tensor | None) -> int:
         if self.step_override is not None:
@@ -69,21 +73,25 @@ class SpargeState:
             return 0
         return self.step + 1 if t < last else self.step
 
-    def permutation(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(perm, inverse) of the tiled token order for the current grid, cached per grid and device."""
-        if self.grid is None:
-            raise RuntimeError("token_order='tiled' needs the patch grid, but the transformer forward hook never ran")
-        t, h, w = self.grid
-        if t * h * w != seq_len:
-            raise ValueError(
-                f"token_order='tiled': the patch grid {self.grid} has {t * h * w} tokens but self-attention got "
-                f"{seq_len} (is the sequence split, e.g. by context parallelism?)"
-            )
+    def _update_permutation(self, device: torch.device) -> None:
+        """Set `perm` / `inverse_perm` for the current grid (cached per grid and device). Done here in the eager
+        hook, so a compiled processor only reads two tensors and never traces the cache."""
         key = (self.grid, str(device))
         if key not in self._permutations:
             perm = tile_permutation(self.grid, self.config.tile, device=device)
             self._permutations[key] = (perm, invert_permutation(perm))
-        return self._permutations[key]
+        self.perm, self.inverse_perm = self._permutations[key]
+
+    def permutation(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(perm, inverse) of the tiled token order for the current grid."""
+        if self.perm is None:
+            raise RuntimeError("token_order='tiled' needs the patch grid, but the transformer forward hook never ran")
+        if self.perm.numel() != seq_len:
+            raise ValueError(
+                f"token_order='tiled': the patch grid {self.grid} has {self.perm.numel()} tokens but self-attention "
+                f"got {seq_len} (is the sequence split, e.g. by context parallelism?)"
+            )
+        return self.perm, self.inverse_perm
 
     @torch.compiler.disable
     def record_density(self, layer: str, density_per_head: torch.Tensor) -> None:
@@ -93,6 +101,7 @@ class SpargeState:
     def reset(self) -> None:
         """Forget recorded statistics and timings and the step counter (e.g. between generations)."""
         self.step, self._last_timestep = 0, None
+        self.dense_now = self.config.dense_steps > 0
         if self.stats is not None:
             self.stats.reset()
         if self.timer is not None:
