@@ -104,6 +104,21 @@ def bench_shape(name: str, iters: int) -> list[str]:
         for label, kw in variants.items()
     }
     t_total = t_variants["auto"]
+    t_graph = {}
+    for label, kw in (("auto", {}), ("1 head group", {"head_groups": 1})):
+        try:  # CUDA graph replay: the GPU time without Python launch overhead
+            graph = torch.cuda.CUDAGraph()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, out=out, **kw)
+            torch.cuda.current_stream().wait_stream(side)
+            with torch.cuda.graph(graph):
+                cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, out=out, **kw)
+            t_graph[label] = time_ms(graph.replay, iters)
+        except Exception as exc:  # report, keep benchmarking
+            print(f"CUDA graph capture failed for {label}: {exc!r}", file=sys.stderr)
     t_pool = time_ms(lambda: cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws), iters)
     t_select = {r: time_ms(lambda r=r: cuda_mask.select(ws, nk, scale, kk, TOPP, out[0], out[1], r), iters)
                 for r in (16, 8, 4)}
@@ -131,6 +146,7 @@ def bench_shape(name: str, iters: int) -> list[str]:
         row(f"**sparge CUDA predict, auto (head groups: {cuda_mask.default_head_groups(b, h, nq, nk)})**",
             t_total, gbytes, True),
         *(row(f"sparge CUDA predict, {label}", t, gbytes, True) for label, t in t_variants.items() if label != "auto"),
+        *(row(f"sparge CUDA predict, {label}, CUDA graph replay", t, gbytes, True) for label, t in t_graph.items()),
         row("launch 1: pool Q and K", t_pool, gbytes),
         *(row(f"launch 2: scores + softmax + Top-k/Top-p ({r} rows/CTA)", t, None) for r, t in t_select.items()),
         row("launch 3: transpose -> q_count, q_index", t_transpose, None),
