@@ -11,11 +11,11 @@ for step in $steps; do
   SECONDS=0
   case $step in
     tests)
-      python3 -m pytest -m gpu -q -p no:cacheprovider packages/sparge-kernels/tests/test_cuda_forward.py \
+      timeout ${SPARGE_TESTS_TIMEOUT:-300} python3 -m pytest -m gpu -q -p no:cacheprovider packages/sparge-kernels/tests/test_cuda_forward.py \
         ${SPARGE_GPU_TESTS_EXTRA:-} 2>&1 | tee "$OUT/gpu_tests.log" || status=1 ;;
     sanitize)
       # memcheck on a small case with tails, empty rows and NHD strides (every launch of the forward).
-      compute-sanitizer --tool memcheck --error-exitcode 1 python3 - <<'PY' 2>&1 | tee "$OUT/sanitizer.log" || status=1
+      timeout ${SPARGE_SANITIZE_TIMEOUT:-150} compute-sanitizer --tool memcheck --error-exitcode 1 python3 - <<'PY' 2>&1 | tee "$OUT/sanitizer.log" || status=1
 import torch, sparge_kernels as sk
 from sparge_kernels.block_mask import BlockMask
 for dtype, d in ((torch.bfloat16, 128), (torch.float16, 64)):
@@ -31,7 +31,7 @@ print("sanitizer case done")
 PY
       ;;
     bench)
-      python3 tools/bench_attention.py --out "$OUT/bench_attention.md" ${SPARGE_BENCH_ARGS:-} 2>&1 \
+      timeout ${SPARGE_BENCH_TIMEOUT:-300} python3 tools/bench_attention.py --out "$OUT/bench_attention.md" ${SPARGE_BENCH_ARGS:-} 2>&1 \
         | tee "$OUT/bench.log" || status=1 ;;
     *) echo "unknown step $step"; status=1 ;;
   esac
