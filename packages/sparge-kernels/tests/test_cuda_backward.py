@@ -141,6 +141,15 @@ def test_random_masks_tails_layouts(dtype, d, layout, deterministic):
         assert gx.stride() == x.stride()
 
 
+@pytest.mark.parametrize("d", [64, 128])
+def test_atomic_dq_accumulation(monkeypatch, d):
+    """The 8-byte-atomic dQ path (the non-Hopper default, a benchmark knob on Hopper) against the reference."""
+    from sparge_kernels import cuda_backward
+
+    monkeypatch.setattr(cuda_backward, "dq_accumulate", "atomic")
+    run_case(2, 3, 700, 900, d, torch.bfloat16, layout="NHD")
+
+
 @pytest.mark.parametrize("lq,lk", [(65, 300), (300, 65), (128, 64), (1, 1), (1000, 130), (2048, 4096)])
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_lengths_and_lq_ne_lk(lq, lk, deterministic):

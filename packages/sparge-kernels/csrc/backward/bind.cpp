@@ -50,7 +50,7 @@ void attention_backward(const std::string& dtype, int batch, int heads, int seql
                         uintptr_t kv_count, uintptr_t kv_index, uintptr_t q_count, uintptr_t q_index, uintptr_t dq,
                         uintptr_t dk, uintptr_t dv, Strides3 dq_strides, Strides3 dk_strides, Strides3 dv_strides,
                         uintptr_t lse_log2, uintptr_t delta, uintptr_t dq_accum, double scale, bool deterministic,
-                        uintptr_t stream) {
+                        bool dq_bulk_reduce, uintptr_t stream) {
   sparge::bwd::DType element;
   if (dtype == "bfloat16") {
     element = sparge::bwd::DType::kBFloat16;
@@ -104,6 +104,7 @@ void attention_backward(const std::string& dtype, int batch, int heads, int seql
   p.scale = float(scale);
   p.scale_log2 = float(scale * 1.4426950408889634);
   p.deterministic = deterministic;
+  p.dq_bulk_reduce = dq_bulk_reduce;
   sparge::bwd::dispatch_backward(p, element, reinterpret_cast<void*>(stream));
 }
 
@@ -117,8 +118,9 @@ void bind_attention_backward(nb::module_& m) {
         nb::arg("lse"), nb::arg("dlse"), nb::arg("kv_count"), nb::arg("kv_index"), nb::arg("q_count"),
         nb::arg("q_index"), nb::arg("dq"), nb::arg("dk"), nb::arg("dv"), nb::arg("dq_strides"),
         nb::arg("dk_strides"), nb::arg("dv_strides"), nb::arg("lse_log2"), nb::arg("delta"), nb::arg("dq_accum"),
-        nb::arg("scale"), nb::arg("deterministic"), nb::arg("stream"),
+        nb::arg("scale"), nb::arg("deterministic"), nb::arg("dq_bulk_reduce"), nb::arg("stream"),
         "Block-sparse attention backward on HND views: writes dq, dk, dv. Pointers are device addresses; strides "
         "are (batch, head, row) in elements; lse_log2/delta (B,H,Nq*128) and dq_accum (B,H,Nq*128,D, zeroed; "
-        "unused when deterministic) are float32 workspace.");
+        "unused when deterministic) are float32 workspace. dq_bulk_reduce: accumulate dQ with bulk async "
+        "reduce-adds (SM >= 90) instead of 8-byte atomics.");
 }

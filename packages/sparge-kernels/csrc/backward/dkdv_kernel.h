@@ -1,13 +1,14 @@
 // dK/dV kernel: one CTA per (key block of 64, head, batch). K and V stay in shared memory while the CTA walks the
 // key block's kept query blocks (q_index), 64 rows per step, double-buffering Q, dO, lse and delta:
 //   S = Q Kᵀ,  P = exp2(S·scale·log2e − lse·log2e),  dV += Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP − delta),
-//   dK += dSᵀ Q (· scale at the end),  and with kAccumulateDq: dQ_accum += dS K (fp32 atomics; scaled later).
+//   dK += dSᵀ Q (· scale at the end),  and unless kDqMode == kNone: dQ_accum += dS K (fp32, see dq_accumulate.h).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cute/tensor.hpp>
 
+#include "dq_accumulate.h"
 #include "kernel_traits.h"
 #include "mma_utils.h"
 #include "params.h"
@@ -17,7 +18,7 @@ namespace sparge::bwd {
 
 using namespace cute;
 
-template <class Traits, bool kAccumulateDq>
+template <class Traits, DqMode kDqMode>
 __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BackwardParams p) {
   using Element = typename Traits::Element;
   constexpr int kD = Traits::kHeadDim;
@@ -65,6 +66,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const Backwa
   Element* smem_ds = smem_p + Traits::kSmemPdSElems;
   float* smem_lse = reinterpret_cast<float*>(smem_ds + Traits::kSmemPdSElems);  // 2 buffers of kM
   float* smem_delta = smem_lse + 2 * kM;                                         // 2 buffers of kM
+  float* smem_dq_stage = smem_delta + 2 * kM;  // kBulkReduce: kM x kD floats, one slice per warp
 
   // Steps: two per kept query block. The second half of the last query block may lie wholly past Lq.
   const int num_steps = 2 * count;
@@ -194,29 +196,17 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const Backwa
     gemm_ss(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, thr_copy_bt.partition_S(sQt), tiled_mma, copy_at, copy_bt,
             thr_copy_at, thr_copy_bt);
 
-    if constexpr (kAccumulateDq) {
+    if constexpr (kDqMode != DqMode::kNone) {
       Tensor acc_dq = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kD>>{});
       clear(acc_dq);
       gemm_ss(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma, copy_a, copy_bt, thr_copy_a, thr_copy_bt);
-      // Accumulator values 2j, 2j+1 are neighbouring columns of one row: one 8-byte atomic each.
-      float* dq_rows = p.dq_accum + (bh * padded + row0) * kD;
-      CUTE_UNROLL
-      for (int m = 0; m < size<1>(acc_dq); ++m) {
-        CUTE_UNROLL
-        for (int n = 0; n < size<2>(acc_dq); ++n) {
-          CUTE_UNROLL
-          for (int half = 0; half < 2; ++half) {
-            const auto coord = tdQcdQ(2 * half, m, n);
-            float* dst = dq_rows + get<0>(coord) * kD + get<1>(coord);
-            const float x = acc_dq(2 * half, m, n), y = acc_dq(2 * half + 1, m, n);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-            atomicAdd(reinterpret_cast<float2*>(dst), make_float2(x, y));
-#else
-            atomicAdd(dst, x);
-            atomicAdd(dst + 1, y);
-#endif
-          }
-        }
+      float* dq_chunk = p.dq_accum + (bh * padded + row0) * kD;  // this step's 64 rows
+      if constexpr (kDqMode == DqMode::kAtomic) {
+        accumulate_dq_atomic<kD>(acc_dq, tdQcdQ, dq_chunk);
+      } else {
+        constexpr int kWarpSlice = 32 * decltype(size(acc_dq))::value;
+        const int warp = tid / 32;
+        accumulate_dq_bulk(acc_dq, smem_dq_stage + warp * kWarpSlice, dq_chunk + warp * kWarpSlice, tid % 32);
       }
     }
 
@@ -225,6 +215,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const Backwa
     if (step >= num_steps) break;
   }
 
+  if constexpr (kDqMode == DqMode::kBulkReduce) {
+    if (tid % 32 == 0) bulk_wait_all();  // the stage must stay alive until the reduces have read it
+  }
   __syncthreads();  // the last step's GEMMs are done with sQ/sdO: reuse them to stage dK and dV
   store_accumulator<Traits, kN>(acc_dk, p.scale, tiled_mma, smem_q, dk, p.dk_stride.row, keys_valid, tid);
   store_accumulator<Traits, kN>(acc_dv, 1.f, tiled_mma, smem_do, dv, p.dv_stride.row, keys_valid, tid);

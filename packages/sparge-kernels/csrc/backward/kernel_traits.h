@@ -77,6 +77,9 @@ struct BackwardTraits {
   static constexpr size_t kSmemBytesKV =
       sizeof(Element) * (2 * kSmemKVElems + 4 * kSmemStepElems + 2 * kSmemPdSElems) + sizeof(float) * 4 * kStepRows;
 
+  // kBulkReduce mode adds a (kStepRows, D) fp32 stage for dQ after the dK/dV kernel's buffers.
+  static constexpr size_t kSmemBytesDqStage = sizeof(float) * kStepRows * kHeadDim;
+
   // dQ kernel shared memory: Q and dO of the query block; K and V double-buffered; lse, delta (float).
   static constexpr int kSmemQElems = kTileElems<kQueryBlock>;
   static constexpr size_t kSmemBytesQ =

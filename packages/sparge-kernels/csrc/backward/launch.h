@@ -1,17 +1,27 @@
-// The one launch template of the backward: preprocess, dK/dV (+ dQ atomics), then either the dQ conversion or the
-// deterministic dQ kernel. Instantiated per (head dim, dtype) in instantiations/ (generate_instantiations.py).
+// The one launch template of the backward: preprocess, then either dK/dV with dQ accumulation + the dQ conversion,
+// or (deterministic) dK/dV without it + the dQ kernel. Instantiated per (head dim, dtype) in instantiations/
+// (generate_instantiations.py).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include "common/cuda_check.h"
 #include "dkdv_kernel.h"
+#include "dq_accumulate.h"
 #include "dq_kernel.h"
 #include "kernel_traits.h"
 #include "params.h"
 #include "preprocess.h"
 
 namespace sparge::bwd {
+
+template <class Traits, DqMode kDqMode>
+void launch_dkdv(BackwardParams const& p, dim3 grid, size_t smem_bytes, cudaStream_t stream) {
+  auto kernel = dkdv_kernel<Traits, kDqMode>;
+  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)));
+  kernel<<<grid, Traits::kNThreads, smem_bytes, stream>>>(p);
+  SPARGE_CHECK_LAUNCH("sparge backward dK/dV");
+}
 
 template <int kHeadDim, typename Element>
 void run_backward(BackwardParams const& p, cudaStream_t stream) {
@@ -24,28 +34,28 @@ void run_backward(BackwardParams const& p, cudaStream_t stream) {
   SPARGE_CHECK_LAUNCH("sparge backward preprocess");
 
   const dim3 grid_kv(p.num_k_blocks, p.heads, p.batch);
+  const dim3 grid_q(p.num_q_blocks, p.heads, p.batch);
   if (p.deterministic) {
-    auto dkdv = dkdv_kernel<Traits, false>;
-    SPARGE_CUDA_CHECK(
-        cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytesKV)));
-    dkdv<<<grid_kv, Traits::kNThreads, Traits::kSmemBytesKV, stream>>>(p);
-    SPARGE_CHECK_LAUNCH("sparge backward dK/dV");
-
+    launch_dkdv<Traits, DqMode::kNone>(p, grid_kv, Traits::kSmemBytesKV, stream);
     auto dq = dq_kernel<Traits>;
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytesQ)));
-    dq<<<dim3(p.num_q_blocks, p.heads, p.batch), Traits::kNThreads, Traits::kSmemBytesQ, stream>>>(p);
+    dq<<<grid_q, Traits::kNThreads, Traits::kSmemBytesQ, stream>>>(p);
     SPARGE_CHECK_LAUNCH("sparge backward dQ (deterministic)");
-  } else {
-    auto dkdv = dkdv_kernel<Traits, true>;
-    SPARGE_CUDA_CHECK(
-        cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytesKV)));
-    dkdv<<<grid_kv, Traits::kNThreads, Traits::kSmemBytesKV, stream>>>(p);
-    SPARGE_CHECK_LAUNCH("sparge backward dK/dV/dQ-accumulate");
-
-    const int64_t chunks = int64_t(p.batch) * p.heads * p.seqlen_q * (kHeadDim / 8);
-    dq_convert_kernel<kHeadDim, Element><<<dim3(unsigned((chunks + 255) / 256)), 256, 0, stream>>>(p);
-    SPARGE_CHECK_LAUNCH("sparge backward dQ convert");
+    return;
   }
+  int device = 0, sm_major = 0;
+  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
+  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sm_major, cudaDevAttrComputeCapabilityMajor, device));
+  if (p.dq_bulk_reduce && sm_major >= 9) {
+    launch_dkdv<Traits, DqMode::kBulkReduce>(p, grid_kv, Traits::kSmemBytesKV + Traits::kSmemBytesDqStage, stream);
+    const dim3 grid_convert(2 * p.num_q_blocks, p.heads, p.batch);  // 64-row step chunks
+    dq_convert_fragments_kernel<Traits><<<grid_convert, Traits::kNThreads, 0, stream>>>(p);
+  } else {
+    launch_dkdv<Traits, DqMode::kAtomic>(p, grid_kv, Traits::kSmemBytesKV, stream);
+    const int64_t chunks = int64_t(p.batch) * p.heads * p.seqlen_q * (kHeadDim / 8);
+    dq_convert_rowmajor_kernel<kHeadDim, Element><<<dim3(unsigned((chunks + 255) / 256)), 256, 0, stream>>>(p);
+  }
+  SPARGE_CHECK_LAUNCH("sparge backward dQ convert");
 }
 
 }  // namespace sparge::bwd

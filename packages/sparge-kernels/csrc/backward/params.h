@@ -44,6 +44,7 @@ struct BackwardParams {
   float scale = 0.f;       // softmax scale
   float scale_log2 = 0.f;  // scale * log2(e)
   bool deterministic = false;
+  bool dq_bulk_reduce = true;  // non-deterministic dQ: bulk async reduce on SM >= 90 (else 8-byte atomics)
 
 };
 

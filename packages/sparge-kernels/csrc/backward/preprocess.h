@@ -63,28 +63,4 @@ __global__ void __launch_bounds__(256) preprocess_kernel(const BackwardParams p)
   }
 }
 
-// dq = dq_accum · scale in the element type, written with dq's strides (non-deterministic mode).
-template <int kHeadDim, typename Element>
-__global__ void __launch_bounds__(256) dq_convert_kernel(const BackwardParams p) {
-  constexpr int kChunks = kHeadDim / 8;  // 8 elements per thread
-  const int64_t total = int64_t(p.batch) * p.heads * p.seqlen_q * kChunks;
-  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= total) return;
-  const int chunk = int(idx % kChunks);
-  const int64_t row = idx / kChunks;  // over (B, H, Lq)
-  const int64_t bh = row / p.seqlen_q;
-  const int i = int(row - bh * p.seqlen_q);
-  const int b = int(bh / p.heads), h = int(bh % p.heads);
-  const float4* src = reinterpret_cast<const float4*>(p.dq_accum + (bh * p.padded_q + i) * kHeadDim + chunk * 8);
-  const float4 lo = src[0], hi = src[1];
-  const float vals[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-  uint4 packed;
-  Element* out = reinterpret_cast<Element*>(&packed);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) out[e] = Element(vals[e] * p.scale);
-  Element* dq = static_cast<Element*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head + i * p.dq_stride.row +
-                chunk * 8;
-  *reinterpret_cast<uint4*>(dq) = packed;
-}
-
 }  // namespace sparge::bwd

@@ -5,7 +5,8 @@ and the float32 workspace (lse·log2e, delta, and the zeroed dQ accumulator unle
 on the caller's current stream. Kernels (csrc/backward/):
   preprocess   delta = rowsum(dO ∘ O) − dlse, lse in log2 units (+inf on empty/padding rows → P = 0)
   dK/dV        one CTA per key block, over the query blocks that kept it (q_index); in the default mode it also
-               adds dS·K into the fp32 dQ accumulator with atomics, then a small kernel converts dQ
+               adds dS·K into an fp32 dQ accumulator (Hopper: per-warp bulk async reduce-adds; else 8-byte
+               atomics), then a small kernel converts dQ
   dQ           deterministic=True: one CTA per query block over its kept key blocks (kv_index), no atomics,
                bitwise reproducible (recomputes P and dS)
 An operand whose head dim is not unit-stride, or whose pointer/strides are not 16-byte aligned, is copied to a
@@ -22,6 +23,10 @@ from .validation import num_blocks
 
 SUPPORTED_BLOCKS = (128, 64)  # (block_q, block_k) of the compiled kernels
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+# How the default (non-deterministic) mode accumulates dQ: "bulk" (bulk async reduce-add on SM >= 90, falls back to
+# atomics below) or "atomic" (8-byte atomics). Same result up to fp32 summation order; a knob for benchmarks.
+dq_accumulate: str = "bulk"
 
 # Test hook: when set to a float, dq/dk/dv are filled with it before the launch, so elements the kernels fail
 # to write stay detectable (the tests poison with NaN).
@@ -75,6 +80,8 @@ def backward(
     deterministic: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backend.backward on HND views: (dq, dk, dv), each (B, H, L, D) in the dtype and memory layout of q, k, v."""
+    if dq_accumulate not in ("bulk", "atomic"):
+        raise ValueError(f"cuda_backward.dq_accumulate must be 'bulk' or 'atomic', got {dq_accumulate!r}")
     if (block_q, block_k) != SUPPORTED_BLOCKS:
         raise ValueError(
             f"the CUDA block-sparse attention backward supports block_q=128 and block_k=64 only, got "
@@ -143,7 +150,7 @@ def backward(
             dq_strides=_strides(dq), dk_strides=_strides(dk), dv_strides=_strides(dv),
             lse_log2=lse_log2.data_ptr(), delta=delta.data_ptr(),
             dq_accum=dq_accum.data_ptr() if dq_accum is not None else 0,
-            scale=float(scale), deterministic=bool(deterministic),
+            scale=float(scale), deterministic=bool(deterministic), dq_bulk_reduce=dq_accumulate == "bulk",
             stream=torch.cuda.current_stream(q.device).cuda_stream,
         )
     return dq, dk, dv
