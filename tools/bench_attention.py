@@ -217,12 +217,14 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
         with torch.no_grad():
             out, lse = sk.block_sparse_attention(q, k, v, mask, scale=scale, return_lse=True)
         idx = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, BLOCK_Q, BLOCK_K, scale)
-        for det in (False, True):
-            def bwd(det=det, out=out, lse=lse, idx=idx):
+        for mode, accumulate, det in (("bulk-reduce dQ", "bulk", False), ("atomic dQ", "atomic", False),
+                                      ("deterministic dQ", "bulk", True)):
+            def bwd(det=det, accumulate=accumulate, out=out, lse=lse, idx=idx):
+                cuda_backward.dq_accumulate = accumulate
                 return cuda_backward.backward(dout, q, k, v, out, lse, None, *idx, det)
 
-            mode = "deterministic dQ" if det else "atomic dQ"
             add(f"sparge backward alone ({mode}), {what}", time_ms(bwd), 2.5 * ctx.dense_flops * kept)
+        cuda_backward.dq_accumulate = "bulk"
     return rows
 
 
