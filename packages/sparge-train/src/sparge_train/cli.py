@@ -22,13 +22,15 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparge-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The deepspeed launcher passes --local_rank=N (before or after the subcommand); LOCAL_RANK is used instead.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="velocity-distillation fine-tuning (DeepSpeed ZeRO)")
     fit.add_argument("--config", required=True, type=Path, help="run YAML (see examples/run.yaml)")
     fit.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                      help="override a config field (YAML value); repeatable")
-    fit.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    fit.add_argument("--local_rank", "--local-rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     prep = sub.add_parser("prepare", help="encode videos + captions into latent shards (Wan VAE + UMT5)")
     prep.add_argument("--videos", required=True, type=Path, help="folder of videos (searched recursively)")

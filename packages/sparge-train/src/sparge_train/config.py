@@ -243,6 +243,9 @@ class TrainConfig:
     export_at_end: bool = True
     tensorboard: bool = True
     progress_bar: bool = True
+    # Fixed-input evaluation every eval_every steps (and before the first): 0 disables.
+    eval_every: int = 0
+    eval_samples: int = 0  # the first eval_samples dataset samples, split round robin over ranks
     # Testing hook: SIGKILL every rank right after this step (and its checkpoint) to simulate a crash.
     kill_after_step: int | None = None
 
@@ -261,6 +264,10 @@ class TrainConfig:
             raise ConfigError(f"{prefix}.keep_last", f"must be >= 1, got {self.keep_last}")
         if self.resume not in ("auto", "none") and not Path(self.resume).is_dir():
             raise ConfigError(f"{prefix}.resume", f"must be auto, none or a checkpoint directory, got {self.resume!r}")
+        if self.eval_every < 0:
+            raise ConfigError(f"{prefix}.eval_every", f"must be >= 0, got {self.eval_every}")
+        if self.eval_every > 0 and self.eval_samples < 1:
+            raise ConfigError(f"{prefix}.eval_samples", "must be >= 1 when train.eval_every > 0")
         if self.kill_after_step is not None and self.kill_after_step < 1:
             raise ConfigError(f"{prefix}.kill_after_step", f"must be >= 1, got {self.kill_after_step}")
 
@@ -288,6 +295,9 @@ class RunConfig:
     def validate(self) -> RunConfig:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
+        if self.data.source == "synthetic" and self.train.eval_samples > self.data.synthetic.num_samples:
+            raise ConfigError("train.eval_samples", f"{self.train.eval_samples} > data.synthetic.num_samples "
+                              f"({self.data.synthetic.num_samples})")
         return self
 
     def to_dict(self) -> dict[str, Any]:

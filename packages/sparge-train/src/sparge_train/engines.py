@@ -59,7 +59,9 @@ def build_engines(cfg: RunConfig, student: torch.nn.Module, teacher: torch.nn.Mo
         teacher_engine.eval()
         run = teacher_engine
     else:
-        teacher.to(device=device, dtype=dtype)
+        teacher.to(device=device)
+        if dtype != torch.float32:
+            teacher.to(dtype=dtype)  # the student engine casts the same way (DeepSpeed bf16 = all 16-bit params)
         run = teacher
 
     @torch.no_grad()

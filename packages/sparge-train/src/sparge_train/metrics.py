@@ -43,10 +43,11 @@ class MetricsLogger:
 
 
 def read_metrics(path: Path) -> dict[int, dict[str, Any]]:
-    """step → last record logged for it (a resumed run re-logs the steps after its checkpoint)."""
+    """step → its fields merged over the records logged for it (train and eval records are separate lines; a
+    resumed run re-logs the steps after its checkpoint, the later values win)."""
     out: dict[int, dict[str, Any]] = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if line.strip():
             rec = json.loads(line)
-            out[int(rec["step"])] = rec
+            out.setdefault(int(rec["step"]), {}).update(rec)
     return out

@@ -158,17 +158,19 @@ def build_student_teacher(cfg: RunConfig, *, student_ds: dict, teacher_ds: dict 
     if cfg.deepspeed.zero_stage == 3:
         import deepspeed
 
-        with deepspeed.zero.Init(config_dict_or_path=student_ds, dtype=dtype):
+        # No dtype= here: zero.Init takes it from the config's bf16 flag (an explicit dtype is overridden by the
+        # accelerator's preference in DeepSpeed 0.19 — bf16 even for fp32 on the CPU).
+        with deepspeed.zero.Init(config_dict_or_path=student_ds):
             student = _new_model(arch, cfg.model.init_seed)
         if pretrained is not None:
             _load_into_zero3(student, safetensors_files(pretrained), rank)
         teacher = None
         if need_teacher and sharded_teacher:
-            with deepspeed.zero.Init(config_dict_or_path=teacher_ds, dtype=dtype):
+            with deepspeed.zero.Init(config_dict_or_path=teacher_ds):
                 teacher = _new_model(arch, cfg.model.init_seed)
             _copy_partitions(student, teacher)
         elif need_teacher:
-            teacher = _new_model(arch, cfg.model.init_seed).to(dtype)
+            teacher = _new_model(arch, cfg.model.init_seed)
             _copy_gathered(student, teacher)
         return StudentTeacher(student, freeze(teacher) if teacher is not None else None, arch, True, sharded_teacher)
 
@@ -176,7 +178,7 @@ def build_student_teacher(cfg: RunConfig, *, student_ds: dict, teacher_ds: dict 
         student = WanTransformer3DModel.from_pretrained(pretrained, torch_dtype=torch.float32)
     else:
         student = _new_model(arch, cfg.model.init_seed)
-    teacher = freeze(copy.deepcopy(student).to(dtype)) if need_teacher else None
+    teacher = freeze(copy.deepcopy(student)) if need_teacher else None
     return StudentTeacher(student, teacher, arch, False, False)
 
 

@@ -17,11 +17,12 @@ import torch
 import yaml
 
 from .checkpoint import TrainerState, export_weights, find_resume_point, load_checkpoint, save_checkpoint
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data import DeterministicBatchSampler, build_dataset
 from .deepspeed_config import resolve_dtype, student_ds_config, teacher_ds_config, uses_sharded_teacher
 from .distributed import WorldInfo, all_reduce_mean, barrier, init_distributed, world_from_env
 from .engines import build_engines
+from .evaluation import eval_micro_batches, evaluate
 from .losses import distillation_objective
 from .metrics import MetricsLogger
 from .models import build_student_teacher, install_sparge
@@ -37,6 +38,7 @@ class FitResult:
     start_step: int
     final_step: int
     losses: dict[int, float] = field(default_factory=dict)  # step (1-based, after the update) → mean loss
+    eval_losses: dict[int, float] = field(default_factory=dict)  # step → fixed-input evaluation loss
     export_dir: Path | None = None
 
 
@@ -104,6 +106,20 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
     # 6. the loop
     logger = MetricsLogger(out, enabled=world.is_main, tensorboard=cfg.train.tensorboard)
     result = FitResult(start_step=state.step, final_step=state.step)
+    eval_batches = []
+    if cfg.train.eval_every > 0:
+        if cfg.train.eval_samples % world.world_size:
+            raise ConfigError("train.eval_samples", f"{cfg.train.eval_samples} is not a multiple of the world size "
+                              f"({world.world_size}): every rank must run the same evaluation forwards")
+        eval_batches = eval_micro_batches(cfg, world_size=world.world_size, rank=world.rank)
+
+    def run_eval(at_step: int) -> None:
+        metrics = evaluate(cfg, dataset, student, engines.teacher, eval_batches, device, dtype)
+        result.eval_losses[at_step] = metrics["eval_loss"]
+        logger.log(at_step, metrics)
+
+    if eval_batches and state.step == 0:
+        run_eval(0)
     from tqdm import tqdm
 
     progress = tqdm(total=cfg.train.max_steps, initial=state.step, unit="step", dynamic_ncols=True,
@@ -147,6 +163,8 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
             if device.type == "cuda":
                 metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             logger.log(state.step, metrics)
+        if eval_batches and state.step % cfg.train.eval_every == 0:
+            run_eval(state.step)
         progress.update(1)
         progress.set_postfix(loss=f"{metrics['loss']:.4g}")
 

@@ -29,11 +29,13 @@ class TrainingBatch:
         return b * f * (h // 2) * (w // 2)
 
 
-def make_training_batch(dataset, micro: MicroBatch, cfg: RunConfig, device: torch.device,
-                        dtype: torch.dtype) -> TrainingBatch:
+def make_training_batch(dataset, micro: MicroBatch, cfg: RunConfig, device: torch.device, dtype: torch.dtype,
+                        *, seed: int | None = None) -> TrainingBatch:
+    """Noise and σ of each sample come from (seed, its stream position); seed defaults to train.seed."""
     batch = collate_samples([dataset[i] for i in micro.indices], cfg.data.text_len)
     x0 = batch["latents"]
-    noise, sigmas = noise_for_positions(micro.positions, tuple(x0.shape[1:]), cfg.flow, cfg.train.seed)
+    seed = cfg.train.seed if seed is None else seed
+    noise, sigmas = noise_for_positions(micro.positions, tuple(x0.shape[1:]), cfg.flow, seed)
     x_t = add_noise(x0, noise, sigmas)
     return TrainingBatch(
         x_t=x_t.to(device=device, dtype=dtype),

@@ -1,0 +1,101 @@
+"""Shared helpers for sparge-train tests: a tiny Wan "pretrained" teacher on disk and a launcher for
+`sparge-train fit` in 1 or 2 CPU processes (plain python, torchrun or the deepspeed launcher, gloo)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+TINY_LATENT = {"latent_channels": 4, "latent_frames": 4, "latent_height": 16, "latent_width": 16,
+               "text_tokens": 8, "text_dim": 32}  # 4 × 8 × 8 = 256 tokens: 2 query blocks, 4 key blocks
+
+
+def save_tiny_wan(path: Path, *, seed: int = 0, std: float = 0.1) -> Path:
+    """The `tiny` preset with every parameter redrawn from N(0, std): a stand-in pretrained teacher whose
+    attention is far from uniform (diffusers' default init leaves it nearly so)."""
+    from diffusers import WanTransformer3DModel
+
+    from sparge_train.presets import wan_config
+
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(**wan_config("tiny"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std)
+    model.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_dir(tmp_path_factory) -> Path:
+    return save_tiny_wan(tmp_path_factory.mktemp("tiny_wan") / "transformer")
+
+
+def tiny_run_config(model_dir: Path, out_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "model": {"pretrained": str(model_dir), "gradient_checkpointing": True},
+        "sparge": {"enabled": True, "topk": 0.1, "topp": 0.3},
+        "loss": {"kind": "velocity"},
+        "data": {"source": "synthetic", "text_len": 16, "synthetic": {"num_samples": 8, **TINY_LATENT}},
+        "optim": {"lr": 1e-4, "grad_clip": 1.0},
+        "deepspeed": {"zero_stage": 2},
+        "train": {"output_dir": str(out_dir), "max_steps": 4, "micro_batch_size": 1, "global_batch_size": 2,
+                  "save_every": 2, "tensorboard": False, "progress_bar": False},
+    }
+    for section, values in sections.items():
+        merged = dict(cfg.get(section, {}))
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        cfg[section] = merged
+    return cfg
+
+
+def write_config(cfg: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_fit(config: Path, *, nprocs: int = 1, launcher: str = "python", extra: list[str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `sparge-train fit` in a fresh process group; returns the completed process (output captured)."""
+    fit_args = ["sparge_train", "fit", "--config", str(config), *(extra or [])]
+    port = str(free_port())
+    if launcher == "python":
+        assert nprocs == 1
+        cmd = [sys.executable, "-m", *fit_args]
+    elif launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nprocs), "--master_port", port,
+               "-m", *fit_args]
+    elif launcher == "deepspeed":
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nprocs), "--master_port", port,
+               "--module", *fit_args]
+    else:
+        raise ValueError(launcher)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def check_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    if proc.returncode != 0:
+        raise AssertionError(f"fit failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
