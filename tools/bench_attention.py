@@ -3,7 +3,8 @@
 Shapes (1,12,32760,128) [Wan2.1-1.3B 480p] and (1,40,75600,128) [14B 720p], bf16, HND. Rows per shape:
   dense SDPA (cuDNN), dense SDPA (flash)
   FlexAttention (torch.compile'd, BLOCK_SIZE=(128, 64)) with the identical block mask, per density
-  sparge block_sparse_attention at random-mask densities 1.0 / 0.2 / 0.1 / 0.05
+  sparge block_sparse_attention at random-mask densities 1.0 / 0.2 / 0.1 / 0.05 (default kernel: the
+  Hopper wgmma/TMA one on sm_90), plus the portable mma.sync kernel at 1.0 and 0.05
   mask prediction alone (topk=0.03, topp=0.2) on structured video-like q, k (tools/structured_inputs.py),
   sparge attention on that mask, and sparge_attention (prediction + attention) as the total
 Columns: ms (median, triton.testing.do_bench, else CUDA events), useful TFLOP/s (4·B·H·Lq·Lk·D × kept
@@ -136,6 +137,17 @@ def bench_shape(name: str, backward: bool) -> list[Row]:
                             dense_flops * kept))
             t = time_ms(lambda m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale))
             rows.append(Row(f"**sparge**, random mask density {density:g} (kept {kept:.3f})", t, dense_flops * kept))
+
+        # The portable mma.sync kernel on the same masks, for comparison with the default (Hopper) kernel.
+        from sparge_kernels import cuda_forward
+
+        cuda_forward.forward_path = "sm80"
+        for density in (1.0, 0.05):
+            mask = masks[density]
+            t = time_ms(lambda m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale))
+            rows.append(Row(f"sparge portable mma.sync kernel, random mask density {density:g}", t,
+                            dense_flops * mask.density))
+        cuda_forward.forward_path = None
 
         # Masks predicted from structured (video-like) inputs.
         sq, skk, sv = video_qkv(b, h, grid, d, dtype=torch.bfloat16, device="cuda",

@@ -29,12 +29,23 @@ REL_BUDGET = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 LSE_BUDGET = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def poison_outputs(monkeypatch):
+def _sm90_available() -> bool:
+    from sparge_kernels import _C  # type: ignore[attr-defined]
+
+    return "90a" in _C.build_archs.split(",") and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.fixture(autouse=True, params=["sm80", "sm90"])
+def kernel_path(request, monkeypatch):
+    """Every test runs on both kernels: the portable mma.sync one and the Hopper wgmma/TMA one."""
     from sparge_kernels import cuda_forward
 
+    if request.param == "sm90" and not _sm90_available():
+        pytest.skip("the Hopper kernel needs an sm_90 GPU and a build for 90a")
+    monkeypatch.setattr(cuda_forward, "forward_path", request.param)
     monkeypatch.setattr(cuda_forward, "debug_fill_value", float("nan"))
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
+    return request.param
 
 
 def make_qkv(b, h, lq, lk, d, dtype, layout="HND", seed=0, scale_v=1.0):

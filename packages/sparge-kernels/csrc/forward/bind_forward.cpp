@@ -41,10 +41,18 @@ sparge::fwd::DType parse_dtype(std::string const& dtype) {
   throw std::invalid_argument("dtype must be 'bfloat16' or 'float16' for the CUDA forward, got '" + dtype + "'");
 }
 
+sparge::fwd::ForwardPath parse_path(std::string const& path) {
+  if (path == "auto") return sparge::fwd::ForwardPath::kAuto;
+  if (path == "sm80") return sparge::fwd::ForwardPath::kSm80;
+  if (path == "sm90") return sparge::fwd::ForwardPath::kSm90;
+  throw std::invalid_argument("path must be 'auto', 'sm80' or 'sm90', got '" + path + "'");
+}
+
 void attention_forward(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t kv_count,
                        uintptr_t kv_index, int batch, int heads, int seqlen_q, int seqlen_k, int head_dim,
                        Strides q_stride, Strides k_stride, Strides v_stride, Strides out_stride,
-                       std::string const& dtype, int block_q, int block_k, double scale, uintptr_t stream) {
+                       std::string const& dtype, int block_q, int block_k, double scale, uintptr_t stream,
+                       std::string const& path) {
   SPARGE_REQUIRE(block_q == 128 && block_k == 64,
                  "the CUDA forward supports block_q=128 and block_k=64 only, got block_q=" + std::to_string(block_q) +
                      ", block_k=" + std::to_string(block_k));
@@ -80,7 +88,7 @@ void attention_forward(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uin
   p.o_batch_stride = out_stride[0], p.o_head_stride = out_stride[1], p.o_row_stride = out_stride[2];
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
-  sparge::fwd::dispatch_attention_forward(p, element, reinterpret_cast<cudaStream_t>(stream));
+  sparge::fwd::dispatch_attention_forward(p, element, parse_path(path), reinterpret_cast<cudaStream_t>(stream));
 }
 
 }  // namespace
@@ -88,8 +96,9 @@ void attention_forward(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uin
 void bind_attention_forward(nb::module_& m) {
   m.def("attention_forward", &attention_forward, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "kv_count"_a, "kv_index"_a,
         "batch"_a, "heads"_a, "seqlen_q"_a, "seqlen_k"_a, "head_dim"_a, "q_stride"_a, "k_stride"_a, "v_stride"_a,
-        "out_stride"_a, "dtype"_a, "block_q"_a, "block_k"_a, "scale"_a, "stream"_a,
+        "out_stride"_a, "dtype"_a, "block_q"_a, "block_k"_a, "scale"_a, "stream"_a, "path"_a = "auto",
         "Block-sparse attention forward over (B, H, L, D) strided device buffers. Writes out (q's dtype) and "
         "lse (float32, contiguous (B, H, Lq)); kv_count (B, H, Nq) and kv_index (B, H, Nq, Nk) are contiguous "
-        "int32. Asynchronous on `stream` (a cudaStream_t as an integer).");
+        "int32. Asynchronous on `stream` (a cudaStream_t as an integer). `path`: 'auto' (Hopper wgmma/TMA kernel "
+        "on sm_90 when built for 90a, else the portable one), 'sm80' or 'sm90'.");
 }

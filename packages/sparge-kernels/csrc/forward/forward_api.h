@@ -7,12 +7,22 @@
 
 namespace sparge::fwd {
 
+// Which kernel runs: kAuto picks the Hopper (wgmma + TMA) kernel on sm_90 devices when this build has it
+// and the strides suit TMA, else the portable mma.sync kernel.
+enum class ForwardPath { kAuto, kSm80, kSm90 };
+
 // Defined in the generated instantiation files; only the configured (head dim, dtype) pairs exist.
 template <int kHeadDim, DType kDType>
 void run_attention_forward_sm80(AttentionForwardParams const& params, cudaStream_t stream);
+template <int kHeadDim, DType kDType>
+void run_attention_forward_sm90(AttentionForwardParams const& params, cudaStream_t stream);
 
-// Validates nothing; picks the instantiation for (params.head_dim, dtype). Throws std::invalid_argument
-// when that pair was not compiled into this build.
-void dispatch_attention_forward(AttentionForwardParams const& params, DType dtype, cudaStream_t stream);
+// Picks the kernel for (params.head_dim, dtype, path). Throws std::invalid_argument when that combination
+// was not compiled into this build (or kSm90 is asked for where it cannot run).
+void dispatch_attention_forward(AttentionForwardParams const& params, DType dtype, ForwardPath path,
+                                cudaStream_t stream);
+
+// The path kAuto resolves to for these params on the current device.
+ForwardPath resolve_forward_path(AttentionForwardParams const& params, ForwardPath path);
 
 }  // namespace sparge::fwd

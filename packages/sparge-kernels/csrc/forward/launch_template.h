@@ -1,4 +1,4 @@
-// The one launch template of the forward: included only by the generated instantiation files
+// Launch template of the portable (SM80+) forward: included only by the generated instantiation files
 // (instantiations/attention_forward_hdim<D>_<dtype>_<arch>.cu), one (head dim, dtype, arch) each.
 #pragma once
 
@@ -6,15 +6,13 @@
 #include <cutlass/numeric_types.h>
 
 #include "common/cuda_check.h"
+#include "forward/element_type.h"
 #include "forward/forward_api.h"
 #include "forward/kernel_fwd_sm80.h"
 #include "forward/kernel_traits_sm80.h"
 #include "forward/tile_scheduler.h"
 
 namespace sparge::fwd {
-
-template <DType kDType>
-using ElementOf = std::conditional_t<kDType == DType::kBFloat16, cutlass::bfloat16_t, cutlass::half_t>;
 
 template <int kHeadDim, DType kDType>
 void run_attention_forward_sm80(AttentionForwardParams const& params, cudaStream_t stream) {

@@ -9,22 +9,38 @@ namespace sparge::fwd {
 
 using namespace cute;
 
-// An SM80 accumulator (MMA=(2,2), MMA_M, MMA_N) viewed as (rows=(2, MMA_M), cols=(2, MMA_N)):
-// each thread holds 2 rows per 16-row MMA tile and 2 adjacent columns per 8-column tile.
+// An MMA accumulator viewed as (rows, cols). Each thread holds 2 rows per 16-row slab and pairs of adjacent
+// columns, one pair per 8-column chunk; a row's values are spread over the 4 threads of a quad.
+//   SM80 (mma.sync):  ((2, 2), MMA_M, MMA_N)     -> ((2, MMA_M), (2, MMA_N))
+//   SM90 (wgmma):     ((2, 2, N/8), MMA_M, MMA_N) -> ((2, MMA_M), (2, N/8, MMA_N))
 template <class Layout>
 CUTE_HOST_DEVICE constexpr auto accumulator_as_rowcol(Layout layout) {
   static_assert(decltype(rank(layout))::value == 3);
-  auto split = logical_divide(layout, Shape<_2>{});  // ((2, 2), MMA_M, MMA_N)
-  return make_layout(make_layout(get<0, 1>(split), get<1>(split)), make_layout(get<0, 0>(split), get<2>(split)));
+  if constexpr (decltype(rank<0>(layout))::value == 3) {
+    return make_layout(make_layout(get<0, 1>(layout), get<1>(layout)),
+                       make_layout(get<0, 0>(layout), get<0, 2>(layout), get<2>(layout)));
+  } else {
+    auto split = logical_divide(layout, Shape<_2>{});  // ((2, 2), MMA_M, MMA_N)
+    return make_layout(make_layout(get<0, 1>(split), get<1>(split)),
+                       make_layout(get<0, 0>(split), get<2>(split)));
+  }
 }
 
-// The same accumulator re-read as the A operand of an m16n8k16 MMA: two n8 tiles make one k16 slice.
-// (MMA=4, MMA_M, MMA_N) -> ((4, 2), MMA_M, MMA_N / 2)
+// The same accumulator (after conversion to 16-bit) re-read as the register A operand of the next MMA,
+// whose K is this accumulator's N: two 8-column chunks make one k16 slice.
+//   SM80: (4, MMA_M, MMA_N) -> ((4, 2), MMA_M, MMA_N / 2)
+//   SM90: ((2, 2, N/8), MMA_M, MMA_N) -> ((2, 2, 2), MMA_M, N/16 * MMA_N)
 template <class Layout>
 CUTE_HOST_DEVICE constexpr auto accumulator_as_a_operand(Layout layout) {
   static_assert(decltype(rank(layout))::value == 3);
-  auto split = logical_divide(layout, Shape<X, X, _2>{});  // (4, MMA_M, (2, MMA_N / 2))
-  return make_layout(make_layout(get<0>(split), get<2, 0>(split)), get<1>(split), get<2, 1>(split));
+  if constexpr (decltype(rank<0>(layout))::value == 3) {
+    auto chunks = logical_divide(get<0, 2>(layout), Tile<_2>{});  // (2, N/16)
+    return make_layout(make_layout(get<0, 0>(layout), get<0, 1>(layout), get<0, 0>(chunks)), get<1>(layout),
+                       coalesce(make_layout(get<0, 1>(chunks), get<2>(layout))));
+  } else {
+    auto split = logical_divide(layout, Shape<X, X, _2>{});  // (4, MMA_M, (2, MMA_N / 2))
+    return make_layout(make_layout(get<0>(split), get<2, 0>(split)), get<1>(split), get<2, 1>(split));
+  }
 }
 
 // Reduction over the 4 threads of a quad, which together hold one accumulator row.

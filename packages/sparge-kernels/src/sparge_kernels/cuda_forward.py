@@ -8,6 +8,8 @@ is copied to a contiguous tensor first (documented, rare: sliced or odd-strided 
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import _C  # type: ignore[attr-defined]
@@ -15,6 +17,10 @@ from .validation import num_blocks
 
 SUPPORTED_BLOCKS = (128, 64)  # (block_q, block_k) of the compiled kernels
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+# Which kernel: "auto" (the Hopper wgmma/TMA kernel on sm_90 GPUs when the wheel was built for 90a, else the
+# portable mma.sync kernel), "sm80" or "sm90". Default from SPARGE_FORWARD_PATH, else "auto".
+forward_path: str | None = None
 
 # Test hook: when set to a float, out and lse are filled with it before the launch, so rows the kernel
 # fails to write stay detectable (the tests poison with NaN).
@@ -89,5 +95,6 @@ def forward(
             q.stride(), k.stride(), v.stride(), out.stride(),
             _DTYPE_NAMES[q.dtype], block_q, block_k, float(scale),
             torch.cuda.current_stream(q.device).cuda_stream,
+            forward_path or os.environ.get("SPARGE_FORWARD_PATH", "auto"),
         )
     return out, lse

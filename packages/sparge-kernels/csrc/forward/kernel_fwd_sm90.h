@@ -1,0 +1,69 @@
+// The Hopper forward kernel: one CTA of 3 warpgroups per (query block of 128 rows, head, batch);
+// warpgroup 0 loads (TMA), warpgroups 1-2 compute (wgmma) over the kept key blocks only.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include "forward/epilogue_fwd_sm90.h"
+#include "forward/kernel_traits_sm90.h"
+#include "forward/mainloop_fwd_sm90.h"
+#include "forward/params.h"
+#include "forward/softmax.h"
+#include "forward/tile_scheduler.h"
+#include "forward/utils.h"
+
+namespace sparge::fwd {
+
+using namespace cute;
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    attention_forward_sm90_kernel(__grid_constant__ const KernelParamsSm90<Traits> kp) {
+  using Pipeline = typename Traits::Pipeline;
+  using Mainloop = MainloopFwdSm90<Traits>;
+  extern __shared__ __align__(1024) char smem[];
+  auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
+  AttentionForwardParams const& p = kp.args;
+  const WorkTile tile = StaticTileScheduler::tile();
+  const int64_t row_block = (int64_t(tile.batch) * p.heads + tile.head) * p.num_q_blocks + tile.m_block;
+  const int32_t* kv_index = p.kv_index + row_block * p.num_k_blocks;
+  const int kv_count = p.kv_count[row_block];
+  const int warp_group = __shfl_sync(0xffffffff, int(threadIdx.x) / 128, 0);
+
+  if (threadIdx.x == 0) {
+    cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_q, 1);
+    cute::prefetch_tma_descriptor(kp.tma_q.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(kp.tma_k.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(kp.tma_v.get_tma_descriptor());
+  }
+  typename Pipeline::Params pipeline_params;
+  pipeline_params.transaction_bytes = Traits::kTmaBytesKV;
+  pipeline_params.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  pipeline_params.is_leader = threadIdx.x == 0;
+  pipeline_params.num_consumers = Traits::kNumMmaThreads;
+  Pipeline pipeline_k(ss.pipeline_k, pipeline_params, Shape<_1, _1, _1>{});
+  Pipeline pipeline_v(ss.pipeline_v, pipeline_params, Shape<_1, _1, _1>{});
+  __syncthreads();  // barriers initialised before anyone waits on them
+
+  if (warp_group == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<24>();
+    if (threadIdx.x == 0 && kv_count > 0) Mainloop::load(kp, tile, ss, pipeline_k, pipeline_v, kv_index, kv_count);
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<240>();
+    const int thread_idx = int(threadIdx.x) - 128;
+    typename Traits::TiledMmaPV mma_pv;
+    Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{});
+    clear(acc_o);
+    constexpr int kRowsPerThread = decltype(size<0>(accumulator_as_rowcol(acc_o.layout())))::value;
+    OnlineSoftmax<kRowsPerThread> softmax(p.scale_log2);
+    Mainloop::mma(p, ss, pipeline_k, pipeline_v, kv_index, kv_count, acc_o, softmax, thread_idx);
+    Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
+    auto lse = softmax.finalize(acc_o_rowcol, p.scale);
+    EpilogueFwdSm90<Traits>::store(p, tile, acc_o, lse, thread_idx);
+  }
+}
+
+}  // namespace sparge::fwd

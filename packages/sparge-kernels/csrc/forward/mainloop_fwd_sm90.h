@@ -1,0 +1,127 @@
+// Mainloop of the Hopper forward (warp-specialised): the producer thread TMA-loads Q once and then the
+// kept K/V blocks kv_index[b, h, i, :kv_count] into a ring of smem stages (mbarrier pipeline); the two
+// consumer warpgroups run S = Q·Kᵀ (wgmma, both operands in smem), the online softmax, and O += P·V
+// (wgmma, P from registers), releasing each stage as soon as its operand has been read.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include <cmath>
+
+#include "forward/kernel_traits_sm90.h"
+#include "forward/params.h"
+#include "forward/tile_scheduler.h"
+#include "forward/utils.h"
+
+namespace sparge::fwd {
+
+using namespace cute;
+
+// acc (+)= A · B on one or more warpgroups; waits for the result before returning.
+template <bool kZeroInit, class TiledMma, class FragA, class FragB, class Acc>
+__device__ __forceinline__ void wgmma_gemm(TiledMma& mma, FragA const& a, FragB const& b, Acc& acc) {
+  constexpr bool kAFromRegisters = !cute::is_base_of<GMMA::DescriptorIterator, typename TiledMma::FrgTypeA>::value;
+  if constexpr (kAFromRegisters) warpgroup_fence_operand(const_cast<FragA&>(a));
+  warpgroup_fence_operand(acc);
+  warpgroup_arrive();
+  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
+  CUTE_UNROLL
+  for (int k = 0; k < size<2>(a); ++k) {
+    cute::gemm(mma, a(_, _, k), b(_, _, k), acc);
+    mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_wait<0>();
+  warpgroup_fence_operand(acc);
+  if constexpr (kAFromRegisters) warpgroup_fence_operand(const_cast<FragA&>(a));
+}
+
+template <class Traits>
+struct MainloopFwdSm90 {
+  using Element = typename Traits::Element;
+  using Pipeline = typename Traits::Pipeline;
+  using PipelineState = typename Pipeline::PipelineState;
+  using SharedStorage = typename Traits::SharedStorage;
+  using Barrier = cutlass::arch::ClusterTransactionBarrier;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kBlockN = Traits::kBlockN;
+
+  // Run by one thread of the producer warpgroup.
+  __device__ static void load(KernelParamsSm90<Traits> const& kp, WorkTile const& tile, SharedStorage& ss,
+                              Pipeline& pipeline_k, Pipeline& pipeline_v, int32_t const* kv_index, int kv_count) {
+    Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q);
+    Tensor mK = kp.tma_k.get_tma_tensor(kp.shape_k);
+    Tensor mV = kp.tma_v.get_tma_tensor(kp.shape_k);
+    Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch), typename Traits::TileQ{}, make_coord(tile.m_block, _0{}));
+    Tensor gK = local_tile(mK(_, _, tile.head, tile.batch), typename Traits::TileKV{}, make_coord(_, _0{}));
+    Tensor gV = local_tile(mV(_, _, tile.head, tile.batch), typename Traits::TileKV{}, make_coord(_, _0{}));
+    Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
+    auto [tQgQ, tQsQ] = tma_partition(kp.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+    auto [tKgK, tKsK] = tma_partition(kp.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+    auto [tVgV, tVsV] = tma_partition(kp.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+
+    // Rows past Lq / Lk are out of the TMA box's tensor bounds: the copy engine zero-fills them.
+    Barrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kTmaBytesQ);
+    copy(kp.tma_q.with(ss.barrier_q), tQgQ, tQsQ);
+    PipelineState write = cutlass::make_producer_start_state<Pipeline>();
+    for (int slot = 0; slot < kv_count; ++slot) {
+      const int n_block = kv_index[slot];
+      pipeline_k.producer_acquire(write);
+      copy(kp.tma_k.with(*pipeline_k.producer_get_barrier(write)), tKgK(_, n_block), tKsK(_, write.index()));
+      pipeline_v.producer_acquire(write);
+      copy(kp.tma_v.with(*pipeline_v.producer_get_barrier(write)), tVgV(_, n_block), tVsV(_, write.index()));
+      ++write;
+    }
+  }
+
+  // Run by the consumer warpgroups; thread_idx in [0, kNumMmaThreads).
+  template <class AccO, class Softmax>
+  __device__ static void mma(AttentionForwardParams const& p, SharedStorage& ss, Pipeline& pipeline_k,
+                             Pipeline& pipeline_v, int32_t const* kv_index, int kv_count, AccO& acc_o,
+                             Softmax& softmax, int thread_idx) {
+    typename Traits::TiledMmaQK mma_qk;
+    typename Traits::TiledMmaPV mma_pv;
+    auto thr_qk = mma_qk.get_thread_slice(thread_idx);
+    auto thr_pv = mma_pv.get_thread_slice(thread_idx);
+    Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
+    Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutVt{});
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);
+    Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, N, K, stage) descriptors
+    Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, N, K, stage) descriptors
+    Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+    Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
+
+    if (kv_count > 0) Barrier::wait(&ss.barrier_q, 0);
+    PipelineState read;
+    for (int slot = 0; slot < kv_count; ++slot) {
+      Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      pipeline_k.consumer_wait(read);
+      wgmma_gemm</*kZeroInit=*/true>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), acc_s);
+      pipeline_k.consumer_release(read);
+
+      const int valid_cols = p.seqlen_k - kv_index[slot] * kBlockN;
+      if (valid_cols < kBlockN) {
+        CUTE_UNROLL
+        for (int i = 0; i < size(acc_s); ++i) {
+          if (get<1>(tScS(i)) >= valid_cols) acc_s(i) = -INFINITY;
+        }
+      }
+      Tensor scores = make_tensor(acc_s.data(), accumulator_as_rowcol(acc_s.layout()));
+      softmax.update(scores, acc_o_rowcol);
+
+      Tensor probs = convert_fragment<Element>(acc_s);
+      Tensor tOrP = make_tensor(probs.data(), accumulator_as_a_operand(probs.layout()));
+      pipeline_v.consumer_wait(read);
+      wgmma_gemm</*kZeroInit=*/false>(mma_pv, tOrP, tOrV(_, _, _, read.index()), acc_o);
+      pipeline_v.consumer_release(read);
+      ++read;
+    }
+  }
+};
+
+}  // namespace sparge::fwd
