@@ -52,7 +52,8 @@ def structured_qk(b: int, h: int, grid: tuple[int, int, int], d: int) -> tuple[t
 
 
 def time_ms(fn, iters: int, repeats: int = 5) -> float:
-    """Median over `repeats` of the mean time of `iters` back-to-back calls (CUDA events)."""
+    """Eager: median over `repeats` of the mean time of `iters` back-to-back calls (CUDA events; includes any
+    Python launch overhead that the GPU cannot hide)."""
     fn()
     torch.cuda.synchronize()
     samples = []
@@ -67,6 +68,32 @@ def time_ms(fn, iters: int, repeats: int = 5) -> float:
     return statistics.median(samples)
 
 
+def graph_ms(fn, iters: int, repeats: int = 5) -> float:
+    """GPU time per call: `iters` calls captured in one CUDA graph, replayed `repeats` times (median)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(iters):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / iters)
+    del graph
+    return statistics.median(samples)
+
+
 def bench_shape(name: str, iters: int) -> list[str]:
     from sparge_kernels import cuda_mask
     from sparge_kernels.backend import _reference_predict
@@ -75,6 +102,9 @@ def bench_shape(name: str, iters: int) -> list[str]:
 
     b, h, length, d, grid = SHAPES[name]
     q, k = structured_qk(b, h, grid, d)
+    q, k = q.contiguous(), k.contiguous()  # HND, as after a (B, H, L, D) projection
+    q_nhd = q.transpose(1, 2).contiguous().transpose(1, 2)  # (B, L, H, D) memory seen as HND views
+    k_nhd = k.transpose(1, 2).contiguous().transpose(1, 2)
     scale = d**-0.5
     nq, nk = num_blocks(length, BLOCK_Q), num_blocks(length, BLOCK_K)
     gbytes = (q.numel() + k.numel()) * q.element_size() / 1e9
@@ -88,42 +118,36 @@ def bench_shape(name: str, iters: int) -> list[str]:
     ws = cuda_mask.MaskWorkspace.allocate(b, h, nq, nk, d, q.device)
     kk = topk_count(TOPK, nk)
 
-    variants = {  # label: predict tuning (the result never depends on it)
-        "auto": {},
-        "1 head group (no overlap)": {"head_groups": 1},
-        "2 head groups": {"head_groups": 2},
-        "3 head groups": {"head_groups": 3},
-        "4 head groups": {"head_groups": 4},
-        "6 head groups": {"head_groups": 6},
-        "4 head groups, 16-row tail": {"head_groups": 4, "tail_rows_per_cta": 16},
-        "4 head groups, 8 rows/CTA": {"head_groups": 4, "rows_per_cta": 8},
-    }
-    t_variants = {
-        label: time_ms(lambda kw=kw: cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, out=out, **kw),
-                       iters)
-        for label, kw in variants.items()
-    }
-    t_total = t_variants["auto"]
-    t_graph = {}
-    for label, kw in (("auto", {}), ("1 head group", {"head_groups": 1})):
-        try:  # CUDA graph replay: the GPU time without Python launch overhead
-            graph = torch.cuda.CUDAGraph()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, out=out, **kw)
-            torch.cuda.current_stream().wait_stream(side)
-            with torch.cuda.graph(graph):
-                cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, out=out, **kw)
-            t_graph[label] = time_ms(graph.replay, iters)
-        except Exception as exc:  # report, keep benchmarking
-            print(f"CUDA graph capture failed for {label}: {exc!r}", file=sys.stderr)
-    t_pool = time_ms(lambda: cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws), iters)
-    t_select = {r: time_ms(lambda r=r: cuda_mask.select(ws, nk, scale, kk, TOPP, out[0], out[1], r), iters)
-                for r in (16, 8, 4)}
-    t_transpose = time_ms(lambda: cuda_mask.transpose(ws, nk, out[2], out[3]), iters)
+    def predict(qq=q, kk_=k, **kw):
+        return lambda: cuda_mask.predict(qq, kk_, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, out=out, **kw)
+
     t_ref = time_ms(lambda: _reference_predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale), max(2, iters // 10), 3)
+    t_eager = time_ms(predict(), iters)
+    graph_variants = {
+        "auto": predict(),
+        "auto, NHD input": predict(q_nhd, k_nhd),
+        "1 head group (no overlap)": predict(head_groups=1),
+        "2 head groups": predict(head_groups=2),
+        "3 head groups": predict(head_groups=3),
+        "4 head groups": predict(head_groups=4),
+        "6 head groups": predict(head_groups=6),
+        "1 head group, 16 rows/CTA": predict(head_groups=1, rows_per_cta=16),
+        "1 head group, 32 rows/CTA": predict(head_groups=1, rows_per_cta=32),
+        "4 head groups, 16 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=16, tail_rows_per_cta=8),
+        "4 head groups, 32 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=32, tail_rows_per_cta=8),
+        "auto, bisection to the end (compact=False)": predict(compact=False),
+    }
+    t_graph = {label: graph_ms(fn, iters) for label, fn in graph_variants.items()}
+
+    cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws)
+    t_pool = graph_ms(lambda: cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws), iters)
+    t_pool_nhd = graph_ms(lambda: cuda_mask.pool(q_nhd, k_nhd, BLOCK_Q, BLOCK_K, ws), iters)
+    cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws)
+    t_select = {
+        (r, c): graph_ms(lambda r=r, c=c: cuda_mask.select(ws, nk, scale, kk, TOPP, out[0], out[1], r, c), iters)
+        for r in (4, 8, 16, 32) for c in (True, False)
+    }
+    t_transpose = graph_ms(lambda: cuda_mask.transpose(ws, nk, out[2], out[3]), iters)
 
     mine = cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale)
     ref = _reference_predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale)
@@ -136,20 +160,22 @@ def bench_shape(name: str, iters: int) -> list[str]:
         gbs = f"{moved / (ms * 1e-3):.0f}" if moved else "-"
         return f"| {label} | {ms:.4f} | {gbs} | {f'{t_ref / ms:.1f}x' if speedup else '-'} |"
 
+    auto_groups = cuda_mask.default_head_groups(b, h, nq, nk)
     lines = [
-        f"### {name}: Q, K ({b}, {h}, {length}, {d}) bf16, Nq={nq}, Nk={nk}, topk={TOPK}, topp={TOPP}",
+        f"### {name}: Q, K ({b}, {h}, {length}, {d}) bf16 HND contiguous, Nq={nq}, Nk={nk}, topk={TOPK}, topp={TOPP}",
         "",
-        f"density {density:.4f}; decisions equal to the reference: {agree:.6f}; Q+K = {gbytes * 1e3:.1f} MB",
+        f"density {density:.4f}; decisions equal to the eager reference: {agree:.6f}; Q+K = {gbytes * 1e3:.1f} MB; "
+        f"auto = {auto_groups} head group(s). Graph rows: {iters} calls captured in one CUDA graph (GPU time).",
         "",
         "| what | ms | GB/s (Q+K once) | speedup vs eager reference |",
         "| --- | --- | --- | --- |",
-        row(f"**sparge CUDA predict, auto (head groups: {cuda_mask.default_head_groups(b, h, nq, nk)})**",
-            t_total, gbytes, True),
-        *(row(f"sparge CUDA predict, {label}", t, gbytes, True) for label, t in t_variants.items() if label != "auto"),
-        *(row(f"sparge CUDA predict, {label}, CUDA graph replay", t, gbytes, True) for label, t in t_graph.items()),
-        row("launch 1: pool Q and K", t_pool, gbytes),
-        *(row(f"launch 2: scores + softmax + Top-k/Top-p ({r} rows/CTA)", t, None) for r, t in t_select.items()),
-        row("launch 3: transpose -> q_count, q_index", t_transpose, None),
+        row("**sparge CUDA predict, auto, eager call (Python overhead included)**", t_eager, gbytes, True),
+        *(row(f"sparge CUDA predict, {label}, graph", t, gbytes, True) for label, t in t_graph.items()),
+        row("launch 1: pool Q and K (HND), graph", t_pool, gbytes),
+        row("launch 1: pool Q and K (NHD), graph", t_pool_nhd, gbytes),
+        *(row(f"launch 2: scores + softmax + Top-k/Top-p, {r} rows/CTA{'' if c else ', compact=False'}, graph",
+              t, None) for (r, c), t in t_select.items()),
+        row("launch 3: transpose -> q_count, q_index, graph", t_transpose, None),
         row("eager PyTorch reference (block_probabilities + select_hybrid + indices)", t_ref, gbytes, True),
         "",
     ]
@@ -158,7 +184,7 @@ def bench_shape(name: str, iters: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--shapes", default="1.3b,14b")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)

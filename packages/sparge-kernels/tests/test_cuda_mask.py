@@ -212,6 +212,9 @@ def test_keep_all(topk, topp):
         {"head_groups": 1, "rows_per_cta": 4},
         {"head_groups": 1, "rows_per_cta": 8},
         {"head_groups": 1, "rows_per_cta": 16},
+        {"head_groups": 1, "rows_per_cta": 32},
+        {"head_groups": 1, "rows_per_cta": 8, "compact": False},
+        {"head_groups": 1, "rows_per_cta": 32, "compact": False},
         {"head_groups": 2, "rows_per_cta": 16, "tail_rows_per_cta": 8},
         {"head_groups": 3, "rows_per_cta": 0, "tail_rows_per_cta": 4},
         {"head_groups": 5, "rows_per_cta": 8, "tail_rows_per_cta": 0},
@@ -219,7 +222,7 @@ def test_keep_all(topk, topp):
     ids=str,
 )
 def test_tuning_variants_agree(tuning):
-    """Head groups (overlap on a side stream) and CTA sizes change the schedule, never the result."""
+    """Head groups (overlap on a side stream), CTA sizes and candidate gathering never change the result."""
     q, k = make_qk(2, 5, 3000, 5000, 128, seed=1, layout="NHD")
     scale = 128 ** -0.5
     base = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, head_groups=1, rows_per_cta=16)
@@ -264,10 +267,36 @@ def test_exact_ties_keep_lower_indices():
             # topp=0.2 over 1/64 each: exclusive masses 0, 1/64, ..., 12/64 < 0.2 -> 13 blocks (exact in fp32)
             kv_count, kv_index, q_count, q_index = run_kernel(q, k, topk, topp, 128, 64, 0.125)
             check_encoding(kv_count, kv_index, q_count, q_index)
+            plain = run_kernel(q, k, topk, topp, 128, 64, 0.125, compact=False)
+            assert all(torch.equal(x, y) for x, y in zip(plain, (kv_count, kv_index, q_count, q_index)))
             assert (kv_count == kept).all(), (topk, topp, kv_count.unique().tolist())
             assert (kv_index[..., :kept] == torch.arange(kept, device="cuda", dtype=torch.int32)).all()
             ref = reference.predict_block_mask(q, k, topk, topp, 128, 64, 0.125)
             assert torch.equal(ref.sum(-1), kv_count.long())
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_many_exact_ties(compact):
+    """Key blocks drawn from 4 integer patterns: every row has 4 distinct, exactly computed scores.
+
+    The kept set must be a prefix of the (probability descending, index ascending) order, of the float64 rule's
+    length up to one entry (a cumulative mass on a tie group can sit within rounding of topp).
+    """
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    b, h, nk, d = 1, 4, 128, 64
+    q = torch.randint(-2, 3, (b, h, 1024, d), generator=gen, device="cuda").to(torch.bfloat16)
+    patterns = torch.randint(-2, 3, (4, d), generator=gen, device="cuda").to(torch.bfloat16)
+    choice = torch.randint(0, 4, (b, h, nk), generator=gen, device="cuda")
+    k = patterns[choice].unsqueeze(3).expand(b, h, nk, 64, d).reshape(b, h, nk * 64, d)
+    scale = 0.125
+    for topk, topp in ((0.1, 0.5), (0.3, 0.0), (0.0, 0.4)):
+        dense = check_encoding(*run_kernel(q, k, topk, topp, 128, 64, scale, compact=compact))
+        p64 = reference.block_probabilities(q.double(), k.double(), 128, 64, scale)
+        order = torch.sort(p64, dim=-1, descending=True, stable=True).indices
+        kept_sorted = dense.gather(-1, order).int()
+        assert (kept_sorted[..., :-1] >= kept_sorted[..., 1:]).all(), "kept set is not a prefix of the tie order"
+        expected = reference.select_hybrid(p64, topk, topp).sum(-1)
+        assert ((dense.sum(-1) - expected).abs() <= 1).all()
 
 
 def test_pooled_means_and_stages_with_poisoned_workspace():

@@ -41,8 +41,8 @@ sparge::mask::PoolParams pool_params(std::uintptr_t q, int64_t q_stride_b, int64
 
 sparge::mask::SelectParams select_params(std::uintptr_t q_pooled, std::uintptr_t k_pooled_t, int k_ld, int batch,
                                          int heads, int head_dim, int num_q_blocks, int num_k_blocks, float scale,
-                                         int topk_count, float topp, std::uintptr_t kv_count, std::uintptr_t kv_index,
-                                         std::uintptr_t row_bits, int bits_ld) {
+                                         int topk_count, float topp, int compact, std::uintptr_t kv_count,
+                                         std::uintptr_t kv_index, std::uintptr_t row_bits, int bits_ld) {
   sparge::mask::SelectParams p{};
   p.q_pooled = reinterpret_cast<const float*>(q_pooled);
   p.k_pooled_t = reinterpret_cast<const float*>(k_pooled_t);
@@ -57,6 +57,7 @@ sparge::mask::SelectParams select_params(std::uintptr_t q_pooled, std::uintptr_t
   p.scale = scale;
   p.topk_count = topk_count;
   p.topp = topp;
+  p.compact = compact;
   p.kv_count = reinterpret_cast<int32_t*>(kv_count);
   p.kv_index = reinterpret_cast<int32_t*>(kv_index);
   p.row_bits = reinterpret_cast<uint32_t*>(row_bits);
@@ -90,7 +91,7 @@ void bind_mask_prediction(nb::module_& m) {
       "mask_predict",
       [](std::uintptr_t q, int64_t q_stride_b, int64_t q_stride_h, int64_t q_stride_l, int seq_len_q, int block_q,
          std::uintptr_t k, int64_t k_stride_b, int64_t k_stride_h, int64_t k_stride_l, int seq_len_k, int block_k,
-         int batch, int heads, int head_dim, int dtype, float scale, int topk_count, float topp,
+         int batch, int heads, int head_dim, int dtype, float scale, int topk_count, float topp, int compact,
          std::uintptr_t q_pooled, std::uintptr_t k_pooled_t, int k_ld, std::uintptr_t row_bits, int bits_ld,
          std::uintptr_t kv_count, std::uintptr_t kv_index, std::uintptr_t q_count, std::uintptr_t q_index,
          int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream) {
@@ -99,13 +100,13 @@ void bind_mask_prediction(nb::module_& m) {
             pool_params(q, q_stride_b, q_stride_h, q_stride_l, seq_len_q, block_q, k, k_stride_b, k_stride_h,
                         k_stride_l, seq_len_k, block_k, batch, heads, head_dim, q_pooled, k_pooled_t, k_ld),
             select_params(q_pooled, k_pooled_t, k_ld, batch, heads, head_dim, nq, nk, scale, topk_count, topp,
-                          kv_count, kv_index, row_bits, bits_ld),
+                          compact, kv_count, kv_index, row_bits, bits_ld),
             transpose_params(row_bits, bits_ld, batch, heads, nq, nk, q_count, q_index), static_cast<InputDtype>(dtype),
             head_groups, rows_per_cta, tail_rows_per_cta, stream);
       },
       "q"_a, "q_stride_b"_a, "q_stride_h"_a, "q_stride_l"_a, "seq_len_q"_a, "block_q"_a, "k"_a, "k_stride_b"_a,
       "k_stride_h"_a, "k_stride_l"_a, "seq_len_k"_a, "block_k"_a, "batch"_a, "heads"_a, "head_dim"_a, "dtype"_a,
-      "scale"_a, "topk_count"_a, "topp"_a, "q_pooled"_a, "k_pooled_t"_a, "k_ld"_a, "row_bits"_a, "bits_ld"_a,
+      "scale"_a, "topk_count"_a, "topp"_a, "compact"_a, "q_pooled"_a, "k_pooled_t"_a, "k_ld"_a, "row_bits"_a, "bits_ld"_a,
       "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "head_groups"_a, "rows_per_cta"_a, "tail_rows_per_cta"_a,
       "stream"_a,
       "Whole mask prediction: pool, select, transpose; head_groups > 1 overlaps selection with pooling on a "
@@ -130,15 +131,16 @@ void bind_mask_prediction(nb::module_& m) {
   m.def(
       "mask_select_blocks",
       [](std::uintptr_t q_pooled, std::uintptr_t k_pooled_t, int k_ld, int batch, int heads, int head_dim,
-         int num_q_blocks, int num_k_blocks, float scale, int topk_count, float topp, std::uintptr_t kv_count,
-         std::uintptr_t kv_index, std::uintptr_t row_bits, int bits_ld, int rows_per_cta, std::uintptr_t stream) {
+         int num_q_blocks, int num_k_blocks, float scale, int topk_count, float topp, int compact,
+         std::uintptr_t kv_count, std::uintptr_t kv_index, std::uintptr_t row_bits, int bits_ld, int rows_per_cta,
+         std::uintptr_t stream) {
         sparge::mask::launch_select_blocks(
             select_params(q_pooled, k_pooled_t, k_ld, batch, heads, head_dim, num_q_blocks, num_k_blocks, scale,
-                          topk_count, topp, kv_count, kv_index, row_bits, bits_ld),
+                          topk_count, topp, compact, kv_count, kv_index, row_bits, bits_ld),
             rows_per_cta, stream);
       },
       "q_pooled"_a, "k_pooled_t"_a, "k_ld"_a, "batch"_a, "heads"_a, "head_dim"_a, "num_q_blocks"_a,
-      "num_k_blocks"_a, "scale"_a, "topk_count"_a, "topp"_a, "kv_count"_a, "kv_index"_a, "row_bits"_a, "bits_ld"_a,
+      "num_k_blocks"_a, "scale"_a, "topk_count"_a, "topp"_a, "compact"_a, "kv_count"_a, "kv_index"_a, "row_bits"_a, "bits_ld"_a,
       "rows_per_cta"_a, "stream"_a,
       "Stage 2: scores, softmax, hybrid Top-k/Top-p: kv_count (B,H,Nq), kv_index (B,H,Nq,Nk), row_bits.");
 

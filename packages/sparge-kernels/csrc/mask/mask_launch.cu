@@ -64,6 +64,18 @@ void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
   select_blocks_kernel<kRows><<<grid, kSelectThreads, smem, stream>>>(p);
 }
 
+// Query blocks per selection CTA. Every CTA streams all pooled keys of its head from L2, so more rows per CTA
+// means less L2 traffic, but fewer CTAs; aim for about two CTAs per SM.
+int default_rows_per_cta(const SelectParams& p) {
+  int device = 0, sms = 0;
+  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
+  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t row_groups = int64_t(p.batch) * p.group_heads;
+  int rows = 32;
+  while (rows > 8 && row_groups * ((p.num_q_blocks + rows - 1) / rows) < 2 * int64_t(sms)) rows /= 2;
+  return rows;
+}
+
 void check_heads(int batch, int heads, int head_begin, int group_heads) {
   SPARGE_REQUIRE(batch > 0 && heads > 0, "mask prediction: empty batch or heads");
   SPARGE_REQUIRE(head_begin >= 0 && group_heads > 0 && head_begin + group_heads <= heads,
@@ -140,25 +152,34 @@ void launch_select_blocks(const SelectParams& p, int rows_per_cta, std::uintptr_
   SPARGE_REQUIRE(p.k_ld >= p.num_k_blocks, "mask selection: k_ld < Nk");
   check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
   const size_t limit = size_t(max_dynamic_smem());
+  auto smem_for = [&](int rows) {
+    return rows == 32   ? select_smem_bytes<32>(p.head_dim, p.num_k_blocks)
+           : rows == 16 ? select_smem_bytes<16>(p.head_dim, p.num_k_blocks)
+           : rows == 8  ? select_smem_bytes<8>(p.head_dim, p.num_k_blocks)
+                        : select_smem_bytes<4>(p.head_dim, p.num_k_blocks);
+  };
   if (rows_per_cta == 0) {
-    rows_per_cta = select_smem_bytes<16>(p.head_dim, p.num_k_blocks) <= limit  ? 16
-                   : select_smem_bytes<8>(p.head_dim, p.num_k_blocks) <= limit ? 8
-                                                                               : 4;
+    rows_per_cta = default_rows_per_cta(p);
+    while (rows_per_cta > 4 && smem_for(rows_per_cta) > limit) rows_per_cta /= 2;
   }
-  SPARGE_REQUIRE(rows_per_cta == 4 || rows_per_cta == 8 || rows_per_cta == 16,
-                 "mask selection: rows_per_cta must be 0, 4, 8 or 16");
-  const size_t smem = rows_per_cta == 16 ? select_smem_bytes<16>(p.head_dim, p.num_k_blocks)
-                      : rows_per_cta == 8 ? select_smem_bytes<8>(p.head_dim, p.num_k_blocks)
-                                          : select_smem_bytes<4>(p.head_dim, p.num_k_blocks);
-  SPARGE_REQUIRE(smem <= limit, "mask selection: " + std::to_string(p.num_k_blocks) +
-                                    " key blocks need more shared memory than the GPU has (use larger block_k)");
+  SPARGE_REQUIRE(rows_per_cta == 4 || rows_per_cta == 8 || rows_per_cta == 16 || rows_per_cta == 32,
+                 "mask selection: rows_per_cta must be 0, 4, 8, 16 or 32");
+  SPARGE_REQUIRE(smem_for(rows_per_cta) <= limit,
+                 "mask selection: " + std::to_string(p.num_k_blocks) +
+                     " key blocks need more shared memory than the GPU has (use larger block_k)");
   const cudaStream_t s = as_stream(stream);
-  if (rows_per_cta == 16) {
-    launch_select_rows<16>(p, s);
-  } else if (rows_per_cta == 8) {
-    launch_select_rows<8>(p, s);
-  } else {
-    launch_select_rows<4>(p, s);
+  switch (rows_per_cta) {
+    case 32:
+      launch_select_rows<32>(p, s);
+      break;
+    case 16:
+      launch_select_rows<16>(p, s);
+      break;
+    case 8:
+      launch_select_rows<8>(p, s);
+      break;
+    default:
+      launch_select_rows<4>(p, s);
   }
   SPARGE_CHECK_LAUNCH("select_blocks_kernel");
 }

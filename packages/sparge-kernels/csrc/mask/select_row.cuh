@@ -8,8 +8,8 @@
 // whose largest true u is min(v_k, v_p) = v. The kept set is every entry above v plus the first `take` entries
 // equal to v in index order: exact float ties go to the lower index, as in the reference's stable sort.
 // Cumulative masses are fp32 sums (per lane in index order, then a butterfly), so the set can differ from the
-// reference only where a cumulative mass lies within fp32 rounding of topp, or on exact ties of the pooled
-// scores computed in a different summation order.
+// reference only where a cumulative mass lies within fp32 rounding of topp, or where probabilities computed in a
+// different rounding order (fp32 pooling, FMA dot products, __expf, multiplication by 1/sum) swap near-ties.
 #pragma once
 
 #include <cstdint>
@@ -24,9 +24,15 @@ struct RowCut {
   int take;
 };
 
+// Bisection stops once at most this many entries lie in the search interval; they are then gathered (one per
+// lane) and the cut among them is resolved in registers, saving the last ~log2(kCandidates) passes over the row.
+constexpr int kCandidates = 32;
+
 // row[0, n): the scaled logits of one row in shared memory; replaced in place by the bit patterns of the
-// softmax probabilities. Every lane touches only the entries j ≡ lane (mod 32), so no warp barrier is needed.
-__device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, float topp, int lane) {
+// softmax probabilities. Every lane touches only the entries j ≡ lane (mod 32), so no warp barrier is needed
+// except around `scratch` (kCandidates words of this warp). compact = false bisects to the end (no gathering).
+__device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, float topp, int lane, bool compact,
+                                             uint32_t* scratch) {
   uint32_t* bits = reinterpret_cast<uint32_t*>(row);
 
   float row_max = -INFINITY;
@@ -39,10 +45,11 @@ __device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, 
     denom += e;
   }
   denom = warp_sum(denom);
+  const float inv_denom = __frcp_rn(denom);
   float total = 0.f;
   uint32_t min_bits = 0xffffffffu, max_bits = 0u;
   for (int j = lane; j < n; j += 32) {
-    const float prob = __fdiv_rn(row[j], denom);
+    const float prob = row[j] * inv_denom;
     const uint32_t b = __float_as_uint(prob);
     bits[j] = b;
     total += prob;
@@ -58,10 +65,12 @@ __device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, 
   // The whole row's mass can fall short of topp by rounding: then every entry is kept, as in the reference.
   if (!holds(n, total)) return RowCut{0u, n};
 
-  // Invariant: P(lo) holds with count_lo entries >= lo; P(hi) fails with count_hi entries >= hi.
+  // Invariant: P(lo) holds with count_lo entries >= lo; P(hi) fails with count_hi entries (mass_hi) >= hi.
   uint32_t lo = min_bits, hi = max_bits + 1u;
   int count_lo = n, count_hi = 0;
-  while (hi - lo > 1u && count_lo - count_hi > 1) {
+  float mass_hi = 0.f;
+  const int stop_at = compact ? kCandidates : 1;
+  while (hi - lo > 1u && count_lo - count_hi > stop_at) {
     const uint32_t mid = lo + ((hi - lo) >> 1);
     int count = 0;
     float mass = 0.f;
@@ -80,11 +89,43 @@ __device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, 
     } else {
       hi = mid;
       count_hi = count;
+      mass_hi = mass;
     }
   }
-  // [lo, hi) holds the cut value: either hi = lo + 1, or exactly one entry lies in [lo, hi), the largest below hi.
+  // [lo, hi) holds the cut value: hi = lo + 1, or one entry lies in [lo, hi) (the largest below hi), or 2 to
+  // kCandidates entries do: gather them one per lane and take the largest candidate u with P(u).
   uint32_t cut = lo;
-  if (hi - lo > 1u) {
+  const int in_range = count_lo - count_hi;
+  if (hi - lo > 1u && in_range > 1) {
+    const uint32_t below = lanes_below(lane);
+    int gathered = 0;
+    for (int c = 0; c * 32 < n; ++c) {
+      const int j = c * 32 + lane;
+      const uint32_t b = j < n ? bits[j] : 0u;
+      const bool inside = j < n && b >= lo && b < hi;
+      const uint32_t inside_mask = __ballot_sync(kFullWarp, inside);
+      const int slot = gathered + __popc(inside_mask & below);
+      if (inside && slot < kCandidates) scratch[slot] = b;
+      gathered += __popc(inside_mask);
+    }
+    __syncwarp();
+    const bool valid = lane < in_range;
+    const uint32_t mine = valid ? scratch[lane] : 0u;
+    __syncwarp();  // scratch is rewritten by this warp's next row
+    int count = 0;
+    float mass = 0.f;
+    for (int i = 0; i < kCandidates; ++i) {
+      const uint32_t other = __shfl_sync(kFullWarp, mine, i);
+      if (i < in_range && other >= mine) {
+        ++count;
+        mass += __uint_as_float(other);
+      }
+    }
+    const bool ok = valid && holds(count_hi + count, mass_hi + mass);
+    // P(lo) held, so the smallest candidate qualifies up to rounding of the differently ordered sums.
+    cut = __ballot_sync(kFullWarp, ok) ? __reduce_max_sync(kFullWarp, ok ? mine : 0u)
+                                       : __reduce_min_sync(kFullWarp, valid ? mine : 0xffffffffu);
+  } else if (hi - lo > 1u) {
     uint32_t below_hi = 0u;
     for (int j = lane; j < n; j += 32) {
       const uint32_t b = bits[j];

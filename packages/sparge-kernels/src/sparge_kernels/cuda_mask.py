@@ -72,6 +72,9 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor) -> None:
 
 def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskWorkspace) -> None:
     """Launch 1: block means of q and k (HND views, D stride 1) into ws.q_pooled / ws.k_pooled_t."""
+    for name, t in (("q", q), ("k", k)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have unit stride along D for the pooling kernel, got {t.stride()}")
     b, h, lq, d = q.shape
     lk = k.shape[2]
     _ext().mask_pool_blocks(
@@ -84,14 +87,14 @@ def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskW
 
 def select(
     ws: MaskWorkspace, nk: int, scale: float, kk: int, topp: float, kv_count: torch.Tensor, kv_index: torch.Tensor,
-    rows_per_cta: int = 0,
+    rows_per_cta: int = 0, compact: bool = True,
 ) -> None:
     """Launch 2: scores, softmax and Top-k ∪ Top-p per query block into kv_count / kv_index / ws.row_bits."""
     b, h, nq, d = ws.q_pooled.shape
     _ext().mask_select_blocks(
         ws.q_pooled.data_ptr(), ws.k_pooled_t.data_ptr(), ws.k_pooled_t.shape[-1], b, h, d, nq, nk, float(scale),
-        int(kk), float(topp), kv_count.data_ptr(), kv_index.data_ptr(), ws.row_bits.data_ptr(), ws.row_bits.shape[-1],
-        int(rows_per_cta), _stream(ws.q_pooled.device),
+        int(kk), float(topp), int(compact), kv_count.data_ptr(), kv_index.data_ptr(), ws.row_bits.data_ptr(),
+        ws.row_bits.shape[-1], int(rows_per_cta), _stream(ws.q_pooled.device),
     )
 
 
@@ -139,13 +142,15 @@ def predict(
     head_groups: int = 0,
     rows_per_cta: int = 0,
     tail_rows_per_cta: int = 4,
+    compact: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
     Returns (kv_count (B,H,Nq), kv_index (B,H,Nq,Nk), q_count (B,H,Nk), q_index (B,H,Nk,Nq)), int32, in the
     `BlockMask` convention (indices ascending, then -1). `out` supplies those four buffers (contiguous).
     Tuning (results never depend on it): `head_groups` (0: automatic, 1: no overlap), `rows_per_cta` (0, 4,
-    8, 16: query blocks per selection CTA, 0 automatic) and `tail_rows_per_cta` for the last group.
+    8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group, and
+    `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end).
     """
     _check_inputs(q, k)
     b, h, lq, d = q.shape
@@ -193,7 +198,7 @@ def predict(
         _ext().mask_predict(
             q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), lq, block_q,
             k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), lk, block_k,
-            b, h, d, _DTYPE_CODES[q.dtype], float(scale), topk_count(topk, nk), float(topp),
+            b, h, d, _DTYPE_CODES[q.dtype], float(scale), topk_count(topk, nk), float(topp), int(compact),
             ws.q_pooled.data_ptr(), ws.k_pooled_t.data_ptr(), ws.k_pooled_t.shape[-1],
             ws.row_bits.data_ptr(), ws.row_bits.shape[-1],
             kv_count.data_ptr(), kv_index.data_ptr(), q_count.data_ptr(), q_index.data_ptr(),
