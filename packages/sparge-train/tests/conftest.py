@@ -99,3 +99,23 @@ def check_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     if proc.returncode != 0:
         raise AssertionError(f"fit failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_components(tmp_path_factory):
+    """(folder with vae/, text_encoder/, tokenizer/; the VAE; the tiny WanPipeline they come from)."""
+    from diffusers import AutoencoderKLWan
+
+    from sparge_pipelines.testing import tiny_wan_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_pipeline")
+    pipe = tiny_wan_pipeline(seed=0)
+    torch.manual_seed(0)
+    # non-trivial normalisation constants, to check (z - mean) / std
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
+                           latents_std=[2.0, 0.5, 1.0, 1.5]).eval()
+    vae.save_pretrained(str(root / "vae"))
+    pipe.text_encoder.save_pretrained(str(root / "text_encoder"))
+    pipe.tokenizer.save_pretrained(str(root / "tokenizer"))
+    return root, vae, pipe
