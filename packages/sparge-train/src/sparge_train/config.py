@@ -51,6 +51,9 @@ class ModelConfig:
     pretrained: str | None = None
     init_seed: int = 0
     gradient_checkpointing: bool = True
+    # diffusers attention backend for the dense attention (teacher, cross-attention, a dense student), e.g.
+    # "_native_cudnn" or "flash"; None keeps PyTorch's SDPA choice.
+    attention_backend: str | None = None
 
     def validate(self, prefix: str = "model") -> None:
         from .presets import WAN_PRESETS
@@ -238,11 +241,13 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 1
     save_every: int = 500  # 0: only at the end
+    save_at_end: bool = True
     keep_last: int = 2
     resume: str = "auto"  # auto (latest in output_dir, if any) | none | <checkpoint dir>
     export_at_end: bool = True
     tensorboard: bool = True
     progress_bar: bool = True
+    time_phases: bool = False  # log teacher forward / student forward / backward / optimizer ms (syncs the GPU)
     # Fixed-input evaluation every eval_every steps (and before the first): 0 disables.
     eval_every: int = 0
     eval_samples: int = 0  # the first eval_samples dataset samples, split round robin over ranks

@@ -28,7 +28,7 @@ from .metrics import MetricsLogger
 from .models import build_student_teacher, install_sparge
 from .training_batch import make_training_batch
 
-__all__ = ["FitResult", "fit"]
+__all__ = ["FitResult", "fit", "distill_micro_step"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,55 @@ def _write_run_files(out: Path, cfg: RunConfig, student_ds: dict, teacher_ds: di
         (out / "deepspeed_teacher.yaml").write_text(yaml.safe_dump(teacher_ds, sort_keys=False))
 
 
+class PhaseTimer:
+    """Milliseconds per phase of distill_micro_step, summed over a step's micro-batches (CUDA events on GPU)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, object, object]] = []  # (phase, start, end)
+        self._last = None
+
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self._last = self._now()
+
+    def mark(self, phase: str) -> None:
+        now = self._now()
+        self.marks.append((phase, self._last, now))
+        self._last = now
+
+    def totals_ms(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        out: dict[str, float] = {}
+        for phase, start, end in self.marks:
+            ms = start.elapsed_time(end) if self.cuda else (end - start) * 1e3
+            out[phase] = out.get(phase, 0.0) + ms
+        return out
+
+
+def distill_micro_step(engines, batch, loss_cfg, mark=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One micro-batch: teacher velocity (no grad), student velocity, loss, backward, engine step (DeepSpeed
+    applies the update at the accumulation boundary). `mark(phase)` is called after each phase (timing hooks)."""
+    mark = mark or (lambda phase: None)
+    v_teacher = engines.teacher(batch.x_t, batch.timesteps, batch.text) if engines.teacher else None
+    mark("teacher_forward")
+    v_student = engines.student(batch.x_t, batch.timesteps, batch.text, return_dict=False)[0]
+    loss, parts = distillation_objective(loss_cfg, v_student, v_teacher, batch.target)
+    mark("student_forward")
+    engines.student.backward(loss)
+    mark("student_backward")
+    engines.student.step()
+    mark("optimizer_step")
+    return loss, parts
+
+
 def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
     # 1. world and configs
     world = world or world_from_env()
@@ -80,6 +129,10 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
     # 3. models: student (sparse, trainable) and teacher (dense, frozen) with the same weights
     models = build_student_teacher(cfg, student_ds=student_ds, teacher_ds=teacher_ds,
                                    sharded_teacher=sharded_teacher, rank=world.rank, dtype=dtype)
+    if cfg.model.attention_backend:
+        for model in (models.student, models.teacher):
+            if model is not None:
+                model.set_attention_backend(cfg.model.attention_backend)
     if cfg.model.gradient_checkpointing:
         models.student.enable_gradient_checkpointing()
     if cfg.sparge.enabled:
@@ -130,13 +183,12 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         tokens = 0
+        phases = PhaseTimer(device) if cfg.train.time_phases else None
         for micro in sampler.micro_batches(step):
             batch = make_training_batch(dataset, micro, cfg, device, dtype)
-            v_teacher = engines.teacher(batch.x_t, batch.timesteps, batch.text) if engines.teacher else None
-            v_student = student(batch.x_t, batch.timesteps, batch.text, return_dict=False)[0]
-            loss, parts = distillation_objective(cfg.loss, v_student, v_teacher, batch.target)
-            student.backward(loss)
-            student.step()  # DeepSpeed updates at the accumulation boundary
+            if phases is not None:
+                phases.start()
+            loss, parts = distill_micro_step(engines, batch, cfg.loss, mark=phases.mark if phases else None)
             for key, value in {"loss": loss.detach(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) / grad_accum
             tokens += batch.tokens
@@ -162,6 +214,8 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
             })
             if device.type == "cuda":
                 metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            if phases is not None:
+                metrics.update({f"{name}_ms": ms for name, ms in phases.totals_ms().items()})
             logger.log(state.step, metrics)
         if eval_batches and state.step % cfg.train.eval_every == 0:
             run_eval(state.step)
@@ -170,7 +224,7 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
 
         is_last = state.step == cfg.train.max_steps
         save_due = cfg.train.save_every > 0 and state.step % cfg.train.save_every == 0
-        if save_due or is_last:
+        if save_due or (is_last and cfg.train.save_at_end):
             state.capture_rng(device)
             save_checkpoint(student, ckpt_root, state, keep_last=cfg.train.keep_last, is_main=world.is_main)
         if state.step == cfg.train.kill_after_step:
