@@ -148,6 +148,17 @@ def bench_shape(name: str, backward: bool) -> list[Row]:
             rows.append(Row(f"sparge portable mma.sync kernel, random mask density {density:g}", t,
                             dense_flops * mask.density))
         cuda_forward.forward_path = None
+        # The Hopper kernel's other tile schedules (see csrc/forward/tile_scheduler.h).
+        for sched in ("tiles", "persistent", "dynamic"):
+            if sched == cuda_forward.DEFAULT_SCHEDULE:
+                continue
+            cuda_forward.schedule = sched
+            for density in (1.0, 0.05):
+                mask = masks[density]
+                t = time_ms(lambda m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale))
+                rows.append(Row(f"sparge, schedule={sched} (default {cuda_forward.DEFAULT_SCHEDULE}), random mask "
+                                f"density {density:g}", t, dense_flops * mask.density))
+            cuda_forward.schedule = None
 
         # Masks predicted from structured (video-like) inputs.
         sq, skk, sv = video_qkv(b, h, grid, d, dtype=torch.bfloat16, device="cuda",
@@ -162,6 +173,13 @@ def bench_shape(name: str, backward: bool) -> list[Row]:
         rows.append(Row(f"sparge attention only, predicted mask (density {kept:.3f})",
                         time_ms(lambda: sk.block_sparse_attention(sq, skk, sv, pmask, scale=scale)),
                         dense_flops * kept))
+        for sched in ("tiles", "persistent", "dynamic"):
+            if sched != cuda_forward.DEFAULT_SCHEDULE:
+                cuda_forward.schedule = sched
+                rows.append(Row(f"sparge attention only, schedule={sched}, predicted mask (density {kept:.3f})",
+                                time_ms(lambda: sk.block_sparse_attention(sq, skk, sv, pmask, scale=scale)),
+                                dense_flops * kept))
+                cuda_forward.schedule = None
         rows.append(Row(f"**sparge total: prediction + attention** (density {kept:.3f})",
                         time_ms(lambda: sk.sparge_attention(sq, skk, sv, topk=TOPK, topp=TOPP, scale=scale)),
                         dense_flops * kept))

@@ -1,4 +1,4 @@
-// The Hopper forward kernel: persistent CTAs of 3 warpgroups, each walking work tiles (query block of 128
+// The Hopper forward kernel: CTAs of 3 warpgroups (persistent, or one per tile; see tile_scheduler.h), each walking work tiles (query block of 128
 // rows, head, batch); warpgroup 0 loads (TMA), warpgroups 1-2 compute (wgmma) over the kept key blocks only.
 // The producer runs ahead into the next tile (its Q and first K/V blocks) while the consumers finish the
 // current one, so per-tile latency (Q load, pipeline fill, epilogue) overlaps with work.
@@ -36,6 +36,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   if (threadIdx.x == 0) {
     cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_q, 1);
     cutlass::arch::ClusterBarrier::init(&ss.barrier_q_empty, Traits::kNumMmaThreads);
+    for (int i = 0; i < 2; ++i) {
+      cutlass::arch::ClusterBarrier::init(&ss.tile_full[i], 1);
+      cutlass::arch::ClusterBarrier::init(&ss.tile_empty[i], Traits::kNumMmaThreads);
+    }
     cute::prefetch_tma_descriptor(kp.tma_q.get_tma_descriptor());
     cute::prefetch_tma_descriptor(kp.tma_k.get_tma_descriptor());
     cute::prefetch_tma_descriptor(kp.tma_v.get_tma_descriptor());
@@ -49,13 +53,20 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   Pipeline pipeline_v(ss.pipeline_v, pipeline_params, Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised (and fenced by the pipelines) before anyone waits on them
 
-  // Both roles walk the same tiles; tiles with no kept block load nothing and bump no barrier phase.
+  // The producer picks the tiles and publishes each index (then num_tiles as the end mark) to the consumers;
+  // tiles with no kept block load nothing and bump no Q barrier phase.
+  using TileBarrier = cutlass::arch::ClusterBarrier;
   if (warp_group == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<24>();
+    cutlass::arch::warpgroup_reg_dealloc<40>();
     if (threadIdx.x == 0) {
       typename Pipeline::PipelineState write = cutlass::make_producer_start_state<Pipeline>();
       int q_iter = 0;
-      for (int t = blockIdx.x; t < num_tiles; t += gridDim.x) {
+      for (int t = blockIdx.x, iter = 0;; t = Scheduler::next(p, t), ++iter) {
+        const int slot = iter & 1;
+        if (iter >= 2) TileBarrier::wait(&ss.tile_empty[slot], ((iter >> 1) - 1) & 1);
+        ss.tile_ids[slot] = t < num_tiles ? t : num_tiles;
+        TileBarrier::arrive(&ss.tile_full[slot]);
+        if (t >= num_tiles) break;
         const WorkTile tile = Scheduler::tile(p, t);
         const int64_t row_block = (int64_t(tile.batch) * p.heads + tile.head) * p.num_q_blocks + tile.m_block;
         const int kv_count = p.kv_count[row_block];
@@ -66,11 +77,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
     }
   } else {
-    cutlass::arch::warpgroup_reg_alloc<240>();
+    cutlass::arch::warpgroup_reg_alloc<232>();
     const int thread_idx = int(threadIdx.x) - 128;
     typename Pipeline::PipelineState read;
     int q_iter = 0;
-    for (int t = blockIdx.x; t < num_tiles; t += gridDim.x) {
+    for (int iter = 0;; ++iter) {
+      const int slot = iter & 1;
+      TileBarrier::wait(&ss.tile_full[slot], (iter >> 1) & 1);
+      const int t = ss.tile_ids[slot];
+      TileBarrier::arrive(&ss.tile_empty[slot]);
+      if (t >= num_tiles) break;
       const WorkTile tile = Scheduler::tile(p, t);
       const int64_t row_block = (int64_t(tile.batch) * p.heads + tile.head) * p.num_q_blocks + tile.m_block;
       const int kv_count = p.kv_count[row_block];

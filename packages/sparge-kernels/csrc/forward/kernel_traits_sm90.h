@@ -67,6 +67,10 @@ struct KernelTraitsSm90 {
     alignas(16) typename Pipeline::SharedStorage pipeline_v;
     alignas(16) uint64_t barrier_q;        // Q landed (TMA transaction barrier), one phase per loaded tile
     alignas(16) uint64_t barrier_q_empty;  // consumers done reading Q, one phase per loaded tile
+    // The producer publishes each tile index it will work on (2-slot ring, full/empty barriers).
+    alignas(16) uint64_t tile_full[2];
+    alignas(16) uint64_t tile_empty[2];
+    int32_t tile_ids[2];
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
 };
