@@ -160,7 +160,7 @@ def bench_shape(name: str, iters: int) -> list[str]:
         gbs = f"{moved / (ms * 1e-3):.0f}" if moved else "-"
         return f"| {label} | {ms:.4f} | {gbs} | {f'{t_ref / ms:.1f}x' if speedup else '-'} |"
 
-    auto_groups = cuda_mask.default_head_groups(b, h, nq, nk)
+    auto_groups = cuda_mask.default_head_groups(h, int(gbytes * 1e9))
     lines = [
         f"### {name}: Q, K ({b}, {h}, {length}, {d}) bf16 HND contiguous, Nq={nq}, Nk={nk}, topk={TOPK}, topp={TOPP}",
         "",

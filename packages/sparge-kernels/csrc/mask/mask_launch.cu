@@ -64,14 +64,15 @@ void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
   select_blocks_kernel<kRows><<<grid, kSelectThreads, smem, stream>>>(p);
 }
 
-// Query blocks per selection CTA. Every CTA streams all pooled keys of its head from L2, so more rows per CTA
-// means less L2 traffic, but fewer CTAs; aim for about two CTAs per SM.
+// Query blocks per selection CTA: 16, or 8 when that leaves fewer than two CTAs per SM. Measured on an H100
+// (tools/results/mask_2026-11-23.md): 8 is best for the 1.3B shape (192 vs 384 CTAs), 16 for 14B; 32 (one
+// CTA per SM) and 4 (more L2 traffic for the pooled keys) are slower on both.
 int default_rows_per_cta(const SelectParams& p) {
   int device = 0, sms = 0;
   SPARGE_CUDA_CHECK(cudaGetDevice(&device));
   SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int64_t row_groups = int64_t(p.batch) * p.group_heads;
-  int rows = 32;
+  int rows = 16;
   while (rows > 8 && row_groups * ((p.num_q_blocks + rows - 1) / rows) < 2 * int64_t(sms)) rows /= 2;
   return rows;
 }

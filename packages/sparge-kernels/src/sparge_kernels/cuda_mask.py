@@ -141,7 +141,7 @@ def predict(
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     head_groups: int = 0,
     rows_per_cta: int = 0,
-    tail_rows_per_cta: int = 4,
+    tail_rows_per_cta: int = 8,
     compact: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
@@ -149,7 +149,8 @@ def predict(
     Returns (kv_count (B,H,Nq), kv_index (B,H,Nq,Nk), q_count (B,H,Nk), q_index (B,H,Nk,Nq)), int32, in the
     `BlockMask` convention (indices ascending, then -1). `out` supplies those four buffers (contiguous).
     Tuning (results never depend on it): `head_groups` (0: automatic, 1: no overlap), `rows_per_cta` (0, 4,
-    8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group, and
+    8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group (0: as
+    rows_per_cta), and
     `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end).
     """
     _check_inputs(q, k)
@@ -192,7 +193,7 @@ def predict(
         )
     kv_count, kv_index, q_count, q_index = out
     if head_groups <= 0:
-        head_groups = default_head_groups(b, h, nq, nk)
+        head_groups = default_head_groups(h, (q.numel() + k.numel()) * q.element_size())
     with torch.cuda.device(device):
         ws = MaskWorkspace.allocate(b, h, nq, nk, d, device)
         _ext().mask_predict(
@@ -207,8 +208,7 @@ def predict(
     return kv_count, kv_index, q_count, q_index
 
 
-def default_head_groups(b: int, h: int, nq: int, nk: int) -> int:
-    """Head groups for overlapping selection with pooling: only worth it when pooling is long (large L)."""
-    if h < 2 or b * h * (nq + nk) < 2048:
-        return 1
-    return min(h, 4)
+def default_head_groups(heads: int, qk_bytes: int) -> int:
+    """Head groups that overlap selection with pooling. Measured on an H100 (tools/results/mask_2026-11-23.md):
+    4 groups save 5% on the 14B shape (1.5 GB of Q+K) but cost 30% on the 1.3B shape (0.2 GB)."""
+    return min(heads, 4) if qk_bytes >= 1 << 30 else 1
