@@ -69,10 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .distributed import shutdown_distributed
     from .trainer import fit
 
     cfg = load_config(args.config, args.overrides)
-    result = fit(cfg)
+    try:
+        result = fit(cfg)
+    finally:
+        shutdown_distributed()
     logging.getLogger("sparge_train").info("finished at step %d", result.final_step)
     return 0
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["WorldInfo", "world_from_env", "init_distributed", "all_reduce_mean", "barrier", "is_initialized"]
+__all__ = ["WorldInfo", "world_from_env", "init_distributed", "all_reduce_mean", "barrier", "is_initialized",
+           "shutdown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,16 @@ def init_distributed(world: WorldInfo) -> None:
 
 def barrier() -> None:
     if is_initialized():
-        torch.distributed.barrier()
+        if torch.distributed.get_backend() == "nccl":
+            torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            torch.distributed.barrier()
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group (end of a CLI run; NCCL warns about leaked resources otherwise)."""
+    if is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:

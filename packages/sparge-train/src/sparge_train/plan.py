@@ -10,6 +10,9 @@ Activations are measured, not guessed: one WanTransformerBlock at the real width
 saved-tensor hooks, with attention replaced by a flash-style stand-in that saves what FlashAttention / sparge
 attention save (q, k, v, out, log-sum-exp). With gradient checkpointing the live set is every block's input plus
 one block's saved tensors during its recomputation; backward transients are estimated on top (stated below).
+The peak is the larger of two phases: forward/backward (activations live) and the optimizer step (activations
+freed, gradients upcast to fp32). On an H100, Wan2.1-1.3B at 480p, ZeRO-2, 1 GPU: planned 33.7 GiB
+without the runtime reserve, measured 31.8 GiB (torch.cuda.max_memory_allocated, tools/results/train_*.md).
 """
 
 from __future__ import annotations
@@ -77,14 +80,25 @@ class MemoryPlan:
     largest_layer_params: int
     num_layers: int
     seq_len: int
-    gpu_bytes: dict[str, int] = field(default_factory=dict)  # per GPU, by component
+    gpu_bytes: dict[str, int] = field(default_factory=dict)  # per GPU, live through the whole step
+    backward_only: dict[str, int] = field(default_factory=dict)  # live during forward/backward only
+    step_only: dict[str, int] = field(default_factory=dict)  # live during the optimizer step only
     cpu_bytes_per_node: int = 0
     deepspeed_estimate: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
+    def backward_peak_bytes(self) -> int:
+        return sum(self.gpu_bytes.values()) + sum(self.backward_only.values())
+
+    @property
+    def step_peak_bytes(self) -> int:
+        return sum(self.gpu_bytes.values()) + sum(self.step_only.values())
+
+    @property
     def total_gpu_bytes(self) -> int:
-        return sum(self.gpu_bytes.values())
+        """Peak per GPU: the larger of the forward/backward phase and the optimizer step."""
+        return max(self.backward_peak_bytes, self.step_peak_bytes)
 
     @property
     def fits(self) -> bool:
@@ -93,6 +107,8 @@ class MemoryPlan:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["total_gpu_bytes"] = self.total_gpu_bytes
+        out["backward_peak_bytes"] = self.backward_peak_bytes
+        out["step_peak_bytes"] = self.step_peak_bytes
         out["total_gpu_gib"] = self.total_gpu_bytes / GIB
         out["fits"] = self.fits
         return out
@@ -202,36 +218,40 @@ def memory_plan(req: PlanRequest) -> MemoryPlan:
     offload = req.offload == "cpu"
     z3 = req.zero_stage == 3
     plan = MemoryPlan(req, total, block, largest, layers, seq)
-    g = plan.gpu_bytes
 
     # Student model states.
-    g["student params (bf16)"] = 0 if (z3 and offload) else (math.ceil(BF16 * total / n) if z3 else BF16 * total)
-    g["student grads (bf16 partition + fp32 step copy)"] = 0 if offload else math.ceil((2 + 4) * total / n)
-    g["optimizer (fp32 master + Adam m, v)"] = 0 if offload else math.ceil(12 * total / n)
+    both, backward, step = plan.gpu_bytes, plan.backward_only, plan.step_only
+    both["student params (bf16)"] = 0 if (z3 and offload) else (math.ceil(BF16 * total / n) if z3 else BF16 * total)
+    both["student grads (bf16 partition)"] = 0 if offload else math.ceil(BF16 * total / n)
+    both["optimizer (fp32 master + Adam m, v)"] = 0 if offload else math.ceil(12 * total / n)
     # Frozen teacher: bf16 weights, sharded like the student's under ZeRO-3 (offloaded with it).
     if req.teacher:
-        g["teacher params (bf16)"] = 0 if (z3 and offload) else (math.ceil(BF16 * total / n) if z3 else BF16 * total)
+        both["teacher params (bf16)"] = 0 if (z3 and offload) else (math.ceil(BF16 * total / n) if z3 else BF16 * total)
     # Working buffers: ZeRO-3 gathers a block (+ prefetch) of 16-bit weights and holds that block's full 16-bit
     # gradient until its reduce-scatter; ZeRO-2 holds the reduce and all-gather buckets.
     if z3:
-        g["ZeRO-3 gathered block + prefetch + unreduced grads"] = BF16 * (2 * block + req.stage3_prefetch_bucket_size)
-        g["gradient reduce bucket (bf16)"] = BF16 * req.reduce_bucket_size
+        gathered = BF16 * (2 * block + req.stage3_prefetch_bucket_size)
+        backward["ZeRO-3 gathered block + prefetch + unreduced grads"] = gathered
+        both["gradient reduce bucket (bf16)"] = BF16 * req.reduce_bucket_size
     else:
-        g["gradient reduce + all-gather buckets (bf16)"] = BF16 * (req.reduce_bucket_size + req.allgather_bucket_size)
+        buckets = BF16 * (req.reduce_bucket_size + req.allgather_bucket_size)
+        both["gradient reduce + all-gather buckets (bf16)"] = buckets
+    # The optimizer step upcasts this rank's gradient partition to fp32, after the activations are freed.
+    step["student fp32 grads (optimizer step only)"] = 0 if offload else math.ceil(4 * total / n)
 
     # Activations (student; the teacher forward runs under no_grad before it and keeps only its output).
     block_saved, largest_saved = block_activation_bytes(arch, seq, req.micro_batch)
     token_bytes = req.micro_batch * seq * dim
     if req.gradient_checkpointing:
-        g["activations: checkpointed block inputs"] = layers * token_bytes * BF16
-        g["activations: one block recomputed"] = block_saved
+        backward["activations: checkpointed block inputs"] = layers * token_bytes * BF16
+        backward["activations: one block recomputed"] = block_saved
     else:
-        g["activations: all blocks"] = layers * block_saved
+        backward["activations: all blocks"] = layers * block_saved
     # Backward transients: gradients of the largest saved tensor and of two fp32 residual-width tensors, plus
     # patch embedding / output head / rope tables (fp32, full width).
-    g["activations: backward transients (est.)"] = 2 * largest_saved + 2 * token_bytes * 4
-    g["activations: embedding + output head"] = 3 * token_bytes * 4
-    g["runtime reserve (CUDA context, NCCL, fragmentation)"] = RUNTIME_RESERVE_BYTES
+    backward["activations: backward transients (est.)"] = 2 * largest_saved + 2 * token_bytes * 4
+    backward["activations: embedding + output head"] = 3 * token_bytes * 4
+    both["runtime reserve (CUDA context, NCCL, fragmentation)"] = RUNTIME_RESERVE_BYTES
 
     # Host memory per node.
     states_cpu = (18 * total if offload else 0) + (4 * total if (z3 and offload and req.teacher) else 0)
@@ -255,11 +275,15 @@ def format_plan(plan: MemoryPlan) -> str:
         f"gradient checkpointing {'on' if r.gradient_checkpointing else 'off'}; "
         f"teacher {'frozen copy' if r.teacher else 'none'}",
         "",
-        "| per GPU | GiB |",
-        "|---|---:|",
+        "| per GPU | live | GiB |",
+        "|---|---|---:|",
     ]
-    lines += [f"| {name} | {value / GIB:.2f} |" for name, value in plan.gpu_bytes.items()]
-    lines.append(f"| **total** | **{plan.total_gpu_bytes / GIB:.2f}** |")
+    phases = (("whole step", plan.gpu_bytes), ("fwd/bwd", plan.backward_only), ("optim. step", plan.step_only))
+    for live, part in phases:
+        lines += [f"| {name} | {live} | {value / GIB:.2f} |" for name, value in part.items()]
+    lines.append(f"| peak during forward/backward | | {plan.backward_peak_bytes / GIB:.2f} |")
+    lines.append(f"| peak during the optimizer step | | {plan.step_peak_bytes / GIB:.2f} |")
+    lines.append(f"| **peak** | | **{plan.total_gpu_bytes / GIB:.2f}** |")
     lines += [
         "",
         f"- GPU memory {r.gpu_mem_gib:g} GiB: **{'fits' if plan.fits else 'does NOT fit'}** "
