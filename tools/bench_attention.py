@@ -148,17 +148,6 @@ def bench_shape(name: str, backward: bool) -> list[Row]:
             rows.append(Row(f"sparge portable mma.sync kernel, random mask density {density:g}", t,
                             dense_flops * mask.density))
         cuda_forward.forward_path = None
-        # The Hopper kernel's other tile schedules (see csrc/forward/tile_scheduler.h).
-        for sched in ("tiles", "persistent", "dynamic"):
-            if sched == cuda_forward.DEFAULT_SCHEDULE:
-                continue
-            cuda_forward.schedule = sched
-            for density in (1.0, 0.05):
-                mask = masks[density]
-                t = time_ms(lambda m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale))
-                rows.append(Row(f"sparge, schedule={sched} (default {cuda_forward.DEFAULT_SCHEDULE}), random mask "
-                                f"density {density:g}", t, dense_flops * mask.density))
-            cuda_forward.schedule = None
 
         # Masks predicted from structured (video-like) inputs.
         sq, skk, sv = video_qkv(b, h, grid, d, dtype=torch.bfloat16, device="cuda",
@@ -173,13 +162,6 @@ def bench_shape(name: str, backward: bool) -> list[Row]:
         rows.append(Row(f"sparge attention only, predicted mask (density {kept:.3f})",
                         time_ms(lambda: sk.block_sparse_attention(sq, skk, sv, pmask, scale=scale)),
                         dense_flops * kept))
-        for sched in ("tiles", "persistent", "dynamic"):
-            if sched != cuda_forward.DEFAULT_SCHEDULE:
-                cuda_forward.schedule = sched
-                rows.append(Row(f"sparge attention only, schedule={sched}, predicted mask (density {kept:.3f})",
-                                time_ms(lambda: sk.block_sparse_attention(sq, skk, sv, pmask, scale=scale)),
-                                dense_flops * kept))
-                cuda_forward.schedule = None
         rows.append(Row(f"**sparge total: prediction + attention** (density {kept:.3f})",
                         time_ms(lambda: sk.sparge_attention(sq, skk, sv, topk=TOPK, topp=TOPP, scale=scale)),
                         dense_flops * kept))
@@ -200,28 +182,6 @@ def bench_shape(name: str, backward: bool) -> list[Row]:
 # Each row times one forward plus torch.autograd.grad of (q, k, v) for a fixed random dout. The table's speedup
 # column is against dense cuDNN *forward*; the labels carry the speedup against dense cuDNN fwd+bwd.
 # Useful FLOPs: fwd+bwd = 3.5 × forward (the backward's five GEMMs are 2.5 × the forward's two), bwd alone = 2.5 ×.
-def allow_flex_backward_on_64_key_blocks() -> None:
-    """Give FlexAttention's backward tiles that divide 64-key sparse blocks.
-
-    torch's default Flex backward tile for head dim 128 on sm90 is (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2) =
-    (64, 128, 128, 64); BLOCK_N1 = 128 does not divide the 64-key blocks, so inductor finds no valid choice
-    (NoValidChoicesError). Two valid tiles are added; inductor autotunes between the valid ones.
-    """
-    from torch._inductor.template_heuristics import triton as heuristics
-
-    extra = [heuristics.FlexBwDConfig(64, 64, 128, 64, 3, 8), heuristics.FlexBwDConfig(64, 64, 64, 64, 3, 4)]
-    cls = heuristics.CUDAConfigHeuristic
-    if getattr(cls, "_sparge_patched", False):
-        return
-    original = cls.get_flex_attn_bwd_configs
-
-    def get_flex_attn_bwd_configs(self, *args, **kwargs):
-        return list(original(self, *args, **kwargs)) + extra
-
-    cls.get_flex_attn_bwd_configs = get_flex_attn_bwd_configs
-    cls._sparge_patched = True
-
-
 def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = True) -> list[Row]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import flex_attention
@@ -256,23 +216,14 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
     add("dense SDPA (cuDNN) fwd+bwd", t_ref, 3.5 * ctx.dense_flops)
     if with_flash:
         add("dense SDPA (flash) fwd+bwd", time_ms(fwd_bwd(sdpa(SDPBackend.FLASH_ATTENTION))), 3.5 * ctx.dense_flops)
-    if with_flex:
-        try:
-            allow_flex_backward_on_64_key_blocks()
-        except (ImportError, AttributeError, TypeError) as exc:
-            print(f"could not add Flex backward tiles ({exc}); Flex fwd+bwd may fail", flush=True)
     flex = torch.compile(flex_attention, dynamic=False)
     for density, mask in ctx.masks.items():
         kept = mask.density
         what = f"random mask density {density:g} (kept {kept:.3f})"
         if with_flex:
             fbm = flex_block_mask(mask)
-            try:
-                t = time_ms(fwd_bwd(lambda q, k, v, fbm=fbm: flex(q, k, v, block_mask=fbm, scale=scale)))
-                add(f"FlexAttention fwd+bwd, {what}", t, 3.5 * ctx.dense_flops * kept)
-            except Exception as exc:  # report, keep benchmarking the other rows
-                print(f"FlexAttention fwd+bwd failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
-                with_flex = False
+            t = time_ms(fwd_bwd(lambda q, k, v, fbm=fbm: flex(q, k, v, block_mask=fbm, scale=scale)))
+            add(f"FlexAttention fwd+bwd, {what}", t, 3.5 * ctx.dense_flops * kept)
         t = time_ms(fwd_bwd(lambda q, k, v, m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale)))
         add(f"**sparge fwd+bwd**, {what}", t, 3.5 * ctx.dense_flops * kept)
         with torch.no_grad():

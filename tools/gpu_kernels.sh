@@ -19,8 +19,8 @@ for step in $steps; do
 import torch, sparge_kernels as sk
 from sparge_kernels import cuda_forward
 from sparge_kernels.block_mask import BlockMask
-for path, schedule in (("sm80", None), ("sm90", "tiles"), ("sm90", "dynamic")):
-    cuda_forward.forward_path, cuda_forward.schedule = path, schedule
+for path in ("sm80", "sm90"):
+    cuda_forward.forward_path = path
     for dtype, d in ((torch.bfloat16, 128), (torch.float16, 64)):
         q = torch.randn(1, 300, 2, d, device="cuda", dtype=dtype)
         k = torch.randn(1, 200, 2, d, device="cuda", dtype=dtype)
@@ -30,7 +30,7 @@ for path, schedule in (("sm80", None), ("sm90", "tiles"), ("sm90", "dynamic")):
         out, lse = sk.block_sparse_attention(q, k, k, m, layout="NHD", return_lse=True)
         torch.cuda.synchronize()
         assert torch.isfinite(out).all()
-    print(path, schedule, "ok")
+    print(path, "ok")
 print("sanitizer case done")
 PY
       ;;

@@ -35,17 +35,14 @@ def _sm90_available() -> bool:
     return "90a" in _C.build_archs.split(",") and torch.cuda.get_device_capability() == (9, 0)
 
 
-@pytest.fixture(autouse=True, params=["sm80", "sm90-tiles", "sm90-persistent", "sm90-dynamic"])
+@pytest.fixture(autouse=True, params=["sm80", "sm90"])
 def kernel_path(request, monkeypatch):
-    """Every test runs on both kernels (the portable mma.sync one, the Hopper wgmma/TMA one), the Hopper one
-    under each of its schedules."""
+    """Every test runs on both kernels: the portable mma.sync one and the Hopper wgmma/TMA one."""
     from sparge_kernels import cuda_forward
 
-    path, _, schedule = request.param.partition("-")
-    if path == "sm90" and not _sm90_available():
+    if request.param == "sm90" and not _sm90_available():
         pytest.skip("the Hopper kernel needs an sm_90 GPU and a build for 90a")
-    monkeypatch.setattr(cuda_forward, "forward_path", path)
-    monkeypatch.setattr(cuda_forward, "schedule", schedule or None)
+    monkeypatch.setattr(cuda_forward, "forward_path", request.param)
     monkeypatch.setattr(cuda_forward, "debug_fill_value", float("nan"))
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
     return request.param

@@ -52,7 +52,7 @@ void attention_forward(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uin
                        uintptr_t kv_index, int batch, int heads, int seqlen_q, int seqlen_k, int head_dim,
                        Strides q_stride, Strides k_stride, Strides v_stride, Strides out_stride,
                        std::string const& dtype, int block_q, int block_k, double scale, uintptr_t stream,
-                       std::string const& path, std::string const& schedule, uintptr_t tile_counter) {
+                       std::string const& path) {
   SPARGE_REQUIRE(block_q == 128 && block_k == 64,
                  "the CUDA forward supports block_q=128 and block_k=64 only, got block_q=" + std::to_string(block_q) +
                      ", block_k=" + std::to_string(block_k));
@@ -86,16 +86,6 @@ void attention_forward(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uin
   p.k_batch_stride = k_stride[0], p.k_head_stride = k_stride[1], p.k_row_stride = k_stride[2];
   p.v_batch_stride = v_stride[0], p.v_head_stride = v_stride[1], p.v_row_stride = v_stride[2];
   p.o_batch_stride = out_stride[0], p.o_head_stride = out_stride[1], p.o_row_stride = out_stride[2];
-  if (schedule == "tiles") {
-    p.persistent = false;
-  } else if (schedule == "persistent" || schedule == "dynamic") {
-    p.persistent = true;
-    SPARGE_REQUIRE(schedule == "persistent" || (tile_counter != 0 && tile_counter % 4 == 0),
-                   "schedule='dynamic' needs tile_counter: a zeroed int32 in device memory");
-    if (schedule == "dynamic") p.tile_counter = reinterpret_cast<int32_t*>(tile_counter);
-  } else {
-    throw std::invalid_argument("schedule must be 'tiles', 'persistent' or 'dynamic', got '" + schedule + "'");
-  }
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   sparge::fwd::dispatch_attention_forward(p, element, parse_path(path), reinterpret_cast<cudaStream_t>(stream));
@@ -107,11 +97,8 @@ void bind_attention_forward(nb::module_& m) {
   m.def("attention_forward", &attention_forward, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "kv_count"_a, "kv_index"_a,
         "batch"_a, "heads"_a, "seqlen_q"_a, "seqlen_k"_a, "head_dim"_a, "q_stride"_a, "k_stride"_a, "v_stride"_a,
         "out_stride"_a, "dtype"_a, "block_q"_a, "block_k"_a, "scale"_a, "stream"_a, "path"_a = "auto",
-        "schedule"_a = "tiles", "tile_counter"_a = 0,
         "Block-sparse attention forward over (B, H, L, D) strided device buffers. Writes out (q's dtype) and "
         "lse (float32, contiguous (B, H, Lq)); kv_count (B, H, Nq) and kv_index (B, H, Nq, Nk) are contiguous "
         "int32. Asynchronous on `stream` (a cudaStream_t as an integer). `path`: 'auto' (Hopper wgmma/TMA kernel "
-        "on sm_90 when built for 90a, else the portable one), 'sm80' or 'sm90'. `schedule` (Hopper kernel): "
-        "'tiles' (one CTA per query block), 'persistent' (one CTA per SM, static tile order) or 'dynamic' "
-        "(one CTA per SM, tiles handed out by atomics on `tile_counter`, a zeroed device int32).");
+        "on sm_90 when built for 90a, else the portable one), 'sm80' or 'sm90'.");
 }

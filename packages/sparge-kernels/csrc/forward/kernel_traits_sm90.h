@@ -1,5 +1,5 @@
 // Tile shapes, shared-memory layouts, TMA and wgmma types of the Hopper forward kernel.
-// One persistent CTA per SM = 3 warpgroups: warpgroup 0 produces (TMA loads of Q once and of each kept K/V block into a
+// One CTA = 3 warpgroups: warpgroup 0 produces (TMA loads of Q once and of each kept K/V block into a
 // kStages-deep ring), warpgroups 1-2 consume (64 query rows each: S = Q·Kᵀ and O += P·V with wgmma).
 #pragma once
 
@@ -65,12 +65,7 @@ struct KernelTraitsSm90 {
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>> v;
     alignas(16) typename Pipeline::SharedStorage pipeline_k;
     alignas(16) typename Pipeline::SharedStorage pipeline_v;
-    alignas(16) uint64_t barrier_q;        // Q landed (TMA transaction barrier), one phase per loaded tile
-    alignas(16) uint64_t barrier_q_empty;  // consumers done reading Q, one phase per loaded tile
-    // The producer publishes each tile index it will work on (2-slot ring, full/empty barriers).
-    alignas(16) uint64_t tile_full[2];
-    alignas(16) uint64_t tile_empty[2];
-    int32_t tile_ids[2];
+    alignas(16) uint64_t barrier_q;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
 };

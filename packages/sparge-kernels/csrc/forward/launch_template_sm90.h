@@ -38,10 +38,7 @@ void run_attention_forward_sm90(AttentionForwardParams const& p, cudaStream_t st
   auto kernel = &attention_forward_sm90_kernel<Traits>;
   constexpr int kSmemBytes = Traits::kSmemBytes;
   SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  int device = 0, num_sms = 0;
-  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
-  kernel<<<PersistentTileScheduler::grid(p, num_sms), Traits::kNThreads, kSmemBytes, stream>>>(kp);
+  kernel<<<StaticTileScheduler::grid(p), Traits::kNThreads, kSmemBytes, stream>>>(kp);
   SPARGE_CHECK_LAUNCH("attention_forward_sm90_kernel");
 }
 

@@ -1,8 +1,7 @@
-// Mainloop of the Hopper forward (warp-specialised, persistent): per work tile, the producer thread
-// TMA-loads Q (once the consumers have released the previous tile's Q) and then the kept K/V blocks
-// kv_index[b, h, i, :kv_count] into a ring of smem stages (mbarrier pipeline, continuing across tiles);
-// the two consumer warpgroups run S = Q·Kᵀ (wgmma, both operands in smem), the online softmax, and
-// O += P·V (wgmma, P from registers), releasing each stage as soon as its operand has been read.
+// Mainloop of the Hopper forward (warp-specialised): the producer thread TMA-loads Q once and then the
+// kept K/V blocks kv_index[b, h, i, :kv_count] into a ring of smem stages (mbarrier pipeline); the two
+// consumer warpgroups run S = Q·Kᵀ (wgmma, both operands in smem), the online softmax, and O += P·V
+// (wgmma, P from registers), releasing each stage as soon as its operand has been read.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -45,15 +44,13 @@ struct MainloopFwdSm90 {
   using Pipeline = typename Traits::Pipeline;
   using PipelineState = typename Pipeline::PipelineState;
   using SharedStorage = typename Traits::SharedStorage;
-  using FullBarrier = cutlass::arch::ClusterTransactionBarrier;
-  using EmptyBarrier = cutlass::arch::ClusterBarrier;
+  using Barrier = cutlass::arch::ClusterTransactionBarrier;
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kBlockN = Traits::kBlockN;
 
-  // Run by one thread of the producer warpgroup, once per tile with kv_count > 0; q_iter counts those tiles.
+  // Run by one thread of the producer warpgroup.
   __device__ static void load(KernelParamsSm90<Traits> const& kp, WorkTile const& tile, SharedStorage& ss,
-                              Pipeline& pipeline_k, Pipeline& pipeline_v, PipelineState& write,
-                              int32_t const* kv_index, int kv_count, int q_iter) {
+                              Pipeline& pipeline_k, Pipeline& pipeline_v, int32_t const* kv_index, int kv_count) {
     Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q);
     Tensor mK = kp.tma_k.get_tma_tensor(kp.shape_k);
     Tensor mV = kp.tma_v.get_tma_tensor(kp.shape_k);
@@ -67,10 +64,10 @@ struct MainloopFwdSm90 {
     auto [tKgK, tKsK] = tma_partition(kp.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
     auto [tVgV, tVsV] = tma_partition(kp.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
 
-    // Rows past Lq / Lk are outside the tensor the TMA descriptor describes: the copy engine zero-fills them.
-    if (q_iter > 0) EmptyBarrier::wait(&ss.barrier_q_empty, (q_iter - 1) & 1);
-    FullBarrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kTmaBytesQ);
+    // Rows past Lq / Lk are out of the TMA box's tensor bounds: the copy engine zero-fills them.
+    Barrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kTmaBytesQ);
     copy(kp.tma_q.with(ss.barrier_q), tQgQ, tQsQ);
+    PipelineState write = cutlass::make_producer_start_state<Pipeline>();
     for (int slot = 0; slot < kv_count; ++slot) {
       const int n_block = kv_index[slot];
       pipeline_k.producer_acquire(write);
@@ -81,11 +78,11 @@ struct MainloopFwdSm90 {
     }
   }
 
-  // Run by the consumer warpgroups (thread_idx in [0, kNumMmaThreads)) for one tile with kv_count > 0.
+  // Run by the consumer warpgroups; thread_idx in [0, kNumMmaThreads).
   template <class AccO, class Softmax>
   __device__ static void mma(AttentionForwardParams const& p, SharedStorage& ss, Pipeline& pipeline_k,
-                             Pipeline& pipeline_v, PipelineState& read, int32_t const* kv_index, int kv_count,
-                             int q_iter, AccO& acc_o, Softmax& softmax, int thread_idx) {
+                             Pipeline& pipeline_v, int32_t const* kv_index, int kv_count, AccO& acc_o,
+                             Softmax& softmax, int thread_idx) {
     typename Traits::TiledMmaQK mma_qk;
     typename Traits::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(thread_idx);
@@ -99,14 +96,13 @@ struct MainloopFwdSm90 {
     Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
     Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
 
-    FullBarrier::wait(&ss.barrier_q, q_iter & 1);
+    if (kv_count > 0) Barrier::wait(&ss.barrier_q, 0);
+    PipelineState read;
     for (int slot = 0; slot < kv_count; ++slot) {
       Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
       pipeline_k.consumer_wait(read);
       wgmma_gemm</*kZeroInit=*/true>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), acc_s);
       pipeline_k.consumer_release(read);
-      // Q's last reader is done: the producer may load the next tile's Q.
-      if (slot == kv_count - 1) EmptyBarrier::arrive(&ss.barrier_q_empty);
 
       const int valid_cols = p.seqlen_k - kv_index[slot] * kBlockN;
       if (valid_cols < kBlockN) {

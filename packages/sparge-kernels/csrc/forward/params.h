@@ -25,11 +25,6 @@ struct AttentionForwardParams {
   int64_t v_batch_stride, v_head_stride, v_row_stride;
   int64_t o_batch_stride, o_head_stride, o_row_stride;
 
-  // Hopper kernel scheduling: persistent CTAs (one per SM) or one CTA per tile; with a persistent grid,
-  // a non-null tile_counter (zeroed int32 in device memory) hands out tiles dynamically (atomicAdd).
-  bool persistent = false;
-  int32_t* tile_counter = nullptr;
-
   float scale;       // softmax scale applied to q·k
   float scale_log2;  // scale * log2(e): the kernels exponentiate with exp2
 };

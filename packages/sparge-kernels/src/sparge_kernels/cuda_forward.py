@@ -22,11 +22,6 @@ _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 # portable mma.sync kernel), "sm80" or "sm90". Default from SPARGE_FORWARD_PATH, else "auto".
 forward_path: str | None = None
 
-# Hopper kernel scheduling: "tiles" (one CTA per query block), "persistent" (one CTA per SM, static order) or
-# "dynamic" (one CTA per SM, tiles from an atomic counter). Default from SPARGE_FORWARD_SCHEDULE, else DEFAULT_SCHEDULE.
-DEFAULT_SCHEDULE = "tiles"
-schedule: str | None = None
-
 # Test hook: when set to a float, out and lse are filled with it before the launch, so rows the kernel
 # fails to write stay detectable (the tests poison with NaN).
 debug_fill_value: float | None = None
@@ -92,8 +87,6 @@ def forward(
     if debug_fill_value is not None:
         out.fill_(debug_fill_value)
         lse.fill_(debug_fill_value)
-    sched = schedule or os.environ.get("SPARGE_FORWARD_SCHEDULE", DEFAULT_SCHEDULE)
-    counter = torch.zeros(1, dtype=torch.int32, device=q.device) if sched == "dynamic" else None
     with torch.cuda.device(q.device):
         _C.attention_forward(
             q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
@@ -103,7 +96,5 @@ def forward(
             _DTYPE_NAMES[q.dtype], block_q, block_k, float(scale),
             torch.cuda.current_stream(q.device).cuda_stream,
             forward_path or os.environ.get("SPARGE_FORWARD_PATH", "auto"),
-            sched,
-            counter.data_ptr() if counter is not None else 0,
         )
     return out, lse
