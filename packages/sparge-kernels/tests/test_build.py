@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 
 import pytest
-import sparge_kernels
 import torch
+
+import sparge_kernels
 from sparge_kernels import backend as backend_mod
 from sparge_kernels import cuda as cuda_mod
 
