@@ -18,7 +18,7 @@ dl() { $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.1
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   --platform any -d .carry/whl "$@"; }
 for spec in diffusers==0.42.1 einops hjson msgpack py-cpuinfo psutil pytest pluggy iniconfig hypothesis \
-            sortedcontainers pygments; do
+            sortedcontainers pygments pydantic pydantic-core annotated-types typing-inspection typing-extensions pyyaml; do
   ls .carry/whl | grep -qi "^$(echo "${spec%%=*}" | tr - _)-" || dl "$spec"
 done
 if ! ls .carry/whl | grep -q '^deepspeed-'; then

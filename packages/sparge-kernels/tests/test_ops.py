@@ -16,7 +16,8 @@ def _qkv(b=1, h=2, lq=200, lk=150, d=16, dtype=torch.float32, requires_grad=Fals
 def test_opcheck_predict_block_mask():
     q, k, _ = _qkv()
     torch.library.opcheck(ops.predict_block_mask_op, (q, k, 0.1, 0.3, 128, 64, 0.25, "HND"))
-    torch.library.opcheck(ops.predict_block_mask_op, (q.transpose(1, 2), k.transpose(1, 2), 0.1, 0.3, 64, 32, 0.25, "NHD"))
+    nhd = (q.transpose(1, 2), k.transpose(1, 2))
+    torch.library.opcheck(ops.predict_block_mask_op, (*nhd, 0.1, 0.3, 64, 32, 0.25, "NHD"))
 
 
 @pytest.mark.parametrize("layout", ["HND", "NHD"])

@@ -18,6 +18,15 @@ from .validation import (
 __all__ = ["predict_block_mask", "block_sparse_attention", "sparge_attention"]
 
 
+def _check_selection_args(q, k, v, topk, topp, block_q, block_k, scale, layout):
+    """Validate the arguments shared by mask prediction and sparge_attention; returns them normalised."""
+    layout = check_layout(layout)
+    _, _, lq, lk, d = check_qkv(q, k, v, layout)
+    topk, topp = check_topk_topp(topk, topp)
+    block_q, block_k = check_block_size("block_q", block_q), check_block_size("block_k", block_k)
+    return layout, lq, lk, topk, topp, block_q, block_k, resolve_scale(scale, d)
+
+
 def predict_block_mask(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -39,11 +48,9 @@ def predict_block_mask(
         block_q, block_k: tokens per query block and per key block.
         scale: softmax scale of the pooled scores, default 1/sqrt(D).
     """
-    layout = check_layout(layout)
-    b, h, lq, lk, d = check_qkv(q, k, None, layout)
-    topk, topp = check_topk_topp(topk, topp)
-    block_q, block_k = check_block_size("block_q", block_q), check_block_size("block_k", block_k)
-    scale = resolve_scale(scale, d)
+    layout, lq, lk, topk, topp, block_q, block_k, scale = _check_selection_args(
+        q, k, None, topk, topp, block_q, block_k, scale, layout
+    )
     kv_count, kv_index, q_count, q_index = ops.predict_block_mask_op(q, k, topk, topp, block_q, block_k, scale, layout)
     return BlockMask(kv_count, kv_index, q_count, q_index, block_q, block_k, lq, lk)
 
@@ -93,11 +100,9 @@ def sparge_attention(
 
     The same `scale` serves the pooled scores and the attention. No gradient flows through the selection.
     """
-    layout = check_layout(layout)
-    b, h, lq, lk, d = check_qkv(q, k, v, layout)
-    topk, topp = check_topk_topp(topk, topp)
-    block_q, block_k = check_block_size("block_q", block_q), check_block_size("block_k", block_k)
-    scale = resolve_scale(scale, d)
+    layout, lq, lk, topk, topp, block_q, block_k, scale = _check_selection_args(
+        q, k, v, topk, topp, block_q, block_k, scale, layout
+    )
     out, _, kv_count, kv_index, q_count, q_index = ops.sparge_attention_op(
         q, k, v, topk, topp, block_q, block_k, scale, layout, bool(deterministic)
     )

@@ -133,11 +133,17 @@ def _(q, k, v, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, la
     return _attention_fake(q, layout)
 
 
+def _save_for_attention_backward(ctx, q, k, v, out, lse, mask, block_q, block_k, scale, layout, deterministic):
+    """Save what `_attention_backward` needs; mask = (kv_count, kv_index, q_count, q_index)."""
+    ctx.save_for_backward(q, k, v, out, lse, *mask)
+    ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic = block_q, block_k, scale, layout, deterministic
+
+
 def _setup_block_sparse(ctx, inputs, output):
     q, k, v, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, layout, deterministic = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, kv_count, kv_index, q_count, q_index)
-    ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic = block_q, block_k, scale, layout, deterministic
+    mask = (kv_count, kv_index, q_count, q_index)
+    _save_for_attention_backward(ctx, q, k, v, out, lse, mask, block_q, block_k, scale, layout, deterministic)
 
 
 def _backward_block_sparse(ctx, grad_out, grad_lse):
@@ -178,9 +184,8 @@ def _(q, k, v, topk, topp, block_q, block_k, scale, layout, deterministic):
 
 def _setup_sparge(ctx, inputs, output):
     q, k, v, topk, topp, block_q, block_k, scale, layout, deterministic = inputs
-    out, lse, kv_count, kv_index, q_count, q_index = output
-    ctx.save_for_backward(q, k, v, out, lse, kv_count, kv_index, q_count, q_index)
-    ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic = block_q, block_k, scale, layout, deterministic
+    out, lse, *mask = output
+    _save_for_attention_backward(ctx, q, k, v, out, lse, mask, block_q, block_k, scale, layout, deterministic)
 
 
 def _backward_sparge(ctx, grad_out, grad_lse, *grad_mask):
