@@ -21,7 +21,8 @@ def smooth_field(
     field = F.interpolate(base, size=(t, h, w), mode="trilinear", align_corners=True)
     field = field.reshape(batch, heads, head_dim, t * h * w).transpose(-1, -2)
     field = field + noise * torch.randn(field.shape, generator=generator, device=device)
-    return field.to(dtype)
+    # Contiguous (B, H, L, D) like a projection's output: a non-unit head-dim stride would make kernels copy.
+    return field.to(dtype).contiguous()
 
 
 def video_qkv(
