@@ -55,3 +55,13 @@ def test_extension_exposes_kernels():
     from sparge_kernels import cuda_forward
 
     assert registered.forward is cuda_forward.forward
+
+
+def test_kernel_limits_name_the_kernel_and_argument():
+    from sparge_kernels.cuda_limits import check_blocks_and_dtype
+
+    check_blocks_and_dtype("block-sparse attention", 128, 64, torch.bfloat16)
+    with pytest.raises(ValueError, match="CUDA block-sparse attention backward supports block_q=128 and block_k=64"):
+        check_blocks_and_dtype("block-sparse attention backward", 64, 64, torch.float16)
+    with pytest.raises(TypeError, match="float16 or bfloat16"):
+        check_blocks_and_dtype("block-sparse attention", 128, 64, torch.float32)

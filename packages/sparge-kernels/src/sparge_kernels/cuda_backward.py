@@ -19,10 +19,9 @@ import torch
 from torch import Tensor
 
 from . import _C  # type: ignore[attr-defined]
+from .cuda_limits import KERNEL_DTYPE_NAMES as _DTYPE_NAMES
+from .cuda_limits import check_blocks_and_dtype
 from .validation import num_blocks
-
-SUPPORTED_BLOCKS = (128, 64)  # (block_q, block_k) of the compiled kernels
-_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 # How the default (non-deterministic) mode accumulates dQ: "bulk" (bulk async reduce-add on SM >= 90, falls back to
 # atomics below) or "atomic" (8-byte atomics). Same result up to fp32 summation order; a knob for benchmarks.
@@ -82,16 +81,7 @@ def backward(
     """Backend.backward on HND views: (dq, dk, dv), each (B, H, L, D) in the dtype and memory layout of q, k, v."""
     if dq_accumulate not in ("bulk", "atomic"):
         raise ValueError(f"cuda_backward.dq_accumulate must be 'bulk' or 'atomic', got {dq_accumulate!r}")
-    if (block_q, block_k) != SUPPORTED_BLOCKS:
-        raise ValueError(
-            f"the CUDA block-sparse attention backward supports block_q=128 and block_k=64 only, got "
-            f"block_q={block_q}, block_k={block_k} (set SPARGE_BACKEND=reference for other block sizes)"
-        )
-    if q.dtype not in _DTYPE_NAMES:
-        raise TypeError(
-            f"the CUDA block-sparse attention backward takes float16 or bfloat16 q, k, v, got {q.dtype} "
-            "(cast, or set SPARGE_BACKEND=reference)"
-        )
+    check_blocks_and_dtype("block-sparse attention backward", block_q, block_k, q.dtype)
     for name, t in (("k", k), ("v", v), ("out", out), ("dout", dout)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")

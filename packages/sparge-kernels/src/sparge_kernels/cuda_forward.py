@@ -13,10 +13,9 @@ import os
 import torch
 
 from . import _C  # type: ignore[attr-defined]
+from .cuda_limits import KERNEL_DTYPE_NAMES as _DTYPE_NAMES
+from .cuda_limits import check_blocks_and_dtype
 from .validation import num_blocks
-
-SUPPORTED_BLOCKS = (128, 64)  # (block_q, block_k) of the compiled kernels
-_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 # Which kernel: "auto" (the Hopper wgmma/TMA kernel on sm_90 GPUs when the wheel was built for 90a, else the
 # portable mma.sync kernel), "sm80" or "sm90". Default from SPARGE_FORWARD_PATH, else "auto".
@@ -55,16 +54,7 @@ def forward(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backend.forward on HND views: returns (out (B, H, Lq, D) in q's dtype and layout, lse float32 (B, H, Lq))."""
-    if (block_q, block_k) != SUPPORTED_BLOCKS:
-        raise ValueError(
-            f"the CUDA block-sparse attention supports block_q=128 and block_k=64 only, got block_q={block_q}, "
-            f"block_k={block_k} (set SPARGE_BACKEND=reference for other block sizes)"
-        )
-    if q.dtype not in _DTYPE_NAMES:
-        raise TypeError(
-            f"the CUDA block-sparse attention takes float16 or bfloat16 q, k, v, got {q.dtype} "
-            "(cast, or set SPARGE_BACKEND=reference)"
-        )
+    check_blocks_and_dtype("block-sparse attention", block_q, block_k, q.dtype)
     b, h, lq, d = q.shape
     lk = k.shape[2]
     if v.shape[-1] != d:
