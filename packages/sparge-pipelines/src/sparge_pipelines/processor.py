@@ -16,7 +16,7 @@ from sparge_kernels import sparge_attention
 
 from .state import SpargeState
 
-__all__ = ["SpargeWanAttnProcessor", "apply_rotary_emb"]
+__all__ = ["SpargeWanAttnProcessor", "apply_rotary_emb", "project_qkv"]
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -29,6 +29,22 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.
     out[..., 0::2] = x1 * cos - x2 * sin
     out[..., 1::2] = x1 * sin + x2 * cos
     return out.type_as(x)
+
+
+def project_qkv(attn: torch.nn.Module, hidden_states: torch.Tensor,
+                rotary_emb: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+    """Query, key, value (B, L, H, D) of Wan self-attention as diffusers computes them: projections, q/k RMSNorm,
+    rotary embedding."""
+    query, key, value = _get_qkv_projections(attn, hidden_states, None)
+    query = attn.norm_q(query)
+    key = attn.norm_k(key)
+    query = query.unflatten(2, (attn.heads, -1))
+    key = key.unflatten(2, (attn.heads, -1))
+    value = value.unflatten(2, (attn.heads, -1))
+    if rotary_emb is not None:
+        query = apply_rotary_emb(query, *rotary_emb)
+        key = apply_rotary_emb(key, *rotary_emb)
+    return query, key, value
 
 
 class SpargeWanAttnProcessor:
@@ -85,15 +101,7 @@ class SpargeWanAttnProcessor:
             if rotary_emb is not None:
                 rotary_emb = tuple(f.index_select(1, perm) for f in rotary_emb)
 
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
-        query = query.unflatten(2, (attn.heads, -1))
-        key = key.unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = apply_rotary_emb(query, *rotary_emb)
-            key = apply_rotary_emb(key, *rotary_emb)
+        query, key, value = project_qkv(attn, hidden_states, rotary_emb)
 
         out, mask = sparge_attention(
             query, key, value, topk=config.topk, topp=config.topp, block_q=config.block_q, block_k=config.block_k,

@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,9 +132,15 @@ def _tag(step: int) -> str:
     return f"{TAG_PREFIX}{step:08d}"
 
 
-def save_checkpoint(engine, root: Path, state: TrainerState, *, keep_last: int, is_main: bool) -> Path:
-    """Collective: every rank writes its ZeRO partition; rank 0 then prunes all but the newest keep_last."""
+def save_checkpoint(engine, root: Path, state: TrainerState, *, keep_last: int, is_main: bool,
+                    extra: Callable[[Path], None] | None = None) -> Path:
+    """Collective: every rank writes its ZeRO partition; rank 0 then prunes all but the newest keep_last.
+    `extra(checkpoint_dir)` (rank 0) writes companion files first, so `latest` never names a checkpoint
+    without them."""
     tag = _tag(state.step)
+    if extra is not None and is_main:
+        (root / tag).mkdir(parents=True, exist_ok=True)
+        extra(root / tag)
     engine.save_checkpoint(str(root), tag=tag, client_state=state.to_client_state())
     barrier()
     if is_main:
@@ -167,9 +174,11 @@ def load_checkpoint(engine, load_dir: Path, tag: str, device: torch.device) -> T
     return state
 
 
-def export_weights(engine, model: torch.nn.Module, out_dir: Path, *, zero3: bool, is_main: bool) -> Path | None:
+def export_weights(engine, model: torch.nn.Module, out_dir: Path, *, zero3: bool, is_main: bool,
+                   weights: dict[str, torch.Tensor] | None = None) -> Path | None:
     """Write the student as a diffusers folder: config.json + diffusion_pytorch_model.safetensors (16-bit under
-    bf16 training). Collective under ZeRO-3 (parameters are gathered to rank 0)."""
+    bf16 training). Collective under ZeRO-3 (parameters are gathered to rank 0). `weights` (e.g. the EMA)
+    replaces the engine's parameters of the same names."""
     from safetensors.torch import save_file
 
     # The architecture's persistent tensors (parameters + persistent buffers), whatever sparge attached.
@@ -179,6 +188,8 @@ def export_weights(engine, model: torch.nn.Module, out_dir: Path, *, zero3: bool
             if buf_name not in module._non_persistent_buffers_set:
                 arch_keys.add(f"{module_name}.{buf_name}" if module_name else buf_name)
     state_dict = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
+    if weights is not None:
+        state_dict = {**state_dict, **{k: v.to(state_dict[k].dtype) for k, v in weights.items()}}
     if not is_main:
         barrier()
         return None

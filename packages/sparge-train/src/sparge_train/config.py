@@ -24,6 +24,7 @@ __all__ = [
     "LossConfig",
     "FlowConfig",
     "SyntheticDataConfig",
+    "WorldDataConfig",
     "DataConfig",
     "OptimConfig",
     "DeepSpeedSection",
@@ -54,6 +55,8 @@ class ModelConfig:
     # diffusers attention backend for the dense attention (teacher, cross-attention, a dense student), e.g.
     # "_native_cudnn" or "flash"; None keeps PyTorch's SDPA choice.
     attention_backend: str | None = None
+    # diffusers' compile_repeated_blocks (regional torch.compile of the transformer blocks) on the student
+    compile: bool = False
 
     def validate(self, prefix: str = "model") -> None:
         from .presets import WAN_PRESETS
@@ -155,16 +158,46 @@ class SyntheticDataConfig:
 
 
 @dataclass
+class WorldDataConfig:
+    """The sparge world (sparge_pipelines.world): procedural captioned videos rendered on the training device.
+
+    `sizes` lists (frames, height, width); optimizer step s trains on sizes[s % len(sizes)], so one model learns
+    the full size and the reduced one the CPU demo uses. `caption_dropout` zeroes a sample's text (the null
+    caption of classifier-free guidance), decided by the sample's stream position.
+    """
+
+    split: Literal["base", "shifted", "heldout"] = "base"
+    seed: int = 0
+    sizes: list[list[int]] = field(default_factory=lambda: [[16, 96, 96]])
+    caption_dropout: float = 0.0
+
+    def validate(self, prefix: str = "data.world") -> None:
+        if self.split not in ("base", "shifted", "heldout"):
+            raise ConfigError(f"{prefix}.split", f"must be base, shifted or heldout, got {self.split!r}")
+        if not self.sizes:
+            raise ConfigError(f"{prefix}.sizes", "needs at least one [frames, height, width]")
+        for i, size in enumerate(self.sizes):
+            if len(size) != 3 or min(size) < 1:
+                raise ConfigError(f"{prefix}.sizes[{i}]", f"expected [frames, height, width] > 0, got {size}")
+            if size[1] % 4 or size[2] % 4:
+                raise ConfigError(f"{prefix}.sizes[{i}]", f"height and width must be multiples of the 4x4 patch, "
+                                  f"got {size}")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ConfigError(f"{prefix}.caption_dropout", f"must be in [0, 1), got {self.caption_dropout}")
+
+
+@dataclass
 class DataConfig:
-    source: Literal["shards", "synthetic"] = "shards"
+    source: Literal["shards", "synthetic", "world"] = "shards"
     path: str | None = None  # folder written by `sparge-train prepare` (has index.json)
     text_len: int = 512  # text embeddings are zero-padded to this length, as WanPipeline does
     shuffle: bool = True
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    world: WorldDataConfig = field(default_factory=WorldDataConfig)
 
     def validate(self, prefix: str = "data") -> None:
-        if self.source not in ("shards", "synthetic"):
-            raise ConfigError(f"{prefix}.source", f"must be shards or synthetic, got {self.source!r}")
+        if self.source not in ("shards", "synthetic", "world"):
+            raise ConfigError(f"{prefix}.source", f"must be shards, synthetic or world, got {self.source!r}")
         if self.source == "shards":
             if self.path is None:
                 raise ConfigError(f"{prefix}.path", "required when data.source is shards")
@@ -174,6 +207,7 @@ class DataConfig:
         if self.text_len < 1:
             raise ConfigError(f"{prefix}.text_len", f"must be >= 1, got {self.text_len}")
         self.synthetic.validate(f"{prefix}.synthetic")
+        self.world.validate(f"{prefix}.world")
 
 
 @dataclass
@@ -251,6 +285,12 @@ class TrainConfig:
     # Fixed-input evaluation every eval_every steps (and before the first): 0 disables.
     eval_every: int = 0
     eval_samples: int = 0  # the first eval_samples dataset samples, split round robin over ranks
+    # Exponential moving average of the student's weights (fp32, ZeRO stage <= 2), exported instead of the raw
+    # weights when enabled; 0 disables. Pretraining a model from scratch wants ~0.999.
+    ema_decay: float = 0.0
+    # Stop (saving a checkpoint) once a step ends after this many seconds of the loop; 0: no limit. Runs on lent
+    # machines with a per-command limit resume from there.
+    max_time_s: float = 0.0
     # Testing hook: SIGKILL every rank right after this step (and its checkpoint) to simulate a crash.
     kill_after_step: int | None = None
 
@@ -273,6 +313,10 @@ class TrainConfig:
             raise ConfigError(f"{prefix}.eval_every", f"must be >= 0, got {self.eval_every}")
         if self.eval_every > 0 and self.eval_samples < 1:
             raise ConfigError(f"{prefix}.eval_samples", "must be >= 1 when train.eval_every > 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"{prefix}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        if not (math.isfinite(self.max_time_s) and self.max_time_s >= 0):
+            raise ConfigError(f"{prefix}.max_time_s", f"must be >= 0, got {self.max_time_s}")
         if self.kill_after_step is not None and self.kill_after_step < 1:
             raise ConfigError(f"{prefix}.kill_after_step", f"must be >= 1, got {self.kill_after_step}")
 
@@ -303,6 +347,8 @@ class RunConfig:
         if self.data.source == "synthetic" and self.train.eval_samples > self.data.synthetic.num_samples:
             raise ConfigError("train.eval_samples", f"{self.train.eval_samples} > data.synthetic.num_samples "
                               f"({self.data.synthetic.num_samples})")
+        if self.train.ema_decay > 0 and self.deepspeed.zero_stage == 3:
+            raise ConfigError("train.ema_decay", "EMA needs whole parameters on every rank: zero_stage <= 2")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sparge_pipelines.world.model import WORLD_TRANSFORMER_CONFIG
+
 __all__ = ["WAN_PRESETS", "VideoShape", "wan_config", "latent_shape", "sequence_length"]
 
 _WAN_COMMON: dict[str, Any] = {
@@ -35,6 +37,8 @@ WAN_PRESETS: dict[str, dict[str, Any]] = {
     # Tests: 2 layers, 2 heads × 16, small text dim; same module structure as the real models.
     "tiny": {**_WAN_COMMON, "attention_head_dim": 16, "num_attention_heads": 2, "ffn_dim": 64, "num_layers": 2,
              "in_channels": 4, "out_channels": 4, "text_dim": 32, "freq_dim": 32, "rope_max_seq_len": 64},
+    # The sparge world's pixel-space video model (sparge_pipelines.world), trained from scratch by sparge-train.
+    "sparge-world": dict(WORLD_TRANSFORMER_CONFIG),
 }
 
 # Wan2.1 VAE: 8× spatial, 4× temporal compression (first frame kept): latent frames = (frames - 1) // 4 + 1.

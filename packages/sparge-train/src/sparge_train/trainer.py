@@ -21,6 +21,7 @@ from .config import ConfigError, RunConfig
 from .data import DeterministicBatchSampler, build_dataset
 from .deepspeed_config import resolve_dtype, student_ds_config, teacher_ds_config, uses_sharded_teacher
 from .distributed import WorldInfo, all_reduce_mean, barrier, init_distributed, world_from_env
+from .ema import EMA
 from .engines import build_engines
 from .evaluation import eval_micro_batches, evaluate
 from .losses import distillation_objective
@@ -40,6 +41,7 @@ class FitResult:
     losses: dict[int, float] = field(default_factory=dict)  # step (1-based, after the update) → mean loss
     eval_losses: dict[int, float] = field(default_factory=dict)  # step → fixed-input evaluation loss
     export_dir: Path | None = None
+    stopped_early: bool = False  # train.max_time_s ran out before train.max_steps
 
 
 def _seed_everything(seed: int) -> None:
@@ -137,11 +139,14 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
         models.student.enable_gradient_checkpointing()
     if cfg.sparge.enabled:
         install_sparge(models.student, cfg.sparge)
+    if cfg.model.compile:
+        models.student.compile_repeated_blocks(fullgraph=True, dynamic=False)  # one graph per video size
 
     # 4. engines
     engines = build_engines(cfg, models.student, models.teacher, student_ds=student_ds, teacher_ds=teacher_ds,
                             sharded_teacher=sharded_teacher, device=device, dtype=dtype)
     student = engines.student
+    ema = EMA(student.module, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     # 5. resume: engine state (weights, optimizer, lr schedule) + trainer state (step, data position, RNG)
     state = TrainerState(global_batch_size=global_batch, world_size=world.world_size)
@@ -154,6 +159,8 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
                              f"{state.global_batch_size}, this run uses {global_batch}")
         if state.samples_seen != state.step * global_batch:
             raise RuntimeError(f"checkpoint data position {state.samples_seen} != step {state.step} × {global_batch}")
+        if ema is not None:
+            ema.load(resume_point[0] / resume_point[1])
         log.info("resumed from %s/%s at step %d", *resume_point, state.step)
 
     # 6. the loop
@@ -179,13 +186,14 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
                     disable=not (world.is_main and cfg.train.progress_bar))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    loop_start = time.perf_counter()
     for step in range(state.step, cfg.train.max_steps):
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         tokens = 0
         phases = PhaseTimer(device) if cfg.train.time_phases else None
         for micro in sampler.micro_batches(step):
-            batch = make_training_batch(dataset, micro, cfg, device, dtype)
+            batch = make_training_batch(dataset, micro, cfg, device, dtype, size_index=step)
             if phases is not None:
                 phases.start()
             loss, parts = distill_micro_step(engines, batch, cfg.loss, mark=phases.mark if phases else None)
@@ -195,6 +203,8 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step_time = time.perf_counter() - t0
+        if ema is not None:
+            ema.update()
         state.step = step + 1
         state.samples_seen = state.step * global_batch
 
@@ -222,22 +232,30 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
         progress.update(1)
         progress.set_postfix(loss=f"{metrics['loss']:.4g}")
 
+        out_of_time = cfg.train.max_time_s > 0 and time.perf_counter() - loop_start >= cfg.train.max_time_s
+        out_of_time = bool(all_reduce_mean(torch.tensor([float(out_of_time)], dtype=torch.float64)).item() > 0)
         is_last = state.step == cfg.train.max_steps
         save_due = cfg.train.save_every > 0 and state.step % cfg.train.save_every == 0
-        if save_due or (is_last and cfg.train.save_at_end):
+        if save_due or ((is_last or out_of_time) and cfg.train.save_at_end):
             state.capture_rng(device)
-            save_checkpoint(student, ckpt_root, state, keep_last=cfg.train.keep_last, is_main=world.is_main)
+            save_checkpoint(student, ckpt_root, state, keep_last=cfg.train.keep_last, is_main=world.is_main,
+                            extra=ema.save if ema is not None else None)
         if state.step == cfg.train.kill_after_step:
             # Simulated crash for resume tests: no cleanup, no atexit, like a node failure.
             barrier()
             logger.close()
             os.kill(os.getpid(), signal.SIGKILL)
+        if out_of_time and not is_last:
+            log.info("train.max_time_s (%.0f s) reached after step %d: stopping; rerun to resume",
+                     cfg.train.max_time_s, state.step)
+            result.stopped_early = True
+            break
     progress.close()
 
     # 7. export the student's weights (diffusers folder, safetensors)
     if cfg.train.export_at_end:
         result.export_dir = export_weights(student, models.student, out / "export", zero3=models.zero3_student,
-                                           is_main=world.is_main)
+                                           is_main=world.is_main, weights=ema.state_dict() if ema else None)
     logger.close()
     barrier()
     return result

@@ -24,4 +24,9 @@ def build_dataset(cfg):
                                                      s.latent_width),
             text_tokens=s.text_tokens, text_dim=s.text_dim, seed=s.seed,
         )
+    if cfg.source == "world":
+        from sparge_pipelines.world import SpargeWorld, WorldSize
+
+        w = cfg.world
+        return SpargeWorld(WorldSize(*w.sizes[0]), split=w.split, seed=w.seed)
     return LatentShardDataset(cfg.path)
