@@ -38,9 +38,10 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--shift", type=float, default=3.0)
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default=None, help="default: bf16 on GPU, fp32 on CPU")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if device == "cuda" else "fp32")]
     model = load_world_transformer(args.model, device=device, dtype=dtype)
     size = WorldSize(args.frames, args.size, args.size)
     world = SpargeWorld(size, split="heldout")
@@ -71,11 +72,6 @@ def main() -> None:
             row[f"sparse_rel_mse.{name}"] = rel_mse(v_sparse, v_dense)
         report["per_sigma"][str(sigma)] = row
 
-    t0 = time.perf_counter()
-    captions = world.captions(idx)
-    videos = sample_videos(model, captions, noise, SamplerConfig(steps=25, guidance=4.0, shift=args.shift))
-    report["sample_s"] = time.perf_counter() - t0
-    report["captions"] = [c.text for c in captions]
     print("| σ | loss rel | top5% | top10% | top20% | " + " | ".join(f"{n} recall / density / v rel-MSE" for n in MASKS)
           + " |")
     print("|---" * (5 + len(MASKS)) + "|")
@@ -87,6 +83,11 @@ def main() -> None:
               + " | ".join(cells) + " |")
     for layer, r in report["per_sigma"]["0.6"]["attention"].items():
         print(f"  σ 0.6 {layer}: top5% {r['top0.05']:.3f}")
+    t0 = time.perf_counter()
+    captions = world.captions(idx)
+    videos = sample_videos(model, captions, noise, SamplerConfig(steps=25, guidance=4.0, shift=args.shift))
+    report["sample_s"] = time.perf_counter() - t0
+    report["captions"] = [c.text for c in captions]
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "probe.json").write_text(json.dumps(report, indent=1))

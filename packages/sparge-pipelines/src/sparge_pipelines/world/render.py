@@ -78,6 +78,7 @@ class Scene:
     bg_angle: float
     bg_phase: float
     bg_drift: tuple[float, float]  # frame heights per frame
+    bg_seed: int = 0  # the noise field of the noise backgrounds
 
     @property
     def caption(self) -> Caption:
@@ -110,7 +111,8 @@ def _scene_layout(rng: np.random.Generator, split: str, background: str,
     return Scene(background=background, objects=tuple(placed), bg_low=low, bg_high=high,
                  bg_period=float(rng.uniform(0.12, 0.22)), bg_angle=float(rng.uniform(0, math.pi)),
                  bg_phase=float(rng.uniform(0, 2 * math.pi)),
-                 bg_drift=(drift * math.cos(drift_angle), drift * math.sin(drift_angle)))
+                 bg_drift=(drift * math.cos(drift_angle), drift * math.sin(drift_angle)),
+                 bg_seed=int(rng.integers(2**31)))
 
 
 def sample_scene(index: int, *, split: str = "base", seed: int = 0) -> Scene:
@@ -139,17 +141,35 @@ def _fold(u: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return lo + span * torch.where(z > 1.0, 2.0 - z, z)
 
 
+_NOISE_CELLS = {"clouds": 3.0, "speckle": 14.0, "blotches": 5.0}  # noise grid cells per frame height
+
+
+def _noise_field(seed: int, cells: float, aspect: float, frames: int, device: torch.device) -> torch.Tensor:
+    """A scene's value-noise grid (1, 1, gh, gw), large enough to cover the frame at every drift position."""
+    g = torch.Generator().manual_seed(seed)
+    gh = int(math.ceil(cells * 2)) + 2
+    gw = int(math.ceil(cells * 2 * max(aspect, 1.0))) + 2
+    return torch.rand(1, 1, gh, gw, generator=g).to(device)
+
+
 def _background(kind: str, X: torch.Tensor, Y: torch.Tensor, period: float, angle: float, phase: float,
-                ) -> torch.Tensor:
-    """Pattern in [0, 1] at frame-height coordinates X, Y."""
+                noise_seed: int = 0) -> torch.Tensor:
+    """Pattern in [0, 1] at frame-height coordinates X, Y (F, H, W)."""
+    if kind in _NOISE_CELLS:
+        cells = _NOISE_CELLS[kind]
+        field = _noise_field(noise_seed, cells, 1.0, X.shape[0], X.device)
+        gh, gw = field.shape[-2:]
+        # frame-height coordinates -> the field's [-1, 1] (the field spans gh / cells frame heights)
+        gx = (X + 0.5 + 0 * Y) * cells / gw * 2 - 1
+        gy = (Y + 0.5 + 0 * X) * cells / gh * 2 - 1
+        grid = torch.stack([gx, gy], dim=-1).view(1, -1, gx.shape[-1], 2)
+        v = F.grid_sample(field, grid.float(), mode="bicubic", padding_mode="reflection", align_corners=False)
+        v = v.view(X.shape[0], -1, X.shape[-1])
+        if kind == "blotches":
+            return torch.sigmoid(12.0 * (v - 0.5))
+        return v.clamp(0, 1)
     w = 2 * math.pi / period
-    if kind == "stripes":
-        s = torch.sin(w * (X * math.cos(angle) + Y * math.sin(angle)) + phase)
-    elif kind == "checker":
-        s = torch.sin(w * X + phase) * torch.sin(w * Y + phase) * 3.0
-    elif kind == "dots":
-        s = (torch.cos(w * X + phase) * torch.cos(w * Y + phase)) * 4.0 - 2.4
-    elif kind == "rings":
+    if kind == "rings":
         s = torch.sin(w * torch.sqrt((X - 0.5) ** 2 + (Y - 0.5) ** 2) + phase)
     elif kind == "grid":
         s = (torch.cos(w * X + phase).abs() ** 12 + torch.cos(w * Y + phase).abs() ** 12) * 4.0 - 1.5
@@ -173,7 +193,9 @@ def render_scenes(scenes: list[Scene], size: WorldSize, *, device: torch.device 
         dx, dy = scene.bg_drift
         X = xs.view(1, 1, w_) - dx * t.view(f_, 1, 1)
         Y = ys.view(1, h_, 1) - dy * t.view(f_, 1, 1)
-        p = _background(scene.background, X, Y, scene.bg_period, scene.bg_angle, scene.bg_phase)  # (F, H, W)
+        X, Y = torch.broadcast_tensors(X, Y)
+        p = _background(scene.background, X, Y, scene.bg_period, scene.bg_angle, scene.bg_phase,
+                        scene.bg_seed)  # (F, H, W)
         low = torch.tensor(scene.bg_low, device=device).view(3, 1, 1, 1)
         high = torch.tensor(scene.bg_high, device=device).view(3, 1, 1, 1)
         frame = low + (high - low) * p.unsqueeze(0)  # (3, F, H, W)

@@ -53,8 +53,9 @@ def sample_videos(model: torch.nn.Module, captions: list[Caption], noise: torch.
     """Videos (B, 3, F, H, W) float32 in [-1, 1] from `noise`; `on_step(i)` after each step (progress, timing)."""
     if len(captions) != noise.shape[0]:
         raise ValueError(f"captions: {len(captions)} captions for a batch of {noise.shape[0]} noises")
-    param = next(model.parameters())
-    dtype, device = param.dtype, param.device
+    # The patch embedding's dtype is the compute dtype (diffusers keeps norms and time embedding in fp32).
+    weight = model.patch_embedding.weight
+    dtype, device = weight.dtype, weight.device
     text = encode_captions(captions, device=device, dtype=dtype)
     guided = config.guidance != 1.0
     if guided:

@@ -1,7 +1,7 @@
 """The sparge world's captions: a fixed vocabulary, a caption per scene, and its text embedding.
 
 A caption names the background and up to `MAX_OBJECTS` objects (colour, digit, direction), e.g.
-"a red 3 moving left and a blue 7 moving up on stripes". The text embedding the transformer reads is one token
+"a red 3 moving left and a blue 7 moving up on clouds". The text embedding the transformer reads is one token
 per caption slot: a one-hot word plus a one-hot slot role (background, object 1 attribute, ...), so the model's
 own `text_embedder` (a learned MLP) is the word embedding and cross-attention can bind each digit to its colour.
 Missing objects are zero tokens, as WanPipeline zero-pads text; the all-zero embedding is the null caption (CFG).
@@ -43,8 +43,10 @@ DIGITS = tuple(str(d) for d in range(10))
 # name -> unit (dx, dy) in image coordinates (y grows downwards)
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0),
                                               "down": (0.0, 1.0)}
-BASE_BACKGROUNDS = ("stripes", "checker", "dots")
-SHIFTED_BACKGROUNDS = ("rings", "grid")  # only in the shifted split: fine-tuning data the teacher never saw
+# Base backgrounds are non-periodic noise fields unique to each scene: continuing one from frame to frame needs the
+# same (drifted) place in the neighbouring frames, not any far-away period of a repeating pattern.
+BASE_BACKGROUNDS = ("clouds", "speckle", "blotches")
+SHIFTED_BACKGROUNDS = ("rings", "grid")  # periodic, only in the shifted split: data the teacher never saw
 BACKGROUNDS = BASE_BACKGROUNDS + SHIFTED_BACKGROUNDS
 MAX_OBJECTS = 2
 
