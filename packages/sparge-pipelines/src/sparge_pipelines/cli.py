@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_video_path, default="video.mp4", help=f"video file ({', '.join(VIDEO_SUFFIXES)})")
     p.add_argument("--report", default=None, help="JSON report path (default: --out with .json)")
     p.add_argument("--fps", type=_int_at_least(1), default=16)
-    p.add_argument("--device", type=_device, default=None, help="cpu, cuda or cuda:N; default: cuda if available, else cpu")
+    p.add_argument("--device", type=_device, default=None,
+                   help="cpu, cuda or cuda:N; default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--no-progress", action="store_true")
     return p

@@ -98,7 +98,8 @@ def check_resume(cfg: RunConfig, resume_point: tuple[Path, str] | None) -> None:
     if saved.get("architecture") and current["architecture"]:
         diffs = _differences(saved["architecture"], current["architecture"])
         if diffs:
-            raise ConfigError("model", f"the checkpoint was written by a different model: {'; '.join(diffs)} — {hint}")
+            raise ConfigError("model", f"the checkpoint was written by a different model: {'; '.join(diffs)} "
+                              f"— {hint}")
     if saved.get("zero_stage") is not None and saved["zero_stage"] != current["zero_stage"]:
         raise ConfigError("deepspeed.zero_stage", f"the checkpoint {folder} was written with ZeRO stage "
                           f"{saved['zero_stage']}, this run uses {current['zero_stage']} (DeepSpeed cannot load "
