@@ -23,6 +23,6 @@ pip install ./packages/sparge-pipelines ./packages/sparge-train
 import torch, sparge_kernels, sparge_pipelines, sparge_train
 assert not torch.version.cuda, f"a CUDA torch was installed ({torch.__version__}); CPU machines must keep the CPU build"
 print(f"torch {torch.__version__}; sparge-kernels {sparge_kernels.__version__} (CUDA kernels built: "
-      f"{sparge_kernels.cuda_available()}); sparge-pipelines {sparge_pipelines.__version__}; "
+      f"{sparge_kernels.kernels_built()}); sparge-pipelines {sparge_pipelines.__version__}; "
       f"sparge-train {sparge_train.__version__}")
 PY

@@ -16,4 +16,4 @@ python3 -m pip install -q --no-build-isolation --no-deps --no-index ./packages/s
 echo "sparge-kernels built in ${SECONDS}s"
 python3 -m pip install -q --no-build-isolation --no-deps --no-index ./packages/sparge-pipelines ./packages/sparge-train \
   >>"$log" 2>&1 || { tail -20 "$log"; return 1; }
-python3 -c "import sparge_kernels as s; print('sparge_kernels', s.__version__, 'cuda kernels:', s.cuda_available())"
+python3 -c "import sparge_kernels as s; print('sparge_kernels', s.__version__, 'cuda kernels built:', s.kernels_built(), 'runnable:', s.cuda_available())"

@@ -13,10 +13,18 @@ from sparge_kernels import cuda as cuda_mod
 
 
 def test_package_imports_and_exposes_api():
-    for name in ("block_sparse_attention", "predict_block_mask", "sparge_attention", "BlockMask", "cuda_available"):
+    for name in ("block_sparse_attention", "predict_block_mask", "sparge_attention", "BlockMask", "cuda_available",
+                 "kernels_built"):
         assert hasattr(sparge_kernels, name)
-    assert isinstance(sparge_kernels.cuda_available(), bool)
-    assert sparge_kernels.cuda_available() == (cuda_mod._C is not None)
+    assert sparge_kernels.kernels_built() == (cuda_mod._C is not None)
+    # cuda_available says what its name says: kernels AND a GPU (False on a CPU machine even with kernels).
+    assert sparge_kernels.cuda_available() == (cuda_mod._C is not None and torch.cuda.is_available())
+
+
+def test_cuda_available_is_false_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(cuda_mod, "_C", object())  # pretend the kernels are built
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert sparge_kernels.kernels_built() and not sparge_kernels.cuda_available()
 
 
 def test_cpu_uses_reference():

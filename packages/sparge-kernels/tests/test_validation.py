@@ -23,7 +23,7 @@ V = torch.randn(1, 2, 80, 16)
         (dict(topk=0.0, topp=0.0), ValueError, "both 0"),
         (dict(block_q=0), ValueError, "block_q"),
         (dict(block_k=-64), ValueError, "block_k"),
-        (dict(block_k=64.0), ValueError, "block_k"),
+        (dict(block_k=64.0), TypeError, "block_k"),
         (dict(layout="BHLD"), ValueError, "layout"),
         (dict(scale=0.0), ValueError, "scale"),
         (dict(scale=math.inf), ValueError, "scale"),

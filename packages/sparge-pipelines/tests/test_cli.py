@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import imageio.v3 as iio
 import pytest
+import torch
 
 from sparge_pipelines.cli import main
 from sparge_pipelines.testing import TINY_VIDEO, tiny_wan_pipeline
@@ -80,8 +84,65 @@ def test_incomplete_model_directory(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "name"),
     [(["--topk", "1.5"], "topk"), (["--frames", "10"], "frames"), (["--height", "100"], "height"),
-     (["--dense-steps", "-2"], "dense_steps"), (["--steps", "0"], "steps")],
+     (["--dense-steps", "-2"], "--dense-steps"), (["--steps", "0"], "steps")],
 )
 def test_bad_arguments(model_dir, args, name, capsys):
     assert main(["--model", str(model_dir), "--prompt", "x", *args]) == 2
     assert name in capsys.readouterr().err
+
+
+def _cli_subprocess(*args: str) -> subprocess.CompletedProcess:
+    """`sparge-generate ARGS` in a fresh interpreter; also reports whether torch/diffusers got imported."""
+    code = ("import sys; from sparge_pipelines.cli import main; rc = main(sys.argv[1:]); "
+            "print('HEAVY', sorted(m for m in ('torch', 'diffusers') if m in sys.modules)); sys.exit(rc)")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_help_is_fast_and_imports_neither_torch_nor_diffusers():
+    t0 = time.perf_counter()
+    proc = _cli_subprocess("--help")
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0 and "--token-order" in proc.stdout
+    assert "HEAVY []" in proc.stdout
+    assert elapsed < 1.0, elapsed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--out", "/tmp/noext"], "argument --out: '/tmp/noext' must end in one of .mp4, .mkv, .mov"),
+     (["--out", "clip.gif"], "argument --out"),
+     (["--frames", "10"], "argument --frames: frames must be 4k+1"),
+     (["--topk", "1.5"], "argument --topk: must be in [0, 1]"),
+     (["--topk", "0", "--topp", "0"], "argument --topk/--topp: both 0"),
+     (["--steps", "0"], "argument --steps: must be >= 1"),
+     (["--device", "gpu"], "argument --device: expected cpu, cuda or cuda:N"),
+     (["--report", "r.txt"], "argument --report"),
+     (["--image", "/nonexistent.png"], "argument --image")],
+)
+def test_argument_errors_are_fast_argparse_errors(args, message):
+    t0 = time.perf_counter()
+    proc = _cli_subprocess("--model", "/nonexistent", "--prompt", "x", *args)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: sparge-generate")
+    assert f"sparge-generate: error: {message}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "HEAVY []" in proc.stdout
+    assert elapsed < 1.0, elapsed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a usable GPU")
+def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    proc = _cli_subprocess("--model", str(tmp_path), "--prompt", "x", "--device", "cuda")
+    assert proc.returncode == 2
+    assert "sparge-generate: error: argument --device: 'cuda' is not available" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_generate_config_checks_out_and_device_before_loading(tmp_path):
+    from sparge_pipelines.generate import GenerateConfig, generate
+
+    with pytest.raises(ValueError, match="out '/tmp/noext' must end in one of"):
+        GenerateConfig(model=str(tmp_path), prompt="x", out="/tmp/noext")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda'.*no usable CUDA GPU"):
+            generate(GenerateConfig(model=str(tmp_path / "never-loaded"), prompt="x", device="cuda"))

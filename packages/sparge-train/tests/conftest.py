@@ -72,9 +72,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_fit(config: Path, *, nprocs: int = 1, launcher: str = "python", extra: list[str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `sparge-train fit` in a fresh process group; returns the completed process (output captured)."""
+def _fit_command(config: Path, nprocs: int, launcher: str, extra: list[str] | None) -> tuple[list[str], dict]:
     fit_args = ["sparge_train", "fit", "--config", str(config), *(extra or [])]
     port = str(free_port())
     if launcher == "python":
@@ -92,7 +90,22 @@ def run_fit(config: Path, *, nprocs: int = 1, launcher: str = "python", extra: l
            "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
+    return cmd, env
+
+
+def run_fit(config: Path, *, nprocs: int = 1, launcher: str = "python", extra: list[str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `sparge-train fit`; returns the completed process (output captured)."""
+    cmd, env = _fit_command(config, nprocs, launcher, extra)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_fit(config: Path, log: Path, *, nprocs: int = 1, launcher: str = "python",
+              extra: list[str] | None = None) -> subprocess.Popen:
+    """Start `sparge-train fit` in its own process group (kill it with os.killpg), output to `log`."""
+    cmd, env = _fit_command(config, nprocs, launcher, extra)
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def check_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

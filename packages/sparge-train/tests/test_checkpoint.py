@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparge_train.checkpoint import SafeTorchCheckpointEngine, TrainerState
+from sparge_train.checkpoint import CheckpointError, SafeTorchCheckpointEngine, TrainerState
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sparge_train"
 
@@ -23,8 +23,10 @@ class _Exploit:
 def test_safe_engine_refuses_arbitrary_pickles(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"module": {}, "payload": _Exploit()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match="evil.pt cannot be loaded: WeightsUnpickler error") as err:
         SafeTorchCheckpointEngine().load(str(path), map_location="cpu")
+    assert isinstance(err.value.__context__, pickle.UnpicklingError)
+    assert "weights_only=False" not in str(err.value)  # never torch's advice to unpickle arbitrary objects
     assert "arbitrary code ran" not in capsys.readouterr().out
 
 

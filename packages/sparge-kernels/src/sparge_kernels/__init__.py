@@ -6,12 +6,13 @@ from . import reference
 from ._version import __version__
 from .api import block_sparse_attention, predict_block_mask, sparge_attention
 from .block_mask import BlockMask
-from .cuda import cuda_available
+from .cuda import cuda_available, kernels_built
 
 __all__ = [
     "BlockMask",
     "block_sparse_attention",
     "cuda_available",
+    "kernels_built",
     "predict_block_mask",
     "reference",
     "sparge_attention",

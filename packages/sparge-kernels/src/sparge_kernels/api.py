@@ -45,14 +45,15 @@ def predict_block_mask(
         k: (B, H, Lk, D) / (B, Lk, H, D).
         topk: fraction of key blocks always kept per row, as max(1, ceil(topk·Nk)); 0 disables.
         topp: keep the most probable blocks until their mass reaches topp; 0 disables.
-        block_q, block_k: tokens per query block and per key block.
+        block_q, block_k: tokens per query block and per key block; a block longer than the sequence is one
+            block covering the whole sequence (same result as block = sequence length).
         scale: softmax scale of the pooled scores, default 1/sqrt(D).
     """
     layout, lq, lk, topk, topp, block_q, block_k, scale = _check_selection_args(
         q, k, None, topk, topp, block_q, block_k, scale, layout
     )
     kv_count, kv_index, q_count, q_index = ops.predict_block_mask_op(q, k, topk, topp, block_q, block_k, scale, layout)
-    return BlockMask(kv_count, kv_index, q_count, q_index, block_q, block_k, lq, lk)
+    return BlockMask(kv_count, kv_index, q_count, q_index, block_q, block_k, lq, lk, _trusted=True)
 
 
 def block_sparse_attention(
@@ -74,6 +75,7 @@ def block_sparse_attention(
     layout = check_layout(layout)
     b, h, lq, lk, d = check_qkv(q, k, v, layout)
     check_mask_fits(mask, b, h, lq, lk, q.device)
+    mask.check_unmodified()  # a bad index must never reach a kernel, even after an in-place edit
     scale = resolve_scale(scale, d)
     out, lse = ops.block_sparse_attention_op(
         q, k, v, mask.kv_count, mask.kv_index, mask.q_count, mask.q_index,
@@ -107,5 +109,6 @@ def sparge_attention(
         q, k, v, topk, topp, block_q, block_k, scale, layout, bool(deterministic)
     )
     if return_mask:
-        return out, BlockMask(kv_count, kv_index, q_count, q_index, block_q, block_k, lq, lk)
+        # Library output: valid by construction, so no content check (no device sync).
+        return out, BlockMask(kv_count, kv_index, q_count, q_index, block_q, block_k, lq, lk, _trusted=True)
     return out

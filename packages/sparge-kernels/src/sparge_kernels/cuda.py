@@ -73,6 +73,17 @@ else:
     register_cuda_backend(_build_backend())
 
 
-def cuda_available() -> bool:
-    """True when the wheel carries CUDA kernels."""
+def kernels_built() -> bool:
+    """True when this installation carries the compiled CUDA kernels (sparge_kernels._C), GPU or not."""
     return _C is not None
+
+
+def cuda_available() -> bool:
+    """True when the CUDA kernels can run here: the kernels are built and torch sees a CUDA GPU.
+
+    In sparge-kernels 0.1.0 it meant only "the wheel has kernels" (True on a machine without a GPU); that
+    question is now `kernels_built()`.
+    """
+    import torch
+
+    return _C is not None and torch.cuda.is_available()

@@ -28,6 +28,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def mean_pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     """Mean of each block of `block` tokens along dim 2; a partial last block averages its real tokens."""
     b, h, length, d = x.shape
+    # A block longer than the sequence is one block of all tokens: never pad beyond the sequence.
+    block = min(block, length)
     n = num_blocks(length, block)
     xf = x.to(_compute_dtype(x.dtype))
     pad = n * block - length
@@ -82,6 +84,7 @@ def _kept_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token indices (B, H, T) of the kept key blocks of one query block, and which of them are real."""
     m = max(int(kv_count.max()), 1)
+    block_k = min(block_k, seq_len_k)  # a block longer than the sequence holds only the real tokens
     blocks = kv_index[..., :m].to(torch.int64)  # (B, H, m)
     slot_valid = torch.arange(m, device=blocks.device) < kv_count.unsqueeze(-1).to(torch.int64)
     tokens = blocks.unsqueeze(-1) * block_k + torch.arange(block_k, device=blocks.device)  # (B, H, m, bk)

@@ -75,9 +75,14 @@ def check_topk_topp(topk: object, topp: object) -> tuple[float, float]:
     return topk_f, topp_f
 
 
+MAX_BLOCK = 2**31 - 1  # block sizes and lengths cross into the kernels and the custom ops as 32-bit ints
+
+
 def check_block_size(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if not 0 < value <= MAX_BLOCK:
+        raise ValueError(f"{name} must be a positive int at most {MAX_BLOCK}, got {value!r}")
     return value
 
 

@@ -1,14 +1,19 @@
 """`sparge-generate`: text-to-video (or image-to-video) with Wan2.1 and sparge self-attention, offline."""
 
+# Only the standard library at import time: --help and argument errors answer in well under a second; torch and
+# diffusers (seconds to import) load once the arguments are known to be good.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from pathlib import Path
 
-from .generate import DTYPES, GenerateConfig
+__all__ = ["build_parser", "main", "DTYPE_NAMES", "VIDEO_SUFFIXES"]
 
-__all__ = ["build_parser", "main"]
+DTYPE_NAMES = ("bf16", "fp16", "fp32")  # generate.DTYPES' keys
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")  # containers imageio-ffmpeg writes with libx264
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -18,46 +23,145 @@ def _layers(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated block indices, got {text!r}") from exc
 
 
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _frames(text: str) -> int:
+    value = _int_at_least(1)(text)
+    if (value - 1) % 4:
+        raise argparse.ArgumentTypeError(f"frames must be 4k+1 (Wan's VAE compresses time by 4), got {value}")
+    return value
+
+
+def _multiple_of_16(text: str) -> int:
+    value = _int_at_least(16)(text)
+    if value % 16:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 16, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def _video_path(text: str) -> str:
+    suffix = Path(text).suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text!r} must end in one of {', '.join(VIDEO_SUFFIXES)} (the container "
+                                         "is chosen from the extension)")
+    return text
+
+
+def _device(text: str) -> str:
+    kind = text.split(":", 1)[0]
+    if kind not in ("cpu", "cuda") or (kind == "cuda" and ":" in text and not text.split(":", 1)[1].isdigit()):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _check_device(parser: argparse.ArgumentParser, device: str | None) -> None:
+    """--device cuda needs a CUDA torch and a visible GPU (imports torch: only after the cheap checks)."""
+    if device is None or not device.startswith("cuda"):
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = ""
+    if torch_version.endswith("+cpu"):  # PyTorch's CPU wheels say so: answer without importing torch (seconds)
+        parser.error(f"argument --device: {device!r} is not available: torch {torch_version} is a CPU build; "
+                     "use --device cpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "this torch is a CPU build" if not torch.version.cuda else "no CUDA GPU is visible"
+        parser.error(f"argument --device: {device!r} is not available: {why} (torch {torch.__version__}); "
+                     "use --device cpu")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        parser.error(f"argument --device: {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparge-generate", description=__doc__)
     p.add_argument("--model", required=True, help="local diffusers-format Wan2.1 directory (T2V or I2V)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--image", default=None, help="conditioning image (image-to-video models only)")
-    p.add_argument("--frames", type=int, default=81)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=832)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--frames", type=_frames, default=81, help="4k+1")
+    p.add_argument("--height", type=_multiple_of_16, default=480)
+    p.add_argument("--width", type=_multiple_of_16, default=832)
+    p.add_argument("--steps", type=_int_at_least(1), default=50)
+    p.add_argument("--guidance", type=_finite_float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--topk", type=float, default=0.03)
-    p.add_argument("--topp", type=float, default=0.2)
+    p.add_argument("--topk", type=_fraction, default=0.03)
+    p.add_argument("--topp", type=_fraction, default=0.2)
     p.add_argument("--dense", action="store_true", help="full attention everywhere (the baseline)")
-    p.add_argument("--dense-steps", type=int, default=0, help="first N denoising steps run full attention")
+    p.add_argument("--dense-steps", type=_int_at_least(0), default=0, help="first N denoising steps run full attention")
     p.add_argument("--dense-layers", type=_layers, default=(), help="comma-separated blocks kept dense")
     p.add_argument("--token-order", choices=("1d", "tiled"), default="1d")
-    p.add_argument("--block-q", type=int, default=128)
-    p.add_argument("--block-k", type=int, default=64)
+    p.add_argument("--block-q", type=_int_at_least(1), default=128)
+    p.add_argument("--block-k", type=_int_at_least(1), default=64)
     p.add_argument("--stats", action="store_true", help="write density per step/layer/head (JSON + PNG heatmap)")
     p.add_argument("--time-attention", action="store_true",
                    help="measure the time in self-attention (CUDA events) for the report's attention share")
-    p.add_argument("--out", default="video.mp4")
+    p.add_argument("--out", type=_video_path, default="video.mp4", help=f"video file ({', '.join(VIDEO_SUFFIXES)})")
     p.add_argument("--report", default=None, help="JSON report path (default: --out with .json)")
-    p.add_argument("--fps", type=int, default=16)
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: bf16 on cuda, fp32 on cpu")
+    p.add_argument("--fps", type=_int_at_least(1), default=16)
+    p.add_argument("--device", type=_device, default=None,
+                   help="cpu, cuda or cuda:N; default: cuda if available, else cpu")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Returns the exit code: 0, or 2 (argparse-style `sparge-generate: error: ...`) for bad arguments/inputs."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported: never the network
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not args.dense and args.topk == 0.0 and args.topp == 0.0:
+            parser.error("argument --topk/--topp: both 0: at least one selection rule must keep blocks")
+        if args.image is not None and not Path(args.image).is_file():
+            parser.error(f"argument --image: {args.image!r} is not a file")
+        if args.report is not None and Path(args.report).suffix.lower() != ".json":
+            parser.error(f"argument --report: {args.report!r} must end in .json")
+        _check_device(parser, args.device)
+    except SystemExit as exc:  # argparse exits 2 on errors, 0 on --help: return it, so callers get an int
+        return int(exc.code or 0)
     fields = {k: v for k, v in vars(args).items() if k != "no_progress"}
     try:
-        config = GenerateConfig(**fields, progress=not args.no_progress)
-        from .generate import generate
+        from .generate import GenerateConfig, generate
 
+        config = GenerateConfig(**fields, progress=not args.no_progress)
         report = generate(config)
     except (FileNotFoundError, NotADirectoryError, ValueError, TypeError, RuntimeError) as exc:
         print(f"sparge-generate: error: {exc}", file=sys.stderr)

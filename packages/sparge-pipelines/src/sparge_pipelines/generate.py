@@ -17,6 +17,7 @@ from .config import TOKEN_ORDERS, SpargeConfig
 __all__ = ["GenerateConfig", "StepClock", "generate", "run_pipeline", "write_mp4"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")  # containers imageio-ffmpeg writes with libx264 (cli.py has a copy)
 
 
 @dataclass
@@ -65,6 +66,9 @@ class GenerateConfig:
             raise ValueError(f"guidance must be a finite float, got {self.guidance!r}")
         if self.token_order not in TOKEN_ORDERS:
             raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {self.token_order!r}")
+        if Path(self.out).suffix.lower() not in VIDEO_SUFFIXES:
+            # Checked before the (long) generation: writing is the last step.
+            raise ValueError(f"out {self.out!r} must end in one of {', '.join(VIDEO_SUFFIXES)}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         self.sparge_config()  # validates topk, topp, dense_steps, dense_layers, block sizes
@@ -146,6 +150,13 @@ def generate(config: GenerateConfig, pipe: Any | None = None) -> dict:
     from .loading import load_wan_pipeline
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r} is not a torch device ({exc})") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch {torch.__version__} has no usable CUDA GPU "
+                         f"({'a CPU build' if not torch.version.cuda else 'none visible'}); use device='cpu'")
     dtype = DTYPES[config.dtype or ("bf16" if device.startswith("cuda") else "fp32")]
     t_load = time.perf_counter()
     if pipe is None:

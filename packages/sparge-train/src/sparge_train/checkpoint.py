@@ -3,12 +3,20 @@
 DeepSpeed's own TorchCheckpointEngine unpickles with weights_only=False; every engine we create gets
 `SafeTorchCheckpointEngine`, which loads with weights_only=True and allows only the few DeepSpeed classes a
 ZeRO checkpoint contains. The trainer state holds only tensors, ints and lists, so it needs nothing more.
+
+Crash safety: a checkpoint is written under a hidden `.tmp-step_XXXXXXXX` folder, then rank 0 writes
+`sparge_manifest.json` (every file and its size, plus the run's model architecture), renames the folder to
+`step_XXXXXXXX` and atomically replaces `latest`. A kill at any point leaves `latest` on the previous complete
+checkpoint. On resume, a checkpoint whose files do not match its manifest (truncated, deleted) is reported by
+file name and `auto` falls back to the newest intact one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import pickle
 import random
 import shutil
 from collections.abc import Callable
@@ -28,6 +36,9 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "find_resume_point",
+    "checkpoint_problem",
+    "read_manifest",
+    "CheckpointError",
     "export_weights",
 ]
 
@@ -35,6 +46,12 @@ log = logging.getLogger(__name__)
 
 CLIENT_KEY = "sparge_train"
 TAG_PREFIX = "step_"
+TMP_PREFIX = ".tmp-"
+MANIFEST = "sparge_manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file."""
 
 
 @dataclass
@@ -97,9 +114,24 @@ def safe_checkpoint_globals() -> list[Any]:
     return allowed
 
 
+def _load_failure_reason(exc: BaseException) -> str:
+    """A one-line reason for a failed torch.load, without torch's advice to retry with weights_only=False
+    (unpickling arbitrary objects from a file is exactly what the safe loader exists to refuse)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line
+    lines = [line for line in lines if "weights_only" not in line]
+    return f"{type(exc).__name__}: {lines[0] if lines else 'unreadable'}"
+
+
 def _safe_torch_load(path: str, map_location=None) -> Any:
-    with torch.serialization.safe_globals(safe_checkpoint_globals()):
-        return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with torch.serialization.safe_globals(safe_checkpoint_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} cannot be loaded: {_load_failure_reason(exc)} (truncated or corrupted file, "
+                              "or not a sparge-train/DeepSpeed checkpoint)") from None
 
 
 def _safe_engine_class():
@@ -132,43 +164,147 @@ def _tag(step: int) -> str:
     return f"{TAG_PREFIX}{step:08d}"
 
 
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
 def save_checkpoint(engine, root: Path, state: TrainerState, *, keep_last: int, is_main: bool,
-                    extra: Callable[[Path], None] | None = None) -> Path:
-    """Collective: every rank writes its ZeRO partition; rank 0 then prunes all but the newest keep_last.
-    `extra(checkpoint_dir)` (rank 0) writes companion files first, so `latest` never names a checkpoint
-    without them."""
+                    run_info: dict[str, Any] | None = None, extra: Callable[[Path], None] | None = None) -> Path:
+    """Collective: every rank writes its ZeRO partition into a temporary folder; rank 0 then writes the manifest,
+    renames the folder into place, points `latest` at it and prunes all but the newest keep_last.
+
+    `run_info` (e.g. the model architecture) goes into the manifest so a resume can check it before loading.
+    `extra(folder)` (rank 0) writes companion files (the EMA) into the temporary folder, so they are in the
+    manifest and `latest` never names a checkpoint without them.
+    """
     tag = _tag(state.step)
+    tmp, final = root / f"{TMP_PREFIX}{tag}", root / tag
+    if is_main and tmp.exists():
+        shutil.rmtree(tmp)  # left by a save that was killed
+    barrier()
+    engine.save_checkpoint(str(root), tag=tmp.name, client_state=state.to_client_state(), save_latest=False)
     if extra is not None and is_main:
-        (root / tag).mkdir(parents=True, exist_ok=True)
-        extra(root / tag)
-    engine.save_checkpoint(str(root), tag=tag, client_state=state.to_client_state())
+        extra(tmp)
     barrier()
     if is_main:
-        tags = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(TAG_PREFIX))
+        manifest = {"tag": tag, "step": state.step, "files": _file_sizes(tmp), "run": run_info or {}}
+        _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1))
+        if final.exists():  # the same step saved again (a resumed run replaying it): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_atomic(root / "latest", tag)
+        # Folders past this step (a run resumed from an older checkpoint) are not counted: the newest keep_last
+        # up to this step always survive.
+        tags = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(TAG_PREFIX) and p.name <= tag)
         for old in tags[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
-    return root / tag
+    return final
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {"corrupt": True}
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not an intact checkpoint (naming the file), or None when it is.
+
+    Checkpoints written before manifests existed are accepted when they hold DeepSpeed's model-states file.
+    """
+    if not folder.is_dir():
+        return f"{folder} does not exist"
+    manifest = read_manifest(folder)
+    if manifest is None:
+        if any(folder.glob("*model_states.pt")):
+            return None  # no manifest: an older sparge-train wrote it; loading still reports a bad file clearly
+        return f"{folder} has no {MANIFEST} and no model states (an incomplete save)"
+    if manifest.get("corrupt") or "files" not in manifest:
+        return f"{folder / MANIFEST} is corrupt"
+    for name, size in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        actual = path.stat().st_size
+        if actual != size:
+            return f"{path} has {actual} bytes, the checkpoint manifest says {size} (truncated or overwritten)"
+    return None
 
 
 def find_resume_point(resume: str, root: Path) -> tuple[Path, str] | None:
-    """(load_dir, tag) to resume from: `auto` → the newest complete checkpoint under root, if any."""
+    """(load_dir, tag) to resume from, checked intact.
+
+    `auto`: the checkpoint `latest` names, else — if it is damaged or missing — the newest intact `step_*`
+    folder (logged as a warning); None when there is no checkpoint. An explicit folder must be intact.
+    Raises CheckpointError naming the bad file when nothing usable is left.
+    """
     if resume == "none":
         return None
-    if resume == "auto":
-        latest = root / "latest"  # written by DeepSpeed after all files of a save
-        if not latest.is_file():
-            return None
-        return root, latest.read_text().strip()
-    path = Path(resume)
-    return path.parent, path.name
+    if resume != "auto":
+        path = Path(resume)
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise CheckpointError(f"train.resume: {problem}")
+        return path.parent, path.name
+    candidates: list[Path] = []
+    latest = root / "latest"  # written only after a save is complete
+    if latest.is_file():
+        candidates.append(root / latest.read_text().strip())
+    if root.is_dir():
+        steps = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith(TAG_PREFIX)), reverse=True)
+        candidates += [p for p in steps if p not in candidates]
+    problems = []
+    for folder in candidates:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            if problems:
+                log.warning("falling back to the newest intact checkpoint %s", folder)
+            return root, folder.name
+        if not folder.exists() and candidates and folder == candidates[0] and latest.is_file():
+            problem = f"{latest} names {folder.name}, which does not exist"
+        log.warning("checkpoint %s is unusable: %s", folder, problem)
+        problems.append(problem)
+    if problems:
+        raise CheckpointError(f"no intact checkpoint under {root}: " + "; ".join(problems) +
+                              " (set train.resume=none to start over, or a new train.output_dir)")
+    return None
 
 
 def load_checkpoint(engine, load_dir: Path, tag: str, device: torch.device) -> TrainerState:
+    """Engine + trainer state; a file that cannot be read raises CheckpointError naming it."""
     load_path, client = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
                                                load_lr_scheduler_states=True)
     if load_path is None:
-        raise FileNotFoundError(f"train.resume: no DeepSpeed checkpoint {tag!r} in {load_dir}")
+        raise CheckpointError(f"train.resume: no DeepSpeed checkpoint {tag!r} in {load_dir}")
     state = TrainerState.from_client_state(client)
     state.restore_rng(device)
     return state

@@ -18,6 +18,46 @@ from .config import ConfigError
 
 __all__ = ["main", "build_parser"]
 
+EXIT_USAGE = 2  # bad arguments or configuration (argparse's code)
+EXIT_STOPPED = 3  # the run stopped: diverged (non-finite loss/gradients) or no usable checkpoint
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _frames(text: str) -> int:
+    value = _int_at_least(1)(text)
+    if (value - 1) % 4:
+        raise argparse.ArgumentTypeError(f"Wan needs 4k+1 frames (the VAE compresses time by 4), got {value}")
+    return value
+
+
+def _multiple_of_16(text: str) -> int:
+    value = _int_at_least(16)(text)
+    if value % 16:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 16 (VAE 8x, patch 2x), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparge-train", description=__doc__,
@@ -39,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "default: <video>.txt next to each video")
     prep.add_argument("--model", required=True, type=Path, help="Wan diffusers pipeline folder")
     prep.add_argument("--out", required=True, type=Path, help="empty output folder")
-    prep.add_argument("--height", type=int, default=480)
-    prep.add_argument("--width", type=int, default=832)
-    prep.add_argument("--frames", type=int, default=81, help="4k+1 frames")
+    prep.add_argument("--height", type=_multiple_of_16, default=480)
+    prep.add_argument("--width", type=_multiple_of_16, default=832)
+    prep.add_argument("--frames", type=_frames, default=81, help="4k+1 frames")
     prep.add_argument("--frame-stride", type=int, default=1)
     prep.add_argument("--max-text-len", type=int, default=512)
     prep.add_argument("--samples-per-shard", type=int, default=64)
@@ -50,21 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--seed", type=int, default=0)
 
     plan = sub.add_parser("plan", help="per-GPU memory plan for a distillation run")
-    plan.add_argument("--model", default="wan2.1-14b", help="preset name (wan2.1-1.3b, wan2.1-14b)")
-    plan.add_argument("--gpus-per-node", type=int, default=8)
-    plan.add_argument("--nodes", type=int, default=1)
+    plan.add_argument("--model", default="wan2.1-14b", choices=_plan_models(), help="preset name")
+    plan.add_argument("--gpus-per-node", type=_int_at_least(1), default=8)
+    plan.add_argument("--nodes", type=_int_at_least(1), default=1)
     plan.add_argument("--zero", type=int, default=3, choices=(2, 3))
     plan.add_argument("--offload", choices=("none", "cpu"), default="none",
                       help="cpu: offload optimizer states (and, with ZeRO-3, parameters)")
-    plan.add_argument("--height", type=int, default=720)
-    plan.add_argument("--width", type=int, default=1280)
-    plan.add_argument("--frames", type=int, default=81)
-    plan.add_argument("--micro-batch", type=int, default=1)
-    plan.add_argument("--gpu-mem-gib", type=float, default=80.0)
+    plan.add_argument("--height", type=_multiple_of_16, default=720)
+    plan.add_argument("--width", type=_multiple_of_16, default=1280)
+    plan.add_argument("--frames", type=_frames, default=81, help="4k+1 frames")
+    plan.add_argument("--micro-batch", type=_int_at_least(1), default=1)
+    plan.add_argument("--gpu-mem-gib", type=_positive_float, default=80.0)
     plan.add_argument("--no-gradient-checkpointing", action="store_true")
     plan.add_argument("--no-teacher", action="store_true", help="diffusion loss only (no teacher)")
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def _plan_models() -> list[str]:
+    from .presets import WAN_PRESETS  # no torch: --help stays fast
+
+    return sorted(WAN_PRESETS)
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -98,11 +144,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     from .plan import PlanRequest, format_plan, memory_plan
 
-    plan = memory_plan(PlanRequest(
+    try:
+        request = PlanRequest(
         model=args.model, gpus_per_node=args.gpus_per_node, nodes=args.nodes, zero_stage=args.zero,
         offload=args.offload, height=args.height, width=args.width, frames=args.frames,
         micro_batch=args.micro_batch, gpu_mem_gib=args.gpu_mem_gib,
-        gradient_checkpointing=not args.no_gradient_checkpointing, teacher=not args.no_teacher))
+        gradient_checkpointing=not args.no_gradient_checkpointing, teacher=not args.no_teacher)
+        request.validate()
+    except ValueError as e:  # the request's own checks (argparse already covered the common ones)
+        print(f"sparge-train plan: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    plan = memory_plan(request)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
     return 0 if plan.fits else 2
 
@@ -114,7 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         return {"fit": _cmd_fit, "prepare": _cmd_prepare, "plan": _cmd_plan}[args.command](args)
     except (ConfigError, FileNotFoundError, FileExistsError) as e:
         print(f"sparge-train {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except Exception as e:
+        from .checkpoint import CheckpointError
+        from .guards import TrainingStopped
+
+        if isinstance(e, TrainingStopped | CheckpointError):
+            print(f"sparge-train {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_STOPPED
+        raise
 
 
 if __name__ == "__main__":

@@ -91,6 +91,10 @@ class SpargeConfig:
             raise ConfigError(f"{prefix}.dense_steps", f"must be >= 0, got {self.dense_steps}")
         if any(i < 0 for i in self.dense_layers):
             raise ConfigError(f"{prefix}.dense_layers", f"layer indices must be >= 0, got {self.dense_layers}")
+        from sparge_pipelines.config import TOKEN_ORDERS
+
+        if self.token_order not in TOKEN_ORDERS:
+            raise ConfigError(f"{prefix}.token_order", f"must be one of {list(TOKEN_ORDERS)}, got {self.token_order!r}")
 
 
 @dataclass
@@ -277,6 +281,9 @@ class TrainConfig:
     save_every: int = 500  # 0: only at the end
     save_at_end: bool = True
     keep_last: int = 2
+    # Consecutive steps with a non-finite loss or grad norm tolerated (no checkpoint after them) before the run
+    # stops with exit code 3; 0 stops at the first. See guards.py.
+    max_nonfinite_steps: int = 3
     resume: str = "auto"  # auto (latest in output_dir, if any) | none | <checkpoint dir>
     export_at_end: bool = True
     tensorboard: bool = True
@@ -307,6 +314,8 @@ class TrainConfig:
             raise ConfigError(f"{prefix}.save_every", f"must be >= 0, got {self.save_every}")
         if self.keep_last < 1:
             raise ConfigError(f"{prefix}.keep_last", f"must be >= 1, got {self.keep_last}")
+        if self.max_nonfinite_steps < 0:
+            raise ConfigError(f"{prefix}.max_nonfinite_steps", f"must be >= 0, got {self.max_nonfinite_steps}")
         if self.resume not in ("auto", "none") and not Path(self.resume).is_dir():
             raise ConfigError(f"{prefix}.resume", f"must be auto, none or a checkpoint directory, got {self.resume!r}")
         if self.eval_every < 0:
@@ -349,6 +358,9 @@ class RunConfig:
                               f"({self.data.synthetic.num_samples})")
         if self.train.ema_decay > 0 and self.deepspeed.zero_stage == 3:
             raise ConfigError("train.ema_decay", "EMA needs whole parameters on every rank: zero_stage <= 2")
+        from .preflight import check_model_fields
+
+        check_model_fields(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -443,14 +455,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(key, f"{p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(key.strip(), f"--set value {raw!r} is not valid YAML ({_yaml_problem(exc)})") from None
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run file (safe_load: no arbitrary objects), apply overrides, validate."""
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(str(path), f"YAML syntax error at {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError("<root>", f"{path} must contain a mapping")
     return config_from_dict(apply_overrides(data, overrides or []))

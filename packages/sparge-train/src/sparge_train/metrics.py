@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,14 +11,42 @@ from typing import Any
 __all__ = ["MetricsLogger", "read_metrics"]
 
 
+def _truncate_after(path: Path, step: int) -> int:
+    """Drop the records of steps after `step` (a resumed run replays them); returns how many were dropped.
+
+    Rewritten to a temporary file and renamed, so a kill here cannot lose the records that are kept.
+    """
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            late = int(json.loads(line)["step"]) > step or step == 0  # a fresh start (step 0) keeps nothing
+        except (ValueError, KeyError, TypeError):
+            late = True  # a line torn by the kill: not a record
+        if late:
+            dropped += 1
+        else:
+            keep.append(line)
+    if dropped:
+        tmp = path.with_name(f".tmp-{path.name}")
+        tmp.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
 class MetricsLogger:
-    def __init__(self, out_dir: Path, *, enabled: bool, tensorboard: bool):
+    def __init__(self, out_dir: Path, *, enabled: bool, tensorboard: bool, resume_step: int | None = None):
+        """`resume_step`: the run resumes after this step; records of later steps (logged before the crash, and
+        about to be logged again) are removed, so every step appears once."""
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            _truncate_after(out_dir / "metrics.jsonl", resume_step)
         self._jsonl = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")  # appended across resumes
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -44,7 +73,7 @@ class MetricsLogger:
 
 def read_metrics(path: Path) -> dict[int, dict[str, Any]]:
     """step → its fields merged over the records logged for it (train and eval records are separate lines; a
-    resumed run re-logs the steps after its checkpoint, the later values win)."""
+    resumed run drops the records after its checkpoint before logging them again)."""
     out: dict[int, dict[str, Any]] = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if line.strip():

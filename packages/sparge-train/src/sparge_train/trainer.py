@@ -24,9 +24,11 @@ from .distributed import WorldInfo, all_reduce_mean, barrier, init_distributed, 
 from .ema import EMA
 from .engines import build_engines
 from .evaluation import eval_micro_batches, evaluate
+from .guards import NonFiniteGuard
 from .losses import distillation_objective
 from .metrics import MetricsLogger
 from .models import build_student_teacher, install_sparge
+from .preflight import architecture, check_data, check_resume, run_info
 from .training_batch import make_training_batch
 
 __all__ = ["FitResult", "fit", "distill_micro_step"]
@@ -119,6 +121,9 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
     sharded_teacher = uses_sharded_teacher(cfg)
     student_ds = student_ds_config(cfg, world_size=world.world_size, device=device)
     teacher_ds = teacher_ds_config(cfg, world_size=world.world_size, device=device) if sharded_teacher else None
+    # A damaged or mismatched checkpoint is reported now (preflight.py), before anything is built or overwritten.
+    resume_point = find_resume_point(cfg.train.resume, out / "checkpoints")
+    check_resume(cfg, resume_point)
     if world.is_main:
         _write_run_files(out, cfg, student_ds, teacher_ds)
 
@@ -127,6 +132,7 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
     sampler = DeterministicBatchSampler(len(dataset), global_batch_size=global_batch,
                                         micro_batch_size=cfg.train.micro_batch_size, world_size=world.world_size,
                                         rank=world.rank, seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+    check_data(cfg, dataset, architecture(cfg.model))
 
     # 3. models: student (sparse, trainable) and teacher (dense, frozen) with the same weights
     models = build_student_teacher(cfg, student_ds=student_ds, teacher_ds=teacher_ds,
@@ -151,7 +157,6 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
     # 5. resume: engine state (weights, optimizer, lr schedule) + trainer state (step, data position, RNG)
     state = TrainerState(global_batch_size=global_batch, world_size=world.world_size)
     ckpt_root = out / "checkpoints"
-    resume_point = find_resume_point(cfg.train.resume, ckpt_root)
     if resume_point is not None:
         state = load_checkpoint(student, *resume_point, device=device)
         if state.global_batch_size != global_batch:
@@ -164,7 +169,8 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
         log.info("resumed from %s/%s at step %d", *resume_point, state.step)
 
     # 6. the loop
-    logger = MetricsLogger(out, enabled=world.is_main, tensorboard=cfg.train.tensorboard)
+    logger = MetricsLogger(out, enabled=world.is_main, tensorboard=cfg.train.tensorboard, resume_step=state.step)
+    guard = NonFiniteGuard(cfg.train.max_nonfinite_steps, ckpt_root)
     result = FitResult(start_step=state.step, final_step=state.step)
     eval_batches = []
     if cfg.train.eval_every > 0:
@@ -227,6 +233,9 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
             if phases is not None:
                 metrics.update({f"{name}_ms": ms for name, ms in phases.totals_ms().items()})
             logger.log(state.step, metrics)
+        norm = student.get_global_grad_norm()
+        guard.check(state.step, metrics["loss"], None if norm is None else float(norm), student.module,
+                    student.was_step_applied())  # raises TrainingStopped past train.max_nonfinite_steps
         if eval_batches and state.step % cfg.train.eval_every == 0:
             run_eval(state.step)
         progress.update(1)
@@ -236,10 +245,10 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
         out_of_time = bool(all_reduce_mean(torch.tensor([float(out_of_time)], dtype=torch.float64)).item() > 0)
         is_last = state.step == cfg.train.max_steps
         save_due = cfg.train.save_every > 0 and state.step % cfg.train.save_every == 0
-        if save_due or ((is_last or out_of_time) and cfg.train.save_at_end):
+        if (save_due or ((is_last or out_of_time) and cfg.train.save_at_end)) and not guard.last_step_bad:
             state.capture_rng(device)
             save_checkpoint(student, ckpt_root, state, keep_last=cfg.train.keep_last, is_main=world.is_main,
-                            extra=ema.save if ema is not None else None)
+                            run_info=run_info(cfg), extra=ema.save if ema is not None else None)
         if state.step == cfg.train.kill_after_step:
             # Simulated crash for resume tests: no cleanup, no atexit, like a node failure.
             barrier()
