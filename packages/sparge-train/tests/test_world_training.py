@@ -1,0 +1,112 @@
+"""Pretraining on the sparge world: the world data source, caption dropout, EMA export, the time budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from sparge_train.config import ConfigError, config_from_dict, load_config
+from sparge_train.data import build_dataset
+from sparge_train.data.sampler import MicroBatch
+from sparge_train.metrics import read_metrics
+from sparge_train.training_batch import caption_dropout_mask, make_training_batch
+
+from .conftest import check_ok, run_fit, write_config
+
+EXAMPLE = "packages/sparge-train/examples/world_teacher.yaml"
+
+
+def world_run(out, **train) -> dict:
+    """The shipped teacher config at a tiny size, on the CPU."""
+    with open(EXAMPLE) as f:
+        cfg = yaml.safe_load(f)
+    cfg["model"]["compile"] = False
+    cfg["data"]["world"]["sizes"] = [[2, 16, 16], [2, 8, 8]]
+    cfg["deepspeed"]["precision"] = "fp32"
+    cfg["train"].update({"output_dir": str(out), "max_steps": 4, "micro_batch_size": 2, "global_batch_size": 2,
+                         "log_every": 1, "save_every": 2, "max_time_s": 0, **train})
+    return cfg
+
+
+def test_example_config_loads_and_uses_the_world():
+    cfg = load_config(EXAMPLE)
+    assert cfg.data.source == "world" and cfg.loss.kind == "diffusion" and not cfg.sparge.enabled
+    assert cfg.model.preset == "sparge-world" and cfg.train.ema_decay > 0
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("sizes", [], "data.world.sizes"),
+    ("sizes", [[16, 96]], r"data.world.sizes\[0\]"),
+    ("sizes", [[16, 90, 96]], "multiples of the 4x4 patch"),
+    ("caption_dropout", 1.0, "data.world.caption_dropout"),
+    ("split", "train", "data.world.split"),
+])
+def test_world_config_errors_name_the_field(tmp_path, field, value, match):
+    cfg = world_run(tmp_path)
+    cfg["data"]["world"][field] = value
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(cfg)
+
+
+def test_ema_and_time_budget_errors(tmp_path):
+    cfg = world_run(tmp_path, ema_decay=1.0)
+    with pytest.raises(ConfigError, match="train.ema_decay"):
+        config_from_dict(cfg)
+    cfg = world_run(tmp_path, max_time_s=-1)
+    with pytest.raises(ConfigError, match="train.max_time_s"):
+        config_from_dict(cfg)
+    cfg = world_run(tmp_path)
+    cfg["deepspeed"]["zero_stage"] = 3
+    with pytest.raises(ConfigError, match="zero_stage <= 2"):
+        config_from_dict(cfg)
+
+
+def test_caption_dropout_is_deterministic_and_near_its_rate():
+    positions = list(range(4000))
+    a = caption_dropout_mask(positions, 0.1, seed=0)
+    assert torch.equal(a, caption_dropout_mask(positions, 0.1, seed=0))
+    assert not torch.equal(a, caption_dropout_mask(positions, 0.1, seed=1))
+    assert 0.08 < a.float().mean() < 0.12
+    assert not caption_dropout_mask(positions, 0.0, seed=0).any()
+
+
+def test_world_batches_cycle_sizes_and_drop_captions(tmp_path):
+    cfg = config_from_dict(world_run(tmp_path))
+    cfg.data.world.caption_dropout = 0.5
+    dataset = build_dataset(cfg.data)
+    micro = MicroBatch(indices=list(range(16)), positions=list(range(16)))
+    big = make_training_batch(dataset, micro, cfg, torch.device("cpu"), torch.float32, size_index=0)
+    small = make_training_batch(dataset, micro, cfg, torch.device("cpu"), torch.float32, size_index=1)
+    assert big.x_t.shape == (16, 3, 2, 16, 16) and small.x_t.shape == (16, 3, 2, 8, 8)
+    assert big.tokens == 16 * 2 * 4 * 4
+    dropped = caption_dropout_mask(micro.positions, 0.5, cfg.train.seed)
+    assert dropped.any() and not dropped.all()
+    assert not big.text[dropped].any() and bool((big.text[~dropped].abs().sum((1, 2)) > 0).all())
+    # the same samples and positions give the same batch
+    again = make_training_batch(dataset, micro, cfg, torch.device("cpu"), torch.float32, size_index=0)
+    assert torch.equal(big.x_t, again.x_t) and torch.equal(big.target, again.target)
+
+
+@pytest.mark.slow
+def test_pretrain_exports_the_ema_and_resumes_after_the_time_budget(tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    # A budget of 1e-9 s stops after the first step, saving a checkpoint that holds the EMA.
+    check_ok(run_fit(write_config(world_run(out, max_time_s=1e-9), tmp_path / "a.yaml")))
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert sorted(metrics) == [1]
+    assert (out / "checkpoints" / "step_00000001" / "ema.safetensors").is_file()
+    # Rerun without a budget: resumes at step 1, runs to max_steps, exports the EMA weights.
+    proc = check_ok(run_fit(write_config(world_run(out), tmp_path / "b.yaml")))
+    assert "resumed from" in proc.stderr + proc.stdout
+    assert sorted(read_metrics(out / "metrics.jsonl")) == [1, 2, 3, 4]
+    ema = load_file(str(out / "checkpoints" / "step_00000004" / "ema.safetensors"))
+    exported = load_file(str(out / "export" / "diffusion_pytorch_model.safetensors"))
+    assert ema.keys() <= exported.keys()
+    for name, value in ema.items():
+        torch.testing.assert_close(exported[name].float(), value, msg=name)
+    raw = torch.load(out / "checkpoints" / "step_00000004" / "mp_rank_00_model_states.pt", weights_only=False)
+    name = "blocks.0.attn1.to_q.weight"
+    assert not torch.equal(raw["module"][name].float(), ema[name])  # the export is the average, not the last step
