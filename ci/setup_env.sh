@@ -18,7 +18,8 @@ if ! "$py" -c "import deepspeed" 2>/dev/null; then
 fi
 # The kernels wheel compiles CUDA when nvcc is on PATH (CI builds it); SPARGE_* env vars pick the variants.
 pip install --no-build-isolation ./packages/sparge-kernels
-pip install ./packages/sparge-pipelines ./packages/sparge-train
+# [eval]: scikit-image for the world metrics (PSNR/SSIM) and their tests.
+pip install "./packages/sparge-pipelines[eval]" ./packages/sparge-train
 "$py" - <<'PY'
 import torch, sparge_kernels, sparge_pipelines, sparge_train
 assert not torch.version.cuda, f"a CUDA torch was installed ({torch.__version__}); CPU machines must keep the CPU build"

@@ -16,12 +16,12 @@ from sparge_pipelines.world import (
     SpargeWorld,
     WorldSize,
     encode_captions,
+    metrics,
     parse_caption,
     render_scenes,
     scene_for_caption,
 )
 from sparge_pipelines.world import classifier as wc
-from sparge_pipelines.world import metrics
 from sparge_pipelines.world.vocab import BACKGROUNDS, COLOURS, DIGITS, DIRECTIONS, SHIFTED_BACKGROUNDS, WORDS
 
 SMALL = WorldSize(4, 32, 32)
