@@ -294,6 +294,19 @@ def test_shipped_classifier_reads_real_videos():
     assert min(acc[k] for k in ("colour", "digit", "direction", "background")) >= 0.9, acc
 
 
+def test_training_is_deterministic_and_checks_arguments():
+    kw = dict(sizes=(WorldSize(4, 32, 32),), eval_count=4, log=None)
+    a = wc.train_classifier(3, 4, "cpu", 0, **kw)
+    b = wc.train_classifier(3, 4, "cpu", 0, **kw)
+    c = wc.train_classifier(3, 4, "cpu", 1, **kw)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.stem.weight, c.stem.weight)
+    with pytest.raises(ValueError, match="batch"):
+        wc.train_classifier(3, 3, "cpu", 0, **kw)
+    with pytest.raises(ValueError, match="steps"):
+        wc.train_classifier(0, 4, "cpu", 0, **kw)
+
+
 @pytest.mark.slow
 def test_tiny_training_run_beats_chance():
     """150 steps of 16 videos at 8x48x48 (about a minute on one core): colour and background are learnt first

@@ -334,6 +334,9 @@ def train_classifier(steps: int = 3000, batch: int = 32, device: torch.device | 
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     worlds = (SpargeWorld(split="base", seed=seed), SpargeWorld(split="shifted", seed=seed))
     gen = torch.Generator().manual_seed(seed)
+    # Pixel noise is drawn where the batch lives (a CPU generator would make a GPU run copy every noise tensor);
+    # on the CPU it is the same generator as the indices, so CPU runs reproduce exactly.
+    noise_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     half = batch // 2
     t0 = time.perf_counter()
     running, since, done = 0.0, 0, 0
@@ -348,7 +351,7 @@ def train_classifier(steps: int = 3000, batch: int = 32, device: torch.device | 
         x = torch.cat(videos)
         if noise_std > 0:
             std = torch.rand(x.shape[0], 1, 1, 1, 1, generator=gen) * noise_std
-            x = x + std.to(device) * torch.randn(x.shape, generator=gen).to(device)
+            x = x + std.to(device) * torch.randn(x.shape, generator=noise_gen, device=device)
         loss = _loss(model(x), caption_labels(captions, device=device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
