@@ -45,7 +45,8 @@ def markdown(report: dict) -> str:
     t = report["training"]
     lines = [f"# World classifier, {report['date']}", "",
              f"`{report['command']}`", "",
-             f"{report['params']} parameters, {report['weights_bytes']} bytes of {report['dtype']} weights; "
+             f"{report['params']} parameters, {report['weights_bytes']} bytes of {report['dtype']} weights"
+             f"{'' if report['weights'] else ' (not written)'}; "
              f"{t['steps']} steps x batch {t['batch']} (half base, half shifted; sizes "
              f"{', '.join('x'.join(map(str, s)) for s in t['sizes'])} in turn) in {t['train_seconds']} s on "
              f"{t['device']} ({t['threads']} threads). Held-out caption accuracy on real world videos "
@@ -57,6 +58,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {key} | " + " | ".join(f"{100 * acc[k]:.1f}%" for k in ATTRIBUTES) + " |")
     lines += ["", f"Gate: every attribute >= {100 * report['gate']:.0f}% on every row: "
               f"**{'passed' if report['passed'] else 'failed'}** (lowest {100 * report['lowest']:.1f}%)."]
+    if report.get("note"):
+        lines += ["", report["note"]]
     if report["weights"]:
         lines.append(f"Weights: `{report['weights']}`.")
     return "\n".join(lines) + "\n"
@@ -76,6 +79,7 @@ def main() -> int:
     p.add_argument("--gate", type=float, default=0.97, help="lowest per-attribute accuracy for shipping")
     p.add_argument("--out", type=Path, default=CLASSIFIER_DIR)
     p.add_argument("--report", type=Path, default=None, help="report path without suffix")
+    p.add_argument("--note", default="", help="a paragraph for the report (machine, load)")
     args = p.parse_args()
     if args.threads is not None:
         if args.threads < 1:
@@ -100,6 +104,7 @@ def main() -> int:
     report = dict(date=date, command="python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
                   params=sum(p.numel() for p in model.parameters()), dtype=dtype,
                   weights_bytes=(weights / "classifier.safetensors").stat().st_size if weights else params * 2,
+                  note=args.note,
                   eval_count=args.eval_count, gate=args.gate, lowest=lowest, passed=passed,
                   weights=str(weights) if weights else None, training=model.config.training)
     stem.parent.mkdir(parents=True, exist_ok=True)
