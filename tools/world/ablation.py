@@ -24,10 +24,13 @@ from pathlib import Path
 
 import torch
 
-from sparge_pipelines import apply_sparge, remove_sparge
-from sparge_pipelines.world import SpargeWorld, WorldSize
-from sparge_pipelines.world.model import load_world_transformer
-from sparge_pipelines.world.sampler import sample_noise
+sys.path.insert(0, str(Path(__file__).parent))
+from sample_quality import SampleSet, quality  # noqa: E402
+
+from sparge_pipelines import apply_sparge, remove_sparge  # noqa: E402
+from sparge_pipelines.world import SpargeWorld, WorldSize  # noqa: E402
+from sparge_pipelines.world.model import load_world_transformer  # noqa: E402
+from sparge_pipelines.world.sampler import SamplerConfig, sample_noise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("topk", "topp", "hybrid")
@@ -120,6 +123,26 @@ def sparse_errors(probe: Probe, model, setting: MaskSetting) -> dict[str, float]
         remove_sparge(model)
 
 
+def sparse_samples(samples: SampleSet, model, setting: MaskSetting | None) -> torch.Tensor:
+    if setting is None:
+        return samples.generate(model)
+    apply_sparge(model, **setting.sparge_kwargs())
+    try:
+        return samples.generate(model)
+    finally:
+        remove_sparge(model)
+
+
+def write_gif(path: Path, columns: list[torch.Tensor], fps: int = 8) -> None:
+    """Side by side (one column per model), the first videos stacked vertically."""
+    import imageio
+    import numpy as np
+
+    video = torch.cat([torch.cat(list(c), dim=-2) for c in columns], dim=-1)  # (3, F, rows·H, cols·W)
+    frames = ((video.permute(1, 2, 3, 0).float().cpu().numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    imageio.mimsave(path, list(frames), duration=1 / fps, loop=0)
+
+
 def finetune(arm: str, loss: str, setting: MaskSetting | None, teacher: Path, out: Path, steps: int, seed: int,
              extra: list[str]) -> Path:
     """One fine-tuning arm through sparge-train fit; returns its export folder."""
@@ -163,6 +186,9 @@ def main() -> None:
     p.add_argument("--finetune-steps", type=int, default=0, help="0: training-free part only")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fit-set", action="append", default=[], help="extra --set for every fine-tuning run")
+    p.add_argument("--classifier", default=None, help="world classifier folder: adds sample-based quality")
+    p.add_argument("--samples", type=int, default=32, help="generated videos per model (sample-based quality)")
+    p.add_argument("--sample-steps", type=int, default=25)
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -183,6 +209,20 @@ def main() -> None:
             s = calibrate(probe, teacher, kind, "1d", d, max(args.tolerance, 0.06 * d))
             report["curve"].setdefault(kind, []).append({**s.__dict__, "rel_mse": sparse_errors(probe, teacher, s)})
     report["training_free_s"] = time.perf_counter() - t0
+    samples = classifier = teacher_videos = None
+    gif_columns: list[torch.Tensor] = []
+    if args.classifier:
+        from sparge_pipelines.world.classifier import load_classifier
+
+        classifier = load_classifier(args.classifier, device=device)
+        samples = SampleSet(size, args.samples, device, SamplerConfig(steps=args.sample_steps))
+        teacher_videos = samples.generate(teacher)
+        report["samples"] = {"teacher (dense)": quality(classifier, samples, teacher_videos)}
+        for kind in KINDS:
+            videos = sparse_samples(samples, teacher, settings[(kind, "1d")])
+            report["samples"][f"training-free {kind}"] = quality(classifier, samples, videos, teacher_videos)
+            if kind == "hybrid":
+                gif_columns = [teacher_videos[:4], videos[:4]]
 
     if args.finetune_steps > 0:
         arms = {"velocity+hybrid": ("velocity", settings[("hybrid", "1d")]),
@@ -198,13 +238,20 @@ def main() -> None:
                                   args.finetune_steps, seed, args.fit_set)
                 student = load_world_transformer(export, device=device, dtype=dtype)
                 errs = probe.errors(student) if setting is None else sparse_errors(probe, student, setting)
+                if samples is not None:
+                    videos = sparse_samples(samples, student, setting)
+                    errs["samples"] = quality(classifier, samples, videos, teacher_videos)
+                    if arm == "velocity+hybrid" and seed == args.seeds[0]:
+                        gif_columns.append(videos[:4])
                 per_seed.append(errs)
                 del student
             report["finetuned"][arm] = {
                 "setting": setting.__dict__ if setting else None,
-                "rel_mse": {s: mean_ci([e[s] for e in per_seed]) for s in per_seed[0]},
+                "rel_mse": {s: mean_ci([e[s] for e in per_seed]) for s in map(str, SIGMAS)},
                 "per_seed": per_seed}
     args.out.mkdir(parents=True, exist_ok=True)
+    if gif_columns:
+        write_gif(args.out / "teacher_trainingfree_distilled.gif", gif_columns)
     (args.out / "ablation.json").write_text(json.dumps(report, indent=1))
     (args.out / "ablation.md").write_text(markdown(report))
     print(markdown(report))
@@ -237,6 +284,20 @@ def markdown(r: dict) -> str:
                 m = row["rel_mse"][s]
                 cells.append(f"{m['mean']:.4f}" + (f" ± {m['ci95']:.4f}" if m["ci95"] is not None else ""))
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    if r.get("samples"):
+        lines += ["", "## Samples (same captions and noise): caption accuracy, PSNR/SSIM vs the teacher, KID vs real",
+                  "", "| model | colour | digit | direction | background | all | PSNR | SSIM | KID |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        rows = dict(r["samples"])
+        for arm, row in r["finetuned"].items():
+            for i, e in enumerate(row["per_seed"]):
+                if "samples" in e:
+                    rows[f"{arm} (seed {i})"] = e["samples"]
+        for name, q in rows.items():
+            a = q["accuracy"]
+            lines.append(f"| {name} | {a['colour']:.3f} | {a['digit']:.3f} | {a['direction']:.3f} | "
+                         f"{a['background']:.3f} | {a['all']:.3f} | {q.get('psnr', float('nan')):.2f} | "
+                         f"{q.get('ssim', float('nan')):.3f} | {q['kid']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

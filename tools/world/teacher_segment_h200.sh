@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One resumable segment of the world teacher's training on the lent H200, then a probe of the exported EMA weights.
-# Run from the repo root on the device with carry=[".carry"] (tools/device/prepare_carry.sh fills it):
+# Also (first call on a machine) trains the world classifier on the GPU beside it and, once that exists, runs the
+# teacher's quality gate (tools/world/gate_teacher.py). Run from the repo root on the device with carry=[".carry"] (tools/device/prepare_carry.sh fills it):
 #   bash tools/world/teacher_segment_h200.sh <train seconds> [extra --set overrides...]
 # The run folder (/tmp/world-teacher) stays on the machine while it is held, so the next segment resumes from its
 # checkpoint; if the machine was lost, the segment warm-starts from $WARM_START (a carried export) instead.
@@ -21,6 +22,12 @@ if [ ! -f /tmp/kern/.built ]; then
     CMAKE_BUILD_PARALLEL_LEVEL=14 python3 -m pip install -q --no-build-isolation --no-deps --no-index --target /tmp/kern \
       ./packages/sparge-kernels -C cmake.define.CUTLASS_INCLUDE_DIR=/tmp/cutlass/include \
       -C build-dir=/tmp/sparge-build >"$out/build.log" 2>&1 && touch /tmp/kern/.built ) &
+fi
+# The world classifier for the quality gate, trained on the GPU beside the teacher (small: ~0.2 M params).
+if [ ! -f /tmp/classifier/classifier.safetensors ]; then
+  ( PYTHONPATH=/tmp/site:$PWD/packages/sparge-kernels/src:$src python3 tools/world/train_classifier.py \
+      --steps "${CLASSIFIER_STEPS:-4000}" --batch 64 --device cuda --out /tmp/classifier \
+      --report "$out/classifier" >"$out/classifier.log" 2>&1; echo "classifier rc=$?" >>"$out/classifier.log" ) &
 fi
 extra=()
 if [ ! -f $run/checkpoints/latest ] && [ -n "${WARM_START:-}" ]; then
@@ -43,5 +50,13 @@ PY
 wait
 [ -f /tmp/kern/.built ] || { echo "kernel build failed"; tail -30 "$out/build.log"; }
 PYTHONPATH=/tmp/kern:/tmp/site:$src python3 tools/world/probe_teacher.py --model $run/export --out "$out" 2>&1 | tail -16
+tail -3 "$out/classifier.log" 2>/dev/null
+if [ -f /tmp/classifier/classifier.safetensors ]; then
+  PYTHONPATH=/tmp/kern:/tmp/site:$src python3 tools/world/gate_teacher.py --model $run/export \
+    --classifier /tmp/classifier --out "$out/gate.json" 2>&1 | grep -v Warning | tail -6
+  cp -r /tmp/classifier "$out/classifier_weights"
+fi
 mkdir -p "$out/export" && cp $run/export/* "$out/export/"
+# At most 8 files come back: logs, reports and the classifier go in one archive.
+(cd "$out" && tar czf results.tgz --remove-files ./*.log ./*.json ./*.md classifier_weights 2>/dev/null)
 echo "segment done after ${SECONDS}s"

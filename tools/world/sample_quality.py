@@ -1,0 +1,49 @@
+"""Sample-based quality of world models against the dense teacher: the same captions and noises for every model,
+then caption accuracy (the world classifier), PSNR/SSIM vs the teacher's samples, and KID/Frechet distance of
+classifier features against real held-out videos. Shared by gate_teacher.py and ablation.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sparge_pipelines.world import SpargeWorld, WorldSize
+from sparge_pipelines.world.classifier import caption_accuracy, features
+from sparge_pipelines.world.metrics import frechet_distance, kid, psnr_ssim
+from sparge_pipelines.world.sampler import SamplerConfig, sample_noise, sample_videos
+
+
+@dataclass
+class SampleSet:
+    """Held-out captions, their real videos and one starting noise each (seeded by the index)."""
+
+    size: WorldSize
+    count: int
+    device: str
+    sampler: SamplerConfig = SamplerConfig()
+
+    def __post_init__(self) -> None:
+        world = SpargeWorld(self.size, split="heldout")
+        self.indices = list(range(100_000, 100_000 + self.count))
+        self.captions = world.captions(self.indices)
+        self.real = world.videos(self.indices, device=self.device)
+        self.noise = sample_noise([30_000 + i for i in self.indices], self.size, device=self.device)
+
+    def generate(self, model, batch: int = 16) -> torch.Tensor:
+        out = [sample_videos(model, self.captions[i:i + batch], self.noise[i:i + batch], self.sampler)
+               for i in range(0, self.count, batch)]
+        return torch.cat(out)
+
+
+def quality(classifier, samples: SampleSet, videos: torch.Tensor, reference: torch.Tensor | None = None) -> dict:
+    """Caption accuracy, KID/Frechet vs the real videos, and PSNR/SSIM vs `reference` (the teacher's samples)."""
+    out = {"accuracy": caption_accuracy(classifier, videos, samples.captions)}
+    fa, fb = features(classifier, videos).cpu().numpy(), features(classifier, samples.real).cpu().numpy()
+    mean, std = kid(fa, fb, subset_size=min(len(fa), 1000))
+    out.update({"kid": mean, "kid_std": std, "frechet": frechet_distance(fa, fb)})
+    if reference is not None:
+        psnr, ssim = psnr_ssim(videos, reference)
+        out.update({"psnr": float(psnr.mean()), "ssim": float(ssim.mean())})
+    return out
