@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
 from sparge_pipelines.config import SpargeConfig as PipelineSpargeConfig
 from sparge_pipelines.config import SpargeConfigError
 
