@@ -64,6 +64,15 @@ fit() {  # $1 = number of GPUs, $2 = config, $3 = log, rest = --set overrides
   return $rc
 }
 
+fit_killed_after() {  # $1 = step, $2 = metrics.jsonl to watch, then as fit: SIGKILL the whole run once step $1 is logged
+  local step=$1 metrics=$2; shift 2
+  setsid bash -c "$(declare -f fit); fit $(printf '%q ' "$@")" &
+  local pid=$!
+  until grep -q "\"step\": $step," "$metrics" 2>/dev/null || ! kill -0 "$pid" 2>/dev/null; do sleep 1; done
+  kill -KILL -- "-$pid" 2>/dev/null  # like a node failure: every rank at once, no cleanup
+  wait "$pid"
+}
+
 status=0
 if [[ " $PARTS " == *" scale "* ]]; then
   echo "== scale: 1.3B 480p ZeRO-3, global batch $NGPU, $SCALE_STEPS steps"
@@ -94,7 +103,7 @@ PY
   base_config wan2.1-14b 21 90 160 "$WORK/big" >"$WORK/big.yaml"
   common=("train.max_steps=$BIG_STEPS" "train.global_batch_size=$NGPU" "train.save_every=5" "train.keep_last=1"
           "deepspeed.offload_optimizer=$OFFLOAD" "deepspeed.offload_param=$OFFLOAD")
-  fit "$NGPU" "$WORK/big.yaml" "$OUT/big_killed.log" "${common[@]}" "train.kill_after_step=6"
+  fit_killed_after 6 "$WORK/big/metrics.jsonl" "$NGPU" "$WORK/big.yaml" "$OUT/big_killed.log" "${common[@]}"
   echo "  (the killed run is expected to fail; checkpoints: $(ls "$WORK/big/checkpoints" 2>/dev/null | tr '\n' ' '))"
   fit "$NGPU" "$WORK/big.yaml" "$OUT/big_resumed.log" "${common[@]}" || status=1
   cp "$WORK/big/metrics.jsonl" "$OUT/big_metrics.jsonl" 2>/dev/null

@@ -91,3 +91,65 @@ def test_cli_reports_config_errors(tmp_path, tiny_wan_dir, capsys):
     path = write_config(_cfg(tmp_path, tiny_wan_dir, optim={"lr": 0.0}), tmp_path / "bad.yaml")
     assert main(["fit", "--config", str(path)]) == 2
     assert "optim.lr: must be > 0" in capsys.readouterr().err
+
+
+# -- the sparge section is the pipelines' SpargeConfig plus `enabled` --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "message"),
+    [
+        ({"topk": 1.5}, "sparge.topk", "sparge.topk: must be in [0, 1], got 1.5"),
+        ({"topp": -0.5}, "sparge.topp", "sparge.topp: must be in [0, 1], got -0.5"),
+        ({"topk": 0.0, "topp": 0.0}, "sparge.topk", "sparge.topk: topk and topp are both 0"),
+        ({"dense_steps": -1}, "sparge.dense_steps", "sparge.dense_steps: must be >= 0, got -1"),
+        ({"dense_layers": [-1]}, "sparge.dense_layers", "sparge.dense_layers: must hold non-negative"),
+        ({"token_order": "zigzag"}, "sparge.token_order", "sparge.token_order: must be one of ('1d', 'tiled')"),
+    ],
+)
+def test_sparge_section_errors_come_from_the_pipelines_config(tmp_path, tiny_wan_dir, values, field, message):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(_cfg(tmp_path, tiny_wan_dir, sparge=values))
+    assert err.value.field_name == field
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_sparge_section_defaults_and_config_object(tmp_path, tiny_wan_dir):
+    from sparge_pipelines import SpargeConfig as PipelineSpargeConfig
+    from sparge_train.config import SpargeConfig
+
+    section = SpargeConfig()
+    assert section.pipeline_config() == PipelineSpargeConfig()  # same defaults, one declaration
+    cfg = config_from_dict(_cfg(tmp_path, tiny_wan_dir, sparge={"dense_layers": [1, 0], "dense_steps": 2}))
+    built = cfg.sparge.pipeline_config()
+    assert isinstance(built, PipelineSpargeConfig)
+    assert built.dense_layers == (0, 1) and built.dense_steps == 2 and built.topk == cfg.sparge.topk
+    assert cfg.to_dict()["sparge"]["dense_layers"] == [1, 0]  # the YAML form (config.yaml) stays a list
+
+
+def test_disabled_sparge_section_may_turn_both_rules_off(tmp_path, tiny_wan_dir):
+    cfg = config_from_dict(_cfg(tmp_path, tiny_wan_dir, sparge={"enabled": False, "topk": 0.0, "topp": 0.0}))
+    assert not cfg.sparge.enabled
+    with pytest.raises(ConfigError, match="sparge.token_order"):  # the other fields are still checked
+        config_from_dict(_cfg(tmp_path, tiny_wan_dir, sparge={"enabled": False, "topk": 0.0, "topp": 0.0,
+                                                               "token_order": "zigzag"}))
+
+
+def test_install_sparge_passes_the_config_object(tmp_path, tiny_wan_dir):
+    from sparge_pipelines import remove_sparge
+    from sparge_pipelines.testing import tiny_wan_transformer
+    from sparge_train.models import install_sparge
+
+    cfg = config_from_dict(_cfg(tmp_path, tiny_wan_dir, sparge={"topk": 0.25, "dense_layers": [1]}))
+    model = tiny_wan_transformer()
+    state = install_sparge(model, cfg.sparge)
+    try:
+        assert state.config == cfg.sparge.pipeline_config()
+    finally:
+        remove_sparge(model)
+
+
+def test_kill_hook_is_gone(tmp_path, tiny_wan_dir):
+    """Crash tests kill the run from outside (test_fit_distributed.py); the product has no kill switch."""
+    with pytest.raises(ConfigError, match="train.kill_after_step: unknown field"):
+        config_from_dict(_cfg(tmp_path, tiny_wan_dir, train={"kill_after_step": 3}))

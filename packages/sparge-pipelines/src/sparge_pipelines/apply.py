@@ -8,6 +8,7 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from .config import SpargeConfig
+from .hooks import install_hooks, remove_hooks
 from .processor import SpargeWanAttnProcessor
 from .state import SpargeState
 
@@ -51,30 +52,24 @@ def _forward_pre_hook(state: SpargeState, patch_size: tuple[int, int, int]):
     return hook
 
 
-def apply_sparge(
-    pipe_or_transformer: Any,
-    *,
-    topk: float = 0.03,
-    topp: float = 0.2,
-    dense_steps: int = 0,
-    dense_layers: tuple[int, ...] = (),
-    token_order: str = "1d",
-    collect_stats: bool = False,
-    time_attention: bool = False,
-    block_q: int = 128,
-    block_k: int = 64,
-    tile: tuple[int, int, int] | None = None,
-) -> SpargeState:
+def apply_sparge(pipe_or_transformer: Any, config: SpargeConfig | None = None, /, **fields: Any) -> SpargeState:
     """Install sparge self-attention on every block's attn1 of a Wan transformer (or a Wan pipeline's
     `transformer` and `transformer_2`). Cross-attention (attn2, incl. the I2V image tokens) is untouched.
 
+    The settings are a `SpargeConfig` (`config`, default `SpargeConfig()`), with any of its fields given as
+    keywords on top: `apply_sparge(pipe, topk=0.05, collect_stats=True)`, `apply_sparge(pipe, SpargeConfig(...))`,
+    `apply_sparge(pipe, config, dense_steps=2)`. Statistics (`collect_stats`) and timing (`time_attention`) are
+    hooks beside the processors (hooks.py), installed only when asked for.
+
     Returns the shared `SpargeState` (its `.stats` and `.timer` hold what was opted in). Apply before
-    `torch.compile`. Undo with `remove_sparge`. See `SpargeConfig` for the arguments.
+    `torch.compile`. Undo with `remove_sparge`.
     """
-    config = SpargeConfig(
-        topk=topk, topp=topp, dense_steps=dense_steps, dense_layers=dense_layers, token_order=token_order,
-        collect_stats=collect_stats, time_attention=time_attention, block_q=block_q, block_k=block_k, tile=tile,
-    )
+    if config is None:
+        config = SpargeConfig(**fields)
+    elif isinstance(config, SpargeConfig):
+        config = config.merged(**fields)
+    else:
+        raise TypeError(f"config must be a SpargeConfig, got {type(config).__name__}")
     models, pipeline = _transformers(pipe_or_transformer)
     for prefix, model in models:
         if hasattr(model, _STATE_ATTR):
@@ -88,32 +83,34 @@ def apply_sparge(
             name = f"{prefix}blocks.{i}"
             original = block.attn1.processor
             originals.append(original)
-            block.attn1.set_processor(
-                SpargeWanAttnProcessor(state, name, original, always_dense=i in config.dense_layers)
-            )
+            processor = SpargeWanAttnProcessor(state, name, original, always_dense=i in config.dense_layers)
+            block.attn1.set_processor(processor)
+            install_hooks(block.attn1, state, name, processor)
             names.append(name)
         setattr(model, _ORIGINALS_ATTR, originals)
         setattr(model, _STATE_ATTR, state)
-        hook = None
+        hooks = []
         if state.needs_forward_hook:
             patch = tuple(model.config.patch_size)
-            hook = model.register_forward_pre_hook(_forward_pre_hook(state, patch), with_kwargs=True)
-        setattr(model, _HOOK_ATTR, hook)
+            hooks.append(model.register_forward_pre_hook(_forward_pre_hook(state, patch), with_kwargs=True))
+        if state.stats is not None:
+            hooks.append(model.register_forward_hook(lambda module, args, output: state.end_forward()))
+        setattr(model, _HOOK_ATTR, hooks)
     if state.stats is not None:
         state.stats.declare_layers(names)
     return state
 
 
 def remove_sparge(pipe_or_transformer: Any) -> None:
-    """Restore the exact processor objects `apply_sparge` replaced and remove its hook. No-op if not applied."""
+    """Restore the exact processor objects `apply_sparge` replaced and remove its hooks. No-op if not applied."""
     models, _ = _transformers(pipe_or_transformer)
     for _, model in models:
         if not hasattr(model, _STATE_ATTR):
             continue
         for block, original in zip(model.blocks, getattr(model, _ORIGINALS_ATTR), strict=True):
+            remove_hooks(block.attn1)
             block.attn1.set_processor(original)
-        hook = getattr(model, _HOOK_ATTR)
-        if hook is not None:
+        for hook in getattr(model, _HOOK_ATTR):
             hook.remove()
         for attr in (_STATE_ATTR, _HOOK_ATTR, _ORIGINALS_ATTR):
             delattr(model, attr)

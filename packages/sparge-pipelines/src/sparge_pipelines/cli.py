@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from .config import TOKEN_ORDERS, SpargeConfig  # standard library only: the defaults, without torch
+
 __all__ = ["build_parser", "main", "DTYPE_NAMES", "VIDEO_SUFFIXES"]
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")  # generate.DTYPES' keys
@@ -121,14 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_int_at_least(1), default=50)
     p.add_argument("--guidance", type=_finite_float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--topk", type=_fraction, default=0.03)
-    p.add_argument("--topp", type=_fraction, default=0.2)
+    p.add_argument("--topk", type=_fraction, default=SpargeConfig.topk)
+    p.add_argument("--topp", type=_fraction, default=SpargeConfig.topp)
     p.add_argument("--dense", action="store_true", help="full attention everywhere (the baseline)")
-    p.add_argument("--dense-steps", type=_int_at_least(0), default=0, help="first N denoising steps run full attention")
-    p.add_argument("--dense-layers", type=_layers, default=(), help="comma-separated blocks kept dense")
-    p.add_argument("--token-order", choices=("1d", "tiled"), default="1d")
-    p.add_argument("--block-q", type=_int_at_least(1), default=128)
-    p.add_argument("--block-k", type=_int_at_least(1), default=64)
+    p.add_argument("--dense-steps", type=_int_at_least(0), default=SpargeConfig.dense_steps,
+                   help="first N denoising steps run full attention")
+    p.add_argument("--dense-layers", type=_layers, default=SpargeConfig.dense_layers,
+                   help="comma-separated blocks kept dense")
+    p.add_argument("--token-order", choices=TOKEN_ORDERS, default=SpargeConfig.token_order)
+    p.add_argument("--block-q", type=_int_at_least(1), default=SpargeConfig.block_q)
+    p.add_argument("--block-k", type=_int_at_least(1), default=SpargeConfig.block_k)
     p.add_argument("--stats", action="store_true", help="write density per step/layer/head (JSON + PNG heatmap)")
     p.add_argument("--time-attention", action="store_true",
                    help="measure the time in self-attention (CUDA events) for the report's attention share")

@@ -3,13 +3,42 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
-from sparge_kernels.validation import check_block_size, check_topk_topp
+# Only the standard library at import time: the sparge-generate CLI takes its defaults from here before torch loads.
 
-__all__ = ["SpargeConfig", "TOKEN_ORDERS", "default_tile"]
+__all__ = ["SpargeConfig", "SpargeConfigError", "TOKEN_ORDERS", "default_tile"]
 
 TOKEN_ORDERS = ("1d", "tiled")
+
+
+class SpargeConfigError(Exception):
+    """Raised (as a ValueError or TypeError subclass, like the check that failed) for a bad `SpargeConfig` field;
+    `.field` names it, and the message starts with its name. Other configs that embed a `SpargeConfig` (the
+    training config) report the field under their own prefix, e.g. `sparge.topk: must be in [0, 1], got 1.5`."""
+
+    field: str
+
+    @property
+    def reason(self) -> str:
+        """The message without the leading field name ("must be in [0, 1], got 1.5")."""
+        message = str(self)
+        return message.removeprefix(f"{self.field} ") if message.startswith(f"{self.field} must") else message
+
+
+class _ValueError(SpargeConfigError, ValueError):
+    pass
+
+
+class _TypeError(SpargeConfigError, TypeError):
+    pass
+
+
+def _field_error(name: str, exc: Exception) -> SpargeConfigError:
+    err = (_TypeError if isinstance(exc, TypeError) else _ValueError)(str(exc))
+    err.field = name
+    return err
 
 
 def default_tile(block_q: int) -> tuple[int, int, int]:
@@ -69,27 +98,48 @@ class SpargeConfig:
     tile: tuple[int, int, int] | None = field(default=None)
 
     def __post_init__(self) -> None:
-        topk, topp = check_topk_topp(self.topk, self.topp)
-        object.__setattr__(self, "topk", topk)
-        object.__setattr__(self, "topp", topp)
-        _check_int("dense_steps", self.dense_steps, 0)
-        object.__setattr__(self, "dense_layers", _check_layers(self.dense_layers))
-        if not isinstance(self.token_order, str) or self.token_order not in TOKEN_ORDERS:
-            raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {self.token_order!r}")
-        _check_bool("collect_stats", self.collect_stats)
-        _check_bool("time_attention", self.time_attention)
-        check_block_size("block_q", self.block_q)
-        check_block_size("block_k", self.block_k)
-        tile = default_tile(self.block_q) if self.tile is None else self.tile
-        if not isinstance(tile, (tuple, list)) or len(tile) != 3:
-            raise ValueError(f"tile must be a (t, h, w) tuple of 3 positive ints, got {self.tile!r}")
-        tile = tuple(_check_int("tile", int(x) if not isinstance(x, bool) else x, 1) for x in tile)
-        object.__setattr__(self, "tile", tile)
+        from sparge_kernels.validation import check_block_size, check_fraction, check_topk_topp
+
+        checks = {
+            "topk": lambda v: check_fraction("topk", v),
+            "topp": lambda v: check_fraction("topp", v),
+            "dense_steps": lambda v: _check_int("dense_steps", v, 0),
+            "dense_layers": _check_layers,
+            "token_order": _check_token_order,
+            "collect_stats": lambda v: _check_bool("collect_stats", v),
+            "time_attention": lambda v: _check_bool("time_attention", v),
+            "block_q": lambda v: check_block_size("block_q", v),
+            "block_k": lambda v: check_block_size("block_k", v),
+            "tile": lambda v: _check_tile(v, self.block_q),  # after block_q: its default depends on it
+        }
+        for name, check in checks.items():
+            try:
+                object.__setattr__(self, name, check(getattr(self, name)))
+            except (TypeError, ValueError) as exc:
+                raise _field_error(name, exc) from None
+        try:  # last: a disabled training section may keep both at 0 once every field is known to be good
+            check_topk_topp(self.topk, self.topp)
+        except ValueError as exc:
+            raise _field_error("topk", exc) from None
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def merged(self, **overrides: Any) -> SpargeConfig:
+        """A copy with `overrides` applied (validated again). A new `block_q` re-derives a default `tile`."""
+        unknown = sorted(set(overrides) - set(self.field_names()))
+        if unknown:
+            raise TypeError(f"unknown SpargeConfig field {unknown[0]!r}; fields: {', '.join(self.field_names())}")
+        if "block_q" in overrides and "tile" not in overrides and self.tile == default_tile(self.block_q):
+            overrides["tile"] = None
+        return replace(self, **overrides) if overrides else self
 
     def check_layers_exist(self, num_layers: int) -> None:
         bad = [i for i in self.dense_layers if i >= num_layers]
         if bad:
-            raise ValueError(f"dense_layers {bad} out of range: the transformer has {num_layers} blocks")
+            raise _field_error("dense_layers", ValueError(
+                f"dense_layers {bad} out of range: the transformer has {num_layers} blocks"))
 
 
 def _check_layers(layers: object) -> tuple[int, ...]:
@@ -103,3 +153,16 @@ def _check_layers(layers: object) -> tuple[int, ...]:
             raise ValueError(f"dense_layers must hold non-negative block indices, got {i}")
         out.append(i)
     return tuple(sorted(set(out)))
+
+
+def _check_token_order(value: object) -> str:
+    if not isinstance(value, str) or value not in TOKEN_ORDERS:
+        raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {value!r}")
+    return value
+
+
+def _check_tile(tile: object, block_q: int) -> tuple[int, int, int]:
+    resolved = default_tile(block_q) if tile is None else tile
+    if not isinstance(resolved, (tuple, list)) or len(resolved) != 3:
+        raise ValueError(f"tile must be a (t, h, w) tuple of 3 positive ints, got {tile!r}")
+    return tuple(_check_int("tile", int(x) if not isinstance(x, bool) else x, 1) for x in resolved)

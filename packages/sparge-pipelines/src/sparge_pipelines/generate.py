@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -12,7 +13,8 @@ from typing import Any
 import torch
 
 from .apply import apply_sparge, remove_sparge
-from .config import TOKEN_ORDERS, SpargeConfig
+from .config import SpargeConfig
+from .timing import Timer
 
 __all__ = ["GenerateConfig", "StepClock", "generate", "run_pipeline", "write_mp4"]
 
@@ -34,14 +36,15 @@ class GenerateConfig:
     steps: int = 50
     guidance: float = 5.0
     seed: int = 0
-    topk: float = 0.03
-    topp: float = 0.2
+    # The SpargeConfig fields (defaults from it), `stats` for collect_stats; `dense`: every layer dense.
+    topk: float = SpargeConfig.topk
+    topp: float = SpargeConfig.topp
     dense: bool = False
-    dense_steps: int = 0
-    dense_layers: tuple[int, ...] = ()
-    token_order: str = "1d"
-    block_q: int = 128
-    block_k: int = 64
+    dense_steps: int = SpargeConfig.dense_steps
+    dense_layers: tuple[int, ...] = SpargeConfig.dense_layers
+    token_order: str = SpargeConfig.token_order
+    block_q: int = SpargeConfig.block_q
+    block_k: int = SpargeConfig.block_k
     stats: bool = False
     time_attention: bool = False
     out: str = "video.mp4"
@@ -64,14 +67,12 @@ class GenerateConfig:
                 raise ValueError(f"{name} must be a multiple of 16, got {getattr(self, name)}")
         if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance):
             raise ValueError(f"guidance must be a finite float, got {self.guidance!r}")
-        if self.token_order not in TOKEN_ORDERS:
-            raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {self.token_order!r}")
         if Path(self.out).suffix.lower() not in VIDEO_SUFFIXES:
             # Checked before the (long) generation: writing is the last step.
             raise ValueError(f"out {self.out!r} must end in one of {', '.join(VIDEO_SUFFIXES)}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        self.sparge_config()  # validates topk, topp, dense_steps, dense_layers, block sizes
+        self.sparge_config()  # validates topk, topp, dense_steps, dense_layers, token_order, block sizes
 
     def sparge_config(self) -> SpargeConfig:
         return SpargeConfig(topk=self.topk, topp=self.topp, dense_steps=self.dense_steps,
@@ -85,29 +86,25 @@ class GenerateConfig:
 
 
 class StepClock:
-    """Wall time of each denoising step: from the first transformer call (loop start) and at each step end,
-    synchronising the device so the times are real."""
+    """Time of each denoising step on a `Timer` (CUDA events or perf_counter): from the first transformer call
+    (the loop start) to each step's end callback, then step to step."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.marks: list[float] = []
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        self.timer = Timer(device)
+        self._started = False
 
     def loop_start_hook(self, module, args, kwargs) -> None:
-        if not self.marks:
-            self.marks.append(self._now())
+        if not self._started:
+            self._started = True
+            self.timer.start()
 
     def step_end_callback(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        self.marks.append(self._now())
+        self.timer.lap(step)
         return {}
 
     @property
     def step_seconds(self) -> list[float]:
-        return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
+        return [ms / 1e3 for _, ms in self.timer.intervals_ms()]
 
 
 def run_pipeline(pipe: Any, config: GenerateConfig, clock: StepClock | None = None) -> Any:
@@ -170,10 +167,10 @@ def generate(config: GenerateConfig, pipe: Any | None = None) -> dict:
     state = None
     num_layers = len(pipe.transformer.blocks)
     if not config.dense or config.stats or config.time_attention:
-        sparge = asdict(config.sparge_config())
+        sparge = config.sparge_config()
         if config.dense:
-            sparge["dense_layers"] = tuple(range(num_layers))
-        state = apply_sparge(pipe, **sparge)
+            sparge = dataclasses.replace(sparge, dense_layers=tuple(range(num_layers)))
+        state = apply_sparge(pipe, sparge)
     clock = StepClock(torch.device(device))
     try:
         t0 = time.perf_counter()

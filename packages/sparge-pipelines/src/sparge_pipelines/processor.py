@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
-from sparge_kernels import sparge_attention
+from sparge_kernels import BlockMask, sparge_attention
 
 from .state import SpargeState
 
@@ -51,7 +51,7 @@ class SpargeWanAttnProcessor:
     """Self-attention (attn1) processor of one Wan block.
 
     Args:
-        state: shared run-time state (config, step index, patch grid, stats, timer).
+        state: shared run-time state (config, step index, patch grid).
         layer: name of the block, e.g. "blocks.3", for statistics.
         dense_processor: the processor it replaces; runs the dense calls and is restored by `remove_sparge`.
         always_dense: the block is in `dense_layers`.
@@ -72,26 +72,31 @@ class SpargeWanAttnProcessor:
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
+        return self.attend(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)[0]
+
+    def attend(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, BlockMask | None]:
+        """The self-attention output and the block mask it used (None for a dense call). `__call__` is this
+        without the mask; the statistics hook (hooks.py) reads the mask."""
         if encoder_hidden_states is not None or getattr(attn, "add_k_proj", None) is not None:
             raise ValueError(f"{self.layer}: SpargeWanAttnProcessor serves self-attention (attn1) only")
         if attention_mask is not None:
             raise ValueError(f"{self.layer}: sparge self-attention does not take an attention_mask")
         state = self.state
-        timer = state.timer
-        token = timer.start(hidden_states.device) if timer is not None else None
         if self.always_dense or (state.config.dense_steps and state.dense_now):
-            out = self.dense_processor(attn, hidden_states, None, None, rotary_emb, **kwargs)
-            if state.stats is not None:
-                state.record_density(self.layer, hidden_states.new_ones(hidden_states.shape[0], attn.heads))
-        else:
-            out = self._sparse(attn, hidden_states, rotary_emb)
-        if timer is not None:
-            timer.stop(state.step, token)
-        return out
+            return self.dense_processor(attn, hidden_states, None, None, rotary_emb, **kwargs), None
+        return self._sparse(attn, hidden_states, rotary_emb)
 
     def _sparse(
         self, attn: torch.nn.Module, hidden_states: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, BlockMask]:
         config = self.state.config
         tiled = config.token_order == "tiled"
         if tiled:
@@ -107,11 +112,9 @@ class SpargeWanAttnProcessor:
             query, key, value, topk=config.topk, topp=config.topp, block_q=config.block_q, block_k=config.block_k,
             layout="NHD", return_mask=True,
         )
-        if self.state.stats is not None:
-            self.state.record_density(self.layer, mask.density_per_head)
         out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
         if tiled:
             out = out.index_select(1, inverse)
-        return out
+        return out, mask

@@ -19,7 +19,7 @@ import torch
 from .config import SpargeConfig
 from .stats import DensityStats
 from .tiling import invert_permutation, tile_permutation
-from .timing import AttentionTimer
+from .timing import Timer
 
 __all__ = ["SpargeState"]
 
@@ -28,7 +28,7 @@ class SpargeState:
     def __init__(self, config: SpargeConfig, pipeline: Any | None = None) -> None:
         self.config = config
         self.stats: DensityStats | None = DensityStats() if config.collect_stats else None
-        self.timer: AttentionTimer | None = AttentionTimer() if config.time_attention else None
+        self.timer: Timer | None = Timer() if config.time_attention else None
         self.step = 0
         # A bool, not the step: under torch.compile the processors then guard on two values, not on every step.
         self.dense_now = config.dense_steps > 0
@@ -44,7 +44,6 @@ class SpargeState:
     def needs_forward_hook(self) -> bool:
         c = self.config
         return c.token_order == "tiled" or c.dense_steps > 0 or c.collect_stats or c.time_attention
-
 
     @torch.compiler.disable
     def begin_forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor | None, patch_size) -> None:
@@ -94,7 +93,14 @@ class SpargeState:
         return self.perm, self.inverse_perm
 
     @torch.compiler.disable
+    def end_forward(self) -> None:
+        """Called after every transformer forward: file the densities the statistics hooks queued under the step."""
+        if self.stats is not None:
+            self.stats.flush(self.step)
+
+    @torch.compiler.disable
     def record_density(self, layer: str, density_per_head: torch.Tensor) -> None:
+        """Record (B, H) densities under the current step now (eager code; the hooks queue instead)."""
         if self.stats is not None:
             self.stats.record(self.step, layer, density_per_head)
 

@@ -1,6 +1,8 @@
 """`DensityStats`: achieved block density per denoising step, layer and head; JSON and heatmap export.
 
 Recording stays on the device (a running sum per (step, layer)); the only host sync is in `summary()`.
+`defer(layer, density)` only queues a tensor (safe inside a compiled graph: a list append becomes a graph output);
+`flush(step)` files the queue, outside the graph (the transformer's forward hook does, once per call).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class DensityStats:
         self._sums: dict[tuple[int, str], torch.Tensor] = {}  # float64 (H,) summed over calls and batch
         self._counts: dict[tuple[int, str], int] = {}
         self._layers: list[str] = []
+        self._pending: list[tuple[str, torch.Tensor]] = []
 
     def declare_layers(self, names: list[str]) -> None:
         """Fix the row order of the exports (install order), before any call is recorded."""
@@ -36,7 +39,18 @@ class DensityStats:
         if layer not in self._layers:
             self._layers.append(layer)
 
+    def defer(self, layer: str, density_per_head: torch.Tensor) -> None:
+        """Queue one call's (B, H) densities for the next `flush` (no dict lookups, no step: compile-safe)."""
+        self._pending.append((layer, density_per_head))
+
+    def flush(self, step: int) -> None:
+        """Record the queued densities under `step`."""
+        pending, self._pending = self._pending, []
+        for layer, density in pending:
+            self.record(step, layer, density)
+
     def reset(self) -> None:
+        self._pending.clear()
         self._sums.clear()
         self._counts.clear()
 

@@ -40,6 +40,7 @@ __all__ = [
     "read_manifest",
     "CheckpointError",
     "export_weights",
+    "Checkpointer",
 ]
 
 log = logging.getLogger(__name__)
@@ -339,3 +340,57 @@ def export_weights(engine, model: torch.nn.Module, out_dir: Path, *, zero3: bool
     (out_dir / "sparge_export.json").write_text(json.dumps({"tensors": len(tensors)}))
     barrier()
     return out_dir
+
+
+class Checkpointer:
+    """The run's checkpoints: resume at start-up, and the save cadence of the loop (`maybe_save(step)`).
+
+    Saves every `train.save_every` steps, and at the last step or when the time budget stops the run
+    (`train.save_at_end`); never right after a step the non-finite guard found bad (`guard.last_step_bad`), so
+    `keep_last` never rotates a good checkpoint out for a bad one. The EMA (if any) is saved inside each checkpoint.
+    """
+
+    def __init__(self, train_cfg: Any, engine, root: Path, *, state: TrainerState, device: torch.device,
+                 is_main: bool, run_info: dict[str, Any], ema: Any | None = None, guard: Any | None = None) -> None:
+        self.cfg = train_cfg
+        self.engine = engine
+        self.root = root
+        self.state = state
+        self.device = device
+        self.is_main = is_main
+        self.run_info = run_info
+        self.ema = ema
+        self.guard = guard
+
+    def resume(self, point: tuple[Path, str] | None) -> TrainerState:
+        """Load engine + trainer state (+ EMA) from `point` (None: a fresh start) into `self.state`; returns it."""
+        if point is None:
+            return self.state
+        fresh = self.state
+        state = load_checkpoint(self.engine, *point, device=self.device)
+        if state.global_batch_size != fresh.global_batch_size:
+            raise ValueError(f"train.global_batch_size: the checkpoint was trained with global batch "
+                             f"{state.global_batch_size}, this run uses {fresh.global_batch_size}")
+        if state.samples_seen != state.step * fresh.global_batch_size:
+            raise RuntimeError(f"checkpoint data position {state.samples_seen} != step {state.step} × "
+                               f"{fresh.global_batch_size}")
+        if self.ema is not None:
+            self.ema.load(point[0] / point[1])
+        log.info("resumed from %s/%s at step %d", *point, state.step)
+        self.state = state
+        return state
+
+    def due(self, step: int, stopping: bool = False) -> bool:
+        cfg = self.cfg
+        periodic = cfg.save_every > 0 and step % cfg.save_every == 0
+        final = (step == cfg.max_steps or stopping) and cfg.save_at_end
+        return (periodic or final) and not (self.guard is not None and self.guard.last_step_bad)
+
+    def maybe_save(self, step: int, stopping: bool = False) -> Path | None:
+        """After optimizer step `step` (collective when due); `stopping`: the run ends here (time budget)."""
+        if not self.due(step, stopping):
+            return None
+        self.state.capture_rng(self.device)
+        return save_checkpoint(self.engine, self.root, self.state, keep_last=self.cfg.keep_last,
+                               is_main=self.is_main, run_info=self.run_info,
+                               extra=self.ema.save if self.ema is not None else None)

@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
+from sparge_pipelines.config import SpargeConfig as PipelineSpargeConfig
+from sparge_pipelines.config import SpargeConfigError
+
 __all__ = [
     "ConfigError",
     "ModelConfig",
@@ -71,30 +74,30 @@ class ModelConfig:
 
 @dataclass
 class SpargeConfig:
-    """Sparse attention of the student (passed to sparge_pipelines.apply_sparge). enabled=false: dense student."""
+    """Sparse attention of the student: `enabled` (false: a dense student) plus the fields of
+    `sparge_pipelines.SpargeConfig` that training sets — same names, defaults and validation (`pipeline_config()`
+    builds it; `install_sparge` passes it to `apply_sparge`)."""
 
     enabled: bool = True
-    topk: float = 0.03
-    topp: float = 0.2
-    dense_steps: int = 0
-    dense_layers: list[int] = field(default_factory=list)
-    token_order: str = "1d"
+    topk: float = PipelineSpargeConfig.topk
+    topp: float = PipelineSpargeConfig.topp
+    dense_steps: int = PipelineSpargeConfig.dense_steps
+    dense_layers: list[int] = field(default_factory=lambda: list(PipelineSpargeConfig.dense_layers))
+    token_order: str = PipelineSpargeConfig.token_order
+
+    def pipeline_config(self) -> PipelineSpargeConfig:
+        """The pipelines' (validated) `SpargeConfig` of these fields."""
+        return PipelineSpargeConfig(topk=self.topk, topp=self.topp, dense_steps=self.dense_steps,
+                                    dense_layers=tuple(self.dense_layers), token_order=self.token_order)
 
     def validate(self, prefix: str = "sparge") -> None:
-        if not 0.0 <= self.topk <= 1.0:
-            raise ConfigError(f"{prefix}.topk", f"must be in [0, 1], got {self.topk}")
-        if not 0.0 <= self.topp <= 1.0:
-            raise ConfigError(f"{prefix}.topp", f"must be in [0, 1], got {self.topp}")
-        if self.enabled and self.topk == 0.0 and self.topp == 0.0:
-            raise ConfigError(f"{prefix}.topk", "topk and topp are both 0: no key block would be kept")
-        if self.dense_steps < 0:
-            raise ConfigError(f"{prefix}.dense_steps", f"must be >= 0, got {self.dense_steps}")
-        if any(i < 0 for i in self.dense_layers):
-            raise ConfigError(f"{prefix}.dense_layers", f"layer indices must be >= 0, got {self.dense_layers}")
-        from sparge_pipelines.config import TOKEN_ORDERS
-
-        if self.token_order not in TOKEN_ORDERS:
-            raise ConfigError(f"{prefix}.token_order", f"must be one of {list(TOKEN_ORDERS)}, got {self.token_order!r}")
+        try:
+            self.pipeline_config()
+        except SpargeConfigError as exc:
+            # Both rules off is only wrong for a sparse student (it is checked last: every field is good here).
+            disabled_and_off = not self.enabled and exc.field == "topk" and self.topk == 0.0 == self.topp
+            if not disabled_and_off:
+                raise ConfigError(f"{prefix}.{exc.field}", exc.reason) from None
 
 
 @dataclass
@@ -298,8 +301,6 @@ class TrainConfig:
     # Stop (saving a checkpoint) once a step ends after this many seconds of the loop; 0: no limit. Runs on lent
     # machines with a per-command limit resume from there.
     max_time_s: float = 0.0
-    # Testing hook: SIGKILL every rank right after this step (and its checkpoint) to simulate a crash.
-    kill_after_step: int | None = None
 
     def validate(self, prefix: str = "train") -> None:
         if self.max_steps < 1:
@@ -326,8 +327,6 @@ class TrainConfig:
             raise ConfigError(f"{prefix}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         if not (math.isfinite(self.max_time_s) and self.max_time_s >= 0):
             raise ConfigError(f"{prefix}.max_time_s", f"must be >= 0, got {self.max_time_s}")
-        if self.kill_after_step is not None and self.kill_after_step < 1:
-            raise ConfigError(f"{prefix}.kill_after_step", f"must be >= 1, got {self.kill_after_step}")
 
     def batch_layout(self, world_size: int) -> tuple[int, int]:
         """(global batch, gradient accumulation steps) for `world_size` ranks; errors name the field."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data.sampler import MicroBatch
 from .distributed import all_reduce_mean
 from .losses import distillation_objective
 from .training_batch import make_training_batch
 
-__all__ = ["eval_micro_batches", "evaluate"]
+__all__ = ["Evaluator", "eval_micro_batches", "evaluate"]
 
 EVAL_SEED_OFFSET = 0x5EED  # eval noise is drawn from its own stream, disjoint from the training seed's
 
@@ -43,3 +43,29 @@ def evaluate(cfg: RunConfig, dataset, student, teacher, micro_batches: list[Micr
     keys = sorted(sums)
     means = all_reduce_mean(torch.tensor([sums[k] / count for k in keys], dtype=torch.float64)).tolist()
     return {f"eval_{k}": v for k, v in zip(keys, means, strict=True)}
+
+
+class Evaluator:
+    """The fixed-input evaluation and its cadence: `maybe_eval(step)` every `train.eval_every` steps (and at step
+    0, before the first update); the losses go into `losses` (step → eval_loss) and the metrics log. Collective."""
+
+    def __init__(self, cfg: RunConfig, dataset, engines, *, world_size: int, rank: int, device: torch.device,
+                 dtype: torch.dtype, log, losses: dict[int, float] | None = None) -> None:
+        self.cfg, self.dataset, self.engines = cfg, dataset, engines
+        self.device, self.dtype, self.log = device, dtype, log
+        self.losses = losses if losses is not None else {}
+        self.batches: list[MicroBatch] = []
+        if cfg.train.eval_every > 0:
+            if cfg.train.eval_samples % world_size:
+                raise ConfigError("train.eval_samples", f"{cfg.train.eval_samples} is not a multiple of the world "
+                                  f"size ({world_size}): every rank must run the same evaluation forwards")
+            self.batches = eval_micro_batches(cfg, world_size=world_size, rank=rank)
+
+    def maybe_eval(self, step: int) -> dict[str, float] | None:
+        if not self.batches or step % self.cfg.train.eval_every:
+            return None
+        metrics = evaluate(self.cfg, self.dataset, self.engines.student, self.engines.teacher, self.batches,
+                           self.device, self.dtype)
+        self.losses[step] = metrics["eval_loss"]
+        self.log.log(step, metrics)
+        return metrics

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["TrainingStopped", "NonFiniteGuard", "weights_are_finite"]
+__all__ = ["TrainingStopped", "NonFiniteGuard", "TimeBudget", "weights_are_finite"]
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +88,18 @@ class NonFiniteGuard:
                                   f"gradient norm (last: {what}; train.max_nonfinite_steps="
                                   f"{self.max_consecutive}); stopping — {advice}")
         return False
+
+
+class TimeBudget:
+    """`train.max_time_s`: the loop stops (saving a checkpoint) once a step ends this many seconds after the
+    budget started; 0: no limit. `exhausted()` is collective (every rank stops at the same step)."""
+
+    def __init__(self, max_time_s: float) -> None:
+        self.max_time_s = max_time_s
+        self.started = time.perf_counter()
+
+    def exhausted(self) -> bool:
+        from .distributed import all_reduce_mean
+
+        over = self.max_time_s > 0 and time.perf_counter() - self.started >= self.max_time_s
+        return bool(all_reduce_mean(torch.tensor([float(over)], dtype=torch.float64)).item() > 0)

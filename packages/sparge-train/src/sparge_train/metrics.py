@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger", "read_metrics"]
+__all__ = ["MetricsLogger", "TrainLog", "read_metrics"]
 
 
 def _truncate_after(path: Path, step: int) -> int:
@@ -69,6 +69,53 @@ class MetricsLogger:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class TrainLog:
+    """The training steps' log and its cadence: `log(step, metrics, ...)` writes a record every `train.log_every`
+    steps and at the last one — the step's mean metrics plus lr, grad norm, step time, tokens/s, samples seen, peak
+    GPU memory (since the loop started) and phase times (`train.time_phases`) — and advances the progress bar
+    (rank 0, `train.progress_bar`) every step."""
+
+    def __init__(self, train_cfg: Any, log: MetricsLogger, engine, *, device, world_size: int, is_main: bool,
+                 start_step: int, global_batch: int) -> None:
+        import torch
+        from tqdm import tqdm
+
+        self.cfg, self.out, self.engine = train_cfg, log, engine
+        self.device, self.world_size, self.global_batch = device, world_size, global_batch
+        self.progress = tqdm(total=train_cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                             disable=not (is_main and train_cfg.progress_bar))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def due(self, step: int) -> bool:
+        return step % self.cfg.log_every == 0 or step == self.cfg.max_steps
+
+    def log(self, step: int, metrics: dict[str, Any], *, seconds: float, tokens: int, phases=None) -> None:
+        """`metrics` (the step's means over micro-batches and ranks) gains the extras in place when logged;
+        `phases`: the step's `Timer` of distill_micro_step phases, or None."""
+        if self.due(step):
+            import torch
+
+            grad_norm = self.engine.get_global_grad_norm()
+            metrics.update({
+                "lr": self.engine.get_lr()[0],
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "step_time_s": seconds,
+                "tokens_per_s": tokens * self.world_size / seconds,
+                "samples_seen": step * self.global_batch,
+            })
+            if self.device.type == "cuda":
+                metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            if phases is not None:
+                metrics.update({f"{name}_ms": ms for name, ms in phases.totals_ms().items()})
+            self.out.log(step, metrics)
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{metrics['loss']:.4g}")
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 def read_metrics(path: Path) -> dict[int, dict[str, Any]]:

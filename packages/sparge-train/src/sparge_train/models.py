@@ -183,11 +183,7 @@ def build_student_teacher(cfg: RunConfig, *, student_ds: dict, teacher_ds: dict 
 
 
 def install_sparge(student: torch.nn.Module, cfg: SpargeConfig) -> Any:
-    """Swap the student's self-attention for sparge attention (sparge_pipelines.apply_sparge)."""
-    try:
-        from sparge_pipelines import apply_sparge
-    except ImportError as e:
-        raise RuntimeError("sparge.enabled needs sparge_pipelines.apply_sparge (install sparge-pipelines), "
-                           f"import failed: {e}") from e
-    return apply_sparge(student, topk=cfg.topk, topp=cfg.topp, dense_steps=cfg.dense_steps,
-                        dense_layers=tuple(cfg.dense_layers), token_order=cfg.token_order)
+    """Swap the student's self-attention for sparge attention: `apply_sparge` with the section's config object."""
+    from sparge_pipelines import apply_sparge
+
+    return apply_sparge(student, cfg.pipeline_config())
