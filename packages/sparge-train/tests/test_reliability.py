@@ -79,7 +79,7 @@ def test_example_cpu_config_loads_with_the_tiny_model():
     "args,message",
     [(["--model", "wan2.1-7b"], "argument --model: invalid choice: 'wan2.1-7b'"),
      (["--gpus-per-node", "0"], "argument --gpus-per-node: must be >= 1, got 0"),
-     (["--frames", "10"], "argument --frames: Wan needs 4k\\+1 frames"),
+     (["--frames", "10"], "argument --frames: frames must be 4k\\+1"),
      (["--height", "100"], "argument --height: must be a multiple of 16"),
      (["--nodes", "x"], "argument --nodes: expected an integer"),
      (["--gpu-mem-gib", "-1"], "argument --gpu-mem-gib: must be a finite number > 0")],

@@ -5,11 +5,15 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
 
+from .cli_types import finite_float as _finite_float
+from .cli_types import fraction as _fraction
+from .cli_types import frames_4k_plus_1 as _frames
+from .cli_types import int_at_least as _int_at_least
+from .cli_types import multiple_of_16 as _multiple_of_16
 from .config import TOKEN_ORDERS, SpargeConfig  # standard library only: the defaults, without torch
 
 __all__ = ["build_parser", "main", "DTYPE_NAMES", "VIDEO_SUFFIXES"]
@@ -23,53 +27,6 @@ def _layers(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated block indices, got {text!r}") from exc
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _frames(text: str) -> int:
-    value = _int_at_least(1)(text)
-    if (value - 1) % 4:
-        raise argparse.ArgumentTypeError(f"frames must be 4k+1 (Wan's VAE compresses time by 4), got {value}")
-    return value
-
-
-def _multiple_of_16(text: str) -> int:
-    value = _int_at_least(16)(text)
-    if value % 16:
-        raise argparse.ArgumentTypeError(f"must be a multiple of 16, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-    return value
 
 
 def _video_path(text: str) -> str:

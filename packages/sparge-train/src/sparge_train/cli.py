@@ -14,49 +14,17 @@ import logging
 import sys
 from pathlib import Path
 
+from sparge_pipelines.cli_types import frames_4k_plus_1 as _frames
+from sparge_pipelines.cli_types import int_at_least as _int_at_least
+from sparge_pipelines.cli_types import multiple_of_16 as _multiple_of_16
+from sparge_pipelines.cli_types import positive_float as _positive_float
+
 from .config import ConfigError
 
 __all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2  # bad arguments or configuration (argparse's code)
 EXIT_STOPPED = 3  # the run stopped: diverged (non-finite loss/gradients) or no usable checkpoint
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _frames(text: str) -> int:
-    value = _int_at_least(1)(text)
-    if (value - 1) % 4:
-        raise argparse.ArgumentTypeError(f"Wan needs 4k+1 frames (the VAE compresses time by 4), got {value}")
-    return value
-
-
-def _multiple_of_16(text: str) -> int:
-    value = _int_at_least(16)(text)
-    if value % 16:
-        raise argparse.ArgumentTypeError(f"must be a multiple of 16 (VAE 8x, patch 2x), got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
