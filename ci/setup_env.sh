@@ -49,7 +49,8 @@ fi
 
 # DeepSpeed 0.19.8 ships as an sdist whose build imports torch: build it against ours, without its CUDA ops.
 # With DS_BUILD_OPS=0 the wheel is pure Python, so one cached wheel serves every venv on this machine.
-if "$py" -c "import deepspeed" 2>/dev/null; then
+# (Checked by metadata: importing deepspeed takes seconds and prints accelerator warnings.)
+if "$py" -c "from importlib.metadata import version; assert version('deepspeed') == '0.19.8'" 2>/dev/null; then
   step "deepspeed already installed"
 else
   mkdir -p "$cache/wheels"
