@@ -21,7 +21,8 @@
 #   WHEEL_PLAT          auditwheel --plat (default: the most compatible tag the binary allows on this host)
 #   WHEEL_OUT           output folder (default dist/);  WHEEL_WORK  build/cache folder (default /tmp/sparge-wheels)
 #   WHEEL_SMOKE=0       skip the smoke test;  WHEEL_SMOKE_TORCH  torch requirement for it (default torch==2.13.0+cpu,
-#                       from WHEEL_TORCH_INDEX, default https://download.pytorch.org/whl/cpu)
+#                       from WHEEL_TORCH_INDEX, default https://download.pytorch.org/whl/cpu; set it empty when
+#                       pip's configured indexes or find-links already hold that torch)
 #   CMAKE_BUILD_PARALLEL_LEVEL  compile jobs (default nproc)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
@@ -140,12 +141,13 @@ for entry in $matrix; do
   log "$entry: sparge-kernels $local_version, CUDA $cuda_version (${home[$cuda]}), archs=$SPARGE_CUDA_ARCHS" \
       "head_dims=$SPARGE_HEAD_DIMS dtypes=$SPARGE_DTYPES, $CMAKE_BUILD_PARALLEL_LEVEL jobs"
   venv=$(build_venv "$py")
-  # A copy of the package per CUDA build, so the local label goes into _version.py (and so into both the
-  # wheel's metadata and sparge_kernels.__version__) without touching the checkout.
+  # A copy of the package per CUDA build, so the local label goes into _version.py (and so into both the wheel's
+  # metadata and sparge_kernels.__version__) without touching the checkout. Timestamps are kept (cp -p) so a
+  # re-run's build dir recompiles only what changed.
   src=$work/src-$cuda
   rm -rf "$src"; mkdir -p "$src"
   git ls-files -z packages/sparge-kernels | (cd "$root/packages/sparge-kernels" && \
-    sed -z 's|^packages/sparge-kernels/||' | xargs -0 cp --parents -t "$src")
+    sed -z 's|^packages/sparge-kernels/||' | xargs -0 cp -p --parents -t "$src")
   sed -i "s/^__version__ = .*/__version__ = \"$local_version\"/" "$src/src/sparge_kernels/_version.py"
   raw=$work/raw-$cuda-$py; rm -rf "$raw"
   PATH="${home[$cuda]}/bin:$PATH" CUDACXX="${home[$cuda]}/bin/nvcc" CUDAToolkit_ROOT="${home[$cuda]}" \
@@ -158,7 +160,7 @@ for entry in $matrix; do
   log "$entry: repairing $(basename "$whl")"
   "$tools_venv/bin/auditwheel" show "$whl" | sed 's/^/    /'
   rm -f "$out"/sparge_kernels-"$local_version"-"$py"-*.whl
-  "$tools_venv/bin/auditwheel" repair -q ${WHEEL_PLAT:+--plat "$WHEEL_PLAT"} -w "$out" "$whl"
+  PATH="$tools_venv/bin:$PATH" "$tools_venv/bin/auditwheel" repair ${WHEEL_PLAT:+--plat "$WHEEL_PLAT"} -w "$out" "$whl"
   fixed=$(ls -t "$out"/sparge_kernels-"$local_version"-"$py"-*manylinux*.whl | head -1)
   built+=("$fixed")
   log "$entry: $(basename "$fixed") ($(du -h "$fixed" | cut -f1)) built in $((SECONDS - t0))s"
@@ -168,7 +170,8 @@ for entry in $matrix; do
     # and _C says what it holds. (The GPU tests of each wheel run on a GPU machine: see the README.)
     smoke=$work/smoke-$cuda-$py; rm -rf "$smoke"
     "$(python_for "$py")" -m venv "$smoke"
-    qpip "$smoke/bin/python" -m pip install -q --extra-index-url "${WHEEL_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
+    index=${WHEEL_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
+    qpip "$smoke/bin/python" -m pip install -q ${index:+--extra-index-url "$index"} \
       "${WHEEL_SMOKE_TORCH:-torch==2.13.0+cpu}" "$fixed"
     (cd "$smoke" && "$smoke/bin/python" - "$local_version" "$cuda_version" <<'PY') || die "$entry: smoke test failed"
 import sys
