@@ -51,12 +51,15 @@ REFERENCE = Backend("reference", _reference_predict, reference.attention_forward
 
 _cuda_backend: Backend | None = None
 _cuda_error: str | None = None
+# Raises if the compiled kernels cannot run on a device (wrong CUDA major for the driver, archs missing the GPU).
+_cuda_check: Callable[[torch.device], None] | None = None
 
 
-def register_cuda_backend(backend: Backend | None, error: str | None = None) -> None:
-    """Called once by the CUDA glue with the kernels, or with the reason they are unavailable."""
-    global _cuda_backend, _cuda_error
-    _cuda_backend, _cuda_error = backend, error
+def register_cuda_backend(backend: Backend | None, error: str | None = None,
+                          check: Callable[[torch.device], None] | None = None) -> None:
+    """Called once by the CUDA glue: the kernels and their device check, or the reason they are unavailable."""
+    global _cuda_backend, _cuda_error, _cuda_check
+    _cuda_backend, _cuda_error, _cuda_check = backend, error, check
 
 
 def backend_for(device: torch.device) -> Backend:
@@ -69,4 +72,6 @@ def backend_for(device: torch.device) -> Backend:
             "Reinstall sparge-kernels on a machine with nvcc, or set SPARGE_BACKEND=reference to run the slow "
             "PyTorch reference on the GPU."
         )
+    if _cuda_check is not None:
+        _cuda_check(device)
     return _cuda_backend

@@ -13,6 +13,10 @@ import importlib
 from collections.abc import Callable
 from types import ModuleType
 
+import torch
+
+from . import compat
+from ._version import __version__
 from .backend import Backend, _reference_predict, register_cuda_backend
 
 try:
@@ -67,10 +71,29 @@ def _build_backend() -> Backend:
     )
 
 
+_devices_checked: set[int] = set()
+
+
+def _check_device(device: torch.device) -> None:
+    """Raise (compat.check_runnable) if this build cannot run on `device`; checked once per device index."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index in _devices_checked:
+        return
+    compat.check_runnable(
+        build_cuda_version=_C.build_cuda_version,
+        build_archs=_C.build_archs,
+        capability=tuple(torch.cuda.get_device_capability(index)),
+        driver_version=_C.driver_version(),
+        device_name=torch.cuda.get_device_name(index),
+        version=__version__,
+    )
+    _devices_checked.add(index)
+
+
 if _C is None:
     register_cuda_backend(None, _C_ERROR)
 else:
-    register_cuda_backend(_build_backend())
+    register_cuda_backend(_build_backend(), check=_check_device)
 
 
 def kernels_built() -> bool:
@@ -84,6 +107,4 @@ def cuda_available() -> bool:
     In sparge-kernels 0.1.0 it meant only "the wheel has kernels" (True on a machine without a GPU); that
     question is now `kernels_built()`.
     """
-    import torch
-
     return _C is not None and torch.cuda.is_available()
