@@ -3,6 +3,7 @@
 # Also (first call on a machine) trains the world classifier on the GPU beside it and, once that exists, runs the
 # teacher's quality gate (tools/world/gate_teacher.py). Run from the repo root on the device with carry=[".carry"] (tools/device/prepare_carry.sh fills it):
 #   bash tools/world/teacher_segment_h200.sh <train seconds> [extra --set overrides...]
+# GPU_TESTS=1 also runs the kernels' GPU test suites once the kernels are built (first call on a machine).
 # The run folder (/tmp/world-teacher) stays on the machine while it is held, so the next segment resumes from its
 # checkpoint; if the machine was lost, the segment warm-starts from $WARM_START (a carried export) instead.
 set -uo pipefail
@@ -21,7 +22,11 @@ if [ ! -f /tmp/kern/.built ]; then
   ( mkdir -p /tmp/cutlass && tar xzf .carry/cutlass-include.tgz -C /tmp/cutlass &&
     CMAKE_BUILD_PARALLEL_LEVEL=14 python3 -m pip install -q --no-build-isolation --no-deps --no-index --target /tmp/kern \
       ./packages/sparge-kernels -C cmake.define.CUTLASS_INCLUDE_DIR=/tmp/cutlass/include \
-      -C build-dir=/tmp/sparge-build >"$out/build.log" 2>&1 && touch /tmp/kern/.built ) &
+      -C build-dir=/tmp/sparge-build >"$out/build.log" 2>&1 && touch /tmp/kern/.built &&
+    if [ "${GPU_TESTS:-0}" = 1 ]; then  # the kernels' GPU suites, beside the training (they are short)
+      PYTHONPATH=/tmp/kern:/tmp/site timeout 420 python3 -m pytest -m gpu -q -p no:cacheprovider \
+        packages/sparge-kernels/tests >"$out/gpu_tests.log" 2>&1; echo "gpu tests rc=$?" >>"$out/gpu_tests.log"
+    fi ) &
 fi
 # The world classifier for the quality gate, trained on the GPU beside the teacher (small: ~0.2 M params).
 if [ ! -f /tmp/classifier/classifier.safetensors ]; then
@@ -51,6 +56,7 @@ wait
 [ -f /tmp/kern/.built ] || { echo "kernel build failed"; tail -30 "$out/build.log"; }
 PYTHONPATH=/tmp/kern:/tmp/site:$src python3 tools/world/probe_teacher.py --model $run/export --out "$out" 2>&1 | tail -16
 tail -3 "$out/classifier.log" 2>/dev/null
+tail -2 "$out/gpu_tests.log" 2>/dev/null
 if [ -f /tmp/classifier/classifier.safetensors ]; then
   PYTHONPATH=/tmp/kern:/tmp/site:$src python3 tools/world/gate_teacher.py --model $run/export \
     --classifier /tmp/classifier --out "$out/gate.json" 2>&1 | grep -v Warning | tail -6
