@@ -17,18 +17,6 @@ from sparge_pipelines.timing import AttentionTimer, Timer
 BLOCKS = dict(block_q=32, block_k=16)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_wan_transformer(seed=0)
-
-
-@pytest.fixture(scope="module")
-def inputs():
-    g = torch.Generator().manual_seed(1)
-    latents = torch.randn(2, 4, 3, 16, 24, generator=g)
-    return latents, torch.tensor([900.0, 900.0]), torch.randn(2, 8, 32, generator=g)
-
-
 def run(model, inputs):
     with torch.no_grad():
         return model(*inputs, return_dict=False)[0]
