@@ -14,12 +14,13 @@ from sparge_train.training_batch import caption_dropout_mask, make_training_batc
 
 from .conftest import check_ok, run_fit, write_config
 
-EXAMPLE = "packages/sparge-train/examples/world_teacher.yaml"
+STAGE1 = "packages/sparge-train/examples/world_teacher_lowres.yaml"
+STAGE2 = "packages/sparge-train/examples/world_teacher.yaml"
 
 
 def world_run(out, **train) -> dict:
-    """The shipped teacher config at a tiny size, on the CPU."""
-    with open(EXAMPLE) as f:
+    """The teacher's stage-1 config at a tiny size, on the CPU."""
+    with open(STAGE1) as f:
         cfg = yaml.safe_load(f)
     cfg["model"]["compile"] = False
     cfg["data"]["world"]["sizes"] = [[2, 16, 16], [2, 8, 8]]
@@ -30,9 +31,20 @@ def world_run(out, **train) -> dict:
 
 
 def test_example_config_loads_and_uses_the_world():
-    cfg = load_config(EXAMPLE)
+    cfg = load_config(STAGE1)
     assert cfg.data.source == "world" and cfg.loss.kind == "diffusion" and not cfg.sparge.enabled
     assert cfg.model.preset == "sparge-world" and cfg.train.ema_decay > 0
+
+
+def test_stage2_config_continues_from_the_stage1_export(tmp_path):
+    with open(STAGE2) as f:
+        stage2 = yaml.safe_load(f)
+    stage1 = load_config(STAGE1)
+    assert stage2["model"]["pretrained"] == f"{stage1.train.output_dir}/export"
+    stage2["model"]["pretrained"] = str(tmp_path)  # validation wants the folder to exist
+    cfg = config_from_dict(stage2)
+    assert cfg.data.source == "world" and cfg.loss.kind == "diffusion" and not cfg.sparge.enabled
+    assert [16, 96, 96] in cfg.data.world.sizes and cfg.train.output_dir != stage1.train.output_dir
 
 
 @pytest.mark.parametrize("field,value,match", [

@@ -30,9 +30,10 @@ from .losses import distillation_objective
 from .metrics import MetricsLogger, TrainLog
 from .models import build_student_teacher, install_sparge
 from .preflight import architecture, check_data, check_resume, run_info
-from .training_batch import make_training_batch
+from .prefetch import StepPrefetcher
+from .training_batch import TrainingBatch, make_training_batch
 
-__all__ = ["FitResult", "StepOutput", "fit", "distill_micro_step", "train_step"]
+__all__ = ["FitResult", "StepOutput", "fit", "distill_micro_step", "step_batches", "train_step"]
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +92,21 @@ class StepOutput:
         return dict(zip(keys, means, strict=True))
 
 
-def train_step(cfg: RunConfig, engines, sampler, dataset, step: int, device: torch.device, dtype: torch.dtype,
+def step_batches(cfg: RunConfig, sampler, dataset, step: int, device: torch.device,
+                 dtype: torch.dtype) -> list[TrainingBatch]:
+    """This rank's micro-batches of optimizer step `step` (0-based), ready for the models."""
+    return [make_training_batch(dataset, micro, cfg, device, dtype, size_index=step)
+            for micro in sampler.micro_batches(step)]
+
+
+def train_step(cfg: RunConfig, engines, batches: list[TrainingBatch], device: torch.device,
                grad_accum: int) -> StepOutput:
-    """Optimizer step `step` (0-based): every micro-batch of this rank, the update at the accumulation boundary."""
+    """One optimizer step: every micro-batch of this rank, the update at the accumulation boundary."""
     t0 = time.perf_counter()
     sums: dict[str, float] = {}
     tokens = 0
     phases = Timer(device) if cfg.train.time_phases else None
-    for micro in sampler.micro_batches(step):
-        batch = make_training_batch(dataset, micro, cfg, device, dtype, size_index=step)
+    for batch in batches:
         if phases is not None:
             phases.start()
         loss, parts = distill_micro_step(engines, batch, cfg.loss, mark=phases.lap if phases else None)
@@ -177,26 +184,33 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
     train_log = TrainLog(train, metrics_log, student, device=device, world_size=world.world_size,
                          is_main=world.is_main, start_step=state.step, global_batch=global_batch)
     budget = TimeBudget(train.max_time_s)
-    for step in range(state.step, train.max_steps):
-        output = train_step(cfg, engines, sampler, dataset, step, device, dtype, grad_accum)
-        if ema is not None:
-            ema.update()
-        state.step = result.final_step = step + 1
-        state.samples_seen = state.step * global_batch
-        metrics = output.mean_over_ranks()
-        result.losses[state.step] = metrics["loss"]
-        train_log.log(state.step, metrics, seconds=output.seconds, tokens=output.tokens, phases=output.phases)
-        norm = student.get_global_grad_norm()
-        guard.check(state.step, metrics["loss"], None if norm is None else float(norm), student.module,
-                    student.was_step_applied())  # raises TrainingStopped past train.max_nonfinite_steps
-        evaluator.maybe_eval(state.step)
-        out_of_time = budget.exhausted()  # collective: every rank stops at the same step
-        checkpoints.maybe_save(state.step, stopping=out_of_time)
-        if out_of_time and state.step < train.max_steps:
-            log.info("train.max_time_s (%.0f s) reached after step %d: stopping; rerun to resume",
-                     train.max_time_s, state.step)
-            result.stopped_early = True
-            break
+    batches = StepPrefetcher(lambda s: step_batches(cfg, sampler, dataset, s, device, dtype), device,
+                             stop=train.max_steps)
+    try:
+        for step in range(state.step, train.max_steps):
+            output = train_step(cfg, engines, batches.get(step), device, grad_accum)
+            if ema is not None:
+                ema.update()
+            state.step = result.final_step = step + 1
+            state.samples_seen = state.step * global_batch
+            metrics = output.mean_over_ranks()
+            result.losses[state.step] = metrics["loss"]
+            metrics["data_wait_s"] = batches.last_wait_s
+            train_log.log(state.step, metrics, seconds=output.seconds + batches.last_wait_s, tokens=output.tokens,
+                          phases=output.phases)
+            norm = student.get_global_grad_norm()
+            guard.check(state.step, metrics["loss"], None if norm is None else float(norm), student.module,
+                        student.was_step_applied())  # raises TrainingStopped past train.max_nonfinite_steps
+            evaluator.maybe_eval(state.step)
+            out_of_time = budget.exhausted()  # collective: every rank stops at the same step
+            checkpoints.maybe_save(state.step, stopping=out_of_time)
+            if out_of_time and state.step < train.max_steps:
+                log.info("train.max_time_s (%.0f s) reached after step %d: stopping; rerun to resume",
+                         train.max_time_s, state.step)
+                result.stopped_early = True
+                break
+    finally:
+        batches.close()
     train_log.close()
 
     # 7. export the student's weights (diffusers folder, safetensors)
