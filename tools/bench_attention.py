@@ -228,7 +228,9 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
         idx = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, BLOCK_Q, BLOCK_K, scale)
         for mode, accumulate, det in (("bulk-reduce dQ", "bulk", False), ("atomic dQ", "atomic", False),
                                       ("deterministic dQ", "bulk", True)):
-            def bwd(det=det, options=sk.KernelOptions(dq_accumulate=accumulate), out=out, lse=lse, idx=idx):
+            options = sk.KernelOptions(dq_accumulate=accumulate)
+
+            def bwd(det=det, options=options, out=out, lse=lse, idx=idx):
                 return cuda_backward.backward(dout, q, k, v, out, lse, None, *idx, det, options=options)
 
             add(f"sparge backward alone ({mode}), {what}", time_ms(bwd), 2.5 * ctx.dense_flops * kept)

@@ -24,7 +24,6 @@ from sparge_kernels import KernelOptions, cuda_backward, cuda_forward, reference
 from sparge_kernels.block_mask import BlockMask
 from sparge_kernels.validation import num_blocks
 
-
 pytestmark = pytest.mark.gpu
 
 REL_BUDGET = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
