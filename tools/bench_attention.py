@@ -139,15 +139,12 @@ def bench_shape(name: str, backward: bool) -> list[Row]:
             rows.append(Row(f"**sparge**, random mask density {density:g} (kept {kept:.3f})", t, dense_flops * kept))
 
         # The portable mma.sync kernel on the same masks, for comparison with the default (Hopper) kernel.
-        from sparge_kernels import cuda_forward
-
-        cuda_forward.forward_path = "sm80"
-        for density in (1.0, 0.05):
-            mask = masks[density]
-            t = time_ms(lambda m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale))
-            rows.append(Row(f"sparge portable mma.sync kernel, random mask density {density:g}", t,
-                            dense_flops * mask.density))
-        cuda_forward.forward_path = None
+        with sk.kernel_options(forward_path="sm80"):
+            for density in (1.0, 0.05):
+                mask = masks[density]
+                t = time_ms(lambda m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale))
+                rows.append(Row(f"sparge portable mma.sync kernel, random mask density {density:g}", t,
+                                dense_flops * mask.density))
 
         # Masks predicted from structured (video-like) inputs.
         sq, skk, sv = video_qkv(b, h, grid, d, dtype=torch.bfloat16, device="cuda",
@@ -231,12 +228,12 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
         idx = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, BLOCK_Q, BLOCK_K, scale)
         for mode, accumulate, det in (("bulk-reduce dQ", "bulk", False), ("atomic dQ", "atomic", False),
                                       ("deterministic dQ", "bulk", True)):
-            def bwd(det=det, accumulate=accumulate, out=out, lse=lse, idx=idx):
-                cuda_backward.dq_accumulate = accumulate
-                return cuda_backward.backward(dout, q, k, v, out, lse, None, *idx, det)
+            options = sk.KernelOptions(dq_accumulate=accumulate)
+
+            def bwd(det=det, options=options, out=out, lse=lse, idx=idx):
+                return cuda_backward.backward(dout, q, k, v, out, lse, None, *idx, det, options=options)
 
             add(f"sparge backward alone ({mode}), {what}", time_ms(bwd), 2.5 * ctx.dense_flops * kept)
-        cuda_backward.dq_accumulate = "bulk"
     return rows
 
 

@@ -96,9 +96,9 @@ def graph_ms(fn, iters: int, repeats: int = 5) -> float:
 
 def bench_shape(name: str, iters: int) -> list[str]:
     from sparge_kernels import cuda_mask
-    from sparge_kernels.backend import _reference_predict
     from sparge_kernels.block_mask import BlockMask
-    from sparge_kernels.validation import num_blocks, topk_count
+    from sparge_kernels.reference import predict_block_mask_indices, topk_count
+    from sparge_kernels.validation import num_blocks
 
     b, h, length, d, grid = SHAPES[name]
     q, k = structured_qk(b, h, grid, d)
@@ -121,7 +121,8 @@ def bench_shape(name: str, iters: int) -> list[str]:
     def predict(qq=q, kk_=k, **kw):
         return lambda: cuda_mask.predict(qq, kk_, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, out=out, **kw)
 
-    t_ref = time_ms(lambda: _reference_predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale), max(2, iters // 10), 3)
+    t_ref = time_ms(lambda: predict_block_mask_indices(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale),
+                    max(2, iters // 10), 3)
     t_eager = time_ms(predict(), iters)
     graph_variants = {
         "auto": predict(),
@@ -150,7 +151,7 @@ def bench_shape(name: str, iters: int) -> list[str]:
     t_transpose = graph_ms(lambda: cuda_mask.transpose(ws, nk, out[2], out[3]), iters)
 
     mine = cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale)
-    ref = _reference_predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale)
+    ref = predict_block_mask_indices(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale)
     dense_mine = BlockMask(*mine, BLOCK_Q, BLOCK_K, length, length).to_dense()
     dense_ref = BlockMask(*ref, BLOCK_Q, BLOCK_K, length, length).to_dense()
     agree = float((dense_mine == dense_ref).float().mean())

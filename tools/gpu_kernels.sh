@@ -17,17 +17,16 @@ for step in $steps; do
       # memcheck on a small case with tails, empty rows and NHD strides (every launch of the forward).
       timeout ${SPARGE_SANITIZE_TIMEOUT:-150} compute-sanitizer --tool memcheck --error-exitcode 1 python3 - <<'PY' 2>&1 | tee "$OUT/sanitizer.log" || status=1
 import torch, sparge_kernels as sk
-from sparge_kernels import cuda_forward
 from sparge_kernels.block_mask import BlockMask
 for path in ("sm80", "sm90"):
-    cuda_forward.forward_path = path
     for dtype, d in ((torch.bfloat16, 128), (torch.float16, 64)):
         q = torch.randn(1, 300, 2, d, device="cuda", dtype=dtype)
         k = torch.randn(1, 200, 2, d, device="cuda", dtype=dtype)
         dense = torch.rand(1, 2, 3, 4, device="cuda") < 0.6
         dense[0, 0, 1] = False
         m = BlockMask.from_dense(dense, seq_len_q=300, seq_len_k=200)
-        out, lse = sk.block_sparse_attention(q, k, k, m, layout="NHD", return_lse=True)
+        with sk.kernel_options(forward_path=path):
+            out, lse = sk.block_sparse_attention(q, k, k, m, layout="NHD", return_lse=True)
         torch.cuda.synchronize()
         assert torch.isfinite(out).all()
     print(path, "ok")

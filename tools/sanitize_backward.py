@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from sparge_kernels import cuda_backward, reference
+from sparge_kernels import KernelOptions, cuda_backward, reference
 from sparge_kernels.block_mask import BlockMask
 
 
@@ -24,8 +24,8 @@ def main() -> None:
         out, lse = reference.attention_forward(q, k, v, mask.kv_count, mask.kv_index, 128, 64, d**-0.5)
         args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, d**-0.5)
         for accumulate, det in (("bulk", False), ("atomic", False), ("bulk", True)):
-            cuda_backward.dq_accumulate = accumulate
-            grads = cuda_backward.backward(dout, q, k, v, out, lse, torch.randn_like(lse), *args, det)
+            grads = cuda_backward.backward(dout, q, k, v, out, lse, torch.randn_like(lse), *args, det,
+                                           options=KernelOptions(dq_accumulate=accumulate))
             torch.cuda.synchronize()
             assert all(torch.isfinite(g).all() for g in grads)
     print("sanitizer cases done")

@@ -10,12 +10,16 @@ import sys
 import torch
 
 import sparge_kernels as sk
-from sparge_kernels import cuda_forward, reference
+from sparge_kernels import reference
 from sparge_kernels.block_mask import BlockMask
 
 
 def main(path: str) -> None:
-    cuda_forward.forward_path = path
+    with sk.kernel_options(forward_path=path):
+        check_path(path)
+
+
+def check_path(path: str) -> None:
     for d, dtype in ((128, torch.bfloat16), (64, torch.float16)):
         q, k, v = (torch.randn(1, 2, n, d, device="cuda", dtype=dtype) for n in (300, 1000, 1000))
         dense = torch.rand(1, 2, 3, 16, device="cuda") < 0.5

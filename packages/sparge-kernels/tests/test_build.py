@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,11 +10,12 @@ import torch
 import sparge_kernels
 from sparge_kernels import backend as backend_mod
 from sparge_kernels import cuda as cuda_mod
+from sparge_kernels.validation import KernelNotBuiltError, check_attention_kernel_args, check_forward_path
 
 
 def test_package_imports_and_exposes_api():
     for name in ("block_sparse_attention", "predict_block_mask", "sparge_attention", "BlockMask", "cuda_available",
-                 "kernels_built"):
+                 "kernels_built", "kernel_options", "KernelOptions"):
         assert hasattr(sparge_kernels, name)
     assert sparge_kernels.kernels_built() == (cuda_mod._C is not None)
     # cuda_available says what its name says: kernels AND a GPU (False on a CPU machine even with kernels).
@@ -32,8 +33,8 @@ def test_cpu_uses_reference():
 
 
 def test_without_extension_cuda_tensor_raises_clear_error(monkeypatch):
-    monkeypatch.setattr(backend_mod, "_cuda_backend", None)
-    monkeypatch.setattr(backend_mod, "_cuda_error", "the compiled extension sparge_kernels._C is missing (test)")
+    monkeypatch.setattr(cuda_mod, "_C", None)
+    monkeypatch.setattr(cuda_mod, "MISSING_REASON", "the compiled extension sparge_kernels._C is missing (test)")
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
     with pytest.raises(RuntimeError, match="no CUDA kernels.*_C is missing.*SPARGE_BACKEND=reference"):
         backend_mod.backend_for(torch.device("cuda", 0))
@@ -42,34 +43,43 @@ def test_without_extension_cuda_tensor_raises_clear_error(monkeypatch):
     assert backend_mod.backend_for(torch.device("cuda", 0)) is backend_mod.REFERENCE
 
 
-def test_missing_kernel_entry_raises_clear_error():
-    fail = cuda_mod._missing("backward")
-    with pytest.raises(RuntimeError, match="CUDA backward kernel not built"):
-        fail()
+def test_the_cuda_backend_is_the_glue():
+    from sparge_kernels import cuda_backward, cuda_forward, cuda_mask
 
-
-def test_glue_module_absent_is_none_present_is_module():
-    assert cuda_mod._glue_module("no_such_glue_module_xyz") is None
-    assert cuda_mod._glue_module("reference") is importlib.import_module("sparge_kernels.reference")
+    assert backend_mod.CUDA == backend_mod.Backend(cuda_mask.predict, cuda_forward.forward, cuda_backward.backward)
 
 
 @pytest.mark.skipif(cuda_mod._C is None, reason="sparge_kernels._C not built")
 def test_extension_exposes_kernels():
     c = cuda_mod._C
     assert c.build_archs and c.build_head_dims and c.build_dtypes
-    assert callable(c.attention_forward)
-    registered = backend_mod._cuda_backend
-    assert registered is not None and registered.name == "cuda"
-    from sparge_kernels import cuda_forward
+    for name in ("attention_forward", "attention_backward", "mask_predict"):
+        assert callable(getattr(c, name))
 
-    assert registered.forward is cuda_forward.forward
+
+BUILT = SimpleNamespace(build_head_dims="128", build_dtypes="bf16")  # a one-variant build
 
 
 def test_kernel_limits_name_the_kernel_and_argument():
-    from sparge_kernels.cuda_limits import check_blocks_and_dtype
-
-    check_blocks_and_dtype("block-sparse attention", 128, 64, torch.bfloat16)
+    assert check_attention_kernel_args("block-sparse attention", torch.bfloat16, 128, 128, 64, BUILT) == "bfloat16"
     with pytest.raises(ValueError, match="CUDA block-sparse attention backward supports block_q=128 and block_k=64"):
-        check_blocks_and_dtype("block-sparse attention backward", 64, 64, torch.float16)
+        check_attention_kernel_args("block-sparse attention backward", torch.bfloat16, 128, 64, 64, BUILT)
     with pytest.raises(TypeError, match="float16 or bfloat16"):
-        check_blocks_and_dtype("block-sparse attention", 128, 64, torch.float32)
+        check_attention_kernel_args("block-sparse attention", torch.float32, 128, 128, 64, BUILT)
+    with pytest.raises(ValueError, match="head dim 96") as bad_dim:
+        check_attention_kernel_args("block-sparse attention", torch.bfloat16, 96, 128, 64, BUILT)
+    assert not isinstance(bad_dim.value, KernelNotBuiltError)  # no build has it: a bad argument, not a rebuild
+
+
+@pytest.mark.parametrize("dtype,head_dim", [(torch.bfloat16, 64), (torch.float16, 128)])
+def test_a_variant_left_out_of_the_build_says_so(dtype, head_dim):
+    with pytest.raises(KernelNotBuiltError, match="no compiled CUDA block-sparse attention kernel in this build"):
+        check_attention_kernel_args("block-sparse attention", dtype, head_dim, 128, 64, BUILT)
+
+
+def test_the_sm90_path_needs_a_hopper_build_and_gpu():
+    check_forward_path("sm90", "80,90a", (9, 0))
+    check_forward_path("sm80", "80", (8, 0))
+    for archs, capability in (("80,86", (9, 0)), ("80,90a", (8, 0))):
+        with pytest.raises(KernelNotBuiltError, match="forward_path='sm90' needs an sm_90 GPU and a build for 90a"):
+            check_forward_path("sm90", archs, capability)

@@ -98,7 +98,7 @@ def test_wheel_names_follow_the_default_cuda():
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """A registered CUDA backend over a fake _C, and a fake device 0: set its facts through the returned dict."""
+    """A fake _C and a fake device 0 behind the CUDA backend: set their facts through the returned dict."""
     facts = {"capability": (8, 0), "name": "NVIDIA A100", "archs": "90a", "cuda": "13.0", "driver": 13000}
     fake_c = SimpleNamespace()
     monkeypatch.setattr(cuda_mod, "_C", fake_c)
@@ -112,9 +112,6 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(cuda_mod, "_devices_checked", set())
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: facts["capability"])
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: facts["name"])
-    dummy = backend_mod.Backend("cuda", *(lambda *a: None,) * 3)
-    monkeypatch.setattr(backend_mod, "_cuda_backend", dummy)
-    monkeypatch.setattr(backend_mod, "_cuda_check", cuda_mod._check_device)
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
     return facts
 
@@ -130,11 +127,11 @@ def test_backend_for_raises_instead_of_falling_back(fake_gpu):
 def test_backend_for_passes_a_fitting_build_and_checks_once(fake_gpu):
     fake_gpu["archs"] = "80,90a"
     fake_gpu["refresh"]()
-    assert backend_mod.backend_for(torch.device("cuda", 0)).name == "cuda"
+    assert backend_mod.backend_for(torch.device("cuda", 0)) is backend_mod.CUDA
     assert cuda_mod._devices_checked == {0}
     fake_gpu["archs"] = "90a"  # a passing device is not re-checked per op (the facts cannot change)
     fake_gpu["refresh"]()
-    assert backend_mod.backend_for(torch.device("cuda", 0)).name == "cuda"
+    assert backend_mod.backend_for(torch.device("cuda", 0)) is backend_mod.CUDA
 
 
 def test_backend_for_reports_the_driver_mismatch(fake_gpu):

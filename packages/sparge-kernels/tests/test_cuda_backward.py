@@ -1,69 +1,44 @@
 """CUDA block-sparse attention backward vs the float64 reference (GPU only).
 
-The backward is tested on its own: out and lse come from a forward (the CUDA one when built, else the reference
-forward on the GPU, which gives the same out/lse up to rounding), and dq, dk, dv from `cuda_backward.backward` are
-compared with `reference.attention_backward` run in float64 on the same (rounded) inputs, out, lse, dout, dlse.
+The backward is tested on its own: out and lse come from the CUDA forward, and dq, dk, dv from
+`cuda_backward.backward` are compared with `reference.attention_backward` run in float64 on the same (rounded)
+inputs, out, lse, dout, dlse.
 
 Error budgets (relative Frobenius error of each gradient, whole tensor and every (b, h) slice with a nonzero
 reference): bf16 ≤ 2e-2, fp16 ≤ 5e-3 — the kernels round P and dS to the input dtype before the dV, dK, dQ GEMMs
 (bf16 keeps 8 mantissa bits, fp16 11), accumulate in fp32. Where the reference gradient is exactly zero (query
 blocks that kept no key, key blocks no query kept) the kernel's must be exactly zero.
-Outputs are poisoned with NaN before every launch (cuda_backward.debug_fill_value) and must come back finite.
+Outputs are poisoned with NaN before every launch (KernelOptions.debug_fill) and must come back finite.
+Variants this build or GPU lacks skip (conftest.py).
 """
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 import torch
 
 import sparge_kernels as sk
-from sparge_kernels import backend as backend_mod
-from sparge_kernels import reference
+from sparge_kernels import KernelOptions, cuda_backward, cuda_forward, reference
 from sparge_kernels.block_mask import BlockMask
 from sparge_kernels.validation import num_blocks
 
-
-def _backward_built() -> bool:
-    if not (torch.cuda.is_available() and sk.cuda_available()):
-        return False
-    from sparge_kernels import _C  # type: ignore[attr-defined]
-
-    return hasattr(_C, "attention_backward")
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _backward_built(), reason="needs a CUDA GPU and sparge_kernels._C with the backward"),
-]
+pytestmark = pytest.mark.gpu
 
 REL_BUDGET = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
-    from sparge_kernels import cuda_backward
-
-    monkeypatch.setattr(cuda_backward, "debug_fill_value", float("nan"))
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
-
-
-def _cuda_forward_works() -> bool:
-    try:
-        from sparge_kernels import cuda_forward  # noqa: F401
-    except ImportError:
-        return False
-    from sparge_kernels import _C  # type: ignore[attr-defined]
-
-    return hasattr(_C, "attention_forward")
+    with sk.kernel_options(debug_fill=float("nan")):
+        yield
 
 
 def forward(q, k, v, mask, scale):
-    """out, lse for HND views: the CUDA forward when built, else the reference forward (float32 compute)."""
-    if _cuda_forward_works():
-        from sparge_kernels import cuda_forward
-
-        return cuda_forward.forward(q, k, v, mask.kv_count, mask.kv_index, 128, 64, scale)
-    return reference.attention_forward(q, k, v, mask.kv_count, mask.kv_index, 128, 64, scale)
+    """out, lse of the CUDA forward for HND views."""
+    return cuda_forward.forward(q, k, v, mask.kv_count, mask.kv_index, 128, 64, scale)
 
 
 def make_inputs(b, h, lq, lk, d, dtype, layout="HND", seed=0, q_scale=1.0):
@@ -111,8 +86,6 @@ def check_gradient(name, got, ref, dtype):
 
 def run_case(b, h, lq, lk, d, dtype, *, density=0.3, layout="HND", dlse=True, deterministic=False,
              empty_rows=0.2, seed=0, scale=None, q_scale=1.0, mask=None):
-    from sparge_kernels import cuda_backward
-
     q, k, v, dout = make_inputs(b, h, lq, lk, d, dtype, layout, seed, q_scale)
     mask = mask if mask is not None else random_mask(b, h, lq, lk, density, seed, empty_rows)
     scale = d**-0.5 if scale is None else scale
@@ -142,12 +115,10 @@ def test_random_masks_tails_layouts(dtype, d, layout, deterministic):
 
 
 @pytest.mark.parametrize("d", [64, 128])
-def test_atomic_dq_accumulation(monkeypatch, d):
+def test_atomic_dq_accumulation(d):
     """The 8-byte-atomic dQ path (the non-Hopper default, a benchmark knob on Hopper) against the reference."""
-    from sparge_kernels import cuda_backward
-
-    monkeypatch.setattr(cuda_backward, "dq_accumulate", "atomic")
-    run_case(2, 3, 700, 900, d, torch.bfloat16, layout="NHD")
+    with sk.kernel_options(dq_accumulate="atomic"):
+        run_case(2, 3, 700, 900, d, torch.bfloat16, layout="NHD")
 
 
 @pytest.mark.parametrize("lq,lk", [(65, 300), (300, 65), (128, 64), (1, 1), (1000, 130), (2048, 4096)])
@@ -182,8 +153,6 @@ def test_one_block_per_row_and_large_scores():
 
 
 def test_empty_mask_gives_exact_zeros():
-    from sparge_kernels import cuda_backward
-
     b, h, lq, lk, d = 1, 2, 300, 200, 128
     q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.bfloat16)
     mask = random_mask(b, h, lq, lk, density=0.0)
@@ -196,8 +165,6 @@ def test_empty_mask_gives_exact_zeros():
 
 
 def test_dlse_none_equals_zero_dlse():
-    from sparge_kernels import cuda_backward
-
     b, h, lq, lk, d = 1, 2, 600, 600, 64
     q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.float16)
     mask = random_mask(b, h, lq, lk, density=0.4)
@@ -210,8 +177,6 @@ def test_dlse_none_equals_zero_dlse():
 
 
 def test_deterministic_is_bitwise_reproducible():
-    from sparge_kernels import cuda_backward
-
     b, h, lq, lk, d = 2, 4, 1500, 1500, 128
     q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.bfloat16, seed=11)
     mask = random_mask(b, h, lq, lk, density=0.5, seed=11)
@@ -222,16 +187,15 @@ def test_deterministic_is_bitwise_reproducible():
     second = cuda_backward.backward(dout, q, k, v, out, lse, dlse, *args, True)
     for x, y in zip(first, second):
         assert torch.equal(x, y)
-    # The atomic mode differs only in dQ's summation order; dK and dV never use atomics.
-    atomic = cuda_backward.backward(dout, q, k, v, out, lse, dlse, *args, False)
+    # The atomic mode differs only in dQ's summation order; dK and dV never use atomics. (Options passed explicitly.)
+    atomic = cuda_backward.backward(dout, q, k, v, out, lse, dlse, *args, False,
+                                    options=KernelOptions(dq_accumulate="atomic", debug_fill=float("nan")))
     assert torch.equal(atomic[1], first[1]) and torch.equal(atomic[2], first[2])
     assert rel_err(atomic[0], first[0].double()) <= 1e-2
 
 
 def test_strided_and_odd_inputs():
     """Non-contiguous views (a slice of a wider head dim, a sliced sequence) are copied or read through strides."""
-    from sparge_kernels import cuda_backward
-
     b, h, lq, lk, d = 1, 2, 400, 300, 64
     g = torch.Generator(device="cuda").manual_seed(9)
     wide = torch.randn(b, h, lq + 5, 2 * d, generator=g, device="cuda").to(torch.bfloat16)
@@ -250,8 +214,6 @@ def test_strided_and_odd_inputs():
 
 
 def test_bad_arguments_raise():
-    from sparge_kernels import cuda_backward
-
     q, k, v, dout = make_inputs(1, 1, 128, 64, 64, torch.bfloat16)
     mask = random_mask(1, 1, 128, 64, 1.0)
     lse = torch.zeros(1, 1, 128, device="cuda")
@@ -267,22 +229,9 @@ def test_bad_arguments_raise():
 
 
 # ------------------------------------------------------------------------------ through the autograd of the ops
-@pytest.fixture
-def cuda_backend(monkeypatch):
-    """The registered CUDA backend; without a CUDA forward in this build, its forward is the reference's."""
-    from sparge_kernels import cuda_backward
-
-    if _cuda_forward_works():
-        return backend_mod.backend_for(torch.device("cuda"))
-    hybrid = backend_mod.Backend("cuda-backward+reference-forward", backend_mod._reference_predict,
-                                 reference.attention_forward, cuda_backward.backward)
-    monkeypatch.setattr(backend_mod, "_cuda_backend", hybrid)
-    return hybrid
-
-
 @pytest.mark.parametrize("layout", ["HND", "NHD"])
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_autograd_with_lse_in_the_loss(cuda_backend, monkeypatch, layout, deterministic):
+def test_autograd_with_lse_in_the_loss(monkeypatch, layout, deterministic):
     """return_lse=True and a loss that uses lse: dlse ≠ 0 reaches the kernels through the op's autograd."""
     b, h, lq, lk, d = 1, 3, 520, 450, 128
     q, k, v, _ = make_inputs(b, h, lq, lk, d, torch.bfloat16, layout)
@@ -310,7 +259,7 @@ def test_autograd_with_lse_in_the_loss(cuda_backend, monkeypatch, layout, determ
         check_gradient(name, x, r, torch.bfloat16)
 
 
-def test_torch_compile_fullgraph_traces_cuda_backward(cuda_backend):
+def test_torch_compile_fullgraph_traces_cuda_backward():
     b, h, lq, d = 1, 2, 384, 64
     q, k, v, dout = make_inputs(b, h, lq, lq, d, torch.float16)
 
@@ -326,3 +275,23 @@ def test_torch_compile_fullgraph_traces_cuda_backward(cuda_backend):
     for x, y in zip(*grads):
         assert torch.isfinite(x).all()
         assert rel_err(x, y.double()) <= 1e-2
+
+
+def test_options_reach_the_backward_run_by_autograd(monkeypatch):
+    """kernel_options() is process-wide: the autograd engine runs the backward of CUDA tensors in its own device
+    thread, and the glue must see the scope's options there too."""
+    seen = []
+    real = cuda_backward.current_kernel_options
+
+    def spy():
+        seen.append((threading.get_ident(), real()))
+        return seen[-1][1]
+
+    monkeypatch.setattr(cuda_backward, "current_kernel_options", spy)
+    q, k, v, dout = make_inputs(1, 2, 300, 300, 128, torch.bfloat16)
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    mask = random_mask(1, 2, 300, 300, density=0.5)
+    with sk.kernel_options(dq_accumulate="atomic"):
+        sk.block_sparse_attention(q, k, v, mask).backward(dout)
+    assert [o.dq_accumulate for _, o in seen] == ["atomic"]
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))

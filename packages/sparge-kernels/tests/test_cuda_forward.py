@@ -4,7 +4,8 @@ Error budgets (out vs reference.attention_forward on the same inputs cast to flo
   relative Frobenius error per (b, h): bf16 ≤ 1e-2, fp16 ≤ 2e-3   (the kernel rounds P to the input dtype)
   lse: |Δ| ≤ 1e-3 on rows with kept keys (fp32 accumulation of exact products); -inf exactly on empty rows
   empty query blocks: out exactly 0
-Outputs are poisoned with NaN before every launch (cuda_forward.debug_fill_value) and must come back finite.
+Outputs are poisoned with NaN before every launch (KernelOptions.debug_fill) and must come back finite.
+Variants this build or GPU lacks skip (conftest.py).
 """
 
 from __future__ import annotations
@@ -19,33 +20,19 @@ from sparge_kernels import reference
 from sparge_kernels.block_mask import BlockMask
 from sparge_kernels.validation import num_blocks
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not (torch.cuda.is_available() and sk.cuda_available()),
-                       reason="needs a CUDA GPU and the compiled sparge_kernels._C"),
-]
+pytestmark = pytest.mark.gpu
 
 REL_BUDGET = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 LSE_BUDGET = 1e-3
 
 
-def _sm90_available() -> bool:
-    from sparge_kernels import _C  # type: ignore[attr-defined]
-
-    return "90a" in _C.build_archs.split(",") and torch.cuda.get_device_capability() == (9, 0)
-
-
 @pytest.fixture(autouse=True, params=["sm80", "sm90"])
 def kernel_path(request, monkeypatch):
-    """Every test runs on both kernels: the portable mma.sync one and the Hopper wgmma/TMA one."""
-    from sparge_kernels import cuda_forward
-
-    if request.param == "sm90" and not _sm90_available():
-        pytest.skip("the Hopper kernel needs an sm_90 GPU and a build for 90a")
-    monkeypatch.setattr(cuda_forward, "forward_path", request.param)
-    monkeypatch.setattr(cuda_forward, "debug_fill_value", float("nan"))
+    """Every test runs on both kernels: the portable mma.sync one and the Hopper wgmma/TMA one (which skips
+    where the GPU or build has no sm_90 kernel)."""
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
-    return request.param
+    with sk.kernel_options(forward_path=request.param, debug_fill=float("nan")):
+        yield request.param
 
 
 def make_qkv(b, h, lq, lk, d, dtype, layout="HND", seed=0, scale_v=1.0):
@@ -228,4 +215,43 @@ def test_runs_on_current_stream():
     with torch.cuda.stream(stream):
         out = sk.block_sparse_attention(q, k, v, mask)
     stream.synchronize()
+    assert torch.equal(out, expected)
+
+
+def test_options_are_read_at_launch_under_compile(monkeypatch, kernel_path):
+    """The glue reads the options when a kernel launches, inside the op, never while tracing: a compiled function
+    follows the scope it runs in."""
+    from sparge_kernels import cuda_forward
+
+    seen = []
+    real = cuda_forward.current_kernel_options
+    monkeypatch.setattr(cuda_forward, "current_kernel_options", lambda: seen.append(real()) or seen[-1])
+    q, k, v = make_qkv(1, 2, 300, 500, 128, torch.bfloat16, seed=13)
+    mask = random_mask(1, 2, 300, 500, 0.5, seed=13)
+    compiled = torch.compile(lambda q, k, v: sk.block_sparse_attention(q, k, v, mask), fullgraph=True,
+                             backend="aot_eager")
+    expected = compiled(q, k, v)  # in the fixture's scope (debug_fill NaN)
+    reads = len(seen)
+    with sk.kernel_options(debug_fill=1.0):
+        assert torch.equal(compiled(q, k, v), expected)
+    assert len(seen) > reads and seen[-1].debug_fill == 1.0  # read on each run, not baked in when traced
+    assert all(o.forward_path == kernel_path for o in seen)
+
+
+def test_cuda_graph_capture_of_sparge_attention():
+    """Prediction and attention (two ops) capture into one CUDA graph; a replay equals the eager result."""
+    q, k = structured_qk(1, 2, 128, grid=(5, 12, 26), dtype=torch.bfloat16, seed=14)
+    v = torch.randn_like(q)
+    expected = sk.sparge_attention(q, k, v, topk=0.03, topp=0.2)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        for _ in range(2):
+            sk.sparge_attention(q, k, v, topk=0.03, topp=0.2)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = sk.sparge_attention(q, k, v, topk=0.03, topp=0.2)
+    graph.replay()
+    torch.cuda.synchronize()
     assert torch.equal(out, expected)

@@ -21,29 +21,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparge_kernels import cuda as cuda_mod
-from sparge_kernels import reference
+import sparge_kernels
+from sparge_kernels import backend, cuda_mask, reference
 from sparge_kernels.block_mask import indices_from_dense
-from sparge_kernels.validation import num_blocks, topk_count
+from sparge_kernels.reference import topk_count
+from sparge_kernels.validation import num_blocks
 
-_HAS_KERNEL = (
-    torch.cuda.is_available() and cuda_mod._C is not None and hasattr(cuda_mod._C, "mask_pool_blocks")
-)
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _HAS_KERNEL, reason="needs CUDA and sparge_kernels._C with the mask kernels"),
-]
+pytestmark = pytest.mark.gpu
 
 REL_TOL = 1e-4  # relative error budget of a kernel probability (fp32 pooling, dot products, __expf)
 MASS_TOL = 1.2e-4  # absolute error budget of a kernel cumulative mass (REL_TOL of the mass + fp32 summation)
 MAX_UNDECIDED = 0.05  # the tolerance band may cover at most this fraction of (query block, key block) pairs
 POISON = -123_456_789
-
-
-def _cuda_mask():
-    from sparge_kernels import cuda_mask
-
-    return cuda_mask
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -88,7 +77,7 @@ def run_kernel(q, k, topk, topp, block_q, block_k, scale, **kwargs):
     b, h, lq, _ = q.shape
     nq, nk = num_blocks(lq, block_q), num_blocks(k.shape[2], block_k)
     out = _poisoned_outputs(b, h, nq, nk)
-    result = _cuda_mask().predict(q, k, topk, topp, block_q, block_k, scale, out=out, **kwargs)
+    result = cuda_mask.predict(q, k, topk, topp, block_q, block_k, scale, out=out, **kwargs)
     torch.cuda.synchronize()
     assert all(r is o for r, o in zip(result, out))
     return result
@@ -240,7 +229,7 @@ def test_side_stream_output_is_ordered_on_the_callers_stream():
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(3):
-            result = _cuda_mask().predict(q, k, 0.03, 0.2, 128, 64, 0.1, head_groups=4)
+            result = cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 0.1, head_groups=4)
             snapshot = [t.clone() for t in result]  # runs on `stream` right after the prediction
     torch.cuda.synchronize()
     for x, y in zip(expected, snapshot):
@@ -301,23 +290,22 @@ def test_many_exact_ties(compact):
 
 def test_pooled_means_and_stages_with_poisoned_workspace():
     """The three launches one by one, every intermediate NaN/garbage-filled first; pooled means vs float64."""
-    cm = _cuda_mask()
     q, k = make_qk(2, 3, 1000, 1500, 128, layout="NHD", seed=4)
     b, h, lq, d = q.shape
     nq, nk = num_blocks(lq, 128), num_blocks(k.shape[2], 64)
-    ws = cm.MaskWorkspace.allocate(b, h, nq, nk, d, q.device)
+    ws = cuda_mask.MaskWorkspace.allocate(b, h, nq, nk, d, q.device)
     ws.q_pooled.fill_(float("nan"))
     ws.k_pooled_t.fill_(float("nan"))
     ws.row_bits.fill_(-1)
-    cm.pool(q, k, 128, 64, ws)
+    cuda_mask.pool(q, k, 128, 64, ws)
     torch.cuda.synchronize()
     qp64 = reference.mean_pool_blocks(q.double(), 128)
     kp64 = reference.mean_pool_blocks(k.double(), 64)
     torch.testing.assert_close(ws.q_pooled.double(), qp64, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ws.k_pooled_t[..., :nk].double(), kp64.transpose(-1, -2), rtol=1e-5, atol=1e-6)
     out = _poisoned_outputs(b, h, nq, nk)
-    cm.select(ws, nk, 0.1, topk_count(0.03, nk), 0.2, out[0], out[1])
-    cm.transpose(ws, nk, out[2], out[3])
+    cuda_mask.select(ws, nk, 0.1, topk_count(0.03, nk), 0.2, out[0], out[1])
+    cuda_mask.transpose(ws, nk, out[2], out[3])
     torch.cuda.synchronize()
     dense = check_encoding(*out)
     check_semantics(q, k, dense, 0.03, 0.2, 128, 64, 0.1)
@@ -334,10 +322,7 @@ def test_misaligned_views_use_narrow_loads(dtype):
 
 
 def test_public_api_uses_the_kernel():
-    import sparge_kernels
-    from sparge_kernels import backend
-
-    assert backend.backend_for(torch.device("cuda")).predict is _cuda_mask().predict
+    assert backend.backend_for(torch.device("cuda")).predict is cuda_mask.predict
     q, k = make_qk(1, 2, 1500, 1500, 128, layout="NHD", seed=7)
     q_nhd, k_nhd = q.transpose(1, 2), k.transpose(1, 2)
     mask = sparge_kernels.predict_block_mask(q_nhd, k_nhd, topk=0.03, topp=0.2, layout="NHD")
@@ -347,14 +332,12 @@ def test_public_api_uses_the_kernel():
 
 
 def test_bad_inputs():
-    cm = _cuda_mask()
+    """Arguments are checked once, by the public API, before the glue; float64 goes to the reference, warning."""
     q, k = make_qk(1, 1, 256, 256, 64)
     with pytest.raises(TypeError, match="dtype"):
-        cm.predict(q, k.float(), 0.03, 0.2, 128, 64, 0.1)
-    with pytest.raises(ValueError, match="CUDA"):
-        cm.predict(q.cpu(), k.cpu(), 0.03, 0.2, 128, 64, 0.1)
+        sparge_kernels.predict_block_mask(q, k.float())
     with pytest.raises(ValueError, match="both 0"):
-        cm.predict(q, k, 0.0, 0.0, 128, 64, 0.1)
+        sparge_kernels.predict_block_mask(q, k, topk=0.0, topp=0.0)
     with pytest.warns(UserWarning, match="reference"):
-        result = cm.predict(q.double(), k.double(), 0.03, 0.2, 128, 64, 0.1)
+        result = cuda_mask.predict(q.double(), k.double(), 0.03, 0.2, 128, 64, 0.1)
     check_encoding(*result)

@@ -9,29 +9,19 @@ Tolerance: at every step |loss_cuda − loss_ref| ≤ 2e-2 · loss_ref, and both
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 import sparge_kernels as sk
 from sparge_kernels import backend as backend_mod
-from sparge_kernels import reference
+from sparge_kernels import cuda_backward
 from sparge_kernels.block_mask import BlockMask
 from sparge_kernels.validation import num_blocks
 
-
-def _backward_built() -> bool:
-    if not (torch.cuda.is_available() and sk.cuda_available()):
-        return False
-    from sparge_kernels import _C  # type: ignore[attr-defined]
-
-    return hasattr(_C, "attention_backward")
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _backward_built(), reason="needs a CUDA GPU and sparge_kernels._C with the backward"),
-]
+pytestmark = pytest.mark.gpu
 
 STEPS = 20
 LOSS_REL_TOL = 2e-2
@@ -99,8 +89,6 @@ def _train(mask, data, target, init_state) -> list[float]:
 
 
 def test_training_tracks_reference(monkeypatch):
-    from sparge_kernels import cuda_backward
-
     torch.manual_seed(0)
     g = torch.Generator(device="cuda").manual_seed(0)
     nq, nk = num_blocks(SEQ, 128), num_blocks(SEQ, 64)
@@ -114,8 +102,7 @@ def test_training_tracks_reference(monkeypatch):
         target = teacher(data)
     init_state = {k: v.clone() for k, v in TinyTransformer(_dense_attention).cuda().state_dict().items()}
 
-    # CUDA run: the registered CUDA backend (its forward is the reference's if this build has no CUDA forward);
-    # count backward calls to be sure the kernels ran.
+    # CUDA run: the CUDA backend; count backward calls to be sure the kernels ran.
     calls = []
 
     def counted_backward(*args):
@@ -123,15 +110,7 @@ def test_training_tracks_reference(monkeypatch):
         return cuda_backward.backward(*args)
 
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
-    cuda = backend_mod.backend_for(torch.device("cuda"))
-    try:
-        from sparge_kernels import _C  # type: ignore[attr-defined]
-
-        forward = cuda.forward if hasattr(_C, "attention_forward") else reference.attention_forward
-    except ImportError:
-        forward = reference.attention_forward
-    monkeypatch.setattr(backend_mod, "_cuda_backend",
-                        backend_mod.Backend("cuda-under-test", cuda.predict, forward, counted_backward))
+    monkeypatch.setattr(backend_mod, "CUDA", dataclasses.replace(backend_mod.CUDA, backward=counted_backward))
     cuda_losses = _train(mask, data, target, init_state)
     assert len(calls) == 2 * STEPS  # two attention layers per step
 

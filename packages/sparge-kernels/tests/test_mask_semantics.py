@@ -7,8 +7,7 @@ import sparge_naive as naive
 import torch
 
 import sparge_kernels as sk
-from sparge_kernels.reference import mean_pool_blocks, select_hybrid
-from sparge_kernels.validation import topk_count
+from sparge_kernels.reference import mean_pool_blocks, select_hybrid, topk_count
 
 
 def _kept(mask_row: torch.Tensor) -> list[int]:

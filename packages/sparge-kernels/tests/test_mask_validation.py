@@ -188,17 +188,17 @@ def test_compiled_sparge_attention_returns_a_mask():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not sk.cuda_available(), reason="needs a CUDA GPU and the compiled sparge_kernels._C")
 def test_gpu_bad_index_never_reaches_a_kernel(monkeypatch):
     import dataclasses
 
     from sparge_kernels import backend as backend_mod
 
     launched = []
-    real = backend_mod.backend_for(torch.device("cuda"))
+    real = backend_mod.CUDA
     spy = dataclasses.replace(real, forward=lambda *a: launched.append("forward") or real.forward(*a),
                               backward=lambda *a: launched.append("backward") or real.backward(*a))
-    monkeypatch.setattr(backend_mod, "_cuda_backend", spy)
+    monkeypatch.setattr(backend_mod, "CUDA", spy)
+    monkeypatch.delenv("SPARGE_BACKEND", raising=False)
     q, k, v = (torch.randn(1, 2, 512, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     good = sk.predict_block_mask(q, k, topk=0.5)
     sk.block_sparse_attention(q, k, v, good)

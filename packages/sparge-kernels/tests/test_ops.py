@@ -30,16 +30,26 @@ def test_opcheck_block_sparse_attention(layout):
     torch.library.opcheck(ops.block_sparse_attention_op, args)
 
 
-def test_opcheck_sparge_attention_and_backward():
-    q, k, v = _qkv(dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(ops.sparge_attention_op, (q, k, v, 0.1, 0.2, 128, 64, 0.25, "HND", False))
-    out, lse, kv_count, kv_index, q_count, q_index = ops.sparge_attention_op(
-        q, k, v, 0.1, 0.2, 128, 64, 0.25, "HND", False
-    )
-    dout = torch.randn_like(out)
-    args = (dout, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), None, kv_count, kv_index, q_count,
-            q_index, 128, 64, 0.25, "HND", False)
+def test_opcheck_backward():
+    q, k, v = _qkv(dtype=torch.float64)
+    mask = ops.predict_block_mask_op(q, k, 0.1, 0.2, 128, 64, 0.25, "HND")
+    out, lse = ops.block_sparse_attention_op(q, k, v, *mask, 128, 64, 0.25, "HND", False)
+    args = (torch.randn_like(out), q, k, v, out, lse, None, *mask, 128, 64, 0.25, "HND", False)
     torch.library.opcheck(ops.block_sparse_attention_backward_op, args)
+
+
+def test_sparge_attention_is_predict_then_attend():
+    """sparge_attention is the two ops in a row (no op of its own): same output, mask and gradients."""
+    q, k, v = _qkv(dtype=torch.float64, requires_grad=True)
+    out, mask = sk.sparge_attention(q, k, v, topk=0.1, topp=0.2, return_mask=True)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    expected_mask = sk.predict_block_mask(q, k, topk=0.1, topp=0.2)
+    expected = sk.block_sparse_attention(q, k, v, expected_mask)
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    assert torch.equal(out, expected) and torch.equal(mask.to_dense(), expected_mask.to_dense())
+    for g, e in zip(grads, expected_grads):
+        assert torch.equal(g, e)
+    assert not hasattr(torch.ops.sparge, "sparge_attention")
 
 
 class _TinyAttentionBlock(torch.nn.Module):

@@ -105,10 +105,9 @@ def sparge_attention(
     layout, lq, lk, topk, topp, block_q, block_k, scale = _check_selection_args(
         q, k, v, topk, topp, block_q, block_k, scale, layout
     )
-    out, _, kv_count, kv_index, q_count, q_index = ops.sparge_attention_op(
-        q, k, v, topk, topp, block_q, block_k, scale, layout, bool(deterministic)
-    )
+    mask = ops.predict_block_mask_op(q, k, topk, topp, block_q, block_k, scale, layout)
+    out, _ = ops.block_sparse_attention_op(q, k, v, *mask, block_q, block_k, scale, layout, bool(deterministic))
     if return_mask:
         # Library output: valid by construction, so no content check (no device sync).
-        return out, BlockMask(kv_count, kv_index, q_count, q_index, block_q, block_k, lq, lk, _trusted=True)
+        return out, BlockMask(*mask, block_q, block_k, lq, lk, _trusted=True)
     return out

@@ -1,8 +1,11 @@
-"""Chooses the implementation behind the `sparge` ops for a tensor's device.
+"""Chooses the implementation behind the `sparge` ops for a tensor's device: ops.py -> `backend_for` -> a Backend.
 
-CPU (and any non-CUDA device) runs the reference. CUDA runs the compiled kernels; if the wheel was built
-without them, a CUDA tensor raises instead of silently falling back. Setting SPARGE_BACKEND=reference
-opts in to the (slow) reference on CUDA explicitly, e.g. to debug a kernel against it.
+CPU (and any non-CUDA device) runs the reference. CUDA runs the compiled kernels through their glue:
+  predict   cuda_mask.predict       -> _C.mask_predict
+  forward   cuda_forward.forward    -> _C.attention_forward
+  backward  cuda_backward.backward  -> _C.attention_backward
+If the wheel was built without them, a CUDA tensor raises instead of silently falling back. Setting
+SPARGE_BACKEND=reference opts in to the (slow) reference on CUDA explicitly, e.g. to debug a kernel against it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import reference
+from . import cuda, cuda_backward, cuda_forward, cuda_mask, reference
 
 
 @dataclass(frozen=True)
@@ -26,19 +29,9 @@ class Backend:
              deterministic) -> (dq, dk, dv) HND
     """
 
-    name: str
     predict: Callable[..., tuple[torch.Tensor, ...]]
     forward: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     backward: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-def _reference_predict(q, k, topk, topp, block_q, block_k, scale):
-    from .block_mask import indices_from_dense
-
-    dense = reference.predict_block_mask(q, k, topk, topp, block_q, block_k, scale)
-    kv_count, kv_index = indices_from_dense(dense)
-    q_count, q_index = indices_from_dense(dense.transpose(-1, -2))
-    return kv_count, kv_index, q_count, q_index
 
 
 def _reference_backward(dout, q, k, v, out, lse, dlse, kv_count, kv_index, q_count, q_index, block_q, block_k,
@@ -47,31 +40,21 @@ def _reference_backward(dout, q, k, v, out, lse, dlse, kv_count, kv_index, q_cou
     return reference.attention_backward(dout, q, k, v, out, lse, dlse, kv_count, kv_index, block_q, block_k, scale)
 
 
-REFERENCE = Backend("reference", _reference_predict, reference.attention_forward, _reference_backward)
-
-_cuda_backend: Backend | None = None
-_cuda_error: str | None = None
-# Raises if the compiled kernels cannot run on a device (wrong CUDA major for the driver, archs missing the GPU).
-_cuda_check: Callable[[torch.device], None] | None = None
-
-
-def register_cuda_backend(backend: Backend | None, error: str | None = None,
-                          check: Callable[[torch.device], None] | None = None) -> None:
-    """Called once by the CUDA glue: the kernels and their device check, or the reason they are unavailable."""
-    global _cuda_backend, _cuda_error, _cuda_check
-    _cuda_backend, _cuda_error, _cuda_check = backend, error, check
+REFERENCE = Backend(reference.predict_block_mask_indices, reference.attention_forward, _reference_backward)
+CUDA = Backend(cuda_mask.predict, cuda_forward.forward, cuda_backward.backward)
 
 
 def backend_for(device: torch.device) -> Backend:
+    """REFERENCE for non-CUDA devices and SPARGE_BACKEND=reference; else CUDA, once this build is known to run on
+    `device` (a RuntimeError naming the wheel to install if not)."""
     if device.type != "cuda" or os.environ.get("SPARGE_BACKEND", "").lower() == "reference":
         return REFERENCE
-    if _cuda_backend is None:
+    if not cuda.kernels_built():
         raise RuntimeError(
             "sparge-kernels has no CUDA kernels for this tensor on "
-            f"{device}: {_cuda_error or 'the wheel was built without CUDA (no nvcc at build time)'}. "
+            f"{device}: {cuda.MISSING_REASON or 'the wheel was built without CUDA (no nvcc at build time)'}. "
             "Reinstall sparge-kernels on a machine with nvcc, or set SPARGE_BACKEND=reference to run the slow "
             "PyTorch reference on the GPU."
         )
-    if _cuda_check is not None:
-        _cuda_check(device)
-    return _cuda_backend
+    cuda.check_device(device)
+    return CUDA

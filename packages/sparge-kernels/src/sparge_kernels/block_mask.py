@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .validation import check_block_size
+
 __all__ = ["BlockMask", "indices_from_dense"]
 
 _INDEX_NAMES = ("kv_count", "kv_index", "q_count", "q_index")
@@ -47,12 +49,6 @@ def _dense_from_indices(count: torch.Tensor, index: torch.Tensor, n: int) -> tor
     target = torch.where(valid, index.to(torch.int64), torch.full_like(index, n, dtype=torch.int64))
     dense.scatter_(-1, target, True)
     return dense[..., :n]
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    from .validation import check_block_size
-
-    return check_block_size(name, value)
 
 
 def _slot_valid(count: torch.Tensor, n_slots: int) -> torch.Tensor:
@@ -152,10 +148,10 @@ class BlockMask:
                     f"BlockMask.{name} has shape {got}, expected {expected} from kv_index (B, H, Nq, Nk) = "
                     f"{(b, h, nq, nk)}"
                 )
-        block_q, block_k = _check_positive_int("block_q", self.block_q), _check_positive_int("block_k", self.block_k)
+        block_q, block_k = check_block_size("block_q", self.block_q), check_block_size("block_k", self.block_k)
         for name, length, block, n in (("seq_len_q", self.seq_len_q, block_q, nq),
                                        ("seq_len_k", self.seq_len_k, block_k, nk)):
-            _check_positive_int(name, length)
+            check_block_size(name, length)
             if -(-length // block) != n:
                 raise ValueError(
                     f"BlockMask.{name}={length} with block size {block} needs {-(-length // block)} blocks, "
@@ -245,12 +241,12 @@ class BlockMask:
             raise ValueError(f"dense must have shape (B, H, Nq, Nk), got {tuple(dense.shape)}")
         if dense.dtype != torch.bool:
             raise TypeError(f"dense must be a bool tensor, got {dense.dtype}")
-        block_q, block_k = _check_positive_int("block_q", block_q), _check_positive_int("block_k", block_k)
+        block_q, block_k = check_block_size("block_q", block_q), check_block_size("block_k", block_k)
         _, _, nq, nk = dense.shape
         if nq == 0 or nk == 0:
             raise ValueError(f"dense must have at least one query and one key block, got {tuple(dense.shape)}")
-        seq_len_q = nq * block_q if seq_len_q is None else _check_positive_int("seq_len_q", seq_len_q)
-        seq_len_k = nk * block_k if seq_len_k is None else _check_positive_int("seq_len_k", seq_len_k)
+        seq_len_q = nq * block_q if seq_len_q is None else check_block_size("seq_len_q", seq_len_q)
+        seq_len_k = nk * block_k if seq_len_k is None else check_block_size("seq_len_k", seq_len_k)
         if -(-seq_len_q // block_q) != nq:
             raise ValueError(f"seq_len_q={seq_len_q} needs {-(-seq_len_q // block_q)} query blocks, dense has {nq}")
         if -(-seq_len_k // block_k) != nk:
@@ -292,7 +288,7 @@ class BlockMask:
         _, _, nq, nk = kv_index.shape
         if nq == 0 or nk == 0:
             raise ValueError(f"kv_index needs at least one query and one key block, got shape {tuple(kv_index.shape)}")
-        block_q, block_k = _check_positive_int("block_q", block_q), _check_positive_int("block_k", block_k)
+        block_q, block_k = check_block_size("block_q", block_q), check_block_size("block_k", block_k)
         seq_len_q = nq * block_q if seq_len_q is None else seq_len_q
         seq_len_k = nk * block_k if seq_len_k is None else seq_len_k
         checks = _index_violations("kv_", kv_count, kv_index, nk)

@@ -1,80 +1,45 @@
-"""Loads the compiled extension `sparge_kernels._C` and registers its kernels as the CUDA backend.
+"""The compiled extension `sparge_kernels._C`: is it installed, can it run on this GPU, and the torch side of
+crossing into it (outputs in the inputs' layout, operands it can read in place, the caller's stream).
 
-The extension does not link libtorch: the torch glue (allocation, strides, the current stream) is Python,
-one module per kernel family, each providing the `Backend` entry point of the same name:
-  cuda_forward.py  -> forward(q, k, v, kv_count, kv_index, block_q, block_k, scale)
-  cuda_mask.py     -> predict(q, k, topk, topp, block_q, block_k, scale)      (else: the PyTorch reference, on GPU)
-  cuda_backward.py -> backward(dout, q, k, v, out, lse, dlse, ...)            (else: a clear error)
+The extension does not link libtorch: the torch glue is Python, one module per kernel family (cuda_mask.py,
+cuda_forward.py, cuda_backward.py), each importing `_C` from here. `_C` is None when the wheel was built without
+CUDA; backend.py then raises for CUDA tensors before any glue runs.
 """
 
 from __future__ import annotations
-
-import importlib
-from collections.abc import Callable
-from types import ModuleType
 
 import torch
 
 from . import compat
 from ._version import __version__
-from .backend import Backend, _reference_predict, register_cuda_backend
 
 try:
     from . import _C  # type: ignore[attr-defined]
 except ImportError as exc:  # built without nvcc, or not built at all
     _C = None
-    _C_ERROR = f"the compiled extension sparge_kernels._C is missing ({exc})"
+    MISSING_REASON: str | None = f"the compiled extension sparge_kernels._C is missing ({exc})"
 else:
-    _C_ERROR = None
+    MISSING_REASON = None
 
 
-def _glue_module(name: str) -> ModuleType | None:
-    """Import `sparge_kernels.<name>` if that file exists; errors inside an existing module propagate."""
-    qualified = f"{__package__}.{name}"
-    try:
-        return importlib.import_module(qualified)
-    except ModuleNotFoundError as exc:
-        if exc.name == qualified:
-            return None
-        raise
+def kernels_built() -> bool:
+    """True when this installation carries the compiled CUDA kernels (sparge_kernels._C), GPU or not."""
+    return _C is not None
 
 
-def _entry(module: ModuleType | None, *names: str) -> Callable | None:
-    if module is None:
-        return None
-    for name in names:
-        fn = getattr(module, name, None)
-        if fn is not None:
-            return fn
-    return None
+def cuda_available() -> bool:
+    """True when the CUDA kernels can run here: the kernels are built and torch sees a CUDA GPU.
 
-
-def _missing(what: str) -> Callable:
-    def fail(*args, **kwargs):
-        raise RuntimeError(
-            f"CUDA {what} kernel not built: this sparge-kernels wheel has no CUDA {what}. "
-            "Set SPARGE_BACKEND=reference to run the (slow) PyTorch reference on the GPU."
-        )
-
-    return fail
-
-
-def _build_backend() -> Backend:
-    forward = _entry(_glue_module("cuda_forward"), "forward")
-    predict = _entry(_glue_module("cuda_mask"), "predict", "predict_block_mask")
-    backward = _entry(_glue_module("cuda_backward"), "backward", "attention_backward")
-    return Backend(
-        "cuda",
-        predict=predict or _reference_predict,
-        forward=forward or _missing("forward"),
-        backward=backward or _missing("backward"),
-    )
+    In sparge-kernels 0.1.0 it meant only "the wheel has kernels" (True on a machine without a GPU); that
+    question is now `kernels_built()`.
+    """
+    return _C is not None and torch.cuda.is_available()
 
 
 _devices_checked: set[int] = set()
 
 
-def _check_device(device: torch.device) -> None:
+def check_device(device: torch.device) -> None:
     """Raise (compat.check_runnable) if this build cannot run on `device`; checked once per device index."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index in _devices_checked:
@@ -90,21 +55,25 @@ def _check_device(device: torch.device) -> None:
     _devices_checked.add(index)
 
 
-if _C is None:
-    register_cuda_backend(None, _C_ERROR)
-else:
-    register_cuda_backend(_build_backend(), check=_check_device)
+# ------------------------------------------------------------------------------- tensors crossing into _C
+def kernel_ready(x: torch.Tensor) -> torch.Tensor:
+    """x itself when the kernels can read it through its strides (unit-stride last dim, 16-byte-aligned pointer
+    and strides), else a contiguous copy (rare: sliced or odd-strided inputs)."""
+    per_16_bytes = 16 // x.element_size()
+    aligned = x.data_ptr() % 16 == 0 and all(s % per_16_bytes == 0 for s in x.stride()[:3])
+    if x.stride(-1) == 1 and aligned:
+        return x
+    return x.contiguous()
 
 
-def kernels_built() -> bool:
-    """True when this installation carries the compiled CUDA kernels (sparge_kernels._C), GPU or not."""
-    return _C is not None
+def empty_like_layout(x: torch.Tensor) -> torch.Tensor:
+    """Uninitialised (B, H, L, D) tensor stored like x: (B, L, H, D) memory when x is an NHD view."""
+    b, h, length, d = x.shape
+    if h > 1 and x.stride(1) < x.stride(2):
+        return torch.empty(b, length, h, d, dtype=x.dtype, device=x.device).transpose(1, 2)
+    return torch.empty(b, h, length, d, dtype=x.dtype, device=x.device)
 
 
-def cuda_available() -> bool:
-    """True when the CUDA kernels can run here: the kernels are built and torch sees a CUDA GPU.
-
-    In sparge-kernels 0.1.0 it meant only "the wheel has kernels" (True on a machine without a GPU); that
-    question is now `kernels_built()`.
-    """
-    return _C is not None and torch.cuda.is_available()
+def current_stream(device: torch.device) -> int:
+    """The caller's current CUDA stream on `device`, as the integer the bindings take."""
+    return torch.cuda.current_stream(device).cuda_stream

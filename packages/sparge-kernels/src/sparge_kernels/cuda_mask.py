@@ -7,8 +7,9 @@ Three kernels, launched by one call into the extension:
 With head_groups > 1 the heads are processed in groups: pooling of group g+1 (memory-bound, caller's stream)
 overlaps selection of group g (compute-bound, a high-priority side stream joined back before returning).
 Selection rule (select_row.cuh): exactly the reference's, with fp32 cumulative masses; exact float ties of the
-probabilities go to the lower key-block index (the reference's stable sort). float64 inputs and head dims
-above 256 are outside the kernels and go to the PyTorch reference, with a warning.
+probabilities go to the lower key-block index (the reference's stable sort). The Top-k count and "keep every
+block" come from the reference (`topk_count`, `keeps_every_block`). float64 inputs and head dims above 256 are
+outside the kernels and go to the PyTorch reference, with a warning. Arguments were checked by the public API.
 """
 
 from __future__ import annotations
@@ -18,22 +19,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .validation import num_blocks, topk_count
+from . import reference
+from .cuda import _C, current_stream
+from .validation import num_blocks
 
 __all__ = ["predict", "MaskWorkspace"]
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 MAX_HEAD_DIM = 256
-
-
-def _ext():
-    from . import _C  # type: ignore[attr-defined]
-
-    return _C
-
-
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
 
 
 @dataclass
@@ -54,22 +47,6 @@ class MaskWorkspace:
         )
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor) -> None:
-    for name, t in (("q", q), ("k", k)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device.type != "cuda":
-            raise ValueError(f"{name} must be a CUDA tensor for the CUDA mask kernels, got device {t.device}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be (B, H, L, D), got shape {tuple(t.shape)}")
-    if k.device != q.device:
-        raise ValueError(f"k is on {k.device} but q is on {q.device}")
-    if k.dtype != q.dtype:
-        raise TypeError(f"k has dtype {k.dtype} but q has {q.dtype}")
-    if k.shape[0] != q.shape[0] or k.shape[1] != q.shape[1] or k.shape[3] != q.shape[3]:
-        raise ValueError(f"k {tuple(k.shape)} does not match q {tuple(q.shape)} in (B, H, D)")
-
-
 def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskWorkspace) -> None:
     """Launch 1: block means of q and k (HND views, D stride 1) into ws.q_pooled / ws.k_pooled_t."""
     for name, t in (("q", q), ("k", k)):
@@ -77,11 +54,11 @@ def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskW
             raise ValueError(f"{name} must have unit stride along D for the pooling kernel, got {t.stride()}")
     b, h, lq, d = q.shape
     lk = k.shape[2]
-    _ext().mask_pool_blocks(
+    _C.mask_pool_blocks(
         q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), lq, block_q,
         k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), lk, block_k,
         b, h, d, _DTYPE_CODES[q.dtype], ws.q_pooled.data_ptr(), ws.k_pooled_t.data_ptr(), ws.k_pooled_t.shape[-1],
-        _stream(q.device),
+        current_stream(q.device),
     )
 
 
@@ -91,19 +68,19 @@ def select(
 ) -> None:
     """Launch 2: scores, softmax and Top-k ∪ Top-p per query block into kv_count / kv_index / ws.row_bits."""
     b, h, nq, d = ws.q_pooled.shape
-    _ext().mask_select_blocks(
+    _C.mask_select_blocks(
         ws.q_pooled.data_ptr(), ws.k_pooled_t.data_ptr(), ws.k_pooled_t.shape[-1], b, h, d, nq, nk, float(scale),
         int(kk), float(topp), int(compact), kv_count.data_ptr(), kv_index.data_ptr(), ws.row_bits.data_ptr(),
-        ws.row_bits.shape[-1], int(rows_per_cta), _stream(ws.q_pooled.device),
+        ws.row_bits.shape[-1], int(rows_per_cta), current_stream(ws.q_pooled.device),
     )
 
 
 def transpose(ws: MaskWorkspace, nk: int, q_count: torch.Tensor, q_index: torch.Tensor) -> None:
     """Launch 3: q_count / q_index from ws.row_bits."""
     b, h, nq, words = ws.row_bits.shape
-    _ext().mask_transpose(
+    _C.mask_transpose(
         ws.row_bits.data_ptr(), words, b, h, nq, nk, q_count.data_ptr(), q_index.data_ptr(),
-        _stream(ws.row_bits.device),
+        current_stream(ws.row_bits.device),
     )
 
 
@@ -153,16 +130,13 @@ def predict(
     rows_per_cta), and
     `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end).
     """
-    _check_inputs(q, k)
     b, h, lq, d = q.shape
     lk = k.shape[2]
     nq, nk = num_blocks(lq, block_q), num_blocks(lk, block_k)
-    if topk <= 0.0 and topp <= 0.0:
-        raise ValueError("topk and topp are both 0: at least one selection rule must be enabled")
     device = q.device
     if out is not None:
         _check_out(out, ((b, h, nq), (b, h, nq, nk), (b, h, nk), (b, h, nk, nq)), device)
-    if topk >= 1.0 or topp >= 1.0:  # the reference keeps every block whatever the scores
+    if reference.keeps_every_block(topk, topp):
         return _keep_all(b, h, nq, nk, device, out)
     if q.dtype not in _DTYPE_CODES or d > MAX_HEAD_DIM:
         warnings.warn(
@@ -170,9 +144,7 @@ def predict(
             f"got {q.dtype}, D={d}: using the PyTorch reference",
             stacklevel=2,
         )
-        from .backend import _reference_predict
-
-        result = _reference_predict(q, k, topk, topp, block_q, block_k, scale)
+        result = reference.predict_block_mask_indices(q, k, topk, topp, block_q, block_k, scale)
         if out is None:
             return result
         for dst, src in zip(out, result):
@@ -196,14 +168,14 @@ def predict(
         head_groups = default_head_groups(h, (q.numel() + k.numel()) * q.element_size())
     with torch.cuda.device(device):
         ws = MaskWorkspace.allocate(b, h, nq, nk, d, device)
-        _ext().mask_predict(
+        _C.mask_predict(
             q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), lq, block_q,
             k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), lk, block_k,
-            b, h, d, _DTYPE_CODES[q.dtype], float(scale), topk_count(topk, nk), float(topp), int(compact),
+            b, h, d, _DTYPE_CODES[q.dtype], float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
             ws.q_pooled.data_ptr(), ws.k_pooled_t.data_ptr(), ws.k_pooled_t.shape[-1],
             ws.row_bits.data_ptr(), ws.row_bits.shape[-1],
             kv_count.data_ptr(), kv_index.data_ptr(), q_count.data_ptr(), q_index.data_ptr(),
-            int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), _stream(device),
+            int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), current_stream(device),
         )
     return kv_count, kv_index, q_count, q_index
 

@@ -1,7 +1,10 @@
 """The `sparge` torch.library custom ops: fake (meta) implementations, autograd, device dispatch.
 
-Ops take plain tensors and scalars (no BlockMask) so torch.compile can trace them; the public wrappers in
-`api.py` validate arguments and pack/unpack `BlockMask`. Outputs are contiguous in the caller's layout.
+Two forward ops, predict_block_mask and block_sparse_attention (sparge_attention is the one, then the other),
+and the backward of the attention. Ops take plain tensors and scalars (no BlockMask) so torch.compile can trace
+them; the public wrappers in `api.py` validate arguments and pack/unpack `BlockMask`. Each op's implementation
+asks `backend_for(device)` for the reference or the CUDA glue (backend.py). Outputs are contiguous in the
+caller's layout.
 """
 
 from __future__ import annotations
@@ -84,31 +87,6 @@ def _(dout, q, k, v, out, lse, dlse, kv_count, kv_index, q_count, q_index, block
     ), torch.empty_like(v, memory_format=torch.contiguous_format)
 
 
-def _attention_forward(q, k, v, kv_count, kv_index, block_q, block_k, scale, layout):
-    backend = backend_for(q.device)
-    out, lse = backend.forward(
-        to_hnd(q, layout), to_hnd(k, layout), to_hnd(v, layout), kv_count, kv_index, block_q, block_k, scale
-    )
-    return _from_hnd(out, layout), lse
-
-
-def _attention_fake(q, layout):
-    b, h, lq = to_hnd(q, layout).shape[:3]
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    return out, q.new_empty((b, h, lq), dtype=_lse_dtype(q.dtype))
-
-
-def _attention_backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, kv_count, kv_index, q_count, q_index = ctx.saved_tensors
-    if grad_out is None:
-        grad_out = torch.zeros_like(out)
-    dq, dk, dv = block_sparse_attention_backward_op(
-        grad_out, q, k, v, out, lse, grad_lse, kv_count, kv_index, q_count, q_index,
-        ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic,
-    )
-    return dq, dk, dv
-
-
 # ------------------------------------------------------------------------------------- attention, forward
 @torch.library.custom_op("sparge::block_sparse_attention", mutates_args=())
 def block_sparse_attention_op(
@@ -125,73 +103,37 @@ def block_sparse_attention_op(
     layout: str,
     deterministic: bool,
 ) -> tuple[Tensor, Tensor]:
-    return _attention_forward(q, k, v, kv_count, kv_index, block_q, block_k, scale, layout)
+    backend = backend_for(q.device)
+    out, lse = backend.forward(
+        to_hnd(q, layout), to_hnd(k, layout), to_hnd(v, layout), kv_count, kv_index, block_q, block_k, scale
+    )
+    return _from_hnd(out, layout), lse
 
 
 @block_sparse_attention_op.register_fake
 def _(q, k, v, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, layout, deterministic):
-    return _attention_fake(q, layout)
-
-
-def _save_for_attention_backward(ctx, q, k, v, out, lse, mask, block_q, block_k, scale, layout, deterministic):
-    """Save what `_attention_backward` needs; mask = (kv_count, kv_index, q_count, q_index)."""
-    ctx.save_for_backward(q, k, v, out, lse, *mask)
-    ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic = block_q, block_k, scale, layout, deterministic
+    b, h, lq = to_hnd(q, layout).shape[:3]
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    return out, q.new_empty((b, h, lq), dtype=_lse_dtype(q.dtype))
 
 
 def _setup_block_sparse(ctx, inputs, output):
     q, k, v, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, layout, deterministic = inputs
     out, lse = output
-    mask = (kv_count, kv_index, q_count, q_index)
-    _save_for_attention_backward(ctx, q, k, v, out, lse, mask, block_q, block_k, scale, layout, deterministic)
+    ctx.save_for_backward(q, k, v, out, lse, kv_count, kv_index, q_count, q_index)
+    ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic = block_q, block_k, scale, layout, deterministic
 
 
 def _backward_block_sparse(ctx, grad_out, grad_lse):
-    dq, dk, dv = _attention_backward(ctx, grad_out, grad_lse)
+    # No gradient flows into the mask (integer indices): a predicted selection is piecewise constant in q, k.
+    q, k, v, out, lse, kv_count, kv_index, q_count, q_index = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv = block_sparse_attention_backward_op(
+        grad_out, q, k, v, out, lse, grad_lse, kv_count, kv_index, q_count, q_index,
+        ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic,
+    )
     return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 block_sparse_attention_op.register_autograd(_backward_block_sparse, setup_context=_setup_block_sparse)
-
-
-# ------------------------------------------------------------------------------- predict, then attend
-@torch.library.custom_op("sparge::sparge_attention", mutates_args=())
-def sparge_attention_op(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    topk: float,
-    topp: float,
-    block_q: int,
-    block_k: int,
-    scale: float,
-    layout: str,
-    deterministic: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    backend = backend_for(q.device)
-    kv_count, kv_index, q_count, q_index = backend.predict(
-        to_hnd(q, layout), to_hnd(k, layout), topk, topp, block_q, block_k, scale
-    )
-    out, lse = _attention_forward(q, k, v, kv_count, kv_index, block_q, block_k, scale, layout)
-    return out, lse, kv_count, kv_index, q_count, q_index
-
-
-@sparge_attention_op.register_fake
-def _(q, k, v, topk, topp, block_q, block_k, scale, layout, deterministic):
-    out, lse = _attention_fake(q, layout)
-    return (out, lse) + tuple(_predict_fake(q, k, topk, topp, block_q, block_k, scale, layout))
-
-
-def _setup_sparge(ctx, inputs, output):
-    q, k, v, topk, topp, block_q, block_k, scale, layout, deterministic = inputs
-    out, lse, *mask = output
-    _save_for_attention_backward(ctx, q, k, v, out, lse, mask, block_q, block_k, scale, layout, deterministic)
-
-
-def _backward_sparge(ctx, grad_out, grad_lse, *grad_mask):
-    # The selection is piecewise constant: no gradient flows into it, only through the kept blocks.
-    dq, dk, dv = _attention_backward(ctx, grad_out, grad_lse)
-    return dq, dk, dv, None, None, None, None, None, None, None
-
-
-sparge_attention_op.register_autograd(_backward_sparge, setup_context=_setup_sparge)

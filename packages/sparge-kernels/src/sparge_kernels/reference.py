@@ -7,18 +7,41 @@ All tensors here are in HND layout (B, H, L, D); callers pass transposed views f
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .validation import num_blocks, topk_count
+from .block_mask import indices_from_dense
+from .validation import num_blocks
 
 __all__ = [
+    "topk_count",
+    "keeps_every_block",
     "mean_pool_blocks",
     "block_probabilities",
     "select_hybrid",
     "predict_block_mask",
+    "predict_block_mask_indices",
     "attention_forward",
     "attention_backward",
 ]
+
+
+# The selection rule's two host-side parts, here once; the CUDA mask glue uses them too.
+def topk_count(topk: float, n: int) -> int:
+    """Blocks Top-k keeps of a row of n: max(1, ceil(topk·n)) for topk > 0, else 0.
+
+    A relative guard of 1e-9 keeps float round-up (0.07 * 100 = 7.000000000000001) from adding a block.
+    """
+    if topk <= 0.0:
+        return 0
+    return min(n, max(1, math.ceil(topk * n * (1.0 - 1e-9))))
+
+
+def keeps_every_block(topk: float, topp: float) -> bool:
+    """topk = 1 or topp = 1 keeps every block whatever the scores (Top-p: the full mass is only reached at the
+    end of the row, and float rounding must not drop its tail)."""
+    return topk >= 1.0 or topp >= 1.0
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -57,7 +80,7 @@ def select_hybrid(probs: torch.Tensor, topk: float, topp: float) -> torch.Tensor
     descending whose sum reaches topp, including the entry that crosses it. Ties: lower index first.
     """
     n = probs.shape[-1]
-    if topk >= 1.0 or topp >= 1.0:
+    if keeps_every_block(topk, topp):
         return torch.ones(probs.shape, dtype=torch.bool, device=probs.device)
     sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
     keep_sorted = torch.zeros(probs.shape, dtype=torch.bool, device=probs.device)
@@ -77,6 +100,16 @@ def predict_block_mask(
 ) -> torch.Tensor:
     """Dense bool mask (B, H, Nq, Nk) of the hybrid Top-k ∪ Top-p selection."""
     return select_hybrid(block_probabilities(q, k, block_q, block_k, scale), topk, topp)
+
+
+def predict_block_mask_indices(
+    q: torch.Tensor, k: torch.Tensor, topk: float, topp: float, block_q: int, block_k: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`predict_block_mask` as (kv_count, kv_index, q_count, q_index), int32, in the `BlockMask` convention."""
+    dense = predict_block_mask(q, k, topk, topp, block_q, block_k, scale)
+    kv_count, kv_index = indices_from_dense(dense)
+    q_count, q_index = indices_from_dense(dense.transpose(-1, -2))
+    return kv_count, kv_index, q_count, q_index
 
 
 def _kept_tokens(

@@ -1,4 +1,8 @@
-"""Argument checks shared by the public API: bad input raises an error that names the argument."""
+"""Argument checks, all of them: bad input raises an error that names the argument.
+
+The public API (api.py) checks what every backend needs; the CUDA glue adds what only the compiled kernels
+need (`check_attention_kernel_args`, `check_forward_path`). Nothing is checked twice on the way to a kernel.
+"""
 
 from __future__ import annotations
 
@@ -101,16 +105,6 @@ def num_blocks(length: int, block: int) -> int:
     return -(-length // block)
 
 
-def topk_count(topk: float, n: int) -> int:
-    """max(1, ceil(topk·n)) for topk > 0, else 0.
-
-    A relative guard of 1e-9 keeps float round-up (0.07 * 100 = 7.000000000000001) from adding a block.
-    """
-    if topk <= 0.0:
-        return 0
-    return min(n, max(1, math.ceil(topk * n * (1.0 - 1e-9))))
-
-
 def check_mask_fits(mask: object, b: int, h: int, lq: int, lk: int, device: torch.device) -> None:
     from .block_mask import BlockMask
 
@@ -132,3 +126,58 @@ def check_mask_fits(mask: object, b: int, h: int, lq: int, lk: int, device: torc
             raise TypeError(f"mask.{name} must be int32, got {t.dtype}")
         if t.device != device:
             raise ValueError(f"mask.{name} is on {t.device} but q is on {device}")
+
+
+# ------------------------------------------------------------------------- what the compiled kernels accept
+ATTENTION_KERNEL_BLOCKS = (128, 64)  # (block_q, block_k) of the compiled attention forward and backward
+ATTENTION_KERNEL_HEAD_DIMS = (64, 128)
+# dtype -> the name the attention bindings take, and the name in _C.build_dtypes
+ATTENTION_KERNEL_DTYPES = {torch.bfloat16: ("bfloat16", "bf16"), torch.float16: ("float16", "fp16")}
+
+
+class KernelNotBuiltError(ValueError):
+    """A variant (head dim, dtype, arch) that the kernels have but this build did not compile, or this GPU
+    cannot run. Its own type so a caller can tell "rebuild or reinstall" from a bad argument (the GPU tests
+    skip on it)."""
+
+
+def check_attention_kernel_args(
+    kernel: str, dtype: torch.dtype, head_dim: int, block_q: int, block_k: int, build: object
+) -> str:
+    """Raise, naming `kernel`, for what the compiled attention kernels lack; returns the bindings' dtype name.
+
+    `build` says what was compiled: `_C`, or anything with its `build_head_dims` / `build_dtypes` strings
+    ("64,128" / "bf16,fp16").
+    """
+    build_head_dims, build_dtypes = build.build_head_dims, build.build_dtypes
+    if (block_q, block_k) != ATTENTION_KERNEL_BLOCKS:
+        raise ValueError(
+            f"the CUDA {kernel} supports block_q=128 and block_k=64 only, got block_q={block_q}, "
+            f"block_k={block_k} (set SPARGE_BACKEND=reference for other block sizes)"
+        )
+    if dtype not in ATTENTION_KERNEL_DTYPES:
+        raise TypeError(
+            f"the CUDA {kernel} takes float16 or bfloat16 q, k, v, got {dtype} (cast, or set SPARGE_BACKEND=reference)"
+        )
+    if head_dim not in ATTENTION_KERNEL_HEAD_DIMS:
+        raise ValueError(
+            f"the CUDA {kernel} has no head dim {head_dim}, only {ATTENTION_KERNEL_HEAD_DIMS} "
+            "(set SPARGE_BACKEND=reference for others)"
+        )
+    binding_name, build_name = ATTENTION_KERNEL_DTYPES[dtype]
+    if str(head_dim) not in build_head_dims.split(",") or build_name not in build_dtypes.split(","):
+        raise KernelNotBuiltError(
+            f"head dim {head_dim} {binding_name} has no compiled CUDA {kernel} kernel in this build (head dims "
+            f"{build_head_dims}, dtypes {build_dtypes}): install the release wheel, or rebuild with "
+            "SPARGE_HEAD_DIMS / SPARGE_DTYPES"
+        )
+    return binding_name
+
+
+def check_forward_path(path: str, build_archs: str, capability: tuple[int, int]) -> None:
+    """forward_path="sm90" needs the Hopper kernel: a build for 90a and an sm_90 GPU."""
+    if path == "sm90" and ("90a" not in build_archs.split(",") or tuple(capability) != (9, 0)):
+        raise KernelNotBuiltError(
+            f"forward_path='sm90' needs an sm_90 GPU and a build for 90a; this GPU has compute capability "
+            f"{capability[0]}.{capability[1]}, this build has archs {build_archs} (use forward_path='auto')"
+        )

@@ -1,0 +1,95 @@
+"""Kernel choices that never change results beyond rounding: which forward kernel, how dQ is accumulated, and a
+debug fill of the outputs. One frozen `KernelOptions`, set for a scope with `kernel_options(...)`:
+
+    with sparge_kernels.kernel_options(forward_path="sm80", dq_accumulate="atomic"):
+        out = sparge_kernels.sparge_attention(q, k, v)
+        out.backward(dout)
+
+The CUDA glue (cuda_forward.py, cuda_backward.py) reads `current_kernel_options()` when a kernel launches, inside
+the custom ops' eager implementations and never in traced code, so the options apply under
+torch.compile(fullgraph=True) and CUDA graph capture too (a captured graph keeps the kernels chosen at capture).
+The glue functions also take `options=` explicitly.
+
+The setting is process-wide, like `torch.backends.cudnn.flags()`, not thread-local: the autograd engine runs the
+backward of CUDA tensors in its own per-device threads, where a thread-local or contextvar setting of the caller
+would not be seen. Set it from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+__all__ = ["KernelOptions", "current_kernel_options", "kernel_options"]
+
+FORWARD_PATHS = ("auto", "sm80", "sm90")
+DQ_ACCUMULATE = ("bulk", "atomic")
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """Kernel choices of the CUDA backend; the reference ignores them.
+
+    forward_path: "auto" (the Hopper wgmma/TMA kernel on sm_90 GPUs when the wheel was built for 90a, else the
+        portable mma.sync kernel), "sm80" or "sm90". The default comes from SPARGE_FORWARD_PATH, else "auto".
+    dq_accumulate: how the default (non-deterministic) backward accumulates dQ: "bulk" (bulk async reduce-adds on
+        SM >= 90, atomics below) or "atomic" (8-byte atomics). Same result up to fp32 summation order.
+    debug_fill: None, or a float written into every output before the launch, so elements a kernel fails to write
+        stay detectable (the tests poison with NaN).
+    """
+
+    forward_path: str = "auto"
+    dq_accumulate: str = "bulk"
+    debug_fill: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.forward_path not in FORWARD_PATHS:
+            raise ValueError(f"KernelOptions.forward_path must be one of {FORWARD_PATHS}, got {self.forward_path!r}")
+        if self.dq_accumulate not in DQ_ACCUMULATE:
+            raise ValueError(
+                f"KernelOptions.dq_accumulate must be one of {DQ_ACCUMULATE}, got {self.dq_accumulate!r}"
+            )
+        fill = self.debug_fill
+        if fill is not None:
+            if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+                raise TypeError(f"KernelOptions.debug_fill must be a float or None, got {type(fill).__name__}")
+            object.__setattr__(self, "debug_fill", float(fill))
+
+
+def _defaults() -> KernelOptions:
+    path = os.environ.get("SPARGE_FORWARD_PATH", "auto")
+    if path not in FORWARD_PATHS:
+        raise ValueError(f"SPARGE_FORWARD_PATH must be one of {FORWARD_PATHS}, got {path!r}")
+    return KernelOptions(forward_path=path)
+
+
+# None: no kernel_options() scope is active, the defaults (and SPARGE_FORWARD_PATH) apply.
+_active: KernelOptions | None = None
+
+
+def current_kernel_options() -> KernelOptions:
+    """The options in force: the innermost `kernel_options()` scope, else the defaults."""
+    return _active if _active is not None else _defaults()
+
+
+@contextmanager
+def kernel_options(options: KernelOptions | None = None, **fields: object) -> Iterator[KernelOptions]:
+    """Use `options` (default: the options in force) with `fields` replaced for the body; restored on exit and
+    on error. Yields the options in force inside. Unknown fields and bad values raise, naming the field."""
+    global _active
+    known = {f.name for f in dataclasses.fields(KernelOptions)}
+    for name in fields:
+        if name not in known:
+            raise TypeError(f"kernel_options got an unknown field {name!r}; KernelOptions has {sorted(known)}")
+    base = options if options is not None else current_kernel_options()
+    if not isinstance(base, KernelOptions):
+        raise TypeError(f"kernel_options takes a KernelOptions, got {type(base).__name__}")
+    new = dataclasses.replace(base, **fields)
+    previous, _active = _active, new
+    try:
+        yield new
+    finally:
+        _active = previous

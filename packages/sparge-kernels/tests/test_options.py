@@ -1,0 +1,89 @@
+"""Kernel choices as one frozen KernelOptions, set for a scope by kernel_options() (CPU: no kernel runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+import torch
+
+import sparge_kernels as sk
+from sparge_kernels.options import current_kernel_options
+
+
+def test_defaults(monkeypatch):
+    monkeypatch.delenv("SPARGE_FORWARD_PATH", raising=False)
+    assert current_kernel_options() == sk.KernelOptions("auto", "bulk", None)
+    monkeypatch.setenv("SPARGE_FORWARD_PATH", "sm80")
+    assert current_kernel_options().forward_path == "sm80"
+    monkeypatch.setenv("SPARGE_FORWARD_PATH", "sm70")
+    with pytest.raises(ValueError, match="SPARGE_FORWARD_PATH must be one of"):
+        current_kernel_options()
+
+
+@pytest.mark.parametrize(
+    "fields,exc,match",
+    [
+        (dict(forward_path="sm75"), ValueError, "KernelOptions.forward_path must be one of"),
+        (dict(dq_accumulate="fast"), ValueError, "KernelOptions.dq_accumulate must be one of"),
+        (dict(debug_fill="nan"), TypeError, "KernelOptions.debug_fill must be a float or None, got str"),
+        (dict(debug_fill=True), TypeError, "KernelOptions.debug_fill"),
+    ],
+)
+def test_bad_values_name_the_field(fields, exc, match):
+    with pytest.raises(exc, match=match):
+        sk.KernelOptions(**fields)
+    with pytest.raises(exc, match=match):
+        with sk.kernel_options(**fields):
+            pass
+    assert current_kernel_options() == sk.KernelOptions()
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(TypeError, match="unknown field 'forward'"):
+        with sk.kernel_options(forward="sm80"):
+            pass
+
+
+def test_frozen_and_debug_fill_is_a_float():
+    options = sk.KernelOptions(debug_fill=0)
+    assert options.debug_fill == 0.0 and isinstance(options.debug_fill, float)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.forward_path = "sm80"
+
+
+def test_scopes_nest_and_restore_on_exit_and_on_error():
+    with sk.kernel_options(forward_path="sm80") as outer:
+        assert current_kernel_options() is outer
+        with sk.kernel_options(dq_accumulate="atomic") as inner:
+            assert inner == sk.KernelOptions("sm80", "atomic", None)  # fields not given are kept
+        assert current_kernel_options() == outer
+        with pytest.raises(RuntimeError, match="boom"):
+            with sk.kernel_options(debug_fill=float("nan")):
+                raise RuntimeError("boom")
+        assert current_kernel_options() == outer
+        with sk.kernel_options(sk.KernelOptions(dq_accumulate="atomic")) as given:  # a whole options object
+            assert given == sk.KernelOptions("auto", "atomic", None)
+    assert current_kernel_options() == sk.KernelOptions()
+
+
+def test_scope_is_seen_by_other_threads():
+    """Process-wide on purpose: the autograd engine runs CUDA backward ops in its own threads."""
+    seen = []
+    with sk.kernel_options(dq_accumulate="atomic"):
+        worker = threading.Thread(target=lambda: seen.append(current_kernel_options()))
+        worker.start()
+        worker.join()
+    assert seen == [sk.KernelOptions(dq_accumulate="atomic")]
+
+
+def test_compiled_call_inside_a_scope():
+    """The options are never read in traced code: a fullgraph-compiled call inside a scope traces as usual."""
+    torch._dynamo.reset()
+    q, k, v = (torch.randn(1, 2, 100, 16) for _ in range(3))
+    f = torch.compile(lambda q, k, v: sk.sparge_attention(q, k, v, topk=0.3, topp=0.3, block_q=32, block_k=16),
+                      fullgraph=True, backend="aot_eager")
+    with sk.kernel_options(forward_path="sm80", dq_accumulate="atomic"):
+        out = f(q, k, v)
+    torch.testing.assert_close(out, sk.sparge_attention(q, k, v, topk=0.3, topp=0.3, block_q=32, block_k=16))
