@@ -5,6 +5,8 @@
 # warm-started from stage 1's export). Run from the repo root on the device with carry=[".carry"]
 # (tools/device/prepare_carry.sh fills it); call again while the machine is warm: the run folders in /tmp stay,
 # so a segment resumes from its stage's checkpoint.
+# WARM_START=<export folder> starts a stage that has no checkpoint yet from those weights (e.g. an export carried
+# from an earlier session) instead of its config's initialisation.
 # First call on a machine, in the background: builds the kernels (GPU_TESTS=1 then runs their GPU suites) and
 # trains the world classifier on the GPU beside the teacher. After training: the quality gate
 # (tools/world/gate_teacher.py, at 16x48x48 for stage 1 and 16x96x96 for stage 2) once the classifier exists,
@@ -21,6 +23,9 @@ case $stage in
         extra=(--set model.pretrained=/tmp/world-teacher-lowres/export) ;;
   *) echo "stage: must be lowres or full, got $stage" >&2; exit 2 ;;
 esac
+if [ -n "${WARM_START:-}" ] && [ ! -f $run/checkpoints/latest ]; then
+  extra+=(--set model.preset=null --set model.pretrained="$WARM_START" --set optim.warmup_steps=50)
+fi
 if [ ! -f /tmp/site/.installed ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .carry/whl/*.whl && touch /tmp/site/.installed || exit 1
