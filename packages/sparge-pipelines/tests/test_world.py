@@ -19,6 +19,7 @@ from sparge_pipelines.world import (
     metrics,
     parse_caption,
     render_scenes,
+    sample_scene,
     scene_for_caption,
 )
 from sparge_pipelines.world import classifier as wc
@@ -100,6 +101,16 @@ def test_scene_for_caption_renders_the_caption():
         assert ((video - rgb).abs().amax(0) < 0.05).any(), colour
     assert _bytes(video) == _bytes(render_scenes([scene_for_caption(caption, seed=4)], SMALL)[0])
     assert not torch.equal(video, render_scenes([scene_for_caption(caption, seed=5)], SMALL)[0])
+
+
+def test_a_video_is_the_same_whichever_batch_renders_it():
+    # every background kind, one and two objects: the batched renderer groups scenes by kind and objects by slot
+    scenes = [sample_scene(i, split=split) for split in ("base", "shifted") for i in range(12)]
+    assert {s.background for s in scenes} == set(BACKGROUNDS) and {len(s.objects) for s in scenes} == {1, 2}
+    batch = render_scenes(scenes, SMALL)
+    for i in (0, 5, 13, 23):
+        assert torch.equal(render_scenes([scenes[i]], SMALL)[0], batch[i]), i
+    assert torch.equal(render_scenes(scenes[::-1], SMALL), batch.flip(0))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -74,6 +74,18 @@ def test_noise_depends_on_position_only():
     assert not torch.equal(b_noise, c_noise)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_noise_on_the_gpu_depends_on_position_only_and_sigmas_match_the_cpu():
+    cfg = FlowConfig(shift=3.0, timestep_sampling="logit_normal")
+    a_noise, a_sig = noise_for_positions([3, 4, 5], (2, 2, 4, 4), cfg, seed=7, device="cuda")
+    b_noise, b_sig = noise_for_positions([5], (2, 2, 4, 4), cfg, seed=7, device="cuda")
+    assert a_noise.is_cuda and torch.equal(a_noise[2], b_noise[0]) and not torch.equal(a_noise[0], a_noise[1])
+    _, cpu_sig = noise_for_positions([3, 4, 5], (2, 2, 4, 4), cfg, seed=7)
+    assert torch.equal(a_sig, cpu_sig) and torch.equal(a_sig[2], b_sig[0])
+    assert abs(float(a_noise.std()) - 1) < 0.3
+
+
 def test_losses_values_and_gradients():
     g = torch.Generator().manual_seed(1)
     vs = torch.randn(2, 4, 3, 4, 4, generator=g, requires_grad=True)

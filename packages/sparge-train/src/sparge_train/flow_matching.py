@@ -54,13 +54,19 @@ def _mix_seed(seed: int, position: int) -> int:
     return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
-def noise_for_positions(positions: list[int], latent_shape: tuple[int, ...], cfg: FlowConfig,
-                        seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noise (B, *latent_shape), sigmas (B,)), each sample's drawn from its own stream position: identical
-    whichever rank, micro-batch or resumed process draws it."""
+def noise_for_positions(positions: list[int], latent_shape: tuple[int, ...], cfg: FlowConfig, seed: int,
+                        device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise (B, *latent_shape) on `device`, sigmas (B,) on the CPU), each sample's drawn from its own stream
+    position: identical whichever rank, micro-batch or resumed process draws it on the same kind of device. The
+    noise is drawn where it is used (a CUDA generator per sample on a GPU): drawing it on the CPU and copying it
+    cost more than a training step of a small model. σ always comes from the CPU generator."""
+    device = torch.device(device)
     noises, sigmas = [], []
     for p in positions:
-        g = torch.Generator().manual_seed(_mix_seed(seed, p))
+        sample_seed = _mix_seed(seed, p)
+        g = torch.Generator().manual_seed(sample_seed)
         sigmas.append(sample_sigmas(1, cfg, g))
-        noises.append(torch.randn(latent_shape, generator=g))
+        if device.type != "cpu":
+            g = torch.Generator(device).manual_seed(sample_seed)
+        noises.append(torch.randn(latent_shape, generator=g, device=device))
     return torch.stack(noises), torch.cat(sigmas)

@@ -56,8 +56,7 @@ def make_training_batch(dataset, micro: MicroBatch, cfg: RunConfig, device: torc
     else:
         batch = collate_samples([dataset[i] for i in micro.indices], cfg.data.text_len)
         x0, text = batch["latents"], batch["text_embeds"]
-    noise, sigmas = noise_for_positions(micro.positions, tuple(x0.shape[1:]), cfg.flow, seed)
-    noise = noise.to(x0.device)
+    noise, sigmas = noise_for_positions(micro.positions, tuple(x0.shape[1:]), cfg.flow, seed, device=x0.device)
     x_t = add_noise(x0, noise, sigmas.to(x0.device))
     b, _, f, h, w = x0.shape
     return TrainingBatch(

@@ -147,80 +147,94 @@ def _fold(u: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 _NOISE_CELLS = {"clouds": 3.0, "speckle": 14.0, "blotches": 5.0}  # noise grid cells per frame height
 
 
-def _noise_field(seed: int, cells: float, aspect: float, frames: int, device: torch.device) -> torch.Tensor:
-    """A scene's value-noise grid (1, 1, gh, gw), large enough to cover the frame at every drift position."""
+def _noise_field(seed: int, cells: float) -> torch.Tensor:
+    """A scene's value-noise grid (1, gh, gw) on the CPU, large enough to cover the frame at every drift position."""
     g = torch.Generator().manual_seed(seed)
-    gh = int(math.ceil(cells * 2)) + 2
-    gw = int(math.ceil(cells * 2 * max(aspect, 1.0))) + 2
-    return torch.rand(1, 1, gh, gw, generator=g).to(device)
+    side = int(math.ceil(cells * 2)) + 2
+    return torch.rand(1, side, side, generator=g)
 
 
-def _background(kind: str, X: torch.Tensor, Y: torch.Tensor, period: float, angle: float, phase: float,
-                noise_seed: int = 0) -> torch.Tensor:
-    """Pattern in [0, 1] at frame-height coordinates X, Y (F, H, W)."""
+def _backgrounds(kind: str, scenes: list[Scene], X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Patterns in [0, 1] of `scenes` (all of background `kind`) at frame-height coordinates X, Y (n, F, H, W)."""
+    n, f_, h_, w_ = X.shape
     if kind in _NOISE_CELLS:
         cells = _NOISE_CELLS[kind]
-        field = _noise_field(noise_seed, cells, 1.0, X.shape[0], X.device)
-        gh, gw = field.shape[-2:]
-        # frame-height coordinates -> the field's [-1, 1] (the field spans gh / cells frame heights)
-        gx = (X + 0.5 + 0 * Y) * cells / gw * 2 - 1
-        gy = (Y + 0.5 + 0 * X) * cells / gh * 2 - 1
-        grid = torch.stack([gx, gy], dim=-1).view(1, -1, gx.shape[-1], 2)
-        v = F.grid_sample(field, grid.float(), mode="bicubic", padding_mode="reflection", align_corners=False)
-        v = v.view(X.shape[0], -1, X.shape[-1])
+        fields = torch.stack([_noise_field(s.bg_seed, cells) for s in scenes]).to(X.device)  # (n, 1, g, g)
+        side = fields.shape[-1]
+        # frame-height coordinates -> the field's [-1, 1] (the field spans side / cells frame heights)
+        grid = torch.stack([(X + 0.5) * cells / side * 2 - 1, (Y + 0.5) * cells / side * 2 - 1], dim=-1)
+        v = F.grid_sample(fields, grid.view(n, f_ * h_, w_, 2), mode="bicubic", padding_mode="reflection",
+                          align_corners=False).view(n, f_, h_, w_)
         if kind == "blotches":
             return torch.sigmoid(12.0 * (v - 0.5))
         return v.clamp(0, 1)
-    w = 2 * math.pi / period
+    params = torch.tensor([[2 * math.pi / s.bg_period, s.bg_phase] for s in scenes], device=X.device)
+    w, phase = (params[:, i].view(n, 1, 1, 1) for i in range(2))
     if kind == "rings":
-        s = torch.sin(w * torch.sqrt((X - 0.5) ** 2 + (Y - 0.5) ** 2) + phase)
+        pattern = torch.sin(w * torch.sqrt((X - 0.5) ** 2 + (Y - 0.5) ** 2) + phase)
     elif kind == "grid":
-        s = (torch.cos(w * X + phase).abs() ** 12 + torch.cos(w * Y + phase).abs() ** 12) * 4.0 - 1.5
+        pattern = (torch.cos(w * X + phase).abs() ** 12 + torch.cos(w * Y + phase).abs() ** 12) * 4.0 - 1.5
     else:
         raise ValueError(f"background: must be one of {BACKGROUNDS}, got {kind!r}")
-    return torch.sigmoid(5.0 * s)
+    return torch.sigmoid(5.0 * pattern)
 
 
 def render_scenes(scenes: list[Scene], size: WorldSize, *, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Videos (B, 3, F, H, W) in [-1, 1] of `scenes` at `size`."""
+    """Videos (B, 3, F, H, W) in [-1, 1] of `scenes` at `size`.
+
+    The whole batch is rendered at once (scenes grouped by background kind, objects by their place in the
+    caption), so the cost is a few dozen tensor operations, not a few dozen per scene; each video is the same
+    whichever batch it is rendered in.
+    """
     device = torch.device(device)
-    f_, h_, w_ = size.frames, size.height, size.width
+    b_, f_, h_, w_ = len(scenes), size.frames, size.height, size.width
     aspect = w_ / h_
-    t = torch.arange(f_, device=device, dtype=torch.float32)
-    xs = (torch.arange(w_, device=device, dtype=torch.float32) + 0.5) / h_  # frame heights
-    ys = (torch.arange(h_, device=device, dtype=torch.float32) + 0.5) / h_
-    videos = []
+    t = torch.arange(f_, device=device, dtype=torch.float32).view(1, f_, 1, 1)
+    xs = ((torch.arange(w_, device=device, dtype=torch.float32) + 0.5) / h_).view(1, 1, 1, w_)  # frame heights
+    ys = ((torch.arange(h_, device=device, dtype=torch.float32) + 0.5) / h_).view(1, 1, h_, 1)
+    scene_params = torch.tensor([[*s.bg_drift, *s.bg_low, *s.bg_high] for s in scenes], device=device).view(b_, 8)
+    drift_x, drift_y = (scene_params[:, i].view(b_, 1, 1, 1) for i in range(2))
+    X, Y = torch.broadcast_tensors(xs - drift_x * t, ys - drift_y * t)  # (B, F, H, W)
+    pattern = torch.empty(b_, f_, h_, w_, device=device)
+    for kind in sorted({s.background for s in scenes}):
+        rows = [i for i, s in enumerate(scenes) if s.background == kind]
+        index = torch.tensor(rows, device=device)
+        pattern[index] = _backgrounds(kind, [scenes[i] for i in rows], X[index], Y[index])
+    low = scene_params[:, 2:5].view(b_, 3, 1, 1, 1)
+    high = scene_params[:, 5:8].view(b_, 3, 1, 1, 1)
+    frames = low + (high - low) * pattern.unsqueeze(1)  # (B, 3, F, H, W)
+    gh = GLYPH_HEIGHT
+    gw = gh * 5 / 7
     glyphs = _GLYPHS.to(device)
-    for scene in scenes:
-        dx, dy = scene.bg_drift
-        X = xs.view(1, 1, w_) - dx * t.view(f_, 1, 1)
-        Y = ys.view(1, h_, 1) - dy * t.view(f_, 1, 1)
-        X, Y = torch.broadcast_tensors(X, Y)
-        p = _background(scene.background, X, Y, scene.bg_period, scene.bg_angle, scene.bg_phase,
-                        scene.bg_seed)  # (F, H, W)
-        low = torch.tensor(scene.bg_low, device=device).view(3, 1, 1, 1)
-        high = torch.tensor(scene.bg_high, device=device).view(3, 1, 1, 1)
-        frame = low + (high - low) * p.unsqueeze(0)  # (3, F, H, W)
-        gh = GLYPH_HEIGHT
-        gw = gh * 5 / 7
-        for obj in scene.objects:
-            ux, uy = DIRECTIONS[obj.caption.direction]
-            vx = obj.speed * ux - obj.wobble * uy
-            vy = obj.speed * uy + obj.wobble * ux
-            cx = _fold(obj.x * aspect + vx * t, torch.tensor(gw / 2 + 0.01), torch.tensor(aspect - gw / 2 - 0.01))
-            cy = _fold(obj.y + vy * t, torch.tensor(gh / 2 + 0.01), torch.tensor(1 - gh / 2 - 0.01))
-            # grid_sample coordinates of every pixel in the glyph's box: [-1, 1] inside, zero padding outside
-            gx = (xs.view(1, 1, w_) - cx.view(f_, 1, 1)) / (gw / 2)
-            gy = (ys.view(1, h_, 1) - cy.view(f_, 1, 1)) / (gh / 2)
-            grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1)  # (F, H, W, 2)
-            glyph = glyphs[int(obj.caption.digit)].view(1, 1, 7, 5).expand(f_, 1, 7, 5)
-            alpha = F.grid_sample(glyph, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
-            alpha = ((alpha - 0.5) * _GLYPH_EDGE + 0.5).clamp(0, 1)  # cell edges where the bitmap changes
-            colour = torch.tensor(COLOURS[obj.caption.colour], device=device).view(3, 1, 1, 1)
-            frame = frame * (1 - alpha.unsqueeze(0)) + colour * alpha.unsqueeze(0)
-        videos.append(frame)
-    return torch.stack(videos).clamp_(-1, 1).to(dtype)
+    # Objects in caption order, the later drawn over the earlier: slot k of every scene that has a k-th object.
+    for slot in range(max((len(s.objects) for s in scenes), default=0)):
+        rows = [i for i, s in enumerate(scenes) if len(s.objects) > slot]
+        objs = [scenes[i].objects[slot] for i in rows]
+        n = len(rows)
+        motion = []
+        for o in objs:
+            ux, uy = DIRECTIONS[o.caption.direction]
+            motion.append([o.x * aspect, o.y, o.speed * ux - o.wobble * uy, o.speed * uy + o.wobble * ux,
+                           *COLOURS[o.caption.colour]])
+        m = torch.tensor(motion, device=device)
+        x0, y0, vx, vy = (m[:, i].view(n, 1) for i in range(4))
+        tf = t.view(1, f_)
+        cx = _fold(x0 + vx * tf, torch.tensor(gw / 2 + 0.01), torch.tensor(aspect - gw / 2 - 0.01))  # (n, F)
+        cy = _fold(y0 + vy * tf, torch.tensor(gh / 2 + 0.01), torch.tensor(1 - gh / 2 - 0.01))
+        # grid_sample coordinates of every pixel in the glyph's box: [-1, 1] inside, zero padding outside
+        gx = (xs - cx.view(n, f_, 1, 1)) / (gw / 2)
+        gy = (ys - cy.view(n, f_, 1, 1)) / (gh / 2)
+        grid = torch.stack(torch.broadcast_tensors(gx, gy), dim=-1).view(n * f_, h_, w_, 2)
+        digits = torch.tensor([int(o.caption.digit) for o in objs], device=device)
+        glyph = glyphs[digits].view(n, 1, 1, 7, 5).expand(n, f_, 1, 7, 5).reshape(n * f_, 1, 7, 5)
+        alpha = F.grid_sample(glyph, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # sharpened: solid cells, their edges where the bitmap changes
+        alpha = ((alpha - 0.5) * _GLYPH_EDGE + 0.5).clamp(0, 1).view(n, 1, f_, h_, w_)
+        colour = m[:, 4:7].view(n, 3, 1, 1, 1)
+        index = torch.tensor(rows, device=device)
+        frames[index] = frames[index] * (1 - alpha) + colour * alpha
+    return frames.clamp_(-1, 1).to(dtype)
 
 
 class SpargeWorld:
