@@ -29,8 +29,8 @@ from .guards import NonFiniteGuard, TimeBudget
 from .losses import distillation_objective
 from .metrics import MetricsLogger, TrainLog
 from .models import build_student_teacher, install_sparge
-from .preflight import architecture, check_data, check_resume, run_info
 from .prefetch import StepPrefetcher
+from .preflight import architecture, check_data, check_resume, run_info
 from .training_batch import TrainingBatch, make_training_batch
 
 __all__ = ["FitResult", "StepOutput", "fit", "distill_micro_step", "step_batches", "train_step"]
