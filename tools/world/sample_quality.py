@@ -5,6 +5,7 @@ classifier features against real held-out videos. Shared by gate_teacher.py and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ class SampleSet:
     count: int
     device: str
     sampler: SamplerConfig = SamplerConfig()
+    batch: int = 16  # videos sampled together
 
     def __post_init__(self) -> None:
         world = SpargeWorld(self.size, split="heldout")
@@ -31,9 +33,15 @@ class SampleSet:
         self.real = world.videos(self.indices, device=self.device)
         self.noise = sample_noise([30_000 + i for i in self.indices], self.size, device=self.device)
 
-    def generate(self, model, batch: int = 16) -> torch.Tensor:
-        out = [sample_videos(model, self.captions[i:i + batch], self.noise[i:i + batch], self.sampler)
-               for i in range(0, self.count, batch)]
+    @property
+    def batches(self) -> int:
+        return -(-self.count // self.batch)
+
+    def generate(self, model, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Every video of the set from its noise; `on_step(i)` after each sampler step of each batch."""
+        b = self.batch
+        out = [sample_videos(model, self.captions[i:i + b], self.noise[i:i + b], self.sampler, on_step=on_step)
+               for i in range(0, self.count, b)]
         return torch.cat(out)
 
 

@@ -1,0 +1,135 @@
+"""The fidelity demo (issue 11's main job): the world teacher with dense attention, the same teacher with sparse
+attention (training-free), and the distilled sparse student generate the same captions from the same noise.
+Prints a table (achieved density, PSNR/SSIM against the dense teacher's videos, caption accuracy by the world
+classifier, self-attention and step time, speedup), writes a side-by-side GIF and a JSON report.
+
+    python tools/world/demo.py [--teacher teacher] [--student student] [--out out/world-demo]
+
+On a GPU it runs the CUDA kernels at the full size (16x96x96); on a CPU the PyTorch reference at 8x64x64, where
+the times say nothing about speed. Models are shipped names ("teacher", "student") or diffusers folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ablation import write_gif  # noqa: E402
+from gate_teacher import ATTRIBUTES  # noqa: E402
+from sample_quality import SampleSet, quality  # noqa: E402
+
+from sparge_pipelines import SpargeConfig, apply_sparge, remove_sparge  # noqa: E402
+from sparge_pipelines.world import WorldSize  # noqa: E402
+from sparge_pipelines.world.classifier import load_classifier  # noqa: E402
+from sparge_pipelines.world.model import load_world_transformer, shipped_models  # noqa: E402
+from sparge_pipelines.world.sampler import SamplerConfig  # noqa: E402
+
+ALL_DENSE = 1 << 30  # dense_steps beyond any sampler: SDPA in every step, timed by the same hook as sparse runs
+
+
+def parse_size(text: str) -> WorldSize:
+    try:
+        f, h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FxHxW such as 16x96x96, got {text!r}") from None
+    return WorldSize(f, h, w)
+
+
+def generate(model, samples: SampleSet, config: SpargeConfig, progress: tqdm) -> tuple[torch.Tensor, dict]:
+    """Videos of `samples` with `model` under `config`, and the run's density and times."""
+    state = apply_sparge(model, config)
+    try:
+        sync = torch.cuda.synchronize if samples.device == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        videos = samples.generate(model, on_step=lambda _: progress.update(1))
+        sync()
+        seconds = time.perf_counter() - start
+    finally:
+        remove_sparge(model)
+    density = state.stats.summary()["overall"] if state.stats is not None else 1.0
+    calls = samples.sampler.steps * (2 if samples.sampler.guidance != 1.0 else 1) * samples.batches
+    return videos, {"density": density, "step_ms": 1e3 * seconds / calls,
+                    "attention_ms": sum(state.timer.totals_ms().values()) / calls}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"| {report['size']}, {report['videos']} videos, {report['device']} | density | PSNR vs dense | SSIM | "
+             + " | ".join(ATTRIBUTES) + " | self-attention ms/call | step ms/call | speedup |",
+             "|---|" + "---:|" * (len(ATTRIBUTES) + 6)]
+    dense_ms = report["rows"][0]["step_ms"]
+    for row in report["rows"]:
+        acc = row["accuracy"]
+        psnr = "–" if row.get("psnr") is None else f"{row['psnr']:.2f}"
+        ssim = "–" if row.get("ssim") is None else f"{row['ssim']:.3f}"
+        lines.append(f"| {row['name']} | {row['density']:.3f} | {psnr} | {ssim} | "
+                     + " | ".join(f"{acc[a]:.2f}" for a in ATTRIBUTES)
+                     + f" | {row['attention_ms']:.1f} | {row['step_ms']:.1f} | {dense_ms / row['step_ms']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="teacher", help="shipped name or folder (default: the shipped teacher)")
+    p.add_argument("--student", default="student", help="shipped name or folder; 'none' skips the distilled row")
+    p.add_argument("--classifier", default=None, help="default: the shipped classifier")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=parse_size, default=None, help="FxHxW; default 16x96x96 on GPU, 8x64x64 on CPU")
+    p.add_argument("--videos", type=int, default=None, help="captions (default 8 on GPU, 2 on CPU)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--topk", type=float, default=0.03)
+    p.add_argument("--topp", type=float, default=0.2)
+    p.add_argument("--token-order", choices=("1d", "tiled"), default="1d")
+    p.add_argument("--out", type=Path, default=Path("out/world-demo"))
+    args = p.parse_args()
+    on_gpu = args.device == "cuda"
+    if args.teacher == "teacher" and "teacher" not in shipped_models():
+        p.error("--teacher: this installation ships no world teacher yet (it ships once it passes its quality gate, "
+                "issue 11); pass a folder, e.g. the export of tools/world/teacher_segment_h200.sh")
+    size = args.size or (WorldSize(16, 96, 96) if on_gpu else WorldSize(8, 64, 64))
+    count = args.videos or (8 if on_gpu else 2)
+    if count < 1 or args.steps < 1:
+        p.error("--videos and --steps must be >= 1")
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    teacher = load_world_transformer(args.teacher, device=args.device, dtype=dtype)
+    models = [("teacher, dense attention", teacher, False), ("teacher, sparse (training-free)", teacher, True)]
+    if args.student != "none" and (args.student != "student" or "student" in shipped_models()):
+        models.append(("student, sparse (distilled)",
+                       load_world_transformer(args.student, device=args.device, dtype=dtype), True))
+    classifier = load_classifier(args.classifier, device=args.device)
+    samples = SampleSet(size, count, args.device, SamplerConfig(steps=args.steps, guidance=args.guidance))
+    sparse = SpargeConfig(topk=args.topk, topp=args.topp, token_order=args.token_order, collect_stats=True,
+                          time_attention=True)
+    dense = SpargeConfig(dense_steps=ALL_DENSE, time_attention=True)
+    print(f"{len(models)} runs of {count} videos at {size.frames}x{size.height}x{size.width} on {args.device} "
+          f"({'CUDA kernels' if on_gpu else 'PyTorch reference: slow, times say nothing about speed on a GPU'})")
+    rows, columns = [], []
+    with tqdm(total=len(models) * samples.batches * args.steps, unit="step") as progress:
+        for name, model, is_sparse in models:
+            videos, timing = generate(model, samples, sparse if is_sparse else dense, progress)
+            rows.append({"name": name, **timing, **quality(classifier, samples, videos,
+                                                            reference=columns[0] if columns else None)})
+            columns.append(videos)
+    report = {"size": f"{size.frames}x{size.height}x{size.width}", "videos": count, "device": args.device,
+              "captions": [c.text for c in samples.captions], "sampler": vars(samples.sampler),
+              "sparse": {"topk": args.topk, "topp": args.topp, "token_order": args.token_order}, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    write_gif(args.out / "side_by_side.gif", [c[:4].cpu() for c in columns])
+    print(markdown(report))
+    print(f"columns of {args.out / 'side_by_side.gif'}: " + " | ".join(name for name, _, _ in models))
+    if not on_gpu:
+        print("speed needs a GPU: on a CPU both paths run the PyTorch reference")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
