@@ -7,10 +7,9 @@
 # so a segment resumes from its stage's checkpoint.
 # WARM_START=<export folder> starts a stage that has no checkpoint yet from those weights (e.g. an export carried
 # from an earlier session) instead of its config's initialisation.
-# First call on a machine, in the background: builds the kernels (GPU_TESTS=1 then runs their GPU suites) and
-# trains the world classifier on the GPU beside the teacher. After training: the quality gate
-# (tools/world/gate_teacher.py, at 16x48x48 for stage 1 and 16x96x96 for stage 2) once the classifier exists,
-# and with PROBE=1 the attention probe (tools/world/probe_teacher.py).
+# First call on a machine, in the background: builds the kernels (GPU_TESTS=1 then runs their GPU suites). After
+# training: the quality gate with the shipped classifier (tools/world/gate_teacher.py, at 16x48x48 for stage 1 and
+# 16x96x96 for stage 2) and, with PROBE=1, the attention probe (tools/world/probe_teacher.py).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 stage=${1:?stage: lowres or full}; budget=${2:?train seconds}; shift 2
@@ -42,14 +41,6 @@ if [ ! -f /tmp/kern/.built ]; then
         packages/sparge-kernels/tests >"$out/gpu_tests.log" 2>&1; echo "gpu tests rc=$?" >>"$out/gpu_tests.log"
     fi ) &
 fi
-# The world classifier for the quality gate, trained on the GPU beside the teacher (small: ~0.2 M params).
-if [ ! -f /tmp/classifier/classifier.safetensors ] && [ ! -f /tmp/classifier.started ]; then
-  touch /tmp/classifier.started
-  ( PYTHONPATH=/tmp/site:$src python3 tools/world/train_classifier.py \
-      --steps "${CLASSIFIER_STEPS:-2500}" --batch 64 --device cuda --time-budget 400 --out /tmp/classifier \
-      --report "$out/classifier" --note "NVIDIA H200, beside the teacher's training" >"$out/classifier.log" 2>&1
-    echo "classifier rc=$?" >>"$out/classifier.log" ) &
-fi
 nvidia-smi --query-gpu=name,memory.used,clocks.sm --format=csv,noheader
 PYTHONPATH=/tmp/site:$src python3 -m sparge_train fit --config $config --set train.output_dir=$run \
   --set train.max_time_s="$budget" "${extra[@]}" "$@" >"$out/train_$stage.log" 2>&1
@@ -64,21 +55,16 @@ for r in rows[:: max(1, len(rows) // 10)] + rows[-1:]:
     print(f"step {r['step']:6d} loss {r['loss']:.4f} step {r['step_time_s']:.3f}s data wait "
           f"{r.get('data_wait_s', 0):.3f}s tok/s {r['tokens_per_s']:.0f} videos {r['samples_seen']}")
 PY
-wait  # kernels + GPU tests, classifier
+wait  # kernels + GPU tests
 [ -f /tmp/kern/.built ] || { echo "kernel build failed"; tail -30 "$out/build.log"; }
-tail -4 "$out/classifier.log" 2>/dev/null
 tail -2 "$out/gpu_tests.log" 2>/dev/null
-if [ -f /tmp/classifier/classifier.safetensors ]; then
-  PYTHONPATH=/tmp/kern:/tmp/site:$src python3 tools/world/gate_teacher.py --model $run/export \
-    --classifier /tmp/classifier --size "$gate_size" --count "${GATE_COUNT:-128}" \
-    --out "$out/gate_${stage}.json" 2>&1 | grep -v Warning | tail -5
-  mkdir -p "$out/classifier_weights" && cp /tmp/classifier/* "$out/classifier_weights/"
-fi
+PYTHONPATH=/tmp/kern:/tmp/site:$src python3 tools/world/gate_teacher.py --model $run/export --size "$gate_size" \
+  --count "${GATE_COUNT:-128}" --out "$out/gate_${stage}.json" 2>&1 | grep -v Warning | tail -5
 if [ "${PROBE:-0}" = 1 ]; then
   PYTHONPATH=/tmp/kern:/tmp/site:$src python3 tools/world/probe_teacher.py --model $run/export --out "$out" 2>&1 \
     | tail -16
 fi
 mkdir -p "$out/export" && cp $run/export/config.json $run/export/diffusion_pytorch_model.safetensors "$out/export/"
-# At most 8 files come back: logs, reports and the classifier go in one archive.
-(cd "$out" && tar czf results.tgz --remove-files ./*.log ./*.json ./*.jsonl ./*.md classifier_weights 2>/dev/null)
+# At most 8 files come back: logs and reports go in one archive.
+(cd "$out" && tar czf results.tgz --remove-files ./*.log ./*.json ./*.jsonl 2>/dev/null)
 echo "segment done after ${SECONDS}s"
