@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ablation import write_gif  # noqa: E402
 from gate_teacher import ATTRIBUTES  # noqa: E402
 from sample_quality import SampleSet, quality  # noqa: E402
+from train_classifier import parse_size  # noqa: E402
 
 from sparge_pipelines import SpargeConfig, apply_sparge, remove_sparge  # noqa: E402
 from sparge_pipelines.world import WorldSize  # noqa: E402
@@ -32,14 +33,6 @@ from sparge_pipelines.world.model import load_world_transformer, shipped_models 
 from sparge_pipelines.world.sampler import SamplerConfig  # noqa: E402
 
 ALL_DENSE = 1 << 30  # dense_steps beyond any sampler: SDPA in every step, timed by the same hook as sparse runs
-
-
-def parse_size(text: str) -> WorldSize:
-    try:
-        f, h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FxHxW such as 16x96x96, got {text!r}") from None
-    return WorldSize(f, h, w)
 
 
 def generate(model, samples: SampleSet, config: SpargeConfig, progress: tqdm) -> tuple[torch.Tensor, dict]:

@@ -37,7 +37,7 @@ def parse_size(text: str) -> WorldSize:
     try:
         f, h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes: expected FxHxW such as 16x96x96, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected FxHxW such as 16x96x96, got {text!r}") from None
     return WorldSize(f, h, w)
 
 
