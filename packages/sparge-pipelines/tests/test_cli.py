@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -146,3 +147,42 @@ def test_generate_config_checks_out_and_device_before_loading(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device 'cuda'.*no usable CUDA GPU"):
             generate(GenerateConfig(model=str(tmp_path / "never-loaded"), prompt="x", device="cuda"))
+
+
+@pytest.mark.parametrize(
+    ("world", "degree", "message"),
+    [(None, "2", "argument --ulysses-degree: 2 needs 2 processes, one per GPU: launch with torchrun "
+                 "--nproc_per_node 2 (WORLD_SIZE is 1)"),
+     ("4", "4", "argument --ulysses-degree: Ulysses degree 4 does not divide the 2 attention heads"),
+     (None, "0", "argument --ulysses-degree: must be >= 1")],
+)
+def test_ulysses_degree_errors_are_fast_argparse_errors(model_dir, monkeypatch, world, degree, message):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    if world is not None:
+        monkeypatch.setenv("WORLD_SIZE", world)
+    proc = _cli_subprocess("--model", str(model_dir), "--prompt", "x", "--ulysses-degree", degree)
+    assert proc.returncode == 2
+    assert f"sparge-generate: error: {message}" in proc.stderr, proc.stderr
+    assert "HEAVY []" in proc.stdout
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_generate_under_torchrun_with_ulysses_equals_one_process(model_dir, tmp_path):
+    """`torchrun --nproc_per_node 2 sparge-generate --ulysses-degree 2` (gloo) writes the video one process does."""
+    args = ["--model", str(model_dir), "--prompt", "a red cat jumps", *VIDEO_ARGS, "--topk", "0.3", "--topp", "0.1",
+            "--token-order", "tiled", "--block-q", "16", "--block-k", "8", "--stats"]
+    assert main([*args, "--out", str(tmp_path / "one.mp4")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "sparge_pipelines.cli", *args, "--ulysses-degree", "2",
+                           "--out", str(tmp_path / "two.mp4")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert proc.stdout.count("wrote ") == 1  # rank 0 only
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["settings"]["ulysses_degree"] == 2
+    assert two["density"]["per_step"] == pytest.approx(one["density"]["per_step"], rel=1e-9)
+    frames_one, frames_two = (iio.imread(tmp_path / f"{n}.mp4").astype(int) for n in ("one", "two"))
+    assert abs(frames_one - frames_two).max() <= 1  # the same floats up to rounding, encoded the same way

@@ -110,3 +110,41 @@ def test_plan_cli_14b_on_two_nodes(capsys):
     assert main(["plan", "--model", "wan2.1-14b", "--gpus-per-node", "1", "--zero", "3", "--gpu-mem-gib", "80"]) == 2
     with pytest.raises(ValueError, match="preset"):
         _plan(model="wan3")
+
+
+def test_sequence_parallel_divides_activations_not_model_states():
+    one = _plan(model="wan2.1-14b", gpus_per_node=8, nodes=2, zero_stage=3)
+    sp8 = _plan(model="wan2.1-14b", gpus_per_node=8, nodes=2, zero_stage=3, sequence_parallel=8)
+    for name in ("student params (bf16)", "optimizer (fp32 master + Adam m, v)", "teacher params (bf16)"):
+        assert sp8.gpu_bytes[name] == one.gpu_bytes[name]  # ZeRO shards over all 16 GPUs either way
+    key = "activations: checkpointed block inputs"
+    assert sp8.backward_only[key] * 8 == one.backward_only[key]
+    recomputed = "activations: one block recomputed"  # 512 text tokens per GPU stay whole: a bit over 1/8
+    assert one.backward_only[recomputed] / 8 < sp8.backward_only[recomputed] < one.backward_only[recomputed] / 7
+    assert sp8.backward_only["Ulysses all-to-all buffers (bf16, est.)"] == 9 * (75600 // 8) * 5120 * 2
+    assert "Ulysses all-to-all buffers (bf16, est.)" not in one.backward_only
+
+
+def test_plan_cli_14b_720p_two_nodes_sequence_parallel_8_fits_without_offload(capsys):
+    """The issue's case: 14B, 720p (75,600 tokens), 2x8 80 GB GPUs, ZeRO-3, no offload: 87 GiB without sequence
+    parallelism (does not fit), under 35 GiB with Ulysses degree 8."""
+    args = ["plan", "--model", "wan2.1-14b", "--gpus-per-node", "8", "--nodes", "2", "--zero", "3",
+            "--gpu-mem-gib", "80"]
+    assert main([*args, "--sequence-parallel", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "sequence parallel (Ulysses) 8" in out and "75600 tokens (9450 per GPU)" in out
+    assert "**fits**" in out and "without it: peak 87.2 GiB per GPU (does NOT fit)" in out
+    assert main(args) == 2
+    p = _plan(model="wan2.1-14b", gpus_per_node=8, nodes=2, zero_stage=3, sequence_parallel=8)
+    assert p.fits and p.total_gpu_bytes < 35 * GIB and p.request.offload == "none"
+
+
+@pytest.mark.parametrize(("gpus", "degree", "message"),
+                         [(16, 3, "degree 3 must divide the 16 GPUs"),
+                          (16, 16, "Ulysses degree 16 does not divide the 40 attention heads")])
+def test_sequence_parallel_degree_errors(gpus, degree, message, capsys):
+    with pytest.raises(ValueError, match=message):
+        _plan(model="wan2.1-14b", gpus_per_node=gpus, sequence_parallel=degree)
+    if degree == 3:
+        assert main(["plan", "--gpus-per-node", str(gpus), "--sequence-parallel", str(degree)]) != 0
+        assert "sequence_parallel: degree 3" in capsys.readouterr().err

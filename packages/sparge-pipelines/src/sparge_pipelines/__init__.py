@@ -14,6 +14,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .apply import apply_sparge, remove_sparge, sparge_state
     from .config import SpargeConfig
+    from .parallel import enable_context_parallel
     from .processor import SpargeWanAttnProcessor
     from .state import SpargeState
     from .stats import DensityStats
@@ -23,6 +24,7 @@ _LAZY = {
     "remove_sparge": "apply",
     "sparge_state": "apply",
     "SpargeConfig": "config",
+    "enable_context_parallel": "parallel",
     "SpargeWanAttnProcessor": "processor",
     "SpargeState": "state",
     "DensityStats": "stats",
@@ -34,6 +36,7 @@ __all__ = [
     "SpargeState",
     "SpargeWanAttnProcessor",
     "apply_sparge",
+    "enable_context_parallel",
     "remove_sparge",
     "sparge_state",
     "__version__",

@@ -9,6 +9,7 @@ from diffusers import WanTransformer3DModel
 
 from .config import SpargeConfig
 from .hooks import install_hooks, remove_hooks
+from .parallel import check_context_parallel
 from .processor import SpargeWanAttnProcessor
 from .state import SpargeState
 
@@ -62,7 +63,8 @@ def apply_sparge(pipe_or_transformer: Any, config: SpargeConfig | None = None, /
     hooks beside the processors (hooks.py), installed only when asked for.
 
     Returns the shared `SpargeState` (its `.stats` and `.timer` hold what was opted in). Apply before
-    `torch.compile`. Undo with `remove_sparge`.
+    `torch.compile`. Undo with `remove_sparge`. Composes with diffusers' Ulysses context parallelism
+    (`enable_context_parallel` or `transformer.enable_parallelism`, before or after this call; see parallel.py).
     """
     if config is None:
         config = SpargeConfig(**fields)
@@ -75,6 +77,9 @@ def apply_sparge(pipe_or_transformer: Any, config: SpargeConfig | None = None, /
         if hasattr(model, _STATE_ATTR):
             raise RuntimeError(f"sparge is already applied to {prefix or 'the transformer'}: call remove_sparge first")
         config.check_layers_exist(len(model.blocks))
+        # Already parallel (enable_parallelism before apply_sparge): refuse a bad degree now, not at the first call.
+        check_context_parallel(model._parallel_config, model.config.num_attention_heads, prefix.rstrip(".") or
+                               "transformer")
     state = SpargeState(config, pipeline)
     names = []
     for prefix, model in models:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -68,6 +69,25 @@ def _check_device(parser: argparse.ArgumentParser, device: str | None) -> None:
         parser.error(f"argument --device: {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
+def _check_ulysses(parser: argparse.ArgumentParser, degree: int, model: str) -> None:
+    """--ulysses-degree N needs N processes (torchrun sets WORLD_SIZE) and a head count N divides (read from the
+    model's transformer/config.json when it is there); standard library only."""
+    if degree == 1:
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != degree:
+        parser.error(f"argument --ulysses-degree: {degree} needs {degree} processes, one per GPU: launch with "
+                     f"torchrun --nproc_per_node {degree} (WORLD_SIZE is {world})")
+    config = Path(model) / "transformer" / "config.json"
+    try:
+        heads = json.loads(config.read_text()).get("num_attention_heads")
+    except (OSError, ValueError):
+        return  # no readable config: the loader reports the directory, the processor the heads
+    if isinstance(heads, int) and heads % degree:
+        parser.error(f"argument --ulysses-degree: Ulysses degree {degree} does not divide the {heads} attention "
+                     f"heads of {model}: use a degree that divides {heads}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparge-generate", description=__doc__)
     p.add_argument("--model", required=True, help="local diffusers-format Wan2.1 directory (T2V or I2V)")
@@ -99,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, default=None,
                    help="cpu, cuda or cuda:N; default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="default: bf16 on cuda, fp32 on cpu")
+    p.add_argument("--ulysses-degree", type=_int_at_least(1), default=1,
+                   help="sequence parallelism over N GPUs (diffusers' Ulysses context parallelism); run under "
+                        "torchrun --nproc_per_node N; N must divide the attention heads")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -115,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"argument --image: {args.image!r} is not a file")
         if args.report is not None and Path(args.report).suffix.lower() != ".json":
             parser.error(f"argument --report: {args.report!r} must end in .json")
+        _check_ulysses(parser, args.ulysses_degree, args.model)
         _check_device(parser, args.device)
     except SystemExit as exc:  # argparse exits 2 on errors, 0 on --help: return it, so callers get an int
         return int(exc.code or 0)
@@ -127,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError, ValueError, TypeError, RuntimeError) as exc:
         print(f"sparge-generate: error: {exc}", file=sys.stderr)
         return 2
+    if "video" not in report:  # a Ulysses rank other than 0: rank 0 writes and reports
+        return 0
     line = f"wrote {report['video']} and {report['report']}: {report['total_s']:.1f} s total"
     if "attention_share" in report:
         line += f", attention share {report['attention_share']:.1%}"

@@ -52,6 +52,7 @@ class GenerateConfig:
     fps: int = 16
     device: str | None = None
     dtype: str | None = None
+    ulysses_degree: int = 1  # > 1: sequence parallelism over that many processes (torchrun), rank 0 writes
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +71,9 @@ class GenerateConfig:
         if Path(self.out).suffix.lower() not in VIDEO_SUFFIXES:
             # Checked before the (long) generation: writing is the last step.
             raise ValueError(f"out {self.out!r} must end in one of {', '.join(VIDEO_SUFFIXES)}")
+        if isinstance(self.ulysses_degree, bool) or not isinstance(self.ulysses_degree, int) \
+                or self.ulysses_degree < 1:
+            raise ValueError(f"ulysses_degree must be an int >= 1, got {self.ulysses_degree!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         self.sparge_config()  # validates topk, topp, dense_steps, dense_layers, token_order, block sizes
@@ -142,11 +146,31 @@ def write_mp4(frames: Any, path: str | Path, fps: int) -> Path:
     return path
 
 
+def _init_ulysses(degree: int, device: str) -> tuple[str, int, bool]:
+    """(this rank's device, rank, whether the process group was created here) for a torchrun launch of
+    `degree` processes: NCCL and cuda:LOCAL_RANK on GPUs, gloo on the CPU."""
+    import os
+
+    dist = torch.distributed
+    own_group = not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if dist.get_world_size() != degree:
+        raise ValueError(f"ulysses_degree {degree} needs {degree} processes, got a world of {dist.get_world_size()}")
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', dist.get_rank()))}"
+        torch.cuda.set_device(device)
+    return device, dist.get_rank(), own_group
+
+
 def generate(config: GenerateConfig, pipe: Any | None = None) -> dict:
     """Run `config` (loading the pipeline unless given), write the mp4, the JSON report and the stats."""
     from .loading import load_wan_pipeline
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, own_group = 0, False
+    if config.ulysses_degree > 1:
+        device, rank, own_group = _init_ulysses(config.ulysses_degree, device)
     try:
         kind = torch.device(device).type
     except RuntimeError as exc:
@@ -158,6 +182,12 @@ def generate(config: GenerateConfig, pipe: Any | None = None) -> dict:
     t_load = time.perf_counter()
     if pipe is None:
         pipe = load_wan_pipeline(config.model, device=device, dtype=dtype)
+    if config.ulysses_degree > 1:
+        from diffusers import ContextParallelConfig
+
+        from .parallel import enable_context_parallel
+
+        enable_context_parallel(pipe, ContextParallelConfig(ulysses_degree=config.ulysses_degree))
     load_s = time.perf_counter() - t_load
     pipe.set_progress_bar_config(disable=not config.progress, desc="denoising")
     if config.image is None and type(pipe).__name__ == "WanImageToVideoPipeline":
@@ -179,6 +209,10 @@ def generate(config: GenerateConfig, pipe: Any | None = None) -> dict:
     finally:
         if state is not None:
             remove_sparge(pipe)
+        if own_group:
+            torch.distributed.destroy_process_group()
+    if rank != 0:  # every rank holds the same video; rank 0 writes it
+        return {"rank": rank, "total_s": total_s}
 
     out = write_mp4(frames[0], config.out, config.fps)
     step_s = clock.step_seconds

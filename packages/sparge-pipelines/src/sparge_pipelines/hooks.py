@@ -2,7 +2,8 @@
 when asked for: the processor computes attention and nothing else.
 
 - `DensityStatsHook` (`collect_stats=True`): runs the processor's `attend`, which also returns the block mask it
-  used, and queues the mask's per-head density — a tensor, so under `torch.compile(fullgraph=True)` it is just one
+  used, and queues the mask's per-head density (all heads: under Ulysses gathered over the ranks, see
+  `SpargeWanAttnProcessor.head_density`) — a tensor, so under `torch.compile(fullgraph=True)` it is just one
   more graph output — on `DensityStats`. The transformer's forward hook, outside the compiled blocks, files the
   queue under the denoising step (`SpargeState.flush_stats`). Dense calls queue 1.0 per head.
 - `AttentionTimingHook` (`time_attention=True`): a `Timer` interval around every self-attention call (CUDA events
@@ -36,12 +37,7 @@ class DensityStatsHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
         out, mask = self.processor.attend(module, hidden_states, *args, **kwargs)
-        if mask is None:  # a dense call
-            density = torch.ones(hidden_states.shape[0], module.heads, dtype=torch.float64,
-                                 device=hidden_states.device)
-        else:
-            density = mask.density_per_head
-        self.state.stats.defer(self.layer, density)
+        self.state.stats.defer(self.layer, self.processor.head_density(module, hidden_states, mask))
         return out
 
 

@@ -88,7 +88,8 @@ class SpargeState:
         if self.perm.numel() != seq_len:
             raise ValueError(
                 f"token_order='tiled': the patch grid {self.grid} has {self.perm.numel()} tokens but self-attention "
-                f"got {seq_len} (is the sequence split, e.g. by context parallelism?)"
+                f"got {seq_len} (under context parallelism the processor permutes the whole sequence, after the "
+                "all-to-all; a sequence split some other way is not supported)"
             )
         return self.perm, self.inverse_perm
 

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--frames", type=_frames, default=81, help="4k+1 frames")
     plan.add_argument("--micro-batch", type=_int_at_least(1), default=1)
     plan.add_argument("--gpu-mem-gib", type=_positive_float, default=80.0)
+    plan.add_argument("--sequence-parallel", type=_int_at_least(1), default=1, metavar="S",
+                      help="Ulysses degree: S GPUs share one sample, seq/S tokens each (divides the GPUs and heads)")
     plan.add_argument("--no-gradient-checkpointing", action="store_true")
     plan.add_argument("--no-teacher", action="store_true", help="diffusion loss only (no teacher)")
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -117,7 +119,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         model=args.model, gpus_per_node=args.gpus_per_node, nodes=args.nodes, zero_stage=args.zero,
         offload=args.offload, height=args.height, width=args.width, frames=args.frames,
         micro_batch=args.micro_batch, gpu_mem_gib=args.gpu_mem_gib,
-        gradient_checkpointing=not args.no_gradient_checkpointing, teacher=not args.no_teacher)
+        gradient_checkpointing=not args.no_gradient_checkpointing, teacher=not args.no_teacher,
+        sequence_parallel=args.sequence_parallel)
         request.validate()
     except ValueError as e:  # the request's own checks (argparse already covered the common ones)
         print(f"sparge-train plan: error: {e}", file=sys.stderr)

@@ -11,15 +11,23 @@ saved-tensor hooks, with attention replaced by a flash-style stand-in that saves
 attention save (q, k, v, out, log-sum-exp). With gradient checkpointing the live set is every block's input plus
 one block's saved tensors during its recomputation; backward transients are estimated on top (stated below).
 The peak is the larger of two phases: forward/backward (activations live) and the optimizer step (activations
-freed, gradients upcast to fp32). On an H100, Wan2.1-1.3B at 480p, ZeRO-2, 1 GPU: planned 33.7 GiB
-without the runtime reserve, measured 31.8 GiB (torch.cuda.max_memory_allocated, tools/results/train_*.md).
+freed, gradients upcast to fp32).
+
+Sequence parallelism (Ulysses, degree S): every block runs on seq/S tokens per GPU, so its activations are traced
+at seq/S tokens; that is exact for attention too, whose all-to-all turns (seq/S tokens, H heads) into (seq tokens,
+H/S heads) of the same size. On top: the all-to-all buffers of one attention (est.), and the patch embedding, made
+on the whole sequence before the split (the first block's input is a view of it). Model states are unchanged:
+ZeRO shards over all GPUs whatever their data x sequence layout.
+
+On an H100, Wan2.1-1.3B at 480p, ZeRO-2, 1 GPU: planned 33.7 GiB without the runtime reserve,
+measured 31.8 GiB (torch.cuda.max_memory_allocated, tools/results/train_*.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -52,6 +60,7 @@ class PlanRequest:
     reduce_bucket_size: int = 200_000_000  # DeepSpeedSection defaults
     allgather_bucket_size: int = 200_000_000
     stage3_prefetch_bucket_size: int = 50_000_000
+    sequence_parallel: int = 1  # Ulysses degree: GPUs that share one sample, each holding seq/S tokens
 
     def validate(self) -> None:
         if self.gpus_per_node < 1:
@@ -64,6 +73,12 @@ class PlanRequest:
             raise ValueError(f"offload: must be none or cpu, got {self.offload!r}")
         if self.micro_batch < 1:
             raise ValueError(f"micro_batch: must be >= 1, got {self.micro_batch}")
+        if isinstance(self.sequence_parallel, bool) or not isinstance(self.sequence_parallel, int) \
+                or self.sequence_parallel < 1:
+            raise ValueError(f"sequence_parallel: must be an int >= 1, got {self.sequence_parallel!r}")
+        if self.world_size % self.sequence_parallel:
+            raise ValueError(f"sequence_parallel: degree {self.sequence_parallel} must divide the "
+                             f"{self.world_size} GPUs (data-parallel groups x sequence-parallel groups)")
         if not self.gpu_mem_gib > 0:
             raise ValueError(f"gpu_mem_gib: must be > 0, got {self.gpu_mem_gib}")
 
@@ -207,11 +222,26 @@ def _deepspeed_model_state_estimate(req: PlanRequest, total: int, largest: int) 
     return {"gpu_bytes": int(gpu), "cpu_bytes_per_node": int(cpu)}
 
 
+def _check_sequence_parallel(req: PlanRequest, heads: int, seq: int) -> None:
+    """The Ulysses degree must divide the heads (each GPU attends over heads/S) and the tokens (diffusers splits
+    the sequence in equal parts)."""
+    sp = req.sequence_parallel
+    if heads % sp:
+        raise ValueError(f"sequence_parallel: Ulysses degree {sp} does not divide the {heads} attention heads of "
+                         f"{req.model}")
+    if seq % sp:
+        raise ValueError(f"sequence_parallel: Ulysses degree {sp} does not divide the {seq} tokens of a "
+                         f"{req.frames}x{req.height}x{req.width} video")
+
+
 def memory_plan(req: PlanRequest) -> MemoryPlan:
     req.validate()
     arch = wan_config(req.model)
     total, block, largest = model_param_counts(arch)
     seq = sequence_length(VideoShape(req.frames, req.height, req.width), tuple(arch["patch_size"]))
+    _check_sequence_parallel(req, arch["num_attention_heads"], seq)
+    sp = req.sequence_parallel
+    local_seq = seq // sp
     n = req.world_size
     dim = arch["num_attention_heads"] * arch["attention_head_dim"]
     layers = arch["num_layers"]
@@ -240,8 +270,8 @@ def memory_plan(req: PlanRequest) -> MemoryPlan:
     step["student fp32 grads (optimizer step only)"] = 0 if offload else math.ceil(4 * total / n)
 
     # Activations (student; the teacher forward runs under no_grad before it and keeps only its output).
-    block_saved, largest_saved = block_activation_bytes(arch, seq, req.micro_batch)
-    token_bytes = req.micro_batch * seq * dim
+    block_saved, largest_saved = block_activation_bytes(arch, local_seq, req.micro_batch)
+    token_bytes = req.micro_batch * local_seq * dim  # one residual-width tensor of this GPU's tokens (elements)
     if req.gradient_checkpointing:
         backward["activations: checkpointed block inputs"] = layers * token_bytes * BF16
         backward["activations: one block recomputed"] = block_saved
@@ -250,13 +280,26 @@ def memory_plan(req: PlanRequest) -> MemoryPlan:
     # Backward transients: gradients of the largest saved tensor and of two fp32 residual-width tensors, plus
     # patch embedding / output head / rope tables (fp32, full width).
     backward["activations: backward transients (est.)"] = 2 * largest_saved + 2 * token_bytes * 4
-    backward["activations: embedding + output head"] = 3 * token_bytes * 4
+    if sp == 1:
+        backward["activations: embedding + output head"] = 3 * token_bytes * 4
+    else:
+        # The patch embedding is made on the whole sequence before the split; the head runs on this GPU's tokens.
+        backward["activations: embedding (whole sequence) + output head"] = (sp + 2) * token_bytes * 4
+        # One attention's all-to-alls (forward, recomputation or backward): for each of q, k, v (or their
+        # gradients) the contiguous send copy, the receive buffer and the re-laid-out result (est.).
+        backward["Ulysses all-to-all buffers (bf16, est.)"] = 3 * 3 * token_bytes * BF16
     both["runtime reserve (CUDA context, NCCL, fragmentation)"] = RUNTIME_RESERVE_BYTES
 
     # Host memory per node.
     states_cpu = (18 * total if offload else 0) + (4 * total if (z3 and offload and req.teacher) else 0)
     plan.cpu_bytes_per_node = math.ceil(states_cpu / req.nodes)
     plan.deepspeed_estimate = _deepspeed_model_state_estimate(req, total, largest)
+    if sp > 1:
+        single = memory_plan(replace(req, sequence_parallel=1))
+        plan.notes.append(f"sequence parallelism: Ulysses degree {sp}, {local_seq} tokens per GPU, "
+                          f"{req.world_size // sp} data-parallel group(s) of {sp} GPUs (one sample per group); "
+                          f"without it: peak {single.total_gpu_bytes / GIB:.1f} GiB per GPU "
+                          f"({'fits' if single.fits else 'does NOT fit'})")
     plan.notes.append(f"DeepSpeed's estimator (model states of the trained student only, no teacher/activations): "
                       f"{plan.deepspeed_estimate['gpu_bytes'] / GIB:.2f} GiB per GPU, "
                       f"{plan.deepspeed_estimate['cpu_bytes_per_node'] / GIB:.1f} GiB CPU per node")
@@ -267,11 +310,14 @@ def format_plan(plan: MemoryPlan) -> str:
     r = plan.request
     lines = [
         f"# sparge-train plan: {r.model}, {r.nodes} node(s) × {r.gpus_per_node} GPU(s), ZeRO-{r.zero_stage}"
-        f"{', offload cpu' if r.offload == 'cpu' else ''}",
+        f"{', offload cpu' if r.offload == 'cpu' else ''}"
+        f"{f', sequence parallel (Ulysses) {r.sequence_parallel}' if r.sequence_parallel > 1 else ''}",
         "",
         f"- parameters: {plan.total_params / 1e9:.3f} B (one block {plan.block_params / 1e6:.1f} M, largest "
         f"module {plan.largest_layer_params / 1e6:.1f} M, {plan.num_layers} blocks)",
-        f"- video {r.frames}×{r.height}×{r.width} → {plan.seq_len} tokens × micro-batch {r.micro_batch}; "
+        f"- video {r.frames}×{r.height}×{r.width} → {plan.seq_len} tokens"
+        f"{f' ({plan.seq_len // r.sequence_parallel} per GPU)' if r.sequence_parallel > 1 else ''}"
+        f" × micro-batch {r.micro_batch}; "
         f"gradient checkpointing {'on' if r.gradient_checkpointing else 'off'}; "
         f"teacher {'frozen copy' if r.teacher else 'none'}",
         "",
