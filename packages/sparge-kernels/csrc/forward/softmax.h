@@ -7,7 +7,7 @@
 
 #include <cmath>
 
-#include "forward/utils.h"
+#include "common/utils.h"
 
 namespace sparge::fwd {
 
