@@ -1,6 +1,7 @@
 // Arguments of the block-sparse attention kernels as the kernels see them. The backward's extend the forward's
 // (as flash-attention hopper's Flash_bwd_params : Flash_fwd_params): q, k, v, out, lse, the kept-key-block list
 // and the sizes mean the same in both. Plain data only (no CUDA/CuTe types), so the bindings can fill them.
+// FwdParams keeps the field order of the forward's former AttentionForwardParams (the kernels' parameter offsets).
 #pragma once
 
 #include <cstdint>
@@ -16,13 +17,13 @@ struct FwdParams {
   const void* k = nullptr;
   const void* v = nullptr;
   void* out = nullptr;
-  Strides q_stride, k_stride, v_stride, out_stride;
   float* lse = nullptr;               // (B, H, Lq) contiguous, natural log; -inf for a query block with no kept key
   const int32_t* kv_count = nullptr;  // (B, H, Nq) contiguous
   const int32_t* kv_index = nullptr;  // (B, H, Nq, Nk) contiguous: kept key blocks ascending, first kv_count valid
 
   int batch = 0, heads = 0, seqlen_q = 0, seqlen_k = 0, head_dim = 0;
   int num_q_blocks = 0, num_k_blocks = 0;
+  Strides q_stride, k_stride, v_stride, out_stride;
 
   float scale = 0.f;       // softmax scale applied to q·k
   float scale_log2 = 0.f;  // scale * log2(e): the kernels exponentiate with exp2

@@ -134,13 +134,21 @@ CUTE_DEVICE void gemm_rs(Acc& acc, FragA const& tCrA, FragB& tCrB, SmemB const& 
 // cp.async of a thread's partition of a (rows, D) tile global -> shared: src/dst (CPY, CPY_M, CPY_K) from one
 // tiled copy, coord the same partition of an identity tensor over the tile. Rows at or past `valid_rows`
 // (sequence tail) are not read and are zero-filled instead.
-template <class TiledCopy, class Src, class Dst, class Coord>
+// kPerSlice issues a row's copy one K slice at a time (the forward's form) instead of one call over the row (the
+// backward's form): the same bytes either way; the flag only keeps each kernel's instruction schedule (SASS) as it
+// was before the two copies became this one.
+template <bool kPerSlice = false, class TiledCopy, class Src, class Dst, class Coord>
 CUTE_DEVICE void copy_rows_zfill(TiledCopy const& tiled_copy, Src const& src, Dst&& dst, Coord const& coord,
                                  int valid_rows) {
   CUTE_UNROLL
   for (int m = 0; m < size<1>(dst); ++m) {
     if (get<0>(coord(0, m, 0)) < valid_rows) {
-      cute::copy(tiled_copy, src(_, m, _), dst(_, m, _));
+      if constexpr (kPerSlice) {
+        CUTE_UNROLL
+        for (int k = 0; k < size<2>(src); ++k) cute::copy(tiled_copy, src(_, m, k), dst(_, m, k));
+      } else {
+        cute::copy(tiled_copy, src(_, m, _), dst(_, m, _));
+      }
     } else {
       cute::clear(dst(_, m, _));
     }

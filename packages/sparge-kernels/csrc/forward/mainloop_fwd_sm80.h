@@ -74,11 +74,11 @@ struct MainloopFwdSm80 {
       const int rows = min(kBlockN, p.seqlen_k - n * kBlockN);
       Tensor tKs = gmem_thr.partition_D(sK(stage));
       Tensor tVs = gmem_thr.partition_D(sV(stage));
-      copy_rows_zfill(gmem_copy, gmem_thr.partition_S(gK(n)), tKs, tKVc, rows);
-      copy_rows_zfill(gmem_copy, gmem_thr.partition_S(gV(n)), tVs, tKVc, rows);
+      copy_rows_zfill</*kPerSlice=*/true>(gmem_copy, gmem_thr.partition_S(gK(n)), tKs, tKVc, rows);
+      copy_rows_zfill</*kPerSlice=*/true>(gmem_copy, gmem_thr.partition_S(gV(n)), tVs, tKVc, rows);
     };
     Tensor tQs = gmem_thr.partition_D(sQ);
-    copy_rows_zfill(gmem_copy, gmem_thr.partition_S(gQ), tQs, tQc, q_rows);
+    copy_rows_zfill</*kPerSlice=*/true>(gmem_copy, gmem_thr.partition_S(gQ), tQs, tQc, q_rows);
     if (kv_count > 0) load_kv(0, 0);
     cp_async_fence();
 

@@ -69,7 +69,8 @@ struct MainloopFwdSm90 {
     Barrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kTmaBytesQ);
     copy(kp.tma_q.with(ss.barrier_q), tQgQ, tQsQ);
     PipelineState write = cutlass::make_producer_start_state<Pipeline>();
-    for (int slot = 0; slot < walk.trip_count(); ++slot) {
+    const int kv_count = walk.trip_count();  // a local bound: the loop keeps its former (not unrolled) shape
+    for (int slot = 0; slot < kv_count; ++slot) {
       const int n_block = walk.block(slot);
       pipeline_k.producer_acquire(write);
       copy(kp.tma_k.with(*pipeline_k.producer_get_barrier(write)), tKgK(_, n_block), tKsK(_, write.index()));
