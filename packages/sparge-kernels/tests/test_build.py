@@ -82,7 +82,7 @@ def test_every_entry_takes_tensors_and_rejects_bad_arguments_before_touching_a_d
     bwd = dict(block_q=128, block_k=64, scale=0.125, deterministic=True, dq_bulk_reduce=False, stream=0)
     tensors = dict(q=q, k=q, v=q, out=q, dout=q, lse=lse, dlse=None, kv_count=kv_count, kv_index=kv_index,
                    q_count=kv_count, q_index=kv_index, dq=q, dk=q, dv=q, lse_log2=lse, delta=lse, dq_accum=None)
-    with pytest.raises(ValueError, match="block_q=128, block_k=64"):
+    with pytest.raises(ValueError, match="block_q=128 and block_k=64"):
         c.attention_backward(**tensors, **{**bwd, "block_k": 128})
     with pytest.raises(ValueError, match="dq_accum is a null pointer"):
         c.attention_backward(**tensors, **{**bwd, "deterministic": False})

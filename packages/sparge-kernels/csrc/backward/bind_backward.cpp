@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "backward/backward_api.h"
 #include "bindings.h"
+#include "common/attention_args.h"
 #include "common/params.h"
 #include "common/tensor.h"
 #include "common/tensor_caster.h"
@@ -21,59 +23,31 @@ namespace {
 
 using sparge::TensorArg;
 
-constexpr const char* kWho = "sparge attention_backward";
-
-void require(bool cond, const std::string& msg) {
-  if (!cond) throw std::invalid_argument(std::string(kWho) + ": " + msg);
-}
-
 void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const& v, TensorArg const& out,
                         TensorArg const& dout, TensorArg const& lse, TensorArg const& dlse,
                         TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count,
                         TensorArg const& q_index, TensorArg const& dq, TensorArg const& dk, TensorArg const& dv,
                         TensorArg const& lse_log2, TensorArg const& delta, TensorArg const& dq_accum, int block_q,
                         int block_k, double scale, bool deterministic, bool dq_bulk_reduce, uintptr_t stream) {
-  require(block_q == 128 && block_k == 64,
-          "only block_q=128, block_k=64 are implemented, got block_q=" + std::to_string(block_q) +
-              ", block_k=" + std::to_string(block_k));
-  require(q.dtype == sparge::DType::kBFloat16 || q.dtype == sparge::DType::kFloat16,
-          std::string("dtype must be bfloat16 or float16, got ") + sparge::dtype_name(q.dtype));
-  struct Operand {
-    const char* name;
-    TensorArg const& t;
-  };
-  for (Operand o : {Operand{"q", q}, Operand{"k", k}, Operand{"v", v}, Operand{"out", out}, Operand{"dout", dout},
-                    Operand{"dq", dq}, Operand{"dk", dk}, Operand{"dv", dv}}) {
-    sparge::check_attention_operand(kWho, o.name, o.t);
+  constexpr const char* kWho = "sparge attention_backward";
+  sparge::BwdParams p{};
+  sparge::set_attention_params(p, kWho, q, k, v, out, lse, kv_count, kv_index, block_q, block_k, scale);
+  // What the backward adds: dO and the gradients (attention operands), the transposed mask and the workspace.
+  for (auto [name, t] : {std::pair<const char*, TensorArg const*>{"dout", &dout}, {"dq", &dq}, {"dk", &dk},
+                         {"dv", &dv}}) {
+    sparge::check_attention_operand(kWho, name, *t);
   }
-  for (Operand o : {Operand{"lse", lse}, Operand{"kv_count", kv_count}, Operand{"kv_index", kv_index},
-                    Operand{"q_count", q_count}, Operand{"q_index", q_index}, Operand{"lse_log2", lse_log2},
-                    Operand{"delta", delta}}) {
-    sparge::check_buffer(kWho, o.name, o.t);
+  for (auto [name, t] : {std::pair<const char*, TensorArg const*>{"lse", &lse}, {"kv_count", &kv_count},
+                         {"kv_index", &kv_index}, {"q_count", &q_count}, {"q_index", &q_index},
+                         {"lse_log2", &lse_log2}, {"delta", &delta}}) {
+    sparge::check_buffer(kWho, name, *t);
   }
   sparge::check_buffer(kWho, "dlse", dlse, /*allow_none=*/true);
   sparge::check_buffer(kWho, "dq_accum", dq_accum, /*allow_none=*/deterministic);
-  const int batch = int(q.size(0)), heads = int(q.size(1)), seqlen_q = int(q.size(2)), seqlen_k = int(k.size(2));
-  const int head_dim = int(q.size(3));
-  require(head_dim == 64 || head_dim == 128, "head_dim must be 64 or 128, got " + std::to_string(head_dim));
-  require(batch > 0 && heads > 0 && seqlen_q > 0 && seqlen_k > 0, "batch, heads, seqlen_q, seqlen_k must be > 0");
-  require(heads <= 65535 && batch <= 65535, "batch and heads must be <= 65535");
 
-  sparge::BwdParams p{};
-  p.q = q.data;
-  p.k = k.data;
-  p.v = v.data;
-  p.out = out.data;
   p.dout = dout.data;
-  p.q_stride = q.bhl_strides();
-  p.k_stride = k.bhl_strides();
-  p.v_stride = v.bhl_strides();
-  p.out_stride = out.bhl_strides();
   p.dout_stride = dout.bhl_strides();
-  p.lse = lse.ptr<float>();
   p.dlse = dlse.ptr<const float>();
-  p.kv_count = kv_count.ptr<const int32_t>();
-  p.kv_index = kv_index.ptr<const int32_t>();
   p.q_count = q_count.ptr<const int32_t>();
   p.q_index = q_index.ptr<const int32_t>();
   p.dq = dq.data;
@@ -85,16 +59,7 @@ void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const&
   p.lse_log2 = lse_log2.ptr<float>();
   p.delta = delta.ptr<float>();
   p.dq_accum = dq_accum.ptr<float>();
-  p.batch = batch;
-  p.heads = heads;
-  p.seqlen_q = seqlen_q;
-  p.seqlen_k = seqlen_k;
-  p.head_dim = head_dim;
-  p.num_q_blocks = (seqlen_q + block_q - 1) / block_q;
-  p.num_k_blocks = (seqlen_k + block_k - 1) / block_k;
   p.padded_q = int64_t(p.num_q_blocks) * block_q;
-  p.scale = float(scale);
-  p.scale_log2 = float(scale * 1.4426950408889634);
   p.deterministic = deterministic;
   p.dq_bulk_reduce = dq_bulk_reduce;
   sparge::bwd::dispatch_backward(p, q.dtype, reinterpret_cast<cudaStream_t>(stream));

@@ -51,6 +51,14 @@ struct BackwardTraits {
       SmemLayoutTile<kRows>{}, make_layout(Shape<Int<kHeadDim>, Int<kRows>>{}, GenRowMajor{})));
   template <int kRows>
   using SmemLayoutTileTNoSwizzle = decltype(get_nonswizzle_portion(SmemLayoutTileT<kRows>{}));
+  // The tiles of the two kernels: a key block (K, V), a dK/dV step of query rows (Q, dO), a query block (dQ kernel).
+  using SmemLayoutKV = SmemLayoutTile<kKeyBlock>;
+  using SmemLayoutKVT = SmemLayoutTileT<kKeyBlock>;
+  using SmemLayoutKVTNoSwizzle = SmemLayoutTileTNoSwizzle<kKeyBlock>;
+  using SmemLayoutStep = SmemLayoutTile<kStepRows>;
+  using SmemLayoutStepT = SmemLayoutTileT<kStepRows>;
+  using SmemLayoutStepTNoSwizzle = SmemLayoutTileTNoSwizzle<kStepRows>;
+  using SmemLayoutQ = SmemLayoutTile<kQueryBlock>;
 
   // P and dS of one step: (query rows, keys), and the (keys, query rows) view for dV = Pᵀ dO, dK = dSᵀ Q.
   using SmemLayoutPdS = decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kStepRows>, Int<kKeyBlock>>{}));

@@ -25,12 +25,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
   constexpr int kD = Traits::kHeadDim;
   constexpr int kM = Traits::kStepRows;
   constexpr int kN = Traits::kKeyBlock;
-  using LayoutStep = typename Traits::template SmemLayoutTile<kM>;
-  using LayoutStepT = typename Traits::template SmemLayoutTileT<kM>;
-  using LayoutStepTNoSwizzle = typename Traits::template SmemLayoutTileTNoSwizzle<kM>;
-  using LayoutKV = typename Traits::template SmemLayoutTile<kN>;
-  using LayoutKVT = typename Traits::template SmemLayoutTileT<kN>;
-  using LayoutKVTNoSwizzle = typename Traits::template SmemLayoutTileTNoSwizzle<kN>;
 
   extern __shared__ __align__(128) char smem_raw[];
   const int tid = threadIdx.x;
@@ -99,27 +93,30 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
   typename Traits::TiledMmaKV tiled_mma;
   auto thr_mma = tiled_mma.get_thread_slice(tid);
 
-  Tensor sK = make_tensor(make_smem_ptr(smem_k), LayoutKV{});
-  Tensor sV = make_tensor(make_smem_ptr(smem_v), LayoutKV{});
-  Tensor sKt = make_tensor(make_smem_ptr(smem_k), LayoutKVT{});
+  Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKV{});
+  Tensor sKt = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKVT{});
   Tensor sP = make_tensor(make_smem_ptr(smem_p), typename Traits::SmemLayoutPdS{});
   Tensor sPt = make_tensor(make_smem_ptr(smem_p), typename Traits::SmemLayoutPdST{});
   Tensor sdS = make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutPdS{});
   Tensor sdSt = make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutPdST{});
 
   // Register fragments (shapes only come from these tensors).
-  Tensor tSrQ = thr_mma.partition_fragment_A(make_tensor(make_smem_ptr(smem_q), LayoutStep{}));
+  Tensor tSrQ = thr_mma.partition_fragment_A(make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutStep{}));
   Tensor tSrK = thr_mma.partition_fragment_B(sK);
-  Tensor tdPrdO = thr_mma.partition_fragment_A(make_tensor(make_smem_ptr(smem_do), LayoutStep{}));
+  Tensor tdPrdO = thr_mma.partition_fragment_A(make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutStep{}));
   Tensor tdPrV = thr_mma.partition_fragment_B(sV);
   Tensor tdVrPt =
       thr_mma.partition_fragment_A(make_tensor(make_smem_ptr(smem_p), typename Traits::SmemLayoutPdSTNoSwizzle{}));
-  Tensor tdVrdOt = thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_do), LayoutStepTNoSwizzle{}));
+  Tensor tdVrdOt =
+      thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutStepTNoSwizzle{}));
   Tensor tdKrdSt =
       thr_mma.partition_fragment_A(make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutPdSTNoSwizzle{}));
-  Tensor tdKrQt = thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_q), LayoutStepTNoSwizzle{}));
+  Tensor tdKrQt =
+      thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutStepTNoSwizzle{}));
   Tensor tdQrdS = thr_mma.partition_fragment_A(sdS);
-  Tensor tdQrKt = thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_k), LayoutKVTNoSwizzle{}));
+  Tensor tdQrKt =
+      thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKVTNoSwizzle{}));
 
   // Shared -> register copies: ldmatrix for K-major operands, ldmatrix.trans for M/N-major ones.
   auto copy_a = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
@@ -162,10 +159,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
     const int row0 = step_row0(step);
     Element* sq = smem_q + buf * Traits::kSmemStepElems;
     Element* sdo = smem_do + buf * Traits::kSmemStepElems;
-    Tensor sQ = make_tensor(make_smem_ptr(sq), LayoutStep{});
-    Tensor sdO = make_tensor(make_smem_ptr(sdo), LayoutStep{});
-    Tensor sQt = make_tensor(make_smem_ptr(sq), LayoutStepT{});
-    Tensor sdOt = make_tensor(make_smem_ptr(sdo), LayoutStepT{});
+    Tensor sQ = make_tensor(make_smem_ptr(sq), typename Traits::SmemLayoutStep{});
+    Tensor sdO = make_tensor(make_smem_ptr(sdo), typename Traits::SmemLayoutStep{});
+    Tensor sQt = make_tensor(make_smem_ptr(sq), typename Traits::SmemLayoutStepT{});
+    Tensor sdOt = make_tensor(make_smem_ptr(sdo), typename Traits::SmemLayoutStepT{});
     const float* step_lse = smem_lse + buf * kM;
     const float* step_delta = smem_delta + buf * kM;
 

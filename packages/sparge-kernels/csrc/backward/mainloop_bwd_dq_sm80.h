@@ -23,10 +23,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dq_kernel(const BwdParam
   constexpr int kD = Traits::kHeadDim;
   constexpr int kM = Traits::kQueryBlock;
   constexpr int kN = Traits::kKeyBlock;
-  using LayoutQ = typename Traits::template SmemLayoutTile<kM>;
-  using LayoutKV = typename Traits::template SmemLayoutTile<kN>;
-  using LayoutKVT = typename Traits::template SmemLayoutTileT<kN>;
-  using LayoutKVTNoSwizzle = typename Traits::template SmemLayoutTileTNoSwizzle<kN>;
 
   extern __shared__ __align__(128) char smem_raw[];
   const int tid = threadIdx.x;
@@ -77,14 +73,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dq_kernel(const BwdParam
 
   typename Traits::TiledMmaQ tiled_mma;
   auto thr_mma = tiled_mma.get_thread_slice(tid);
-  Tensor sQ = make_tensor(make_smem_ptr(smem_q), LayoutQ{});
-  Tensor sdO = make_tensor(make_smem_ptr(smem_do), LayoutQ{});
+  Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutQ{});
 
   Tensor tSrQ = thr_mma.partition_fragment_A(sQ);
-  Tensor tSrK = thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_k), LayoutKV{}));
+  Tensor tSrK = thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKV{}));
   Tensor tdPrdO = thr_mma.partition_fragment_A(sdO);
-  Tensor tdPrV = thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_v), LayoutKV{}));
-  Tensor tdQrKt = thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_k), LayoutKVTNoSwizzle{}));
+  Tensor tdPrV = thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKV{}));
+  Tensor tdQrKt =
+      thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKVTNoSwizzle{}));
 
   auto copy_a = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
   auto thr_copy_a = copy_a.get_thread_slice(tid);
@@ -108,9 +105,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dq_kernel(const BwdParam
     cp_async_fence();
 
     const int keys_valid = walk.valid(it);
-    Tensor sK = make_tensor(make_smem_ptr(smem_k + buf * Traits::kSmemKVElems), LayoutKV{});
-    Tensor sV = make_tensor(make_smem_ptr(smem_v + buf * Traits::kSmemKVElems), LayoutKV{});
-    Tensor sKt = make_tensor(make_smem_ptr(smem_k + buf * Traits::kSmemKVElems), LayoutKVT{});
+    Tensor sK = make_tensor(make_smem_ptr(smem_k + buf * Traits::kSmemKVElems), typename Traits::SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(smem_v + buf * Traits::kSmemKVElems), typename Traits::SmemLayoutKV{});
+    Tensor sKt = make_tensor(make_smem_ptr(smem_k + buf * Traits::kSmemKVElems), typename Traits::SmemLayoutKVT{});
 
     Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
     clear(acc_s);

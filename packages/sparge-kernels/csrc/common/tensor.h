@@ -41,9 +41,12 @@ struct TensorArg {
 inline void check_attention_operand(const char* who, const char* name, TensorArg const& t) {
   const std::string n = std::string(who) + ": " + name;
   if (t.data == nullptr) throw std::invalid_argument(n + " is a null pointer");
-  if (t.rank != 4) throw std::invalid_argument(n + " must be a (B, H, L, D) tensor, got rank " + std::to_string(t.rank));
+  if (t.rank != 4) {
+    throw std::invalid_argument(n + " must be a (B, H, L, D) tensor, got rank " + std::to_string(t.rank));
+  }
   if (t.stride[3] != 1) {
-    throw std::invalid_argument(n + " must have a unit stride in its last (head) dim, got " + std::to_string(t.stride[3]));
+    throw std::invalid_argument(n + " must have a unit stride in its last (head) dim, got " +
+                                std::to_string(t.stride[3]));
   }
   if (reinterpret_cast<std::uintptr_t>(t.data) % 16 != 0) throw std::invalid_argument(n + " must be 16-byte aligned");
   for (int i = 0; i < 3; ++i) {

@@ -10,6 +10,7 @@
 #include "common/block_sparse.h"
 #include "common/params.h"
 #include "common/utils.h"
+#include "forward/softmax.h"
 #include "forward/tile_scheduler.h"
 
 namespace sparge::fwd {
@@ -116,12 +117,7 @@ struct MainloopFwdSm80 {
       gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, tiled_mma, smem_copy_q, smem_copy_k, smem_thr_q, smem_thr_k);
 
       // The last key block may run past Lk: those keys get -inf (their zero-filled K/V rows add nothing).
-      const int valid_cols = walk.valid(slot);
-      if (valid_cols < kBlockN) mask_tail_cols(acc_s, tScS, valid_cols, -INFINITY);
-      Tensor scores = make_tensor(acc_s.data(), accumulator_as_rowcol(acc_s.layout()));
-      softmax.update(scores, acc_o_rowcol);
-
-      Tensor probs = convert_fragment<Element>(acc_s);
+      Tensor probs = softmax_block<Element, kBlockN>(softmax, acc_s, tScS, walk.valid(slot), acc_o_rowcol);
       Tensor tOrP = make_tensor(probs.data(), accumulator_as_a_operand(probs.layout()));
       Tensor tOsVt = smem_thr_v.partition_S(sVt(stage));
       gemm_rs(acc_o, tOrP, tOrVt, tOsVt, tiled_mma, smem_copy_v, smem_thr_v);

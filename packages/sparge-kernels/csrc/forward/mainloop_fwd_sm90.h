@@ -13,6 +13,7 @@
 #include "forward/kernel_traits_fwd_sm90.h"
 #include "common/block_sparse.h"
 #include "common/params.h"
+#include "forward/softmax.h"
 #include "forward/tile_scheduler.h"
 #include "common/utils.h"
 
@@ -107,12 +108,7 @@ struct MainloopFwdSm90 {
       wgmma_gemm</*kZeroInit=*/true>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), acc_s);
       pipeline_k.consumer_release(read);
 
-      const int valid_cols = walk.valid(slot);
-      if (valid_cols < kBlockN) mask_tail_cols(acc_s, tScS, valid_cols, -INFINITY);
-      Tensor scores = make_tensor(acc_s.data(), accumulator_as_rowcol(acc_s.layout()));
-      softmax.update(scores, acc_o_rowcol);
-
-      Tensor probs = convert_fragment<Element>(acc_s);
+      Tensor probs = softmax_block<Element, kBlockN>(softmax, acc_s, tScS, walk.valid(slot), acc_o_rowcol);
       Tensor tOrP = make_tensor(probs.data(), accumulator_as_a_operand(probs.layout()));
       pipeline_v.consumer_wait(read);
       wgmma_gemm</*kZeroInit=*/false>(mma_pv, tOrP, tOrV(_, _, _, read.index()), acc_o);
