@@ -1,5 +1,5 @@
 // Launch template of the portable (SM80+) forward: included only by the generated instantiation files
-// (instantiations/attention_forward_hdim<D>_<dtype>_<arch>.cu), one (head dim, dtype, arch) each.
+// (csrc/instantiations/fwd_hdim<D>_<dtype>_sm80.cu), one (head dim, dtype) each.
 #pragma once
 
 #include <cuda_runtime.h>

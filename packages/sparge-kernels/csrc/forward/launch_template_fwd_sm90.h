@@ -1,5 +1,5 @@
 // Launch template of the Hopper forward: builds the TMA descriptors on the host and launches.
-// Included only by the generated instantiations/attention_forward_hdim<D>_<dtype>_sm90.cu files.
+// Included only by the generated csrc/instantiations/fwd_hdim<D>_<dtype>_sm90.cu files.
 #pragma once
 
 #include <cuda_runtime.h>
