@@ -57,6 +57,50 @@ def test_extension_exposes_kernels():
         assert callable(getattr(c, name))
 
 
+@pytest.mark.skipif(cuda_mod._C is None, reason="sparge_kernels._C not built")
+def test_every_entry_takes_tensors_and_rejects_bad_arguments_before_touching_a_device():
+    """All three families take tensors through the one caster (pointer, dtype, shape, strides). Each call below
+    fails on its arguments, before any CUDA call, so it runs on a CPU machine too."""
+    c = cuda_mod._C
+    q = torch.zeros(1, 1, 8, 64, dtype=torch.bfloat16)
+    lse = torch.zeros(1, 1, 8)
+    kv_count, kv_index = torch.zeros(1, 1, 1, dtype=torch.int32), torch.zeros(1, 1, 1, 1, dtype=torch.int32)
+    fwd = dict(block_q=128, block_k=64, scale=0.125, stream=0)
+    with pytest.raises(TypeError):  # not a tensor
+        c.attention_forward(q.data_ptr(), q, q, q, lse, kv_count, kv_index, **fwd)
+    with pytest.raises(TypeError):  # rank 5 is no tensor argument
+        c.attention_forward(q[None], q, q, q, lse, kv_count, kv_index, **fwd)
+    with pytest.raises(ValueError, match="block_q=128 and block_k=64"):
+        c.attention_forward(q, q, q, q, lse, kv_count, kv_index, **{**fwd, "block_q": 64})
+    with pytest.raises(ValueError, match="unit stride"):
+        c.attention_forward(q.transpose(2, 3), q, q, q, lse, kv_count, kv_index, **fwd)
+    with pytest.raises(ValueError, match="bfloat16 or float16"):  # the dtype comes from q (float64 here)
+        c.attention_forward(*(q.double(),) * 4, lse, kv_count, kv_index, **fwd)
+    with pytest.raises(TypeError):  # None only where the binding says so (dlse, dq_accum)
+        c.attention_forward(q, q, q, None, lse, kv_count, kv_index, **fwd)
+
+    bwd = dict(block_q=128, block_k=64, scale=0.125, deterministic=True, dq_bulk_reduce=False, stream=0)
+    tensors = dict(q=q, k=q, v=q, out=q, dout=q, lse=lse, dlse=None, kv_count=kv_count, kv_index=kv_index,
+                   q_count=kv_count, q_index=kv_index, dq=q, dk=q, dv=q, lse_log2=lse, delta=lse, dq_accum=None)
+    with pytest.raises(ValueError, match="block_q=128 and block_k=64"):
+        c.attention_backward(**tensors, **{**bwd, "block_k": 128})
+    with pytest.raises(ValueError, match="dq_accum is a null pointer"):
+        c.attention_backward(**tensors, **{**bwd, "deterministic": False})
+    with pytest.raises(ValueError, match="dk must have a unit stride"):
+        c.attention_backward(**{**tensors, "dk": q.transpose(2, 3)}, **bwd)
+
+    pooled = torch.zeros(1, 1, 1, 64)
+    with pytest.raises(ValueError, match="q must have 4 dims"):
+        c.mask_pool_blocks(q[0], q, 128, 64, pooled, pooled, 0)
+    with pytest.raises(ValueError, match="kv_index must have 4 dims"):
+        c.mask_select_blocks(pooled, pooled, 0.125, 1, 0.0, 1, kv_count, kv_count, pooled, 0, 0)
+    with pytest.raises(ValueError, match="q_count must have 3 dims"):
+        c.mask_transpose(pooled, kv_index, kv_index, 0)
+    with pytest.raises(ValueError, match="q must have 4 dims"):
+        c.mask_predict(q[0], q, 128, 64, 0.125, 1, 0.0, 1, pooled, pooled, pooled, kv_count, kv_index, kv_count,
+                       kv_index, 1, 0, 0, 0)
+
+
 BUILT = SimpleNamespace(build_head_dims="128", build_dtypes="bf16")  # a one-variant build
 
 

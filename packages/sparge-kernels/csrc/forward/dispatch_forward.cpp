@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common/cuda_check.h"
+#include "common/dispatch.h"
 #include "forward/forward_api.h"
 
 namespace sparge::fwd {
@@ -20,55 +21,37 @@ bool current_device_is_sm90() {
 }
 
 // TMA needs non-zero strides (multiples of 16 bytes, checked by the binding) on the dims it walks.
-bool strides_suit_tma(AttentionForwardParams const& p) {
+bool strides_suit_tma(FwdParams const& p) {
   auto ok = [&](int64_t row, int64_t head, int64_t batch) {
     return row > 0 && (head > 0 || p.heads == 1) && (batch > 0 || p.batch == 1);
   };
-  return ok(p.q_row_stride, p.q_head_stride, p.q_batch_stride) &&
-         ok(p.k_row_stride, p.k_head_stride, p.k_batch_stride) &&
-         ok(p.v_row_stride, p.v_head_stride, p.v_batch_stride);
+  return ok(p.q_stride.row, p.q_stride.head, p.q_stride.batch) &&
+         ok(p.k_stride.row, p.k_stride.head, p.k_stride.batch) &&
+         ok(p.v_stride.row, p.v_stride.head, p.v_stride.batch);
 }
 
 template <int kHeadDim, DType kDType>
-void run(AttentionForwardParams const& params, ForwardPath path, cudaStream_t stream) {
+void run(FwdParams const& params, ForwardPath path, cudaStream_t stream) {
 #ifdef SPARGE_ARCH_90A
   if (path == ForwardPath::kSm90) {
     // A size-1 batch/head dim may carry any stride; give TMA a valid one.
-    AttentionForwardParams p = params;
-    if (p.heads == 1) p.q_head_stride = p.k_head_stride = p.v_head_stride = 0;
-    if (p.batch == 1) p.q_batch_stride = p.k_batch_stride = p.v_batch_stride = 0;
+    FwdParams p = params;
+    if (p.heads == 1) p.q_stride.head = p.k_stride.head = p.v_stride.head = 0;
+    if (p.batch == 1) p.q_stride.batch = p.k_stride.batch = p.v_stride.batch = 0;
     auto fix = [](int64_t& s, int64_t fallback) { if (s == 0) s = fallback; };
-    fix(p.q_head_stride, p.q_row_stride * p.seqlen_q), fix(p.q_batch_stride, p.q_head_stride * p.heads);
-    fix(p.k_head_stride, p.k_row_stride * p.seqlen_k), fix(p.k_batch_stride, p.k_head_stride * p.heads);
-    fix(p.v_head_stride, p.v_row_stride * p.seqlen_k), fix(p.v_batch_stride, p.v_head_stride * p.heads);
-    run_attention_forward_sm90<kHeadDim, kDType>(p, stream);
+    fix(p.q_stride.head, p.q_stride.row * p.seqlen_q), fix(p.q_stride.batch, p.q_stride.head * p.heads);
+    fix(p.k_stride.head, p.k_stride.row * p.seqlen_k), fix(p.k_stride.batch, p.k_stride.head * p.heads);
+    fix(p.v_stride.head, p.v_stride.row * p.seqlen_k), fix(p.v_stride.batch, p.v_stride.head * p.heads);
+    run_fwd_sm90<kHeadDim, kDType>(p, stream);
     return;
   }
 #endif
-  run_attention_forward_sm80<kHeadDim, kDType>(params, stream);
-}
-
-template <int kHeadDim>
-bool run_for_dtype(AttentionForwardParams const& params, DType dtype, ForwardPath path, cudaStream_t stream) {
-  switch (dtype) {
-#ifdef SPARGE_DTYPE_BF16
-    case DType::kBFloat16:
-      run<kHeadDim, DType::kBFloat16>(params, path, stream);
-      return true;
-#endif
-#ifdef SPARGE_DTYPE_FP16
-    case DType::kFloat16:
-      run<kHeadDim, DType::kFloat16>(params, path, stream);
-      return true;
-#endif
-    default:
-      return false;
-  }
+  run_fwd_sm80<kHeadDim, kDType>(params, stream);
 }
 
 }  // namespace
 
-ForwardPath resolve_forward_path(AttentionForwardParams const& params, ForwardPath path) {
+ForwardPath resolve_forward_path(FwdParams const& params, ForwardPath path) {
 #ifdef SPARGE_ARCH_90A
   const bool sm90_possible = current_device_is_sm90() && strides_suit_tma(params);
 #else
@@ -83,30 +66,11 @@ ForwardPath resolve_forward_path(AttentionForwardParams const& params, ForwardPa
   return path;
 }
 
-void dispatch_attention_forward(AttentionForwardParams const& params, DType dtype, ForwardPath path,
-                                cudaStream_t stream) {
+void dispatch_attention_forward(FwdParams const& params, DType dtype, ForwardPath path, cudaStream_t stream) {
   path = resolve_forward_path(params, path);
-  bool ran = false;
-  switch (params.head_dim) {
-#ifdef SPARGE_HDIM_64
-    case 64:
-      ran = run_for_dtype<64>(params, dtype, path, stream);
-      break;
-#endif
-#ifdef SPARGE_HDIM_128
-    case 128:
-      ran = run_for_dtype<128>(params, dtype, path, stream);
-      break;
-#endif
-    default:
-      break;
-  }
-  if (!ran) {
-    throw std::invalid_argument(
-        "sparge attention_forward: no kernel compiled for head_dim=" + std::to_string(params.head_dim) + " and dtype " +
-        (dtype == DType::kBFloat16 ? "bfloat16" : "float16") + " (this build has head dims " SPARGE_BUILD_HEAD_DIMS
-        ", dtypes " SPARGE_BUILD_DTYPES "; rebuild with SPARGE_HEAD_DIMS / SPARGE_DTYPES)");
-  }
+  dispatch_head_dim_dtype("attention_forward", params.head_dim, dtype, [&](auto head_dim, auto element) {
+    run<decltype(head_dim)::value, decltype(element)::value>(params, path, stream);
+  });
 }
 
 }  // namespace sparge::fwd

@@ -4,9 +4,9 @@
 
 #include <cute/tensor.hpp>
 
-#include "forward/params.h"
+#include "common/params.h"
 #include "forward/tile_scheduler.h"
-#include "forward/utils.h"
+#include "common/utils.h"
 
 namespace sparge::fwd {
 
@@ -19,7 +19,7 @@ struct EpilogueFwdSm90 {
   static constexpr int kHeadDim = Traits::kHeadDim;
 
   template <class AccO, class RowLse>
-  __device__ static void store(AttentionForwardParams const& p, WorkTile const& tile, AccO const& acc_o,
+  __device__ static void store(FwdParams const& p, WorkTile const& tile, AccO const& acc_o,
                                RowLse const& lse, int thread_idx) {
     typename Traits::TiledMmaPV mma_pv;
     auto thr_pv = mma_pv.get_thread_slice(thread_idx);
@@ -29,13 +29,13 @@ struct EpilogueFwdSm90 {
     Tensor o_rowcol = make_tensor(o_reg.data(), accumulator_as_rowcol(o_reg.layout()));
     const int q_rows = min(kBlockM, p.seqlen_q - tile.m_block * kBlockM);
 
-    Element* o_ptr = static_cast<Element*>(p.out) + tile.batch * p.o_batch_stride + tile.head * p.o_head_stride +
-                     int64_t(tile.m_block) * kBlockM * p.o_row_stride;
+    Element* o_ptr = static_cast<Element*>(p.out) + tile.batch * p.out_stride.batch + tile.head * p.out_stride.head +
+                     int64_t(tile.m_block) * kBlockM * p.out_stride.row;
     CUTE_UNROLL
     for (int mi = 0; mi < size<0>(o_rowcol); ++mi) {
       const int row = get<0>(tOc_rowcol(mi, 0));
       if (row < q_rows) {
-        Element* row_ptr = o_ptr + int64_t(row) * p.o_row_stride;
+        Element* row_ptr = o_ptr + int64_t(row) * p.out_stride.row;
         CUTE_UNROLL
         for (int ni = 0; ni < size<1>(o_rowcol); ni += 2) {
           // Columns ni and ni + 1 of the rowcol view are adjacent in memory (the accumulator's column pairs).

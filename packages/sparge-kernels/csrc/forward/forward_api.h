@@ -3,7 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "forward/params.h"
+#include "common/params.h"
 
 namespace sparge::fwd {
 
@@ -13,16 +13,16 @@ enum class ForwardPath { kAuto, kSm80, kSm90 };
 
 // Defined in the generated instantiation files; only the configured (head dim, dtype) pairs exist.
 template <int kHeadDim, DType kDType>
-void run_attention_forward_sm80(AttentionForwardParams const& params, cudaStream_t stream);
+void run_fwd_sm80(FwdParams const& params, cudaStream_t stream);
 template <int kHeadDim, DType kDType>
-void run_attention_forward_sm90(AttentionForwardParams const& params, cudaStream_t stream);
+void run_fwd_sm90(FwdParams const& params, cudaStream_t stream);
 
 // Picks the kernel for (params.head_dim, dtype, path). Throws std::invalid_argument when that combination
 // was not compiled into this build (or kSm90 is asked for where it cannot run).
-void dispatch_attention_forward(AttentionForwardParams const& params, DType dtype, ForwardPath path,
+void dispatch_attention_forward(FwdParams const& params, DType dtype, ForwardPath path,
                                 cudaStream_t stream);
 
 // The path kAuto resolves to for these params on the current device.
-ForwardPath resolve_forward_path(AttentionForwardParams const& params, ForwardPath path);
+ForwardPath resolve_forward_path(FwdParams const& params, ForwardPath path);
 
 }  // namespace sparge::fwd

@@ -4,12 +4,12 @@
 
 #include <cute/tensor.hpp>
 
-#include "forward/epilogue_fwd.h"
+#include "forward/epilogue_fwd_sm80.h"
 #include "forward/mainloop_fwd_sm80.h"
-#include "forward/params.h"
+#include "common/params.h"
 #include "forward/softmax.h"
 #include "forward/tile_scheduler.h"
-#include "forward/utils.h"
+#include "common/utils.h"
 
 namespace sparge::fwd {
 
@@ -17,7 +17,7 @@ using namespace cute;
 
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNThreads, 2)
-    attention_forward_sm80_kernel(__grid_constant__ const AttentionForwardParams params) {
+    attention_forward_sm80_kernel(__grid_constant__ const FwdParams params) {
   extern __shared__ __align__(128) char smem[];
   const WorkTile tile = StaticTileScheduler::tile();
 

@@ -8,12 +8,12 @@
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include "forward/epilogue_fwd_sm90.h"
-#include "forward/kernel_traits_sm90.h"
+#include "forward/kernel_traits_fwd_sm90.h"
 #include "forward/mainloop_fwd_sm90.h"
-#include "forward/params.h"
+#include "common/params.h"
 #include "forward/softmax.h"
 #include "forward/tile_scheduler.h"
-#include "forward/utils.h"
+#include "common/utils.h"
 
 namespace sparge::fwd {
 
@@ -26,11 +26,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   using Mainloop = MainloopFwdSm90<Traits>;
   extern __shared__ __align__(1024) char smem[];
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
-  AttentionForwardParams const& p = kp.args;
+  FwdParams const& p = kp.args;
   const WorkTile tile = StaticTileScheduler::tile();
-  const int64_t row_block = (int64_t(tile.batch) * p.heads + tile.head) * p.num_q_blocks + tile.m_block;
-  const int32_t* kv_index = p.kv_index + row_block * p.num_k_blocks;
-  const int kv_count = p.kv_count[row_block];
+  const BlockSparseWalk<Traits::kBlockN> walk(p.kv_count, p.kv_index, int64_t(tile.batch) * p.heads + tile.head,
+                                              p.num_q_blocks, tile.m_block, p.num_k_blocks, p.seqlen_k);
   const int warp_group = __shfl_sync(0xffffffff, int(threadIdx.x) / 128, 0);
 
   if (threadIdx.x == 0) {
@@ -50,7 +49,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   if (warp_group == 0) {
     cutlass::arch::warpgroup_reg_dealloc<24>();
-    if (threadIdx.x == 0 && kv_count > 0) Mainloop::load(kp, tile, ss, pipeline_k, pipeline_v, kv_index, kv_count);
+    if (threadIdx.x == 0 && walk.trip_count() > 0) Mainloop::load(kp, tile, ss, pipeline_k, pipeline_v, walk);
   } else {
     cutlass::arch::warpgroup_reg_alloc<240>();
     const int thread_idx = int(threadIdx.x) - 128;
@@ -59,7 +58,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     clear(acc_o);
     constexpr int kRowsPerThread = decltype(size<0>(accumulator_as_rowcol(acc_o.layout())))::value;
     OnlineSoftmax<kRowsPerThread> softmax(p.scale_log2);
-    Mainloop::mma(p, ss, pipeline_k, pipeline_v, kv_index, kv_count, acc_o, softmax, thread_idx);
+    Mainloop::mma(p, ss, pipeline_k, pipeline_v, walk, acc_o, softmax, thread_idx);
     Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
     auto lse = softmax.finalize(acc_o_rowcol, p.scale);
     EpilogueFwdSm90<Traits>::store(p, tile, acc_o, lse, thread_idx);

@@ -7,9 +7,11 @@
 
 #include <cmath>
 
-#include "forward/params.h"
+#include "common/block_sparse.h"
+#include "common/params.h"
+#include "common/utils.h"
+#include "forward/softmax.h"
 #include "forward/tile_scheduler.h"
-#include "forward/utils.h"
 
 namespace sparge::fwd {
 
@@ -24,45 +26,29 @@ struct MainloopFwdSm80 {
   using TileQ = Shape<Int<kBlockM>, Int<kHeadDim>>;
   using TileKV = Shape<Int<kBlockN>, Int<kHeadDim>>;
 
-  // cp.async a (rows, head dim) tile global -> shared; rows at or past `valid_rows` (sequence tail) are not
-  // read and are zero-filled instead, so no garbage (possibly NaN) reaches the MMAs.
-  template <class TiledCopy, class Src, class Dst, class Coord>
-  __device__ static void copy_rows(TiledCopy const& tiled_copy, Src const& src, Dst& dst, Coord const& coord,
-                                   int valid_rows) {
-    CUTE_UNROLL
-    for (int m = 0; m < size<1>(src); ++m) {
-      if (get<0>(coord(0, m, 0)) < valid_rows) {
-        CUTE_UNROLL
-        for (int k = 0; k < size<2>(src); ++k) copy(tiled_copy, src(_, m, k), dst(_, m, k));
-      } else {
-        clear(dst(_, m, _));
-      }
-    }
-  }
-
   // Accumulates the unnormalised output of the tile into acc_o and the softmax statistics into softmax.
   template <class AccO, class Softmax>
-  __device__ static void run(AttentionForwardParams const& p, WorkTile const& tile, char* smem, AccO& acc_o,
+  __device__ static void run(FwdParams const& p, WorkTile const& tile, char* smem, AccO& acc_o,
                              Softmax& softmax) {
     const int tid = threadIdx.x;
     const int64_t bh = int64_t(tile.batch) * p.heads + tile.head;
-    const int64_t row_block = bh * p.num_q_blocks + tile.m_block;
-    const int32_t* kv_index = p.kv_index + row_block * p.num_k_blocks;
-    const int kv_count = p.kv_count[row_block];
+    const BlockSparseWalk<kBlockN> walk(p.kv_count, p.kv_index, bh, p.num_q_blocks, tile.m_block, p.num_k_blocks,
+                                        p.seqlen_k);
+    const int kv_count = walk.trip_count();
     const int q_rows = min(kBlockM, p.seqlen_q - tile.m_block * kBlockM);
 
-    const Element* q_ptr = static_cast<const Element*>(p.q) + tile.batch * p.q_batch_stride +
-                           tile.head * p.q_head_stride + int64_t(tile.m_block) * kBlockM * p.q_row_stride;
-    const Element* k_base = static_cast<const Element*>(p.k) + tile.batch * p.k_batch_stride + tile.head * p.k_head_stride;
-    const Element* v_base = static_cast<const Element*>(p.v) + tile.batch * p.v_batch_stride + tile.head * p.v_head_stride;
-    Tensor gQ = make_tensor(make_gmem_ptr(q_ptr), TileQ{}, make_stride(p.q_row_stride, _1{}));
+    const Element* q_ptr = static_cast<const Element*>(p.q) + tile.batch * p.q_stride.batch +
+                           tile.head * p.q_stride.head + int64_t(tile.m_block) * kBlockM * p.q_stride.row;
+    const Element* k_base = static_cast<const Element*>(p.k) + tile.batch * p.k_stride.batch + tile.head * p.k_stride.head;
+    const Element* v_base = static_cast<const Element*>(p.v) + tile.batch * p.v_stride.batch + tile.head * p.v_stride.head;
+    Tensor gQ = make_tensor(make_gmem_ptr(q_ptr), TileQ{}, make_stride(p.q_stride.row, _1{}));
     auto gK = [&](int n) {
-      return make_tensor(make_gmem_ptr(k_base + int64_t(n) * kBlockN * p.k_row_stride), TileKV{},
-                         make_stride(p.k_row_stride, _1{}));
+      return make_tensor(make_gmem_ptr(k_base + int64_t(n) * kBlockN * p.k_stride.row), TileKV{},
+                         make_stride(p.k_stride.row, _1{}));
     };
     auto gV = [&](int n) {
-      return make_tensor(make_gmem_ptr(v_base + int64_t(n) * kBlockN * p.v_row_stride), TileKV{},
-                         make_stride(p.v_row_stride, _1{}));
+      return make_tensor(make_gmem_ptr(v_base + int64_t(n) * kBlockN * p.v_stride.row), TileKV{},
+                         make_stride(p.v_stride.row, _1{}));
     };
 
     Element* smem_q = reinterpret_cast<Element*>(smem);
@@ -85,15 +71,15 @@ struct MainloopFwdSm80 {
     Tensor tQc = gmem_thr.partition_S(make_identity_tensor(TileQ{}));
     Tensor tKVc = gmem_thr.partition_S(make_identity_tensor(TileKV{}));
     auto load_kv = [&](int slot, int stage) {
-      const int n = kv_index[slot];
+      const int n = walk.block(slot);
       const int rows = min(kBlockN, p.seqlen_k - n * kBlockN);
       Tensor tKs = gmem_thr.partition_D(sK(stage));
       Tensor tVs = gmem_thr.partition_D(sV(stage));
-      copy_rows(gmem_copy, gmem_thr.partition_S(gK(n)), tKs, tKVc, rows);
-      copy_rows(gmem_copy, gmem_thr.partition_S(gV(n)), tVs, tKVc, rows);
+      copy_rows_zfill</*kPerSlice=*/true>(gmem_copy, gmem_thr.partition_S(gK(n)), tKs, tKVc, rows);
+      copy_rows_zfill</*kPerSlice=*/true>(gmem_copy, gmem_thr.partition_S(gV(n)), tVs, tKVc, rows);
     };
     Tensor tQs = gmem_thr.partition_D(sQ);
-    copy_rows(gmem_copy, gmem_thr.partition_S(gQ), tQs, tQc, q_rows);
+    copy_rows_zfill</*kPerSlice=*/true>(gmem_copy, gmem_thr.partition_S(gQ), tQs, tQc, q_rows);
     if (kv_count > 0) load_kv(0, 0);
     cp_async_fence();
 
@@ -131,17 +117,7 @@ struct MainloopFwdSm80 {
       gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK, tiled_mma, smem_copy_q, smem_copy_k, smem_thr_q, smem_thr_k);
 
       // The last key block may run past Lk: those keys get -inf (their zero-filled K/V rows add nothing).
-      const int valid_cols = p.seqlen_k - kv_index[slot] * kBlockN;
-      if (valid_cols < kBlockN) {
-        CUTE_UNROLL
-        for (int i = 0; i < size(acc_s); ++i) {
-          if (get<1>(tScS(i)) >= valid_cols) acc_s(i) = -INFINITY;
-        }
-      }
-      Tensor scores = make_tensor(acc_s.data(), accumulator_as_rowcol(acc_s.layout()));
-      softmax.update(scores, acc_o_rowcol);
-
-      Tensor probs = convert_fragment<Element>(acc_s);
+      Tensor probs = softmax_block<Element, kBlockN>(softmax, acc_s, tScS, walk.valid(slot), acc_o_rowcol);
       Tensor tOrP = make_tensor(probs.data(), accumulator_as_a_operand(probs.layout()));
       Tensor tOsVt = smem_thr_v.partition_S(sVt(stage));
       gemm_rs(acc_o, tOrP, tOrVt, tOsVt, tiled_mma, smem_copy_v, smem_thr_v);

@@ -10,10 +10,12 @@
 
 #include <cmath>
 
-#include "forward/kernel_traits_sm90.h"
-#include "forward/params.h"
+#include "forward/kernel_traits_fwd_sm90.h"
+#include "common/block_sparse.h"
+#include "common/params.h"
+#include "forward/softmax.h"
 #include "forward/tile_scheduler.h"
-#include "forward/utils.h"
+#include "common/utils.h"
 
 namespace sparge::fwd {
 
@@ -50,7 +52,7 @@ struct MainloopFwdSm90 {
 
   // Run by one thread of the producer warpgroup.
   __device__ static void load(KernelParamsSm90<Traits> const& kp, WorkTile const& tile, SharedStorage& ss,
-                              Pipeline& pipeline_k, Pipeline& pipeline_v, int32_t const* kv_index, int kv_count) {
+                              Pipeline& pipeline_k, Pipeline& pipeline_v, BlockSparseWalk<kBlockN> const& walk) {
     Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q);
     Tensor mK = kp.tma_k.get_tma_tensor(kp.shape_k);
     Tensor mV = kp.tma_v.get_tma_tensor(kp.shape_k);
@@ -68,8 +70,9 @@ struct MainloopFwdSm90 {
     Barrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kTmaBytesQ);
     copy(kp.tma_q.with(ss.barrier_q), tQgQ, tQsQ);
     PipelineState write = cutlass::make_producer_start_state<Pipeline>();
+    const int kv_count = walk.trip_count();  // a local bound: the loop keeps its former (not unrolled) shape
     for (int slot = 0; slot < kv_count; ++slot) {
-      const int n_block = kv_index[slot];
+      const int n_block = walk.block(slot);
       pipeline_k.producer_acquire(write);
       copy(kp.tma_k.with(*pipeline_k.producer_get_barrier(write)), tKgK(_, n_block), tKsK(_, write.index()));
       pipeline_v.producer_acquire(write);
@@ -80,8 +83,8 @@ struct MainloopFwdSm90 {
 
   // Run by the consumer warpgroups; thread_idx in [0, kNumMmaThreads).
   template <class AccO, class Softmax>
-  __device__ static void mma(AttentionForwardParams const& p, SharedStorage& ss, Pipeline& pipeline_k,
-                             Pipeline& pipeline_v, int32_t const* kv_index, int kv_count, AccO& acc_o,
+  __device__ static void mma(FwdParams const& p, SharedStorage& ss, Pipeline& pipeline_k,
+                             Pipeline& pipeline_v, BlockSparseWalk<kBlockN> const& walk, AccO& acc_o,
                              Softmax& softmax, int thread_idx) {
     typename Traits::TiledMmaQK mma_qk;
     typename Traits::TiledMmaPV mma_pv;
@@ -96,6 +99,7 @@ struct MainloopFwdSm90 {
     Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
     Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
 
+    const int kv_count = walk.trip_count();
     if (kv_count > 0) Barrier::wait(&ss.barrier_q, 0);
     PipelineState read;
     for (int slot = 0; slot < kv_count; ++slot) {
@@ -104,17 +108,7 @@ struct MainloopFwdSm90 {
       wgmma_gemm</*kZeroInit=*/true>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), acc_s);
       pipeline_k.consumer_release(read);
 
-      const int valid_cols = p.seqlen_k - kv_index[slot] * kBlockN;
-      if (valid_cols < kBlockN) {
-        CUTE_UNROLL
-        for (int i = 0; i < size(acc_s); ++i) {
-          if (get<1>(tScS(i)) >= valid_cols) acc_s(i) = -INFINITY;
-        }
-      }
-      Tensor scores = make_tensor(acc_s.data(), accumulator_as_rowcol(acc_s.layout()));
-      softmax.update(scores, acc_o_rowcol);
-
-      Tensor probs = convert_fragment<Element>(acc_s);
+      Tensor probs = softmax_block<Element, kBlockN>(softmax, acc_s, tScS, walk.valid(slot), acc_o_rowcol);
       Tensor tOrP = make_tensor(probs.data(), accumulator_as_a_operand(probs.layout()));
       pipeline_v.consumer_wait(read);
       wgmma_gemm</*kZeroInit=*/false>(mma_pv, tOrP, tOrV(_, _, _, read.index()), acc_o);

@@ -7,7 +7,8 @@
 
 #include <cmath>
 
-#include "forward/utils.h"
+#include "common/block_sparse.h"
+#include "common/utils.h"
 
 namespace sparge::fwd {
 
@@ -71,5 +72,18 @@ struct OnlineSoftmax {
     return lse;
   }
 };
+
+// One kept key block between the forward's two GEMMs, the same in the SM80 and SM90 mainloops: keys past the
+// sequence end (valid_cols < kBlockN: the tail block) get -inf, the online softmax takes the block (rescaling
+// acc_o), and P comes back in the element type with the accumulator's layout (the caller views it as the A
+// operand of O += P·V).
+template <class Element, int kBlockN, class Softmax, class AccS, class Coord, class AccORowCol>
+__device__ __forceinline__ auto softmax_block(Softmax& softmax, AccS& acc_s, Coord const& tScS, int valid_cols,
+                                              AccORowCol& acc_o_rowcol) {
+  if (valid_cols < kBlockN) mask_tail_cols(acc_s, tScS, valid_cols, -INFINITY);
+  Tensor scores = make_tensor(acc_s.data(), accumulator_as_rowcol(acc_s.layout()));
+  softmax.update(scores, acc_o_rowcol);
+  return convert_fragment<Element>(acc_s);
+}
 
 }  // namespace sparge::fwd

@@ -4,7 +4,7 @@
 
 #include <cuda_runtime.h>
 
-#include "forward/params.h"
+#include "common/params.h"
 
 namespace sparge::fwd {
 
@@ -15,7 +15,7 @@ struct WorkTile {
 };
 
 struct StaticTileScheduler {
-  static dim3 grid(AttentionForwardParams const& p) {
+  static dim3 grid(FwdParams const& p) {
     return dim3(static_cast<unsigned>(p.num_q_blocks), static_cast<unsigned>(p.heads),
                 static_cast<unsigned>(p.batch));
   }

@@ -114,7 +114,7 @@ SideStream& side_stream_for_current_device(size_t num_events) {
 
 }  // namespace
 
-void launch_pool_blocks(const PoolParams& p, InputDtype dtype, std::uintptr_t stream) {
+void launch_pool_blocks(const PoolParams& p, DType dtype, std::uintptr_t stream) {
   check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
   SPARGE_REQUIRE(p.head_dim > 0 && p.head_dim <= kMaxHeadDim,
                  "mask pooling: head dim must be in [1, " + std::to_string(kMaxHeadDim) + "]");
@@ -128,13 +128,13 @@ void launch_pool_blocks(const PoolParams& p, InputDtype dtype, std::uintptr_t st
   const dim3 grid(static_cast<unsigned>(tasks));
   const cudaStream_t s = as_stream(stream);
   switch (dtype) {
-    case InputDtype::kBFloat16:
+    case DType::kBFloat16:
       dispatch_pool_width<Bf16Elem>(p, vector_width(p, 2), grid, s);
       break;
-    case InputDtype::kFloat16:
+    case DType::kFloat16:
       dispatch_pool_width<Fp16Elem>(p, vector_width(p, 2), grid, s);
       break;
-    case InputDtype::kFloat32:
+    case DType::kFloat32:
       dispatch_pool_width<Fp32Elem>(p, vector_width(p, 4), grid, s);
       break;
     default:
@@ -200,7 +200,7 @@ void launch_transpose_mask(const TransposeParams& p, std::uintptr_t stream) {
   SPARGE_CHECK_LAUNCH("transpose_mask_kernel");
 }
 
-void launch_predict(PoolParams pool, SelectParams select, TransposeParams transpose, InputDtype dtype,
+void launch_predict(PoolParams pool, SelectParams select, TransposeParams transpose, DType dtype,
                     int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream) {
   const int heads = pool.heads;
   SPARGE_REQUIRE(select.heads == heads && transpose.heads == heads, "mask prediction: heads differ between stages");

@@ -12,7 +12,7 @@ namespace sparge::mask {
 constexpr int kMaxHeadDim = 256;
 
 // Kernel 1: block means of Q and K. Picks 16-byte loads when pointers, strides and D allow, else narrower.
-void launch_pool_blocks(const PoolParams& params, InputDtype dtype, std::uintptr_t stream);
+void launch_pool_blocks(const PoolParams& params, DType dtype, std::uintptr_t stream);
 
 // Kernel 2: scores, softmax, Top-k ∪ Top-p; rows_per_cta 0 picks the default (16 query blocks per CTA, fewer
 // when Nk is too large for shared memory), else one of 4, 8, 16.
@@ -28,7 +28,7 @@ void launch_transpose_mask(const TransposeParams& params, std::uintptr_t stream)
 // side stream before returning, so outputs are ordered on the caller's stream. With several groups,
 // tail_rows_per_cta is used for the last one (smaller CTAs shorten the part that cannot overlap); 0 means
 // rows_per_cta.
-void launch_predict(PoolParams pool, SelectParams select, TransposeParams transpose, InputDtype dtype,
+void launch_predict(PoolParams pool, SelectParams select, TransposeParams transpose, DType dtype,
                     int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream);
 
 }  // namespace sparge::mask

@@ -1,13 +1,12 @@
 // Parameters of the three mask-prediction kernels. Plain structs of pointers, sizes and element strides: the
-// extension does not link libtorch, the Python glue (cuda_mask.py) fills them from torch tensors.
+// extension does not link libtorch; bind_mask.cpp fills them from the tensor arguments (common/tensor.h).
 #pragma once
 
 #include <cstdint>
 
-namespace sparge::mask {
+#include "common/dtype.h"
 
-// Element type of Q and K as the Python glue encodes it.
-enum class InputDtype : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
+namespace sparge::mask {
 
 // One (B, H, L, D) input seen through element strides; the D axis must have stride 1.
 struct StridedTokens {

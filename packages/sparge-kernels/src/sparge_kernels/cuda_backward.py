@@ -2,7 +2,8 @@
 
 Receives HND views (possibly strided, e.g. NHD transposed), allocates dq/dk/dv in the memory layout of q/k/v
 and the float32 workspace (lse·log2e, delta, and the zeroed dQ accumulator unless `deterministic`), and launches
-on the caller's current stream. Kernels (csrc/backward/):
+on the caller's current stream. Tensors go to `_C` as they are (pointer, dtype, shape, strides read by
+csrc/common/tensor_caster.h; None for an absent dlse / dq_accum). Kernels (csrc/backward/):
   preprocess   delta = rowsum(dO ∘ O) − dlse, lse in log2 units (+inf on empty/padding rows → P = 0)
   dK/dV        one CTA per key block, over the query blocks that kept it (q_index); in the default mode it also
                adds dS·K into an fp32 dQ accumulator (Hopper: per-warp bulk async reduce-adds; else 8-byte
@@ -21,11 +22,6 @@ from torch import Tensor
 from .cuda import _C, current_stream, empty_like_layout, kernel_ready
 from .options import KernelOptions, current_kernel_options
 from .validation import check_attention_kernel_args, num_blocks
-
-
-def _strides(x: Tensor) -> tuple[int, int, int]:
-    """(batch, head, row) element strides; a size-1 dim's stride is never used, pass 0."""
-    return tuple(s if n > 1 else 0 for s, n in zip(x.stride()[:3], x.shape[:3]))  # type: ignore[return-value]
 
 
 def backward(
@@ -54,8 +50,7 @@ def backward(
     """
     options = options if options is not None else current_kernel_options()
     b, h, lq, d = q.shape
-    lk = k.shape[2]
-    dtype_name = check_attention_kernel_args("block-sparse attention backward", q.dtype, d, block_q, block_k, _C)
+    check_attention_kernel_args("block-sparse attention backward", q.dtype, d, block_q, block_k, _C)
     for name, t in (("out", out), ("dout", dout)):  # the kernels read them as q's dtype
         if t.dtype != q.dtype:
             raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
@@ -76,19 +71,10 @@ def backward(
             t.fill_(options.debug_fill)
     with torch.cuda.device(q.device):
         _C.attention_backward(
-            dtype=dtype_name, batch=b, heads=h, seqlen_q=lq, seqlen_k=lk, head_dim=d,
-            block_q=block_q, block_k=block_k,
-            q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(), dout=dout.data_ptr(),
-            q_strides=_strides(q), k_strides=_strides(k), v_strides=_strides(v), out_strides=_strides(out),
-            dout_strides=_strides(dout),
-            lse=lse.data_ptr(), dlse=dlse.data_ptr() if dlse is not None else 0,
-            kv_count=kv_count.data_ptr(), kv_index=kv_index.data_ptr(),
-            q_count=q_count.data_ptr(), q_index=q_index.data_ptr(),
-            dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(),
-            dq_strides=_strides(dq), dk_strides=_strides(dk), dv_strides=_strides(dv),
-            lse_log2=lse_log2.data_ptr(), delta=delta.data_ptr(),
-            dq_accum=dq_accum.data_ptr() if dq_accum is not None else 0,
-            scale=float(scale), deterministic=bool(deterministic), dq_bulk_reduce=options.dq_accumulate == "bulk",
-            stream=current_stream(q.device),
+            q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse,
+            kv_count=kv_count, kv_index=kv_index, q_count=q_count, q_index=q_index,
+            dq=dq, dk=dk, dv=dv, lse_log2=lse_log2, delta=delta, dq_accum=dq_accum,
+            block_q=block_q, block_k=block_k, scale=float(scale), deterministic=bool(deterministic),
+            dq_bulk_reduce=options.dq_accumulate == "bulk", stream=current_stream(q.device),
         )
     return dq, dk, dv

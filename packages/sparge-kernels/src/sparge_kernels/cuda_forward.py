@@ -1,8 +1,9 @@
 """Torch glue of the CUDA block-sparse attention forward (`_C.attention_forward`): `Backend.forward` of CUDA.
 
 Receives HND views (possibly strided, e.g. NHD transposed), allocates out in q's memory layout and lse
-(float32, (B, H, Lq)), and launches on the caller's current stream. The kernel reads q/k/v through their
-strides; an operand whose last dim is not unit-stride, or whose pointer/strides are not 16-byte aligned,
+(float32, (B, H, Lq)), and launches on the caller's current stream. Tensors go to `_C` as they are (the
+extension reads each one's pointer, dtype, shape and strides: csrc/common/tensor_caster.h). The kernel reads
+q/k/v through their strides; an operand whose last dim is not unit-stride, or whose pointer/strides are not 16-byte aligned,
 is copied to a contiguous tensor first (documented, rare: sliced or odd-strided inputs).
 """
 
@@ -33,8 +34,7 @@ def forward(
     """
     options = options if options is not None else current_kernel_options()
     b, h, lq, d = q.shape
-    lk = k.shape[2]
-    dtype_name = check_attention_kernel_args("block-sparse attention", q.dtype, d, block_q, block_k, _C)
+    check_attention_kernel_args("block-sparse attention", q.dtype, d, block_q, block_k, _C)
     check_forward_path(options.forward_path, _C.build_archs, torch.cuda.get_device_capability(q.device))
     q, k, v = kernel_ready(q), kernel_ready(k), kernel_ready(v)
     kv_count, kv_index = kv_count.contiguous(), kv_index.contiguous()
@@ -45,12 +45,8 @@ def forward(
         lse.fill_(options.debug_fill)
     with torch.cuda.device(q.device):
         _C.attention_forward(
-            q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
-            kv_count.data_ptr(), kv_index.data_ptr(),
-            b, h, lq, lk, d,
-            q.stride(), k.stride(), v.stride(), out.stride(),
-            dtype_name, block_q, block_k, float(scale),
-            current_stream(q.device),
-            options.forward_path,
+            q, k, v, out, lse, kv_count, kv_index,
+            block_q=block_q, block_k=block_k, scale=float(scale),
+            stream=current_stream(q.device), path=options.forward_path,
         )
     return out, lse

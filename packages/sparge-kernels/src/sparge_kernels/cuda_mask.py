@@ -25,7 +25,7 @@ from .validation import num_blocks
 
 __all__ = ["predict", "MaskWorkspace"]
 
-_DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 
 
@@ -52,14 +52,7 @@ def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskW
     for name, t in (("q", q), ("k", k)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must have unit stride along D for the pooling kernel, got {t.stride()}")
-    b, h, lq, d = q.shape
-    lk = k.shape[2]
-    _C.mask_pool_blocks(
-        q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), lq, block_q,
-        k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), lk, block_k,
-        b, h, d, _DTYPE_CODES[q.dtype], ws.q_pooled.data_ptr(), ws.k_pooled_t.data_ptr(), ws.k_pooled_t.shape[-1],
-        current_stream(q.device),
-    )
+    _C.mask_pool_blocks(q, k, block_q, block_k, ws.q_pooled, ws.k_pooled_t, current_stream(q.device))
 
 
 def select(
@@ -67,21 +60,23 @@ def select(
     rows_per_cta: int = 0, compact: bool = True,
 ) -> None:
     """Launch 2: scores, softmax and Top-k ∪ Top-p per query block into kv_count / kv_index / ws.row_bits."""
-    b, h, nq, d = ws.q_pooled.shape
+    _check_blocks("kv_index", kv_index, nk)
     _C.mask_select_blocks(
-        ws.q_pooled.data_ptr(), ws.k_pooled_t.data_ptr(), ws.k_pooled_t.shape[-1], b, h, d, nq, nk, float(scale),
-        int(kk), float(topp), int(compact), kv_count.data_ptr(), kv_index.data_ptr(), ws.row_bits.data_ptr(),
-        ws.row_bits.shape[-1], int(rows_per_cta), current_stream(ws.q_pooled.device),
+        ws.q_pooled, ws.k_pooled_t, float(scale), int(kk), float(topp), int(compact), kv_count, kv_index,
+        ws.row_bits, int(rows_per_cta), current_stream(ws.q_pooled.device),
     )
 
 
 def transpose(ws: MaskWorkspace, nk: int, q_count: torch.Tensor, q_index: torch.Tensor) -> None:
     """Launch 3: q_count / q_index from ws.row_bits."""
-    b, h, nq, words = ws.row_bits.shape
-    _C.mask_transpose(
-        ws.row_bits.data_ptr(), words, b, h, nq, nk, q_count.data_ptr(), q_index.data_ptr(),
-        current_stream(ws.row_bits.device),
-    )
+    _check_blocks("q_count", q_count, nk)
+    _C.mask_transpose(ws.row_bits, q_count, q_index, current_stream(ws.row_bits.device))
+
+
+def _check_blocks(name: str, t: torch.Tensor, nk: int) -> None:
+    """The kernels take Nk from the shape of `t` (its last dim): it must be the nk the caller means."""
+    if t.shape[-1] != nk:
+        raise ValueError(f"{name} has {t.shape[-1]} key blocks in its last dim, expected nk={nk}")
 
 
 def _keep_all(b: int, h: int, nq: int, nk: int, device: torch.device, out) -> tuple[torch.Tensor, ...]:
@@ -138,7 +133,7 @@ def predict(
         _check_out(out, ((b, h, nq), (b, h, nq, nk), (b, h, nk), (b, h, nk, nq)), device)
     if reference.keeps_every_block(topk, topp):
         return _keep_all(b, h, nq, nk, device, out)
-    if q.dtype not in _DTYPE_CODES or d > MAX_HEAD_DIM:
+    if q.dtype not in KERNEL_DTYPES or d > MAX_HEAD_DIM:
         warnings.warn(
             f"sparge CUDA mask kernels take float16/bfloat16/float32 and head dim <= {MAX_HEAD_DIM}; "
             f"got {q.dtype}, D={d}: using the PyTorch reference",
@@ -169,12 +164,8 @@ def predict(
     with torch.cuda.device(device):
         ws = MaskWorkspace.allocate(b, h, nq, nk, d, device)
         _C.mask_predict(
-            q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), lq, block_q,
-            k.data_ptr(), k.stride(0), k.stride(1), k.stride(2), lk, block_k,
-            b, h, d, _DTYPE_CODES[q.dtype], float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
-            ws.q_pooled.data_ptr(), ws.k_pooled_t.data_ptr(), ws.k_pooled_t.shape[-1],
-            ws.row_bits.data_ptr(), ws.row_bits.shape[-1],
-            kv_count.data_ptr(), kv_index.data_ptr(), q_count.data_ptr(), q_index.data_ptr(),
+            q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
+            ws.q_pooled, ws.k_pooled_t, ws.row_bits, kv_count, kv_index, q_count, q_index,
             int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), current_stream(device),
         )
     return kv_count, kv_index, q_count, q_index

@@ -1,0 +1,78 @@
+// Python entry of the block-sparse attention backward: sparge_kernels._C.attention_backward(...).
+// Tensors arrive through the one tensor caster (common/tensor_caster.h: device pointer, dtype, shape, element
+// strides); sizes and the element type come from them. The torch glue (cuda_backward.py) allocates outputs and
+// workspace and passes the caller's current stream. Bad arguments raise ValueError (std::invalid_argument).
+#include <nanobind/nanobind.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "backward/backward_api.h"
+#include "bindings.h"
+#include "common/attention_args.h"
+#include "common/params.h"
+#include "common/tensor.h"
+#include "common/tensor_caster.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using sparge::TensorArg;
+
+void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const& v, TensorArg const& out,
+                        TensorArg const& dout, TensorArg const& lse, TensorArg const& dlse,
+                        TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count,
+                        TensorArg const& q_index, TensorArg const& dq, TensorArg const& dk, TensorArg const& dv,
+                        TensorArg const& lse_log2, TensorArg const& delta, TensorArg const& dq_accum, int block_q,
+                        int block_k, double scale, bool deterministic, bool dq_bulk_reduce, uintptr_t stream) {
+  constexpr const char* kWho = "sparge attention_backward";
+  sparge::BwdParams p{};
+  sparge::set_attention_params(p, kWho, q, k, v, out, lse, kv_count, kv_index, block_q, block_k, scale);
+  // What the backward adds: dO and the gradients (attention operands), the transposed mask and the workspace.
+  for (auto [name, t] : {std::pair<const char*, TensorArg const*>{"dout", &dout}, {"dq", &dq}, {"dk", &dk},
+                         {"dv", &dv}}) {
+    sparge::check_attention_operand(kWho, name, *t);
+  }
+  for (auto [name, t] : {std::pair<const char*, TensorArg const*>{"lse", &lse}, {"kv_count", &kv_count},
+                         {"kv_index", &kv_index}, {"q_count", &q_count}, {"q_index", &q_index},
+                         {"lse_log2", &lse_log2}, {"delta", &delta}}) {
+    sparge::check_buffer(kWho, name, *t);
+  }
+  sparge::check_buffer(kWho, "dlse", dlse, /*allow_none=*/true);
+  sparge::check_buffer(kWho, "dq_accum", dq_accum, /*allow_none=*/deterministic);
+
+  p.dout = dout.data;
+  p.dout_stride = dout.bhl_strides();
+  p.dlse = dlse.ptr<const float>();
+  p.q_count = q_count.ptr<const int32_t>();
+  p.q_index = q_index.ptr<const int32_t>();
+  p.dq = dq.data;
+  p.dk = dk.data;
+  p.dv = dv.data;
+  p.dq_stride = dq.bhl_strides();
+  p.dk_stride = dk.bhl_strides();
+  p.dv_stride = dv.bhl_strides();
+  p.lse_log2 = lse_log2.ptr<float>();
+  p.delta = delta.ptr<float>();
+  p.dq_accum = dq_accum.ptr<float>();
+  p.padded_q = int64_t(p.num_q_blocks) * block_q;
+  p.deterministic = deterministic;
+  p.dq_bulk_reduce = dq_bulk_reduce;
+  sparge::bwd::dispatch_backward(p, q.dtype, reinterpret_cast<cudaStream_t>(stream));
+}
+
+}  // namespace
+
+void bind_attention_backward(nb::module_& m) {
+  m.def("attention_backward", &attention_backward, "q"_a, "k"_a, "v"_a, "out"_a, "dout"_a, "lse"_a, "dlse"_a.none(),
+        "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "dq"_a, "dk"_a, "dv"_a, "lse_log2"_a, "delta"_a,
+        "dq_accum"_a.none(), "block_q"_a, "block_k"_a, "scale"_a, "deterministic"_a, "dq_bulk_reduce"_a, "stream"_a,
+        "Block-sparse attention backward on (B, H, L, D) strided device tensors (bf16/fp16; sizes and dtype are "
+        "read from q and k): writes dq, dk, dv. lse_log2/delta (B,H,Nq*128) and dq_accum (B,H,Nq*128,D, zeroed; "
+        "None when deterministic) are float32 workspace; dlse may be None. dq_bulk_reduce: accumulate dQ with "
+        "bulk async reduce-adds (SM >= 90) instead of 8-byte atomics.");
+}

@@ -1,0 +1,65 @@
+// The one launch template of the backward (mma.sync, SM80+; also what runs on Hopper): preprocess, then either
+// dK/dV with dQ accumulation + the dQ conversion, or (deterministic) dK/dV without it + the dQ kernel.
+// Instantiated per (head dim, dtype) in csrc/instantiations/bwd_hdim<D>_<dtype>_sm80.cu
+// (csrc/generate_instantiations.py).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "backward/backward_api.h"
+#include "backward/dq_accumulate_bwd.h"
+#include "backward/kernel_traits_bwd_sm80.h"
+#include "backward/mainloop_bwd_dkdv_sm80.h"
+#include "backward/mainloop_bwd_dq_sm80.h"
+#include "backward/preprocess_bwd.h"
+#include "common/cuda_check.h"
+#include "common/element_type.h"
+#include "common/params.h"
+
+namespace sparge::bwd {
+
+template <class Traits, DqMode kDqMode>
+void launch_dkdv(BwdParams const& p, dim3 grid, size_t smem_bytes, cudaStream_t stream) {
+  auto kernel = dkdv_kernel<Traits, kDqMode>;
+  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)));
+  kernel<<<grid, Traits::kNThreads, smem_bytes, stream>>>(p);
+  SPARGE_CHECK_LAUNCH("sparge backward dK/dV");
+}
+
+template <int kHeadDim, DType kDType>
+void run_bwd_sm80(BwdParams const& p, cudaStream_t stream) {
+  using Element = ElementOf<kDType>;
+  using Traits = BackwardTraits<kHeadDim, Element>;
+  using Pre = Preprocess<kHeadDim, Element>;
+
+  const int64_t padded_rows = int64_t(p.batch) * p.heads * p.padded_q;
+  const int64_t pre_blocks = (padded_rows + Pre::kRowsPerBlock - 1) / Pre::kRowsPerBlock;
+  preprocess_kernel<kHeadDim, Element><<<dim3(unsigned(pre_blocks)), Pre::kThreads, 0, stream>>>(p);
+  SPARGE_CHECK_LAUNCH("sparge backward preprocess");
+
+  const dim3 grid_kv(p.num_k_blocks, p.heads, p.batch);
+  const dim3 grid_q(p.num_q_blocks, p.heads, p.batch);
+  if (p.deterministic) {
+    launch_dkdv<Traits, DqMode::kNone>(p, grid_kv, Traits::kSmemBytesKV, stream);
+    auto dq = dq_kernel<Traits>;
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytesQ)));
+    dq<<<grid_q, Traits::kNThreads, Traits::kSmemBytesQ, stream>>>(p);
+    SPARGE_CHECK_LAUNCH("sparge backward dQ (deterministic)");
+    return;
+  }
+  int device = 0, sm_major = 0;
+  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
+  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sm_major, cudaDevAttrComputeCapabilityMajor, device));
+  if (p.dq_bulk_reduce && sm_major >= 9) {
+    launch_dkdv<Traits, DqMode::kBulkReduce>(p, grid_kv, Traits::kSmemBytesKV + Traits::kSmemBytesDqStage, stream);
+    const dim3 grid_convert(2 * p.num_q_blocks, p.heads, p.batch);  // 64-row step chunks
+    dq_convert_fragments_kernel<Traits><<<grid_convert, Traits::kNThreads, 0, stream>>>(p);
+  } else {
+    launch_dkdv<Traits, DqMode::kAtomic>(p, grid_kv, Traits::kSmemBytesKV, stream);
+    const int64_t chunks = int64_t(p.batch) * p.heads * p.seqlen_q * (kHeadDim / 8);
+    dq_convert_rowmajor_kernel<kHeadDim, Element><<<dim3(unsigned((chunks + 255) / 256)), 256, 0, stream>>>(p);
+  }
+  SPARGE_CHECK_LAUNCH("sparge backward dQ convert");
+}
+
+}  // namespace sparge::bwd

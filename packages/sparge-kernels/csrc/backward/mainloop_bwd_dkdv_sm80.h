@@ -1,0 +1,222 @@
+// dK/dV kernel: one CTA per (key block of 64, head, batch). K and V stay in shared memory while the CTA walks the
+// key block's kept query blocks (q_index), 64 rows per step, double-buffering Q, dO, lse and delta:
+//   S = Q Kᵀ,  P = exp2(S·scale·log2e − lse·log2e),  dV += Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP − delta),
+//   dK += dSᵀ Q (· scale at the end),  and unless kDqMode == kNone: dQ_accum += dS K (fp32, see dq_accumulate.h).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cute/tensor.hpp>
+
+#include "backward/dq_accumulate_bwd.h"
+#include "backward/kernel_traits_bwd_sm80.h"
+#include "common/utils.h"
+#include "common/params.h"
+#include "backward/tile_io_bwd_sm80.h"
+#include "common/block_sparse.h"
+
+namespace sparge::bwd {
+
+using namespace cute;
+
+template <class Traits, DqMode kDqMode>
+__global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdParams p) {
+  using Element = typename Traits::Element;
+  constexpr int kD = Traits::kHeadDim;
+  constexpr int kM = Traits::kStepRows;
+  constexpr int kN = Traits::kKeyBlock;
+
+  extern __shared__ __align__(128) char smem_raw[];
+  const int tid = threadIdx.x;
+  const int kb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int64_t bh = int64_t(b) * p.heads + h;
+  const int64_t padded = p.padded_q;
+  const int key0 = kb * kN;
+  const int keys_valid = min(kN, p.seqlen_k - key0);
+  // The key block's kept query blocks.
+  const BlockSparseWalk<Traits::kQueryBlock> walk(p.q_count, p.q_index, bh, p.num_k_blocks, kb, p.num_q_blocks,
+                                                  p.seqlen_q);
+  const int count = walk.trip_count();
+
+  Element* dk = static_cast<Element*>(p.dk) + b * p.dk_stride.batch + h * p.dk_stride.head + key0 * p.dk_stride.row;
+  Element* dv = static_cast<Element*>(p.dv) + b * p.dv_stride.batch + h * p.dv_stride.head + key0 * p.dv_stride.row;
+  if (count == 0) {  // no query attends to this key block
+    store_zero_rows<Traits>(dk, p.dk_stride.row, keys_valid, tid);
+    store_zero_rows<Traits>(dv, p.dv_stride.row, keys_valid, tid);
+    return;
+  }
+
+  const Element* q = static_cast<const Element*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head;
+  const Element* dout = static_cast<const Element*>(p.dout) + b * p.dout_stride.batch + h * p.dout_stride.head;
+  const Element* k = static_cast<const Element*>(p.k) + b * p.k_stride.batch + h * p.k_stride.head +
+                     key0 * p.k_stride.row;
+  const Element* v = static_cast<const Element*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head +
+                     key0 * p.v_stride.row;
+  const float* lse_log2 = p.lse_log2 + bh * padded;
+  const float* delta = p.delta + bh * padded;
+
+  Element* smem_k = reinterpret_cast<Element*>(smem_raw);
+  Element* smem_v = smem_k + Traits::kSmemKVElems;
+  Element* smem_q = smem_v + Traits::kSmemKVElems;       // 2 buffers
+  Element* smem_do = smem_q + 2 * Traits::kSmemStepElems;  // 2 buffers
+  Element* smem_p = smem_do + 2 * Traits::kSmemStepElems;
+  Element* smem_ds = smem_p + Traits::kSmemPdSElems;
+  float* smem_lse = reinterpret_cast<float*>(smem_ds + Traits::kSmemPdSElems);  // 2 buffers of kM
+  float* smem_delta = smem_lse + 2 * kM;                                         // 2 buffers of kM
+  float* smem_dq_stage = smem_delta + 2 * kM;  // kBulkReduce: kM x kD floats, one slice per warp
+
+  // Steps: two per kept query block. The second half of the last query block may lie wholly past Lq.
+  const int num_steps = 2 * count;
+  auto step_row0 = [&](int step) { return walk.start(step >> 1) + (step & 1) * kM; };
+  auto next_step = [&](int step) {
+    int next = step + 1;
+    if (next < num_steps && step_row0(next) >= p.seqlen_q) ++next;
+    return next;
+  };
+  auto load_step = [&](int step, int buf) {
+    const int row0 = step_row0(step);
+    load_tile_async<Traits, kM>(q + row0 * p.q_stride.row, p.q_stride.row, p.seqlen_q - row0,
+                                smem_q + buf * Traits::kSmemStepElems, tid);
+    load_tile_async<Traits, kM>(dout + row0 * p.dout_stride.row, p.dout_stride.row, p.seqlen_q - row0,
+                                smem_do + buf * Traits::kSmemStepElems, tid);
+    if (tid < kM) {  // padded workspace: rows up to Nq * 128 exist
+      smem_lse[buf * kM + tid] = lse_log2[row0 + tid];
+      smem_delta[buf * kM + tid] = delta[row0 + tid];
+    }
+  };
+
+  load_tile_async<Traits, kN>(k, p.k_stride.row, keys_valid, smem_k, tid);
+  load_tile_async<Traits, kN>(v, p.v_stride.row, keys_valid, smem_v, tid);
+  load_step(0, 0);
+  cp_async_fence();
+
+  typename Traits::TiledMmaKV tiled_mma;
+  auto thr_mma = tiled_mma.get_thread_slice(tid);
+
+  Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKV{});
+  Tensor sKt = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKVT{});
+  Tensor sP = make_tensor(make_smem_ptr(smem_p), typename Traits::SmemLayoutPdS{});
+  Tensor sPt = make_tensor(make_smem_ptr(smem_p), typename Traits::SmemLayoutPdST{});
+  Tensor sdS = make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutPdS{});
+  Tensor sdSt = make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutPdST{});
+
+  // Register fragments (shapes only come from these tensors).
+  Tensor tSrQ = thr_mma.partition_fragment_A(make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutStep{}));
+  Tensor tSrK = thr_mma.partition_fragment_B(sK);
+  Tensor tdPrdO = thr_mma.partition_fragment_A(make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutStep{}));
+  Tensor tdPrV = thr_mma.partition_fragment_B(sV);
+  Tensor tdVrPt =
+      thr_mma.partition_fragment_A(make_tensor(make_smem_ptr(smem_p), typename Traits::SmemLayoutPdSTNoSwizzle{}));
+  Tensor tdVrdOt =
+      thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutStepTNoSwizzle{}));
+  Tensor tdKrdSt =
+      thr_mma.partition_fragment_A(make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutPdSTNoSwizzle{}));
+  Tensor tdKrQt =
+      thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutStepTNoSwizzle{}));
+  Tensor tdQrdS = thr_mma.partition_fragment_A(sdS);
+  Tensor tdQrKt =
+      thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKVTNoSwizzle{}));
+
+  // Shared -> register copies: ldmatrix for K-major operands, ldmatrix.trans for M/N-major ones.
+  auto copy_a = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
+  auto thr_copy_a = copy_a.get_thread_slice(tid);
+  auto copy_b = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);
+  auto thr_copy_b = copy_b.get_thread_slice(tid);
+  auto copy_at = make_tiled_copy_A(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);
+  auto thr_copy_at = copy_at.get_thread_slice(tid);
+  auto copy_bt = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);
+  auto thr_copy_bt = copy_bt.get_thread_slice(tid);
+  auto copy_c = make_tiled_copy_C(typename Traits::SmemCopyAtomAcc{}, tiled_mma);
+  auto thr_copy_c = copy_c.get_thread_slice(tid);
+
+  Tensor tSsK = thr_copy_b.partition_S(sK);
+  Tensor tdPsV = thr_copy_b.partition_S(sV);
+  Tensor tdVsPt = thr_copy_at.partition_S(sPt);
+  Tensor tdKsdSt = thr_copy_at.partition_S(sdSt);
+  Tensor tdQsdS = thr_copy_a.partition_S(sdS);
+  Tensor tdQsKt = thr_copy_bt.partition_S(sKt);
+  Tensor tPsP = thr_copy_c.partition_D(sP);
+  Tensor tdSsdS = thr_copy_c.partition_D(sdS);
+
+  // (row, col) of every accumulator element of S/dP (query row, key) and of dQ (query row, dim).
+  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kM>, Int<kN>>{}));
+  Tensor tdQcdQ = thr_mma.partition_C(make_identity_tensor(Shape<Int<kM>, Int<kD>>{}));
+
+  Tensor acc_dk = partition_fragment_C(tiled_mma, Shape<Int<kN>, Int<kD>>{});
+  Tensor acc_dv = partition_fragment_C(tiled_mma, Shape<Int<kN>, Int<kD>>{});
+  clear(acc_dk);
+  clear(acc_dv);
+
+  int step = 0, buf = 0;
+  while (true) {
+    const int step_next = next_step(step);
+    cp_async_wait<0>();
+    __syncthreads();  // this step's tiles are in; everyone is done with the other buffer, sP and sdS
+    if (step_next < num_steps) load_step(step_next, buf ^ 1);
+    cp_async_fence();
+
+    const int row0 = step_row0(step);
+    Element* sq = smem_q + buf * Traits::kSmemStepElems;
+    Element* sdo = smem_do + buf * Traits::kSmemStepElems;
+    Tensor sQ = make_tensor(make_smem_ptr(sq), typename Traits::SmemLayoutStep{});
+    Tensor sdO = make_tensor(make_smem_ptr(sdo), typename Traits::SmemLayoutStep{});
+    Tensor sQt = make_tensor(make_smem_ptr(sq), typename Traits::SmemLayoutStepT{});
+    Tensor sdOt = make_tensor(make_smem_ptr(sdo), typename Traits::SmemLayoutStepT{});
+    const float* step_lse = smem_lse + buf * kM;
+    const float* step_delta = smem_delta + buf * kM;
+
+    // S = Q Kᵀ, then P in place; keys past Lk get P = 0 (their K rows were zero-filled, S would be 0).
+    Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
+    clear(acc_s);
+    gemm_ss(acc_s, tSrQ, tSrK, thr_copy_a.partition_S(sQ), tSsK, tiled_mma, copy_a, copy_b, thr_copy_a, thr_copy_b);
+    probs_with_tail_mask(acc_s, tScS, keys_valid, p.scale_log2, step_lse);
+    Tensor rP = make_tensor<Element>(acc_s.layout());
+    convert_fragment(acc_s, rP);
+    cute::copy(copy_c, thr_copy_c.retile_S(rP), tPsP);
+
+    // dP = dO Vᵀ, dS = P ∘ (dP − delta).
+    Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
+    clear(acc_dp);
+    gemm_ss(acc_dp, tdPrdO, tdPrV, thr_copy_a.partition_S(sdO), tdPsV, tiled_mma, copy_a, copy_b, thr_copy_a,
+            thr_copy_b);
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_dp); ++i) acc_dp(i) = acc_s(i) * (acc_dp(i) - step_delta[get<0>(tScS(i))]);
+    Tensor rdS = make_tensor<Element>(acc_dp.layout());
+    convert_fragment(acc_dp, rdS);
+    cute::copy(copy_c, thr_copy_c.retile_S(rdS), tdSsdS);
+    __syncthreads();  // sP, sdS complete
+
+    gemm_ss(acc_dv, tdVrPt, tdVrdOt, tdVsPt, thr_copy_bt.partition_S(sdOt), tiled_mma, copy_at, copy_bt,
+            thr_copy_at, thr_copy_bt);
+    gemm_ss(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, thr_copy_bt.partition_S(sQt), tiled_mma, copy_at, copy_bt,
+            thr_copy_at, thr_copy_bt);
+
+    if constexpr (kDqMode != DqMode::kNone) {
+      Tensor acc_dq = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kD>>{});
+      clear(acc_dq);
+      gemm_ss(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma, copy_a, copy_bt, thr_copy_a, thr_copy_bt);
+      float* dq_chunk = p.dq_accum + (bh * padded + row0) * kD;  // this step's 64 rows
+      if constexpr (kDqMode == DqMode::kAtomic) {
+        accumulate_dq_atomic<kD>(acc_dq, tdQcdQ, dq_chunk);
+      } else {
+        constexpr int kWarpSlice = 32 * decltype(size(acc_dq))::value;
+        const int warp = tid / 32;
+        accumulate_dq_bulk(acc_dq, smem_dq_stage + warp * kWarpSlice, dq_chunk + warp * kWarpSlice, tid % 32);
+      }
+    }
+
+    step = step_next;
+    buf ^= 1;
+    if (step >= num_steps) break;
+  }
+
+  if constexpr (kDqMode == DqMode::kBulkReduce) {
+    if (tid % 32 == 0) bulk_wait_all();  // the stage must stay alive until the reduces have read it
+  }
+  __syncthreads();  // the last step's GEMMs are done with sQ/sdO: reuse them to stage dK and dV
+  store_accumulator<Traits, kN>(acc_dk, p.scale, tiled_mma, smem_q, dk, p.dk_stride.row, keys_valid, tid);
+  store_accumulator<Traits, kN>(acc_dv, 1.f, tiled_mma, smem_do, dv, p.dv_stride.row, keys_valid, tid);
+}
+
+}  // namespace sparge::bwd

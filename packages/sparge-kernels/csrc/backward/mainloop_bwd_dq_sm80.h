@@ -1,0 +1,137 @@
+// Deterministic dQ kernel: one CTA per (query block of 128, head, batch), walking the block's kept key blocks
+// (kv_index) with K and V double-buffered. Recomputes P and dS and accumulates dQ = dS K in registers; no atomics,
+// so the result is bitwise reproducible. The dK/dV kernel runs without its dQ atomics in this mode.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cute/tensor.hpp>
+
+#include "backward/kernel_traits_bwd_sm80.h"
+#include "common/utils.h"
+#include "common/params.h"
+#include "backward/tile_io_bwd_sm80.h"
+#include "common/block_sparse.h"
+
+namespace sparge::bwd {
+
+using namespace cute;
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNThreads, 1) dq_kernel(const BwdParams p) {
+  using Element = typename Traits::Element;
+  constexpr int kD = Traits::kHeadDim;
+  constexpr int kM = Traits::kQueryBlock;
+  constexpr int kN = Traits::kKeyBlock;
+
+  extern __shared__ __align__(128) char smem_raw[];
+  const int tid = threadIdx.x;
+  const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int64_t bh = int64_t(b) * p.heads + h;
+  const int row0 = qb * kM;
+  const int rows_valid = min(kM, p.seqlen_q - row0);
+  // The query block's kept key blocks.
+  const BlockSparseWalk<kN> walk(p.kv_count, p.kv_index, bh, p.num_q_blocks, qb, p.num_k_blocks, p.seqlen_k);
+  const int count = walk.trip_count();
+
+  Element* dq = static_cast<Element*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head + row0 * p.dq_stride.row;
+  if (count == 0) {  // the query block attends to nothing: out = 0, lse = -inf, no gradient
+    store_zero_rows<Traits>(dq, p.dq_stride.row, rows_valid, tid);
+    return;
+  }
+
+  const Element* q = static_cast<const Element*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head +
+                     row0 * p.q_stride.row;
+  const Element* dout = static_cast<const Element*>(p.dout) + b * p.dout_stride.batch + h * p.dout_stride.head +
+                        row0 * p.dout_stride.row;
+  const Element* k = static_cast<const Element*>(p.k) + b * p.k_stride.batch + h * p.k_stride.head;
+  const Element* v = static_cast<const Element*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head;
+
+  Element* smem_q = reinterpret_cast<Element*>(smem_raw);
+  Element* smem_do = smem_q + Traits::kSmemQElems;
+  Element* smem_k = smem_do + Traits::kSmemQElems;   // 2 buffers
+  Element* smem_v = smem_k + 2 * Traits::kSmemKVElems;  // 2 buffers
+  float* smem_lse = reinterpret_cast<float*>(smem_v + 2 * Traits::kSmemKVElems);
+  float* smem_delta = smem_lse + kM;
+
+  auto load_kv = [&](int it, int buf) {
+    const int key0 = walk.start(it), keys = walk.valid(it);
+    load_tile_async<Traits, kN>(k + key0 * p.k_stride.row, p.k_stride.row, keys,
+                                smem_k + buf * Traits::kSmemKVElems, tid);
+    load_tile_async<Traits, kN>(v + key0 * p.v_stride.row, p.v_stride.row, keys,
+                                smem_v + buf * Traits::kSmemKVElems, tid);
+  };
+
+  load_tile_async<Traits, kM>(q, p.q_stride.row, rows_valid, smem_q, tid);
+  load_tile_async<Traits, kM>(dout, p.dout_stride.row, rows_valid, smem_do, tid);
+  if (tid < kM) {
+    smem_lse[tid] = p.lse_log2[bh * p.padded_q + row0 + tid];
+    smem_delta[tid] = p.delta[bh * p.padded_q + row0 + tid];
+  }
+  load_kv(0, 0);
+  cp_async_fence();
+
+  typename Traits::TiledMmaQ tiled_mma;
+  auto thr_mma = tiled_mma.get_thread_slice(tid);
+  Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutQ{});
+
+  Tensor tSrQ = thr_mma.partition_fragment_A(sQ);
+  Tensor tSrK = thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKV{}));
+  Tensor tdPrdO = thr_mma.partition_fragment_A(sdO);
+  Tensor tdPrV = thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKV{}));
+  Tensor tdQrKt =
+      thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKVTNoSwizzle{}));
+
+  auto copy_a = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
+  auto thr_copy_a = copy_a.get_thread_slice(tid);
+  auto copy_b = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);
+  auto thr_copy_b = copy_b.get_thread_slice(tid);
+  auto copy_bt = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);
+  auto thr_copy_bt = copy_bt.get_thread_slice(tid);
+
+  Tensor tSsQ = thr_copy_a.partition_S(sQ);
+  Tensor tdPsdO = thr_copy_a.partition_S(sdO);
+  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kM>, Int<kN>>{}));
+
+  Tensor acc_dq = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kD>>{});
+  clear(acc_dq);
+
+  int buf = 0;
+  for (int it = 0; it < count; ++it) {
+    cp_async_wait<0>();
+    __syncthreads();  // this block's K/V (and Q, dO, lse, delta) are in; the other buffer is free
+    if (it + 1 < count) load_kv(it + 1, buf ^ 1);
+    cp_async_fence();
+
+    const int keys_valid = walk.valid(it);
+    Tensor sK = make_tensor(make_smem_ptr(smem_k + buf * Traits::kSmemKVElems), typename Traits::SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(smem_v + buf * Traits::kSmemKVElems), typename Traits::SmemLayoutKV{});
+    Tensor sKt = make_tensor(make_smem_ptr(smem_k + buf * Traits::kSmemKVElems), typename Traits::SmemLayoutKVT{});
+
+    Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
+    clear(acc_s);
+    gemm_ss(acc_s, tSrQ, tSrK, tSsQ, thr_copy_b.partition_S(sK), tiled_mma, copy_a, copy_b, thr_copy_a,
+            thr_copy_b);
+    probs_with_tail_mask(acc_s, tScS, keys_valid, p.scale_log2, smem_lse);
+
+    Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
+    clear(acc_dp);
+    gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, thr_copy_b.partition_S(sV), tiled_mma, copy_a, copy_b, thr_copy_a,
+            thr_copy_b);
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_dp); ++i) acc_dp(i) = acc_s(i) * (acc_dp(i) - smem_delta[get<0>(tScS(i))]);
+
+    // dQ += dS K with dS straight from registers: each warp owns whole rows of dS.
+    Tensor rdS = make_tensor<Element>(acc_dp.layout());
+    convert_fragment(acc_dp, rdS);
+    Tensor tdQrdS = make_tensor(rdS.data(), accumulator_as_a_operand(rdS.layout()));
+    gemm_rs(acc_dq, tdQrdS, tdQrKt, thr_copy_bt.partition_S(sKt), tiled_mma, copy_bt, thr_copy_bt);
+    buf ^= 1;
+  }
+
+  __syncthreads();  // the last GEMMs are done with sQ: stage dQ there
+  store_accumulator<Traits, kM>(acc_dq, p.scale, tiled_mma, smem_q, dq, p.dq_stride.row, rows_valid, tid);
+}
+
+}  // namespace sparge::bwd
