@@ -212,6 +212,9 @@ def test_runs_on_current_stream():
     mask = random_mask(1, 2, 1000, 1000, 0.5, seed=12)
     expected = sk.block_sparse_attention(q, k, v, mask)
     stream = torch.cuda.Stream()
+    # The inputs were written on the default stream: without this wait the side stream may read them half-written
+    # (seen on a busy H200: NaN and 1e36 in `out`), which says nothing about which stream the kernel used.
+    stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         out = sk.block_sparse_attention(q, k, v, mask)
     stream.synchronize()
