@@ -19,7 +19,9 @@ case $stage in
   lowres) config=packages/sparge-train/examples/world_teacher_lowres.yaml run=/tmp/world-teacher-lowres
           gate_size=${GATE_SIZE:-48} extra=() ;;
   full) config=packages/sparge-train/examples/world_teacher.yaml run=/tmp/world-teacher gate_size=${GATE_SIZE:-96}
-        extra=(--set model.pretrained=/tmp/world-teacher-lowres/export) ;;
+        extra=()  # its config starts from the shipped (stage 1) teacher; WARM_START= names another export
+        [ -f /tmp/world-teacher-lowres/export/config.json ] && [ -z "${WARM_START:-}" ] &&
+          extra=(--set model.pretrained=/tmp/world-teacher-lowres/export) ;;
   *) echo "stage: must be lowres or full, got $stage" >&2; exit 2 ;;
 esac
 if [ -n "${WARM_START:-}" ] && [ ! -f $run/checkpoints/latest ]; then
