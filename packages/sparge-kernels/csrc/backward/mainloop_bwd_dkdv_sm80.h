@@ -24,7 +24,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
   using Element = typename Traits::Element;
   constexpr int kD = Traits::kHeadDim;
   constexpr int kM = Traits::kStepRows;
-  constexpr int kN = Traits::kKeyBlock;
+  constexpr int kN = Traits::kBlockN;
 
   extern __shared__ __align__(128) char smem_raw[];
   const int tid = threadIdx.x;
@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
   const int key0 = kb * kN;
   const int keys_valid = min(kN, p.seqlen_k - key0);
   // The key block's kept query blocks.
-  const BlockSparseWalk<Traits::kQueryBlock> walk(p.q_count, p.q_index, bh, p.num_k_blocks, kb, p.num_q_blocks,
+  const BlockSparseWalk<Traits::kBlockM> walk(p.q_count, p.q_index, bh, p.num_k_blocks, kb, p.num_q_blocks,
                                                   p.seqlen_q);
   const int count = walk.trip_count();
 

@@ -21,8 +21,8 @@ template <class Traits>
 __global__ void __launch_bounds__(Traits::kNThreads, 1) dq_kernel(const BwdParams p) {
   using Element = typename Traits::Element;
   constexpr int kD = Traits::kHeadDim;
-  constexpr int kM = Traits::kQueryBlock;
-  constexpr int kN = Traits::kKeyBlock;
+  constexpr int kM = Traits::kBlockM;
+  constexpr int kN = Traits::kBlockN;
 
   extern __shared__ __align__(128) char smem_raw[];
   const int tid = threadIdx.x;
