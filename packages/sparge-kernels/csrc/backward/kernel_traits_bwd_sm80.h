@@ -4,31 +4,25 @@
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cutlass/numeric_types.h>
 
-#include <type_traits>
+#include "common/kernel_traits.h"
 
 namespace sparge::bwd {
 
 using namespace cute;
 
 template <int kHeadDim_, typename Element_>
-struct BackwardTraits {
+struct BackwardTraits : MaskBlockTiles {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64");
 
-  // Mask granularity: query blocks of 128 rows, key blocks of 64 keys.
-  static constexpr int kQueryBlock = 128;
-  static constexpr int kKeyBlock = 64;
   // The dK/dV kernel walks a kept query block in two steps of 64 rows (keeps S and dP at 16 floats/thread).
   static constexpr int kStepRows = 64;
   static constexpr int kNWarps = 8;
   static constexpr int kNThreads = kNWarps * 32;
 
-  using MmaAtom = std::conditional_t<std::is_same_v<Element, cutlass::half_t>,
-                                     MMA_Atom<SM80_16x8x16_F32F16F16F32_TN>,
-                                     MMA_Atom<SM80_16x8x16_F32BF16BF16F32_TN>>;
+  using MmaAtom = MmaAtomSm80<Element>;
   // dK/dV kernel: every GEMM is 64 x (64 or D); 4 warps along M, 2 along N. N tile 32 = two n8 atoms per warp,
   // so B operands load with ldmatrix.x4.
   using TiledMmaKV = TiledMMA<MmaAtom, Layout<Shape<_4, _2, _1>>, Tile<_64, _32, _16>>;
@@ -52,18 +46,18 @@ struct BackwardTraits {
   template <int kRows>
   using SmemLayoutTileTNoSwizzle = decltype(get_nonswizzle_portion(SmemLayoutTileT<kRows>{}));
   // The tiles of the two kernels: a key block (K, V), a dK/dV step of query rows (Q, dO), a query block (dQ kernel).
-  using SmemLayoutKV = SmemLayoutTile<kKeyBlock>;
-  using SmemLayoutKVT = SmemLayoutTileT<kKeyBlock>;
-  using SmemLayoutKVTNoSwizzle = SmemLayoutTileTNoSwizzle<kKeyBlock>;
+  using SmemLayoutKV = SmemLayoutTile<kBlockN>;
+  using SmemLayoutKVT = SmemLayoutTileT<kBlockN>;
+  using SmemLayoutKVTNoSwizzle = SmemLayoutTileTNoSwizzle<kBlockN>;
   using SmemLayoutStep = SmemLayoutTile<kStepRows>;
   using SmemLayoutStepT = SmemLayoutTileT<kStepRows>;
   using SmemLayoutStepTNoSwizzle = SmemLayoutTileTNoSwizzle<kStepRows>;
-  using SmemLayoutQ = SmemLayoutTile<kQueryBlock>;
+  using SmemLayoutQ = SmemLayoutTile<kBlockM>;
 
   // P and dS of one step: (query rows, keys), and the (keys, query rows) view for dV = Pᵀ dO, dK = dSᵀ Q.
-  using SmemLayoutPdS = decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kStepRows>, Int<kKeyBlock>>{}));
+  using SmemLayoutPdS = decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kStepRows>, Int<kBlockN>>{}));
   using SmemLayoutPdST = decltype(composition(
-      SmemLayoutPdS{}, make_layout(Shape<Int<kKeyBlock>, Int<kStepRows>>{}, GenRowMajor{})));
+      SmemLayoutPdS{}, make_layout(Shape<Int<kBlockN>, Int<kStepRows>>{}, GenRowMajor{})));
   using SmemLayoutPdSTNoSwizzle = decltype(get_nonswizzle_portion(SmemLayoutPdST{}));
 
   // Global <-> shared: 16 B per thread per copy, 8 threads per 64-element row chunk, 32 rows per pass.
@@ -79,9 +73,9 @@ struct BackwardTraits {
 
   // dK/dV kernel shared memory (elements unless noted): K, V; Q and dO double-buffered; P, dS; lse, delta (float,
   // double-buffered). The epilogue reuses the Q/dO buffers to stage dK and dV.
-  static constexpr int kSmemKVElems = kTileElems<kKeyBlock>;
+  static constexpr int kSmemKVElems = kTileElems<kBlockN>;
   static constexpr int kSmemStepElems = kTileElems<kStepRows>;
-  static constexpr int kSmemPdSElems = kStepRows * kKeyBlock;
+  static constexpr int kSmemPdSElems = kStepRows * kBlockN;
   static constexpr size_t kSmemBytesKV =
       sizeof(Element) * (2 * kSmemKVElems + 4 * kSmemStepElems + 2 * kSmemPdSElems) + sizeof(float) * 4 * kStepRows;
 
@@ -89,9 +83,9 @@ struct BackwardTraits {
   static constexpr size_t kSmemBytesDqStage = sizeof(float) * kStepRows * kHeadDim;
 
   // dQ kernel shared memory: Q and dO of the query block; K and V double-buffered; lse, delta (float).
-  static constexpr int kSmemQElems = kTileElems<kQueryBlock>;
+  static constexpr int kSmemQElems = kTileElems<kBlockM>;
   static constexpr size_t kSmemBytesQ =
-      sizeof(Element) * (2 * kSmemQElems + 4 * kSmemKVElems) + sizeof(float) * 2 * kQueryBlock;
+      sizeof(Element) * (2 * kSmemQElems + 4 * kSmemKVElems) + sizeof(float) * 2 * kBlockM;
 };
 
 }  // namespace sparge::bwd

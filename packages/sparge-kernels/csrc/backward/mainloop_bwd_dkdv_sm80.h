@@ -10,6 +10,7 @@
 
 #include "backward/dq_accumulate_bwd.h"
 #include "backward/kernel_traits_bwd_sm80.h"
+#include "backward/recompute_bwd_sm80.h"
 #include "common/utils.h"
 #include "common/params.h"
 #include "backward/tile_io_bwd_sm80.h"
@@ -24,7 +25,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
   using Element = typename Traits::Element;
   constexpr int kD = Traits::kHeadDim;
   constexpr int kM = Traits::kStepRows;
-  constexpr int kN = Traits::kKeyBlock;
+  constexpr int kN = Traits::kBlockN;
 
   extern __shared__ __align__(128) char smem_raw[];
   const int tid = threadIdx.x;
@@ -34,7 +35,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
   const int key0 = kb * kN;
   const int keys_valid = min(kN, p.seqlen_k - key0);
   // The key block's kept query blocks.
-  const BlockSparseWalk<Traits::kQueryBlock> walk(p.q_count, p.q_index, bh, p.num_k_blocks, kb, p.num_q_blocks,
+  const BlockSparseWalk<Traits::kBlockM> walk(p.q_count, p.q_index, bh, p.num_k_blocks, kb, p.num_q_blocks,
                                                   p.seqlen_q);
   const int count = walk.trip_count();
 
@@ -118,24 +119,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
   Tensor tdQrKt =
       thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKVTNoSwizzle{}));
 
-  // Shared -> register copies: ldmatrix for K-major operands, ldmatrix.trans for M/N-major ones.
-  auto copy_a = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
-  auto thr_copy_a = copy_a.get_thread_slice(tid);
-  auto copy_b = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);
-  auto thr_copy_b = copy_b.get_thread_slice(tid);
-  auto copy_at = make_tiled_copy_A(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);
-  auto thr_copy_at = copy_at.get_thread_slice(tid);
-  auto copy_bt = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);
-  auto thr_copy_bt = copy_bt.get_thread_slice(tid);
+  const OperandCopies<Traits, decltype(tiled_mma)> cp(tiled_mma, tid);
   auto copy_c = make_tiled_copy_C(typename Traits::SmemCopyAtomAcc{}, tiled_mma);
   auto thr_copy_c = copy_c.get_thread_slice(tid);
 
-  Tensor tSsK = thr_copy_b.partition_S(sK);
-  Tensor tdPsV = thr_copy_b.partition_S(sV);
-  Tensor tdVsPt = thr_copy_at.partition_S(sPt);
-  Tensor tdKsdSt = thr_copy_at.partition_S(sdSt);
-  Tensor tdQsdS = thr_copy_a.partition_S(sdS);
-  Tensor tdQsKt = thr_copy_bt.partition_S(sKt);
+  Tensor tSsK = cp.thr_b.partition_S(sK);
+  Tensor tdPsV = cp.thr_b.partition_S(sV);
+  Tensor tdVsPt = cp.thr_at.partition_S(sPt);
+  Tensor tdKsdSt = cp.thr_at.partition_S(sdSt);
+  Tensor tdQsdS = cp.thr_a.partition_S(sdS);
+  Tensor tdQsKt = cp.thr_bt.partition_S(sKt);
   Tensor tPsP = thr_copy_c.partition_D(sP);
   Tensor tdSsdS = thr_copy_c.partition_D(sdS);
 
@@ -169,7 +162,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
     // S = Q Kᵀ, then P in place; keys past Lk get P = 0 (their K rows were zero-filled, S would be 0).
     Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
     clear(acc_s);
-    gemm_ss(acc_s, tSrQ, tSrK, thr_copy_a.partition_S(sQ), tSsK, tiled_mma, copy_a, copy_b, thr_copy_a, thr_copy_b);
+    gemm_ss(acc_s, tSrQ, tSrK, cp.thr_a.partition_S(sQ), tSsK, tiled_mma, cp.a, cp.b, cp.thr_a, cp.thr_b);
     probs_with_tail_mask(acc_s, tScS, keys_valid, p.scale_log2, step_lse);
     Tensor rP = make_tensor<Element>(acc_s.layout());
     convert_fragment(acc_s, rP);
@@ -178,24 +171,20 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
     // dP = dO Vᵀ, dS = P ∘ (dP − delta).
     Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
     clear(acc_dp);
-    gemm_ss(acc_dp, tdPrdO, tdPrV, thr_copy_a.partition_S(sdO), tdPsV, tiled_mma, copy_a, copy_b, thr_copy_a,
-            thr_copy_b);
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_dp); ++i) acc_dp(i) = acc_s(i) * (acc_dp(i) - step_delta[get<0>(tScS(i))]);
-    Tensor rdS = make_tensor<Element>(acc_dp.layout());
-    convert_fragment(acc_dp, rdS);
+    gemm_ss(acc_dp, tdPrdO, tdPrV, cp.thr_a.partition_S(sdO), tdPsV, tiled_mma, cp.a, cp.b, cp.thr_a, cp.thr_b);
+    Tensor rdS = dscores<Element>(acc_dp, acc_s, tScS, step_delta);
     cute::copy(copy_c, thr_copy_c.retile_S(rdS), tdSsdS);
     __syncthreads();  // sP, sdS complete
 
-    gemm_ss(acc_dv, tdVrPt, tdVrdOt, tdVsPt, thr_copy_bt.partition_S(sdOt), tiled_mma, copy_at, copy_bt,
-            thr_copy_at, thr_copy_bt);
-    gemm_ss(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, thr_copy_bt.partition_S(sQt), tiled_mma, copy_at, copy_bt,
-            thr_copy_at, thr_copy_bt);
+    gemm_ss(acc_dv, tdVrPt, tdVrdOt, tdVsPt, cp.thr_bt.partition_S(sdOt), tiled_mma, cp.at, cp.bt, cp.thr_at,
+            cp.thr_bt);
+    gemm_ss(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, cp.thr_bt.partition_S(sQt), tiled_mma, cp.at, cp.bt, cp.thr_at,
+            cp.thr_bt);
 
     if constexpr (kDqMode != DqMode::kNone) {
       Tensor acc_dq = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kD>>{});
       clear(acc_dq);
-      gemm_ss(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma, copy_a, copy_bt, thr_copy_a, thr_copy_bt);
+      gemm_ss(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma, cp.a, cp.bt, cp.thr_a, cp.thr_bt);
       float* dq_chunk = p.dq_accum + (bh * padded + row0) * kD;  // this step's 64 rows
       if constexpr (kDqMode == DqMode::kAtomic) {
         accumulate_dq_atomic<kD>(acc_dq, tdQcdQ, dq_chunk);

@@ -8,6 +8,7 @@
 #include <cute/tensor.hpp>
 
 #include "backward/kernel_traits_bwd_sm80.h"
+#include "backward/recompute_bwd_sm80.h"
 #include "common/utils.h"
 #include "common/params.h"
 #include "backward/tile_io_bwd_sm80.h"
@@ -21,8 +22,8 @@ template <class Traits>
 __global__ void __launch_bounds__(Traits::kNThreads, 1) dq_kernel(const BwdParams p) {
   using Element = typename Traits::Element;
   constexpr int kD = Traits::kHeadDim;
-  constexpr int kM = Traits::kQueryBlock;
-  constexpr int kN = Traits::kKeyBlock;
+  constexpr int kM = Traits::kBlockM;
+  constexpr int kN = Traits::kBlockN;
 
   extern __shared__ __align__(128) char smem_raw[];
   const int tid = threadIdx.x;
@@ -83,15 +84,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dq_kernel(const BwdParam
   Tensor tdQrKt =
       thr_mma.partition_fragment_B(make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKVTNoSwizzle{}));
 
-  auto copy_a = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
-  auto thr_copy_a = copy_a.get_thread_slice(tid);
-  auto copy_b = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);
-  auto thr_copy_b = copy_b.get_thread_slice(tid);
-  auto copy_bt = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);
-  auto thr_copy_bt = copy_bt.get_thread_slice(tid);
-
-  Tensor tSsQ = thr_copy_a.partition_S(sQ);
-  Tensor tdPsdO = thr_copy_a.partition_S(sdO);
+  const OperandCopies<Traits, decltype(tiled_mma)> cp(tiled_mma, tid);
+  Tensor tSsQ = cp.thr_a.partition_S(sQ);
+  Tensor tdPsdO = cp.thr_a.partition_S(sdO);
   Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kM>, Int<kN>>{}));
 
   Tensor acc_dq = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kD>>{});
@@ -111,22 +106,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dq_kernel(const BwdParam
 
     Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
     clear(acc_s);
-    gemm_ss(acc_s, tSrQ, tSrK, tSsQ, thr_copy_b.partition_S(sK), tiled_mma, copy_a, copy_b, thr_copy_a,
-            thr_copy_b);
+    gemm_ss(acc_s, tSrQ, tSrK, tSsQ, cp.thr_b.partition_S(sK), tiled_mma, cp.a, cp.b, cp.thr_a, cp.thr_b);
     probs_with_tail_mask(acc_s, tScS, keys_valid, p.scale_log2, smem_lse);
 
     Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
     clear(acc_dp);
-    gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, thr_copy_b.partition_S(sV), tiled_mma, copy_a, copy_b, thr_copy_a,
-            thr_copy_b);
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_dp); ++i) acc_dp(i) = acc_s(i) * (acc_dp(i) - smem_delta[get<0>(tScS(i))]);
-
+    gemm_ss(acc_dp, tdPrdO, tdPrV, tdPsdO, cp.thr_b.partition_S(sV), tiled_mma, cp.a, cp.b, cp.thr_a, cp.thr_b);
     // dQ += dS K with dS straight from registers: each warp owns whole rows of dS.
-    Tensor rdS = make_tensor<Element>(acc_dp.layout());
-    convert_fragment(acc_dp, rdS);
+    Tensor rdS = dscores<Element>(acc_dp, acc_s, tScS, smem_delta);
     Tensor tdQrdS = make_tensor(rdS.data(), accumulator_as_a_operand(rdS.layout()));
-    gemm_rs(acc_dq, tdQrdS, tdQrKt, thr_copy_bt.partition_S(sKt), tiled_mma, copy_bt, thr_copy_bt);
+    gemm_rs(acc_dq, tdQrdS, tdQrKt, cp.thr_bt.partition_S(sKt), tiled_mma, cp.bt, cp.thr_bt);
     buf ^= 1;
   }
 

@@ -3,20 +3,17 @@
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cutlass/numeric_types.h>
 
-#include <type_traits>
+#include "common/kernel_traits.h"
 
 namespace sparge::fwd {
 
 using namespace cute;
 
 template <int kHeadDim_, typename Element_>
-struct KernelTraitsSm80 {
+struct KernelTraitsSm80 : MaskBlockTiles {
   using Element = Element_;
   using ElementAccum = float;
-  static constexpr int kBlockM = 128;  // query rows per CTA (the mask's block_q)
-  static constexpr int kBlockN = 64;   // key rows per kept block (the mask's block_k)
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kNWarps = 4;
   static constexpr int kNThreads = kNWarps * 32;
@@ -24,9 +21,7 @@ struct KernelTraitsSm80 {
   static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64");
 
   // Each warp owns 16-row slabs of the 128 query rows; the N tile of 16 lets ldmatrix.x4 feed two MMAs.
-  using MmaAtom = std::conditional_t<std::is_same_v<Element, cutlass::half_t>,
-                                     MMA_Atom<SM80_16x8x16_F32F16F16F32_TN>,
-                                     MMA_Atom<SM80_16x8x16_F32BF16BF16F32_TN>>;
+  using MmaAtom = MmaAtomSm80<Element>;
   using TiledMma = TiledMMA<MmaAtom, Layout<Shape<Int<kNWarps>, _1, _1>>, Tile<Int<16 * kNWarps>, _16, _16>>;
 
   // 64-element (128-byte) rows, swizzled in 16-byte chunks so ldmatrix and cp.async are bank-conflict free.

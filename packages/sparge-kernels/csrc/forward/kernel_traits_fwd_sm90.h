@@ -4,11 +4,9 @@
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cutlass/numeric_types.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
-#include <type_traits>
-
+#include "common/kernel_traits.h"
 #include "common/params.h"
 
 namespace sparge::fwd {
@@ -16,10 +14,8 @@ namespace sparge::fwd {
 using namespace cute;
 
 template <int kHeadDim_, typename Element_>
-struct KernelTraitsSm90 {
+struct KernelTraitsSm90 : MaskBlockTiles {
   using Element = Element_;
-  static constexpr int kBlockM = 128;  // the mask's block_q
-  static constexpr int kBlockN = 64;   // the mask's block_k
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kNumConsumerWarpgroups = kBlockM / 64;
   static constexpr int kNumMmaThreads = kNumConsumerWarpgroups * 128;
