@@ -15,20 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "tools/world/demo.py")
 
 
-def _save_model(path: Path, seed: int) -> None:
-    import torch
-    from diffusers import WanTransformer3DModel
-
-    from sparge_pipelines.world.model import WORLD_TRANSFORMER_CONFIG
-
-    torch.manual_seed(seed)
-    WanTransformer3DModel(**{**WORLD_TRANSFORMER_CONFIG, "num_layers": 1}).save_pretrained(path)
-
-
 @pytest.mark.slow
-def test_demo_compares_dense_sparse_and_distilled(tmp_path):
-    _save_model(tmp_path / "teacher", 0)
-    _save_model(tmp_path / "student", 1)
+def test_demo_compares_dense_sparse_and_distilled(tmp_path, save_world_model):
+    save_world_model(tmp_path / "teacher", 0)
+    save_world_model(tmp_path / "student", 1)
     # 4 x 48 x 48 = 576 tokens (5 query blocks x 9 key blocks): a mask can skip something
     cmd = [sys.executable, DEMO, "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
            "--size", "4x48x48", "--videos", "2", "--steps", "2", "--topk", "0.2", "--topp", "0",
@@ -47,11 +37,22 @@ def test_demo_compares_dense_sparse_and_distilled(tmp_path):
     assert "teacher, sparse (training-free)" in proc.stdout and "speed needs a GPU" in proc.stdout
 
 
-def test_demo_without_a_shipped_teacher_says_so(tmp_path):
+@pytest.mark.parametrize("flag", ["--teacher", "--student"])
+def test_demo_names_a_model_that_is_not_there(tmp_path, flag):
+    proc = subprocess.run([sys.executable, DEMO, flag, str(tmp_path / "missing"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and f"{flag}: " in proc.stderr and "neither a shipped world model" in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_the_shipped_teacher_as_a_new_user_would(tmp_path):
+    """The README's main job, shortened: the shipped teacher dense and sparse (no student ships yet)."""
     from sparge_pipelines.world.model import shipped_models
 
-    if "teacher" in shipped_models():
-        pytest.skip("a teacher ships in this installation")
-    proc = subprocess.run([sys.executable, DEMO, "--out", str(tmp_path)], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 2 and "--teacher: this installation ships no world teacher yet" in proc.stderr
+    assert "teacher" in shipped_models()  # the installation ships it (package data)
+    cmd = [sys.executable, DEMO, "--size", "4x48x48", "--videos", "1", "--steps", "2", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "report.json").read_text())["rows"]
+    assert [r["name"] for r in rows][:2] == ["teacher, dense attention", "teacher, sparse (training-free)"]
+    assert 0 < rows[1]["density"] < 1 and rows[1]["psnr"] > 0

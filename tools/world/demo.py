@@ -84,9 +84,15 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("out/world-demo"))
     args = p.parse_args()
     on_gpu = args.device == "cuda"
-    if args.teacher == "teacher" and "teacher" not in shipped_models():
-        p.error("--teacher: this installation ships no world teacher yet (it ships once it passes its quality gate, "
-                "issue 11); pass a folder, e.g. the export of tools/world/teacher_segment_h200.sh")
+    shipped = shipped_models()
+    for flag, name in (("--teacher", args.teacher), ("--student", args.student)):
+        if name in ("none", "student") or name in shipped:  # the default student may not ship: its row is left out
+            continue
+        if not (Path(name) / "config.json").is_file():
+            p.error(f"{flag}: {name!r} is neither a shipped world model ({', '.join(sorted(shipped)) or 'none'}) "
+                    "nor a diffusers folder with a config.json")
+    if args.teacher == "none":
+        p.error("--teacher: the dense teacher is the reference of every row; it cannot be 'none'")
     size = args.size or (WorldSize(16, 96, 96) if on_gpu else WorldSize(8, 64, 64))
     count = args.videos or (8 if on_gpu else 2)
     if count < 1 or args.steps < 1:
@@ -94,7 +100,7 @@ def main() -> int:
     dtype = torch.bfloat16 if on_gpu else torch.float32
     teacher = load_world_transformer(args.teacher, device=args.device, dtype=dtype)
     models = [("teacher, dense attention", teacher, False), ("teacher, sparse (training-free)", teacher, True)]
-    if args.student != "none" and (args.student != "student" or "student" in shipped_models()):
+    if args.student != "none" and (args.student != "student" or "student" in shipped):
         models.append(("student, sparse (distilled)",
                        load_world_transformer(args.student, device=args.device, dtype=dtype), True))
     classifier = load_classifier(args.classifier, device=args.device)
