@@ -80,7 +80,8 @@ def main() -> int:
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--topk", type=float, default=0.03)
     p.add_argument("--topp", type=float, default=0.2)
-    p.add_argument("--token-order", choices=("1d", "tiled"), default="1d")
+    p.add_argument("--token-order", choices=("1d", "tiled"), default="tiled",
+                   help="tiled (default): what the student is distilled under (examples/world_distill.yaml)")
     p.add_argument("--out", type=Path, default=Path("out/world-demo"))
     args = p.parse_args()
     on_gpu = args.device == "cuda"
