@@ -44,6 +44,23 @@ def run(model: torch.nn.Module, fields: dict | None) -> tuple[torch.Tensor, dict
             remove_sparge(model)
 
 
+def gradients(model: torch.nn.Module, fields: dict, reduce: bool) -> dict[str, torch.Tensor]:
+    """Parameter gradients of a loss on the whole (gathered) output, with sparge (`fields`) applied. Under Ulysses
+    a rank's gradients cover its own tokens (and heads); summed over the ranks they are the single-process ones."""
+    apply_sparge(model, **fields)
+    try:
+        model.zero_grad()
+        out = model(*inputs(), return_dict=False)[0]
+        out.square().mean().backward()
+        grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+        if reduce:
+            for grad in grads.values():
+                dist.all_reduce(grad)
+        return grads
+    finally:
+        remove_sparge(model)
+
+
 def count_ulysses_calls() -> list[int]:
     """Wrap the processor's Ulysses entry point to count the sparse calls that really went through it."""
     calls, original = [0], processor.ulysses_sparge_attention
@@ -77,6 +94,10 @@ def main(out_dir: str, heads: int) -> None:
         results["sparge_then_parallel"] = dict(single=run(single, dict(CASES["tiled"], dense_layers=(1,)))[0],
                                                parallel=late(*inputs(), return_dict=False)[0])
     results["ulysses_calls"] = ulysses_calls[0]
+    # Backward through both all-to-alls: sparse layer (tiled order) and dense layer (diffusers' native backend).
+    backward = dict(CASES["tiled"], dense_layers=(0,), collect_stats=False)
+    results["gradients"] = dict(single=gradients(single, backward, reduce=False),
+                                parallel=gradients(parallel, backward, reduce=True))
     torch.save(results, Path(out_dir) / f"rank{dist.get_rank()}.pt")
     dist.destroy_process_group()
 

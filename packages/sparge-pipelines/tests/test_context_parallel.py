@@ -80,6 +80,20 @@ def test_sparse_cases_differ_from_dense(ranks):
     assert all(r["ulysses_calls"] == 6 for r in ranks.values())
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_gradients_equal_single_process(ranks):
+    """Training under Ulysses: the parameter gradients, summed over the ranks (what ZeRO's reduction does), equal
+    the single-process ones; through the sparse op (tiled order) and a dense layer's native backend."""
+    for rank, results in ranks.items():
+        single, parallel = results["gradients"]["single"], results["gradients"]["parallel"]
+        assert single.keys() == parallel.keys()
+        for name in single:
+            torch.testing.assert_close(parallel[name], single[name], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, rank=rank, name=name: f"rank {rank}, {name}: {m}")
+        assert max(g.abs().max() for g in single.values()) > 0
+
+
 def _ulysses(degree: int, **fields) -> ParallelConfig:
     """A config as `enable_parallelism` would record it, without a mesh: enough for the checks, no collective."""
     return ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=degree, **fields))

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +21,15 @@ TINY_LATENT = {"latent_channels": 4, "latent_frames": 4, "latent_height": 16, "l
                "text_tokens": 8, "text_dim": 32}  # 4 × 8 × 8 = 256 tokens: 2 query blocks, 4 key blocks
 
 
-def save_tiny_wan(path: Path, *, seed: int = 0, std: float = 0.1) -> Path:
-    """The `tiny` preset with every parameter redrawn from N(0, std): a stand-in pretrained teacher whose
-    attention is far from uniform (diffusers' default init leaves it nearly so)."""
+def save_tiny_wan(path: Path, *, seed: int = 0, std: float = 0.1, **arch: Any) -> Path:
+    """The `tiny` preset (with `arch` overrides) with every parameter redrawn from N(0, std): a stand-in pretrained
+    teacher whose attention is far from uniform (diffusers' default init leaves it nearly so)."""
     from diffusers import WanTransformer3DModel
 
     from sparge_train.presets import wan_config
 
     torch.manual_seed(seed)
-    model = WanTransformer3DModel(**wan_config("tiny"))
+    model = WanTransformer3DModel(**{**wan_config("tiny"), **arch})
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, std)
@@ -64,6 +67,23 @@ def tiny_run_config(model_dir: Path, out_dir: Path, **sections: dict[str, Any]) 
 def write_config(cfg: dict[str, Any], path: Path) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+class FitRuns:
+    """Runs each configuration of a test module once, on first use: `get(name)` calls the subclass's `_<name>()`
+    and caches its result. `_config(name, **sections)` writes the tiny run config of output folder tmp/name."""
+
+    def __init__(self, tmp: Path, model_dir: Path):
+        self.tmp, self.model_dir, self.cache = tmp, model_dir, {}
+
+    def _config(self, name: str, **sections: dict[str, Any]) -> tuple[Path, Path]:
+        out = self.tmp / name
+        return write_config(tiny_run_config(self.model_dir, out, **sections), self.tmp / f"{name}.yaml"), out
+
+    def get(self, name: str) -> Any:
+        if name not in self.cache:
+            self.cache[name] = getattr(self, f"_{name}")()
+        return self.cache[name]
 
 
 def free_port() -> int:
@@ -106,6 +126,24 @@ def start_fit(config: Path, log: Path, *, nprocs: int = 1, launcher: str = "pyth
     cmd, env = _fit_command(config, nprocs, launcher, extra)
     with open(log, "w") as f:
         return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_after_first_checkpoint(proc: subprocess.Popen, out: Path, log: Path) -> tuple[int, int, float]:
+    """SIGKILL the whole process group of a `start_fit` run from outside, at a random moment (0-0.6 s) after its
+    first checkpoint (mid-step, mid-save or mid-log), like a node failure. Returns (the killed run's exit code,
+    the step of the checkpoint `latest` names, the delay). Launch it with the deepspeed launcher (or plain
+    python): torchrun starts its workers in sessions of their own, which the kill would not reach."""
+    latest = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while not latest.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    delay = random.uniform(0.0, 0.6)  # anywhere in the next few steps / the next save
+    time.sleep(delay)
+    if proc.poll() is not None:
+        raise AssertionError(f"the run ended (rc {proc.returncode}) before the kill:\n{log.read_text()[-4000:]}")
+    os.killpg(proc.pid, signal.SIGKILL)
+    killed_rc = proc.wait(timeout=60)
+    return killed_rc, int(latest.read_text().strip().removeprefix("step_")), delay
 
 
 def check_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -27,8 +27,8 @@ def test_yaml_round_trip_and_override(tmp_path, tiny_wan_dir):
     path = write_config(_cfg(tmp_path, tiny_wan_dir), tmp_path / "run.yaml")
     cfg = load_config(path, ["train.max_steps=7", "optim.lr=3e-5", "sparge.dense_layers=[0]"])
     assert cfg.train.max_steps == 7 and cfg.optim.lr == pytest.approx(3e-5) and cfg.sparge.dense_layers == [0]
-    assert cfg.train.batch_layout(world_size=2) == (2, 1)
-    assert cfg.train.batch_layout(world_size=1) == (2, 2)
+    assert cfg.train.batch_layout(data_parallel_size=2) == (2, 1)
+    assert cfg.train.batch_layout(data_parallel_size=1) == (2, 2)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_unknown_preset(tmp_path):
 def test_global_batch_must_divide(tmp_path, tiny_wan_dir):
     cfg = config_from_dict(_cfg(tmp_path, tiny_wan_dir, train={"global_batch_size": 3}))
     with pytest.raises(ConfigError, match="train.global_batch_size: 3 is not a multiple"):
-        cfg.train.batch_layout(world_size=2)
+        cfg.train.batch_layout(data_parallel_size=2)
 
 
 def test_override_syntax_error():

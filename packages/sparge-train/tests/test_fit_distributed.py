@@ -15,10 +15,6 @@ The crash is a SIGKILL of the whole process group from outside, at a random mome
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
-import time
 
 import pytest
 import torch
@@ -26,28 +22,14 @@ from safetensors.torch import load_file
 
 from sparge_train.metrics import read_metrics
 
-from .conftest import check_ok, run_fit, start_fit, tiny_run_config, write_config
+from .conftest import FitRuns, check_ok, kill_after_first_checkpoint, run_fit, start_fit
 
 pytestmark = pytest.mark.multiprocess
 
 STEPS = 4
 
 
-class Runs:
-    """Launches each configuration once per module, on first use."""
-
-    def __init__(self, tmp, model_dir):
-        self.tmp, self.model_dir, self.cache = tmp, model_dir, {}
-
-    def _config(self, name, **sections):
-        out = self.tmp / name
-        return write_config(tiny_run_config(self.model_dir, out, **sections), self.tmp / f"{name}.yaml"), out
-
-    def get(self, name):
-        if name not in self.cache:
-            self.cache[name] = getattr(self, f"_{name}")()
-        return self.cache[name]
-
+class Runs(FitRuns):
     def _baseline(self):  # 1 process, micro-batch 2, ZeRO-2
         cfg, out = self._config("baseline", train={"micro_batch_size": 2})
         check_ok(run_fit(cfg))
@@ -67,19 +49,9 @@ class Runs:
         # Constant lr and step-indexed data: steps 1..4 of a long run are those of the 4-step run.
         cfg, out = self._config("zero3_resume", deepspeed={"zero_stage": 3},
                                 train={"max_steps": 10_000, "export_at_end": False})
-        proc = start_fit(cfg, self.tmp / "zero3_resume_killed.log", nprocs=2, launcher="deepspeed")
-        latest = out / "checkpoints" / "latest"
-        deadline = time.monotonic() + 300
-        while not latest.is_file() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        delay = random.uniform(0.0, 0.6)  # anywhere in the next few steps / the next save
-        time.sleep(delay)
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended (rc {proc.returncode}) before the kill:\n"
-                                 f"{(self.tmp / 'zero3_resume_killed.log').read_text()[-4000:]}")
-        os.killpg(proc.pid, signal.SIGKILL)
-        killed_rc = proc.wait(timeout=60)
-        resume_step = int(latest.read_text().strip().removeprefix("step_"))
+        log = self.tmp / "zero3_resume_killed.log"
+        proc = start_fit(cfg, log, nprocs=2, launcher="deepspeed")
+        killed_rc, resume_step, delay = kill_after_first_checkpoint(proc, out, log)
         max_steps = max(STEPS, resume_step + 1)
         cfg, _ = self._config("zero3_resume", deepspeed={"zero_stage": 3},
                               train={"max_steps": max_steps, "export_at_end": False})  # same output_dir, auto

@@ -38,7 +38,7 @@ def test_train_log_cadence(tmp_path):
     engine = SimpleNamespace(get_global_grad_norm=lambda: 0.5, get_lr=lambda: [1e-4])
     out = MetricsLogger(tmp_path, enabled=True, tensorboard=False)
     train_log = TrainLog(TrainConfig(max_steps=5, log_every=2, progress_bar=False), out, engine,
-                         device=torch.device("cpu"), world_size=2, is_main=True, start_step=0, global_batch=4)
+                         device=torch.device("cpu"), data_parallel_size=2, is_main=True, start_step=0, global_batch=4)
     for step in range(1, 6):
         train_log.log(step, {"loss": float(step)}, seconds=0.5, tokens=10)
     train_log.close()

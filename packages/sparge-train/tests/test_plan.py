@@ -134,6 +134,7 @@ def test_plan_cli_14b_720p_two_nodes_sequence_parallel_8_fits_without_offload(ca
     out = capsys.readouterr().out
     assert "sequence parallel (Ulysses) 8" in out and "75600 tokens (9450 per GPU)" in out
     assert "**fits**" in out and "without it: peak 87.2 GiB per GPU (does NOT fit)" in out
+    assert "| 1 | 75600 | 87.2 | does NOT fit |" in out and "| 8 | 9450 | 29.4 | fits |" in out  # the fit table
     assert main(args) == 2
     p = _plan(model="wan2.1-14b", gpus_per_node=8, nodes=2, zero_stage=3, sequence_parallel=8)
     assert p.fits and p.total_gpu_bytes < 35 * GIB and p.request.offload == "none"

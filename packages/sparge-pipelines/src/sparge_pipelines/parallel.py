@@ -8,6 +8,13 @@ forward op attends, and a second all-to-all returns (B, L/N, H, D). The sparge p
 its own forward op (`ulysses_sparge_attention`), so the block mask is predicted and the block-sparse attention
 computed over the whole sequence, exactly as on one GPU: no approximation, only diffusers' transport.
 
+Training works through the same function: diffusers' Ulysses attention is an autograd Function whose backward
+all-to-alls the output gradient to (whole sequence, H/N heads), calls the backend's backward op (here: the sparse
+attention recomputed from the saved q, k, v and differentiated, as diffusers' native backend does) and
+all-to-alls the q, k, v gradients back to this rank's tokens. The split of the block input and the gather of the
+output (diffusers' `_cp_plan` hooks) are differentiable too: a loss computed on the gathered output gives each rank
+the gradients of its own tokens, and the ranks' parameter gradients sum to the single-process ones.
+
 On a CPU-only torch (tests, gloo), diffusers 0.42.1's `enable_parallelism` computes the device index as
 `rank % torch.accelerator.device_count()`, which divides by zero; `enable_context_parallel` counts one device
 while it runs (the CPU has one; nothing else reads the count), and is otherwise `enable_parallelism` itself.
@@ -73,6 +80,8 @@ def ulysses_sparge_attention(query: torch.Tensor, key: torch.Tensor, value: torc
                              attention: Attention) -> tuple[torch.Tensor, BlockMask]:
     """`attention` (whole-sequence q, k, v (B, L, h, D) -> output, block mask) run where diffusers' dispatch runs
     an attention backend under Ulysses: between its sequence->head and head->sequence all-to-alls.
+    Differentiable: diffusers' `TemplatedUlyssesAttention` runs the all-to-alls of the gradients in backward (the
+    transposed exchange), around `attention`'s own backward (recomputed, see `backward_op`).
 
     query, key, value: this rank's (B, L/N, H, D) shard. Returns this rank's (B, L/N, H, D) output shard and the
     block mask of this rank's H/N heads (rank r holds heads r·H/N .. (r+1)·H/N − 1)."""
@@ -82,13 +91,21 @@ def ulysses_sparge_attention(query: torch.Tensor, key: torch.Tensor, value: torc
 
     def forward_op(ctx, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse,
                    _save_ctx=True, _parallel_config=None):
+        if _save_ctx:
+            ctx.save_for_backward(query, key, value)
         out, mask = attention(query, key, value)
         masks.append(mask)
         return out
 
     def backward_op(ctx, grad_out, *args, **kwargs):
-        raise NotImplementedError("sparge attention under context parallelism is inference only for now "
-                                  "(training with sequence parallelism: issue 17, sparge-train)")
+        # diffusers' Function runs this between its two backward all-to-alls (grad_out: whole sequence, H/N heads)
+        # and expects the gradients of the whole-sequence q, k, v. Like its native backend's backward op, it
+        # recomputes the attention from the saved q, k, v: the mask prediction is deterministic, so the recomputed
+        # selection is the forward's, and sparge's op differentiates through the kept blocks.
+        query, key, value = (x.detach().requires_grad_(True) for x in ctx.saved_tensors)
+        with torch.enable_grad():
+            out, _ = attention(query, key, value)
+        return torch.autograd.grad(out, (query, key, value), grad_out)
 
     out = _templated_context_parallel_attention(
         query, key, value, None, 0.0, False, None, False, False,

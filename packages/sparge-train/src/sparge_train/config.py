@@ -31,6 +31,7 @@ __all__ = [
     "DataConfig",
     "OptimConfig",
     "DeepSpeedSection",
+    "ParallelSection",
     "TrainConfig",
     "RunConfig",
     "load_config",
@@ -273,6 +274,27 @@ class DeepSpeedSection:
 
 
 @dataclass
+class ParallelSection:
+    """How the ranks share the work: data-parallel groups of `sequence_parallel_size` consecutive ranks, each group
+    training on one sample split by tokens (Ulysses, see sequence_parallel.py). 1: plain data parallelism. The
+    degree must divide the world size and the model's attention heads (checked at start-up and at config load)."""
+
+    sequence_parallel_size: int = 1
+
+    def validate(self, prefix: str = "parallel") -> None:
+        if self.sequence_parallel_size < 1:
+            raise ConfigError(f"{prefix}.sequence_parallel_size", f"must be >= 1, got {self.sequence_parallel_size}")
+
+    def data_parallel_size(self, world_size: int) -> int:
+        """Data-parallel groups of `world_size` ranks; the error names the field."""
+        if world_size % self.sequence_parallel_size:
+            raise ConfigError("parallel.sequence_parallel_size", f"{self.sequence_parallel_size} does not divide the "
+                              f"world size ({world_size}): the ranks form data-parallel groups of "
+                              f"sequence_parallel_size ranks")
+        return world_size // self.sequence_parallel_size
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/sparge"
     max_steps: int = 1000
@@ -328,13 +350,15 @@ class TrainConfig:
         if not (math.isfinite(self.max_time_s) and self.max_time_s >= 0):
             raise ConfigError(f"{prefix}.max_time_s", f"must be >= 0, got {self.max_time_s}")
 
-    def batch_layout(self, world_size: int) -> tuple[int, int]:
-        """(global batch, gradient accumulation steps) for `world_size` ranks; errors name the field."""
-        per_pass = self.micro_batch_size * world_size
+    def batch_layout(self, data_parallel_size: int) -> tuple[int, int]:
+        """(global batch, gradient accumulation steps) for `data_parallel_size` data-parallel ranks (the world size
+        without sequence parallelism; the ranks of a sequence-parallel group share their samples); errors name
+        the field."""
+        per_pass = self.micro_batch_size * data_parallel_size
         global_batch = per_pass if self.global_batch_size is None else self.global_batch_size
         if global_batch % per_pass != 0:
             raise ConfigError("train.global_batch_size", f"{global_batch} is not a multiple of micro_batch_size "
-                              f"({self.micro_batch_size}) × world size ({world_size})")
+                              f"({self.micro_batch_size}) × data-parallel size ({data_parallel_size})")
         return global_batch, global_batch // per_pass
 
 
@@ -347,6 +371,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> RunConfig:

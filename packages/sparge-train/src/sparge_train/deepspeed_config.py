@@ -31,7 +31,10 @@ def _zero_section(cfg: RunConfig, *, trainable: bool) -> dict[str, Any]:
         zero.update({
             "overlap_comm": ds.overlap_comm,
             "contiguous_gradients": True,
-            "reduce_scatter": True,
+            # ZeRO-3's reduce-scatter path divides the summed gradients by the world size even with sequence
+            # parallel groups (DeepSpeed 0.19.8); its all-reduce path divides by the data-parallel size, as
+            # ZeRO-1/2 do: see sequence_parallel.py.
+            "reduce_scatter": not (stage == 3 and cfg.parallel.sequence_parallel_size > 1),
             "reduce_bucket_size": ds.reduce_bucket_size,
         })
     if stage in (1, 2):
@@ -51,13 +54,14 @@ def _zero_section(cfg: RunConfig, *, trainable: bool) -> dict[str, Any]:
     return zero
 
 
-def student_ds_config(cfg: RunConfig, *, world_size: int, device: torch.device) -> dict[str, Any]:
-    """Config for deepspeed.initialize of the trained student.
+def student_ds_config(cfg: RunConfig, *, data_parallel_size: int, device: torch.device) -> dict[str, Any]:
+    """Config for deepspeed.initialize of the trained student; `data_parallel_size`: the world size without
+    sequence parallelism (DeepSpeed's batch sizes count data-parallel ranks).
 
     With optimizer offload the optimizer is DeepSpeed's CPU Adam (declared here); otherwise the trainer passes a
     torch AdamW (fused on GPU) and this config allows it.
     """
-    global_batch, grad_accum = cfg.train.batch_layout(world_size)
+    global_batch, grad_accum = cfg.train.batch_layout(data_parallel_size)
     dtype = resolve_dtype(cfg, device)
     out: dict[str, Any] = {
         "train_batch_size": global_batch,
@@ -79,9 +83,9 @@ def student_ds_config(cfg: RunConfig, *, world_size: int, device: torch.device) 
     return out
 
 
-def teacher_ds_config(cfg: RunConfig, *, world_size: int, device: torch.device) -> dict[str, Any]:
+def teacher_ds_config(cfg: RunConfig, *, data_parallel_size: int, device: torch.device) -> dict[str, Any]:
     """ZeRO-3 engine without optimizer: parameters sharded over ranks, gathered layer by layer in forward."""
-    global_batch, grad_accum = cfg.train.batch_layout(world_size)
+    global_batch, grad_accum = cfg.train.batch_layout(data_parallel_size)
     dtype = resolve_dtype(cfg, device)
     return {
         "train_batch_size": global_batch,

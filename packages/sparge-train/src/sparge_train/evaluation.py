@@ -51,14 +51,17 @@ class Evaluator:
 
     def __init__(self, cfg: RunConfig, dataset, engines, *, world_size: int, rank: int, device: torch.device,
                  dtype: torch.dtype, log, losses: dict[int, float] | None = None) -> None:
+        """world_size, rank: data-parallel ones (the ranks of a sequence-parallel group evaluate the same
+        samples)."""
         self.cfg, self.dataset, self.engines = cfg, dataset, engines
         self.device, self.dtype, self.log = device, dtype, log
         self.losses = losses if losses is not None else {}
         self.batches: list[MicroBatch] = []
         if cfg.train.eval_every > 0:
             if cfg.train.eval_samples % world_size:
-                raise ConfigError("train.eval_samples", f"{cfg.train.eval_samples} is not a multiple of the world "
-                                  f"size ({world_size}): every rank must run the same evaluation forwards")
+                raise ConfigError("train.eval_samples", f"{cfg.train.eval_samples} is not a multiple of the "
+                                  f"data-parallel size ({world_size}): every rank must run the same evaluation "
+                                  f"forwards")
             self.batches = eval_micro_batches(cfg, world_size=world_size, rank=rank)
 
     def maybe_eval(self, step: int) -> dict[str, float] | None:

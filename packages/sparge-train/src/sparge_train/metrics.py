@@ -77,13 +77,14 @@ class TrainLog:
     GPU memory (since the loop started) and phase times (`train.time_phases`) — and advances the progress bar
     (rank 0, `train.progress_bar`) every step."""
 
-    def __init__(self, train_cfg: Any, log: MetricsLogger, engine, *, device, world_size: int, is_main: bool,
+    def __init__(self, train_cfg: Any, log: MetricsLogger, engine, *, device, data_parallel_size: int, is_main: bool,
                  start_step: int, global_batch: int) -> None:
         import torch
         from tqdm import tqdm
 
         self.cfg, self.out, self.engine = train_cfg, log, engine
-        self.device, self.world_size, self.global_batch = device, world_size, global_batch
+        # tokens/s counts each data-parallel group's tokens once (its sequence-parallel ranks share them)
+        self.device, self.data_parallel_size, self.global_batch = device, data_parallel_size, global_batch
         self.progress = tqdm(total=train_cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              disable=not (is_main and train_cfg.progress_bar))
         if device.type == "cuda":
@@ -103,7 +104,7 @@ class TrainLog:
                 "lr": self.engine.get_lr()[0],
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "step_time_s": seconds,
-                "tokens_per_s": tokens * self.world_size / seconds,
+                "tokens_per_s": tokens * self.data_parallel_size / seconds,
                 "samples_seen": step * self.global_batch,
             })
             if self.device.type == "cuda":

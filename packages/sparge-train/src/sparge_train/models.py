@@ -147,9 +147,10 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def build_student_teacher(cfg: RunConfig, *, student_ds: dict, teacher_ds: dict | None, sharded_teacher: bool,
-                          rank: int, dtype: torch.dtype) -> StudentTeacher:
+                          rank: int, dtype: torch.dtype, mpu: Any = None) -> StudentTeacher:
     """Both models with identical weights; the student trainable, the teacher frozen (or None when the loss
-    does not use it). Sparge attention is installed separately (install_sparge)."""
+    does not use it). Sparge attention is installed separately (install_sparge). `mpu`: DeepSpeed's sequence
+    parallel groups (sequence_parallel.py), which zero.Init needs to read the batch sizes of the configs."""
     from diffusers import WanTransformer3DModel
 
     arch = transformer_arch(cfg)
@@ -160,13 +161,13 @@ def build_student_teacher(cfg: RunConfig, *, student_ds: dict, teacher_ds: dict 
 
         # No dtype= here: zero.Init takes it from the config's bf16 flag (an explicit dtype is overridden by the
         # accelerator's preference in DeepSpeed 0.19 — bf16 even for fp32 on the CPU).
-        with deepspeed.zero.Init(config_dict_or_path=student_ds):
+        with deepspeed.zero.Init(config_dict_or_path=student_ds, mpu=mpu):
             student = _new_model(arch, cfg.model.init_seed)
         if pretrained is not None:
             _load_into_zero3(student, safetensors_files(pretrained), rank)
         teacher = None
         if need_teacher and sharded_teacher:
-            with deepspeed.zero.Init(config_dict_or_path=teacher_ds):
+            with deepspeed.zero.Init(config_dict_or_path=teacher_ds, mpu=mpu):
                 teacher = _new_model(arch, cfg.model.init_seed)
             _copy_partitions(student, teacher)
         elif need_teacher:

@@ -101,6 +101,8 @@ class MemoryPlan:
     cpu_bytes_per_node: int = 0
     deepspeed_estimate: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # With sequence parallelism: Ulysses degree (1 = without) → peak bytes per GPU of the same run at that degree
+    by_degree: dict[int, int] = field(default_factory=dict)
 
     @property
     def backward_peak_bytes(self) -> int:
@@ -295,11 +297,14 @@ def memory_plan(req: PlanRequest) -> MemoryPlan:
     plan.cpu_bytes_per_node = math.ceil(states_cpu / req.nodes)
     plan.deepspeed_estimate = _deepspeed_model_state_estimate(req, total, largest)
     if sp > 1:
-        single = memory_plan(replace(req, sequence_parallel=1))
+        for degree in sorted({d for d in (1, 2, 4, 8, 16, 32) if d < sp and sp % d == 0}):
+            plan.by_degree[degree] = memory_plan(replace(req, sequence_parallel=degree)).total_gpu_bytes
+        plan.by_degree[sp] = plan.total_gpu_bytes
+        single = plan.by_degree[1]
         plan.notes.append(f"sequence parallelism: Ulysses degree {sp}, {local_seq} tokens per GPU, "
                           f"{req.world_size // sp} data-parallel group(s) of {sp} GPUs (one sample per group); "
-                          f"without it: peak {single.total_gpu_bytes / GIB:.1f} GiB per GPU "
-                          f"({'fits' if single.fits else 'does NOT fit'})")
+                          f"without it: peak {single / GIB:.1f} GiB per GPU "
+                          f"({'fits' if single <= req.gpu_mem_gib * GIB else 'does NOT fit'})")
     plan.notes.append(f"DeepSpeed's estimator (model states of the trained student only, no teacher/activations): "
                       f"{plan.deepspeed_estimate['gpu_bytes'] / GIB:.2f} GiB per GPU, "
                       f"{plan.deepspeed_estimate['cpu_bytes_per_node'] / GIB:.1f} GiB CPU per node")
@@ -337,4 +342,10 @@ def format_plan(plan: MemoryPlan) -> str:
         f"- host memory for offloaded states: {plan.cpu_bytes_per_node / GIB:.1f} GiB per node",
     ]
     lines += [f"- {note}" for note in plan.notes]
+    if plan.by_degree:
+        lines += ["", f"| Ulysses degree | tokens per GPU | peak GiB per GPU | {r.gpu_mem_gib:g} GiB |",
+                  "|---:|---:|---:|---|"]
+        lines += [f"| {d} | {plan.seq_len // d} | {peak / GIB:.1f} | "
+                  f"{'fits' if peak <= r.gpu_mem_gib * GIB else 'does NOT fit'} |"
+                  for d, peak in plan.by_degree.items()]
     return "\n".join(lines)

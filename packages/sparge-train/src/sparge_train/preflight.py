@@ -1,6 +1,7 @@
 """Start-up checks of `fit`, before any model is built: problems found here cost seconds, not a failed load.
 
-- `check_model_fields(cfg)` (config load): fields that depend on the architecture, e.g. sparge.dense_layers.
+- `check_model_fields(cfg)` (config load): fields that depend on the architecture, e.g. sparge.dense_layers,
+  parallel.sequence_parallel_size (it must divide the attention heads).
 - `check_resume(cfg, resume_point)`: a checkpoint written for another architecture / ZeRO stage is named with
   what differs (the manifest of the checkpoint, else the output_dir's config.yaml of the run that wrote it).
 - `check_data(cfg, dataset)`: the data's latent channels, patch divisibility and text width against the model.
@@ -62,6 +63,11 @@ def check_model_fields(cfg: RunConfig) -> None:
     if bad:
         raise ConfigError("sparge.dense_layers", f"{bad} out of range: the model has {layers} blocks "
                           f"(indices 0..{layers - 1})")
+    heads, sp = arch.get("num_attention_heads"), cfg.parallel.sequence_parallel_size
+    if heads is not None and heads % sp:
+        raise ConfigError("parallel.sequence_parallel_size", f"{sp} does not divide the model's {heads} attention "
+                          f"heads: under Ulysses each rank of a group attends over heads/{sp} heads of the whole "
+                          f"sequence; use a divisor of {heads}")
 
 
 def run_info(cfg: RunConfig) -> dict[str, Any]:
@@ -129,3 +135,7 @@ def check_data(cfg: RunConfig, dataset: Any, arch: dict[str, Any]) -> None:
         if size % patch:
             raise ConfigError(field(name), f"{size} is not a multiple of the model's patch size {patch} "
                               f"(patch_size={list(arch['patch_size'])})")
+    tokens, sp = (f // pt) * (h // ph) * (w // pw), cfg.parallel.sequence_parallel_size
+    if tokens % sp:  # diffusers splits the sequence in equal parts
+        raise ConfigError("parallel.sequence_parallel_size", f"{sp} does not divide the {tokens} tokens of the "
+                          f"data's {f}x{h}x{w} latents: every rank of a group takes tokens/{sp} of them")

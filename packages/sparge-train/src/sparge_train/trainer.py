@@ -31,6 +31,7 @@ from .metrics import MetricsLogger, TrainLog
 from .models import build_student_teacher, install_sparge
 from .prefetch import StepPrefetcher
 from .preflight import architecture, check_data, check_resume, run_info
+from .sequence_parallel import ParallelLayout, SequenceParallel, init_sequence_parallel
 from .training_batch import TrainingBatch, make_training_batch
 
 __all__ = ["FitResult", "StepOutput", "fit", "distill_micro_step", "step_batches", "train_step"]
@@ -118,12 +119,14 @@ def train_step(cfg: RunConfig, engines, batches: list[TrainingBatch], device: to
     return StepOutput(sums, tokens, time.perf_counter() - t0, phases)
 
 
-def _prepare_student(cfg: RunConfig, models) -> None:
-    """Attention backend, gradient checkpointing, sparge attention and regional compile of the student."""
-    if cfg.model.attention_backend:
-        for model in (models.student, models.teacher):
-            if model is not None:
-                model.set_attention_backend(cfg.model.attention_backend)
+def _prepare_models(cfg: RunConfig, models, sequence_parallel: SequenceParallel | None) -> None:
+    """Attention backend and sequence parallelism of both models; gradient checkpointing, sparge attention and
+    regional compile of the student."""
+    for model in (models.student, models.teacher):
+        if model is not None and cfg.model.attention_backend:
+            model.set_attention_backend(cfg.model.attention_backend)
+        if model is not None and sequence_parallel is not None:
+            sequence_parallel.enable(model)
     if cfg.model.gradient_checkpointing:
         models.student.enable_gradient_checkpointing()
     if cfg.sparge.enabled:
@@ -139,10 +142,13 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
     _seed_everything(cfg.train.seed)
     train, out = cfg.train, Path(cfg.train.output_dir)
     device, dtype = world.device, resolve_dtype(cfg, world.device)
-    global_batch, grad_accum = train.batch_layout(world.world_size)
+    # Data x sequence: the ranks of a sequence-parallel group share their samples (sequence_parallel.py).
+    layout = ParallelLayout.of(cfg.parallel, world.world_size, world.rank)
+    data_ranks, data_rank = layout.data_parallel_size, layout.data_rank
+    global_batch, grad_accum = train.batch_layout(data_ranks)
     sharded_teacher = uses_sharded_teacher(cfg)
-    student_ds = student_ds_config(cfg, world_size=world.world_size, device=device)
-    teacher_ds = teacher_ds_config(cfg, world_size=world.world_size, device=device) if sharded_teacher else None
+    student_ds = student_ds_config(cfg, data_parallel_size=data_ranks, device=device)
+    teacher_ds = teacher_ds_config(cfg, data_parallel_size=data_ranks, device=device) if sharded_teacher else None
     # A damaged or mismatched checkpoint is reported now (preflight.py), before anything is built or overwritten.
     resume_point = find_resume_point(train.resume, out / "checkpoints")
     check_resume(cfg, resume_point)
@@ -152,18 +158,20 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
     # 2. data: every rank derives its micro-batches from (seed, step); nothing to communicate
     dataset = build_dataset(cfg.data)
     sampler = DeterministicBatchSampler(len(dataset), global_batch_size=global_batch,
-                                        micro_batch_size=train.micro_batch_size, world_size=world.world_size,
-                                        rank=world.rank, seed=train.seed, shuffle=cfg.data.shuffle)
+                                        micro_batch_size=train.micro_batch_size, world_size=data_ranks,
+                                        rank=data_rank, seed=train.seed, shuffle=cfg.data.shuffle)
     check_data(cfg, dataset, architecture(cfg.model))
 
     # 3. models: student (sparse, trainable) and teacher (dense, frozen) with the same weights
+    sequence_parallel = init_sequence_parallel(layout, device)
+    mpu = sequence_parallel.mpu if sequence_parallel else None
     models = build_student_teacher(cfg, student_ds=student_ds, teacher_ds=teacher_ds,
-                                   sharded_teacher=sharded_teacher, rank=world.rank, dtype=dtype)
-    _prepare_student(cfg, models)
+                                   sharded_teacher=sharded_teacher, rank=world.rank, dtype=dtype, mpu=mpu)
+    _prepare_models(cfg, models, sequence_parallel)
 
     # 4. engines
     engines = build_engines(cfg, models.student, models.teacher, student_ds=student_ds, teacher_ds=teacher_ds,
-                            sharded_teacher=sharded_teacher, device=device, dtype=dtype)
+                            sharded_teacher=sharded_teacher, device=device, dtype=dtype, mpu=mpu)
     student = engines.student
     ema = EMA(student.module, train.ema_decay) if train.ema_decay > 0 else None
 
@@ -177,11 +185,11 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
     # 6. the loop: each component owns its cadence
     result = FitResult(start_step=state.step, final_step=state.step)
     metrics_log = MetricsLogger(out, enabled=world.is_main, tensorboard=train.tensorboard, resume_step=state.step)
-    evaluator = Evaluator(cfg, dataset, engines, world_size=world.world_size, rank=world.rank, device=device,
+    evaluator = Evaluator(cfg, dataset, engines, world_size=data_ranks, rank=data_rank, device=device,
                           dtype=dtype, log=metrics_log, losses=result.eval_losses)
     if state.step == 0:
         evaluator.maybe_eval(0)  # the baseline, before the first update
-    train_log = TrainLog(train, metrics_log, student, device=device, world_size=world.world_size,
+    train_log = TrainLog(train, metrics_log, student, device=device, data_parallel_size=data_ranks,
                          is_main=world.is_main, start_step=state.step, global_batch=global_batch)
     budget = TimeBudget(train.max_time_s)
     batches = StepPrefetcher(lambda s: step_batches(cfg, sampler, dataset, s, device, dtype), device,
