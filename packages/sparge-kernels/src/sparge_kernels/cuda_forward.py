@@ -3,8 +3,8 @@
 Receives HND views (possibly strided, e.g. NHD transposed), allocates out in q's memory layout and lse
 (float32, (B, H, Lq)), and launches on the caller's current stream. Tensors go to `_C` as they are (the
 extension reads each one's pointer, dtype, shape and strides: csrc/common/tensor_caster.h). The kernel reads
-q/k/v through their strides; an operand whose last dim is not unit-stride, or whose pointer/strides are not 16-byte aligned,
-is copied to a contiguous tensor first (documented, rare: sliced or odd-strided inputs).
+q/k/v through their strides; an operand whose last dim is not unit-stride, or whose pointer/strides are not
+16-byte aligned, is copied to a contiguous tensor first (documented, rare: sliced or odd-strided inputs).
 """
 
 from __future__ import annotations
