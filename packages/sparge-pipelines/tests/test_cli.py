@@ -1,4 +1,5 @@
-"""`sparge-generate` end to end on a tiny Wan2.1 saved with save_pretrained (offline, CPU)."""
+"""`sparge-generate` end to end on a tiny Wan2.1 saved with save_pretrained and on the shipped world model (the
+default without --model), offline, CPU."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from sparge_pipelines.cli import main
+from sparge_pipelines.cli import build_parser, main
+from sparge_pipelines.model_source import resolve_model, shipped_world_models
 from sparge_pipelines.testing import TINY_VIDEO, tiny_wan_pipeline
 
 VIDEO_ARGS = ["--frames", str(TINY_VIDEO["num_frames"]), "--height", str(TINY_VIDEO["height"]),
@@ -186,3 +188,128 @@ def test_generate_under_torchrun_with_ulysses_equals_one_process(model_dir, tmp_
     assert two["density"]["per_step"] == pytest.approx(one["density"]["per_step"], rel=1e-9)
     frames_one, frames_two = (iio.imread(tmp_path / f"{n}.mp4").astype(int) for n in ("one", "two"))
     assert abs(frames_one - frames_two).max() <= 1  # the same floats up to rounding, encoded the same way
+
+
+# -- the world model: the default without --model ----------------------------------------------------------------
+
+CAPTION = "a red 3 moving left and a blue 7 moving up on clouds"
+# The smallest size the teacher's 1x4x4 patch takes without a degenerate grid, 2 steps: seconds on the reference ops.
+WORLD_ARGS = ["--prompt", CAPTION, "--frames", "4", "--height", "32", "--width", "32", "--steps", "2", "--no-progress"]
+needs_teacher = pytest.mark.skipif("teacher" not in shipped_world_models(), reason="no shipped world teacher")
+
+
+@needs_teacher
+def test_no_model_generates_with_the_shipped_teacher(tmp_path, capsys):
+    out = tmp_path / "world.gif"
+    assert main([*WORLD_ARGS, "--seed", "3", "--stats", "--time-attention", "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    frames = iio.imread(out)  # (F, H, W, 3) uint8
+    assert frames.shape == (4, 32, 32, 3) and frames.std() > 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    settings = report["settings"]
+    assert settings["model"] is None and settings["model_kind"] == "world" and settings["caption"] == CAPTION
+    assert settings["model_path"] == str(shipped_world_models()["teacher"])
+    assert (settings["guidance"], settings["shift"], settings["fps"]) == (4.0, 3.0, 8)  # SamplerConfig's, world fps
+    assert settings["mode"] == "sparge" and settings["device"] == "cpu" and settings["dtype"] == "float32"
+    assert len(report["per_step_s"]) == 2 and report["total_s"] >= report["denoise_s"] > 0
+    assert 0 < report["attention_share"] < 1
+    assert report["density"]["per_step"] and 0 < report["density"]["overall"] < 1
+    assert open(report["density"]["heatmap"], "rb").read(4) == b"\x89PNG"
+    assert "density" in capsys.readouterr().out
+
+
+@needs_teacher
+def test_world_video_is_reproducible_by_seed(tmp_path):
+    videos = {}
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        out = tmp_path / f"{name}.mp4"
+        args = [*WORLD_ARGS, "--model", "world-teacher", "--dense", "--steps", "1", "--seed", seed, "--out", str(out)]
+        assert main(args) == 0
+        videos[name] = iio.imread(out)
+    assert (videos["a"] == videos["b"]).all()
+    assert (videos["a"] != videos["c"]).any()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--image", "/nonexistent.png"], "argument --image: the world model has no image conditioning"),
+     (["--negative-prompt", "blurry"], "argument --negative-prompt: the world model's guidance"),
+     (["--ulysses-degree", "2"], "argument --ulysses-degree: the world model"),
+     (["--height", "30"], "argument --height: must be a multiple of 4 (the world model's 1x4x4 patch), got 30"),
+     (["--out", "clip.webm"], "argument --out: 'clip.webm' must end in one of .mp4, .mkv, .mov, .gif"),
+     (["--guidance", "-1"], "argument --guidance: the world sampler's CFG scale must be >= 0")],
+)
+def test_world_argument_errors_are_fast_argparse_errors(args, message):
+    proc = _cli_subprocess("--prompt", CAPTION, *args)
+    assert proc.returncode == 2
+    assert f"sparge-generate: error: {message}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "HEAVY []" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("prompt", "reason"),
+    [("a red cat jumps", "caption: expected 'a <colour> <digit> moving <direction>"),
+     ("a purple 3 moving left on clouds", "colour: 'purple' is not in the vocabulary"),
+     ("a red 3 moving left on stripes", "background: 'stripes' is not one of")],
+)
+def test_world_prompt_outside_the_vocabulary_is_a_clear_error(prompt, reason, capsys):
+    # The prompt is checked last: these sizes (not Wan's 4k+1 frames and multiples of 16) passed the checks before.
+    assert main(["--prompt", prompt, "--frames", "10", "--height", "36", "--width", "44"]) == 2
+    err = capsys.readouterr().err
+    assert f"sparge-generate: error: argument --prompt: {reason}" in err, err
+    assert f"e.g. {CAPTION!r}" in err and "colours: red, green" in err and "backgrounds: clouds" in err
+
+
+def test_model_names_and_folders(tmp_path, monkeypatch):
+    import sparge_pipelines.model_source as model_source
+
+    teacher = tmp_path / "weights" / "teacher"
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel", "in_channels": 3,
+                                                     "out_channels": 3, "patch_size": [1, 4, 4]}))
+    monkeypatch.setattr(model_source, "WORLD_WEIGHTS_DIR", tmp_path / "weights")
+    for value in (None, "world", "world-teacher", str(teacher)):
+        source = resolve_model(value)
+        assert (source.kind, source.path, source.patch_size) == ("world", teacher, (1, 4, 4)), value
+    with pytest.raises(FileNotFoundError, match=r"--model 'world-student' is not in this installation \(shipped "
+                                                r"world models: world, world-teacher\)"):
+        resolve_model("world-student")
+    (tmp_path / "wan").mkdir()
+    (tmp_path / "wan" / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    assert resolve_model(str(tmp_path / "wan")).kind == "wan"
+    assert resolve_model(str(tmp_path / "nope")).kind == "wan"  # the Wan loader says what is missing
+    (tmp_path / "wan" / "transformer").mkdir()
+    (tmp_path / "wan" / "transformer" / "config.json").write_text(json.dumps(
+        {"_class_name": "WanTransformer3DModel", "in_channels": 16, "out_channels": 16}))
+    with pytest.raises(ValueError, match="not a \\(pixel-space, RGB\\) world model; for Wan2.1 pass the pipeline"):
+        resolve_model(str(tmp_path / "wan" / "transformer"))
+    teacher.rename(tmp_path / "weights" / "old")
+    with pytest.raises(FileNotFoundError, match="no --model: the default world teacher is not in this installation "
+                                                "\\(shipped world models: none\\)"):
+        resolve_model(None)
+
+
+def test_defaults_per_model(model_dir):
+    from sparge_pipelines.generate import GenerateConfig
+
+    args = build_parser().parse_args(["--prompt", "p"])
+    assert args.model is None and None in (args.frames, args.height, args.width, args.steps, args.guidance, args.fps)
+    wan = GenerateConfig(model=str(model_dir), prompt="p").with_defaults("cpu")
+    assert (wan.frames, wan.height, wan.width, wan.steps, wan.guidance, wan.fps) == (81, 480, 832, 50, 5.0, 16)
+    world = GenerateConfig(model=None, prompt=CAPTION)
+    cpu, cuda = world.with_defaults("cpu"), world.with_defaults("cuda")
+    assert (cpu.frames, cpu.height, cpu.width, cpu.steps, cpu.guidance, cpu.fps) == (8, 64, 64, 25, 4.0, 8)
+    assert (cuda.frames, cuda.height, cuda.width) == (16, 96, 96)
+    assert GenerateConfig(model=None, prompt=CAPTION, steps=3).with_defaults("cpu").steps == 3  # given stays
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [({"prompt": "a cat"}, "prompt: caption: expected"), ({"image": "x.png"}, "image: the world model"),
+     ({"height": 30}, "height: must be a multiple of 4"), ({"out": "v.webm"}, "out 'v.webm' must end in one of")],
+)
+def test_generate_config_checks_world_fields(fields, message):
+    from sparge_pipelines.generate import GenerateConfig
+
+    with pytest.raises(ValueError, match=message):
+        GenerateConfig(**{"model": "world", "prompt": CAPTION, **fields})

@@ -1,4 +1,5 @@
-"""`sparge-generate`: text-to-video (or image-to-video) with Wan2.1 and sparge self-attention, offline."""
+"""`sparge-generate`: text-to-video with sparge self-attention, offline: the shipped sparge world model by default
+(captions of its fixed vocabulary), or a local Wan2.1 pipeline (text- or image-to-video) with --model DIR."""
 
 # Only the standard library at import time: --help and argument errors answer in well under a second; torch and
 # diffusers (seconds to import) load once the arguments are known to be good.
@@ -16,11 +17,11 @@ from .cli_types import frames_4k_plus_1 as _frames
 from .cli_types import int_at_least as _int_at_least
 from .cli_types import multiple_of_16 as _multiple_of_16
 from .config import TOKEN_ORDERS, SpargeConfig  # standard library only: the defaults, without torch
+from .model_source import VIDEO_SUFFIXES, ModelSource, resolve_model  # standard library only
 
 __all__ = ["build_parser", "main", "DTYPE_NAMES", "VIDEO_SUFFIXES"]
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")  # generate.DTYPES' keys
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")  # containers imageio-ffmpeg writes with libx264
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -30,12 +31,32 @@ def _layers(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated block indices, got {text!r}") from exc
 
 
-def _video_path(text: str) -> str:
-    suffix = Path(text).suffix.lower()
-    if suffix not in VIDEO_SUFFIXES:
-        raise argparse.ArgumentTypeError(f"{text!r} must end in one of {', '.join(VIDEO_SUFFIXES)} (the container "
-                                         "is chosen from the extension)")
-    return text
+def _check_model_args(parser: argparse.ArgumentParser, args: argparse.Namespace, source: ModelSource) -> None:
+    """The rules that depend on the model: Wan-only options, the size rules, the --out containers."""
+    sizes = ("frames", "height", "width")
+    if source.kind == "world":
+        for name, why in source.world_errors(vars(args)):
+            parser.error(f"argument --{name.replace('_', '-')}: {why}")
+    else:  # Wan: the rules these options had as argparse types before the world model came
+        for name, check in zip(sizes, (_frames, _multiple_of_16, _multiple_of_16), strict=True):
+            if getattr(args, name) is not None:
+                try:
+                    check(str(getattr(args, name)))
+                except argparse.ArgumentTypeError as exc:
+                    parser.error(f"argument --{name}: {exc}")
+    if Path(args.out).suffix.lower() not in source.video_suffixes:
+        parser.error(f"argument --out: {args.out!r} must end in one of {', '.join(source.video_suffixes)} (the "
+                     "container is chosen from the extension)")
+
+
+def _check_world_prompt(parser: argparse.ArgumentParser, prompt: str) -> None:
+    """A world caption (imports torch with the world package: only after the cheap checks)."""
+    from .world_generate import parse_prompt
+
+    try:
+        parse_prompt(prompt)
+    except ValueError as exc:
+        parser.error(f"argument --prompt: {exc}")
 
 
 def _device(text: str) -> str:
@@ -90,15 +111,23 @@ def _check_ulysses(parser: argparse.ArgumentParser, degree: int, model: str) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparge-generate", description=__doc__)
-    p.add_argument("--model", required=True, help="local diffusers-format Wan2.1 directory (T2V or I2V)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--image", default=None, help="conditioning image (image-to-video models only)")
-    p.add_argument("--frames", type=_frames, default=81, help="4k+1")
-    p.add_argument("--height", type=_multiple_of_16, default=480)
-    p.add_argument("--width", type=_multiple_of_16, default=832)
-    p.add_argument("--steps", type=_int_at_least(1), default=50)
-    p.add_argument("--guidance", type=_finite_float, default=5.0)
+    p.add_argument("--model", default=None,
+                   help="default: the shipped world teacher. world | world-teacher (the same), world-student (the "
+                        "distilled sparse student, once shipped), a folder with a world WanTransformer3DModel "
+                        "(config.json), or a local diffusers-format Wan2.1 directory (T2V or I2V, model_index.json)")
+    p.add_argument("--prompt", required=True,
+                   help="world model: a caption of its vocabulary, e.g. 'a red 3 moving left and a blue 7 moving up "
+                        "on clouds'; Wan: any text")
+    p.add_argument("--negative-prompt", default=None, help="Wan only")
+    p.add_argument("--image", default=None, help="conditioning image (Wan image-to-video models only)")
+    p.add_argument("--frames", type=_int_at_least(1), default=None,
+                   help="world: default 16 on cuda, 8 on cpu; Wan: 4k+1, default 81")
+    p.add_argument("--height", type=_int_at_least(1), default=None,
+                   help="world: a multiple of 4, default 96 on cuda, 64 on cpu; Wan: a multiple of 16, default 480")
+    p.add_argument("--width", type=_int_at_least(1), default=None,
+                   help="world: a multiple of 4, default 96 on cuda, 64 on cpu; Wan: a multiple of 16, default 832")
+    p.add_argument("--steps", type=_int_at_least(1), default=None, help="default: world 25, Wan 50")
+    p.add_argument("--guidance", type=_finite_float, default=None, help="CFG scale; default: world 4.0, Wan 5.0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--topk", type=_fraction, default=SpargeConfig.topk)
     p.add_argument("--topp", type=_fraction, default=SpargeConfig.topp)
@@ -113,15 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", action="store_true", help="write density per step/layer/head (JSON + PNG heatmap)")
     p.add_argument("--time-attention", action="store_true",
                    help="measure the time in self-attention (CUDA events) for the report's attention share")
-    p.add_argument("--out", type=_video_path, default="video.mp4", help=f"video file ({', '.join(VIDEO_SUFFIXES)})")
+    p.add_argument("--out", default="video.mp4",
+                   help=f"video file ({', '.join(VIDEO_SUFFIXES)}; world model also .gif)")
     p.add_argument("--report", default=None, help="JSON report path (default: --out with .json)")
-    p.add_argument("--fps", type=_int_at_least(1), default=16)
+    p.add_argument("--fps", type=_int_at_least(1), default=None, help="default: world 8, Wan 16")
     p.add_argument("--device", type=_device, default=None,
                    help="cpu, cuda or cuda:N; default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--ulysses-degree", type=_int_at_least(1), default=1,
-                   help="sequence parallelism over N GPUs (diffusers' Ulysses context parallelism); run under "
-                        "torchrun --nproc_per_node N; N must divide the attention heads")
+                   help="Wan only: sequence parallelism over N GPUs (diffusers' Ulysses context parallelism); run "
+                        "under torchrun --nproc_per_node N; N must divide the attention heads")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -132,14 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        try:
+            source = resolve_model(args.model)
+        except (FileNotFoundError, ValueError) as exc:
+            parser.error(str(exc))  # "--model ...: why", as the Wan loader's errors say it
+        _check_model_args(parser, args, source)
         if not args.dense and args.topk == 0.0 and args.topp == 0.0:
             parser.error("argument --topk/--topp: both 0: at least one selection rule must keep blocks")
         if args.image is not None and not Path(args.image).is_file():
             parser.error(f"argument --image: {args.image!r} is not a file")
         if args.report is not None and Path(args.report).suffix.lower() != ".json":
             parser.error(f"argument --report: {args.report!r} must end in .json")
-        _check_ulysses(parser, args.ulysses_degree, args.model)
+        if source.kind == "wan":
+            _check_ulysses(parser, args.ulysses_degree, args.model)
         _check_device(parser, args.device)
+        if source.kind == "world":
+            _check_world_prompt(parser, args.prompt)
     except SystemExit as exc:  # argparse exits 2 on errors, 0 on --help: return it, so callers get an int
         return int(exc.code or 0)
     fields = {k: v for k, v in vars(args).items() if k != "no_progress"}

@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 
+# Defined beside sparge-generate's --model resolution, which runs before torch is imported.
+from ..model_source import WORLD_WEIGHTS_DIR as WEIGHTS_DIR
+from ..model_source import shipped_world_models as shipped_models
 from .vocab import TEXT_DIM
 
 __all__ = ["WORLD_TRANSFORMER_CONFIG", "WEIGHTS_DIR", "new_world_transformer", "load_world_transformer",
@@ -35,8 +38,6 @@ WORLD_TRANSFORMER_CONFIG: dict[str, Any] = dict(
     rope_max_seq_len=256,
 )
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-
 
 def new_world_transformer(seed: int = 0) -> torch.nn.Module:
     """The world model's architecture with fresh weights."""
@@ -44,11 +45,6 @@ def new_world_transformer(seed: int = 0) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     return WanTransformer3DModel(**WORLD_TRANSFORMER_CONFIG)
-
-
-def shipped_models() -> dict[str, Path]:
-    """The shipped weight folders present in this installation: name ("teacher", "student") -> folder."""
-    return {p.name: p for p in sorted(WEIGHTS_DIR.glob("*")) if (p / "config.json").is_file()}
 
 
 def load_world_transformer(name_or_path: str | Path = "teacher", *, device: torch.device | str = "cpu",
