@@ -37,6 +37,12 @@ def test_demo_compares_dense_sparse_and_distilled(tmp_path, save_world_model):
     assert "teacher, sparse (training-free)" in proc.stdout and "speed needs a GPU" in proc.stdout
 
 
+def test_demo_needs_two_videos(tmp_path):
+    proc = subprocess.run([sys.executable, DEMO, "--videos", "1", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "--videos: must be >= 2" in proc.stderr
+
+
 @pytest.mark.parametrize("flag", ["--teacher", "--student"])
 def test_demo_names_a_model_that_is_not_there(tmp_path, flag):
     proc = subprocess.run([sys.executable, DEMO, flag, str(tmp_path / "missing"), "--out", str(tmp_path)],
@@ -50,7 +56,7 @@ def test_demo_runs_the_shipped_teacher_as_a_new_user_would(tmp_path):
     from sparge_pipelines.world.model import shipped_models
 
     assert "teacher" in shipped_models()  # the installation ships it (package data)
-    cmd = [sys.executable, DEMO, "--size", "4x48x48", "--videos", "1", "--steps", "2", "--out", str(tmp_path)]
+    cmd = [sys.executable, DEMO, "--size", "4x48x48", "--videos", "2", "--steps", "2", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]

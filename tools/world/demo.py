@@ -96,8 +96,10 @@ def main() -> int:
         p.error("--teacher: the dense teacher is the reference of every row; it cannot be 'none'")
     size = args.size or (WorldSize(16, 96, 96) if on_gpu else WorldSize(8, 64, 64))
     count = args.videos or (8 if on_gpu else 2)
-    if count < 1 or args.steps < 1:
-        p.error("--videos and --steps must be >= 1")
+    if count < 2:
+        p.error(f"--videos: must be >= 2 (KID and the Frechet distance compare sets of videos), got {count}")
+    if args.steps < 1:
+        p.error(f"--steps: must be >= 1, got {args.steps}")
     dtype = torch.bfloat16 if on_gpu else torch.float32
     teacher = load_world_transformer(args.teacher, device=args.device, dtype=dtype)
     models = [("teacher, dense attention", teacher, False), ("teacher, sparse (training-free)", teacher, True)]

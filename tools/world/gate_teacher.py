@@ -43,6 +43,8 @@ def main() -> int:
     p.add_argument("--topp", type=float, default=0.0)
     p.add_argument("--token-order", choices=("1d", "tiled"), default="1d")
     args = p.parse_args()
+    if args.count < 2:
+        p.error(f"--count: must be >= 2 (KID and the Frechet distance compare sets of videos), got {args.count}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = load_world_transformer(args.model, device=device, dtype=dtype)
