@@ -39,11 +39,11 @@ def test_example_config_loads_and_uses_the_world():
 
 
 def test_stage2_config_continues_from_the_shipped_stage1_teacher():
-    from sparge_pipelines.world.model import WEIGHTS_DIR
-
     stage1 = load_config(STAGE1)
     cfg = load_config(STAGE2)  # run from the repo root, as CI does: the relative path must exist
-    assert Path(cfg.model.pretrained).resolve() == (WEIGHTS_DIR / "teacher").resolve()
+    shipped = Path(__file__).resolve().parents[3] / "packages/sparge-pipelines/src/sparge_pipelines/world/weights"
+    assert Path(cfg.model.pretrained).resolve() == (shipped / "teacher").resolve()
+    assert (Path(cfg.model.pretrained) / "diffusion_pytorch_model.safetensors").is_file()
     assert cfg.flow.shift == stage1.flow.shift  # one sampler shift serves every size
     assert cfg.data.source == "world" and cfg.loss.kind == "diffusion" and not cfg.sparge.enabled
     assert [16, 96, 96] in cfg.data.world.sizes and cfg.train.output_dir != stage1.train.output_dir
