@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sample_quality import SampleSet, quality  # noqa: E402
+from sample_quality import SampleSet, generate_with_sparge, quality  # noqa: E402
 
-from sparge_pipelines import apply_sparge, remove_sparge  # noqa: E402
+from sparge_pipelines import SpargeConfig, apply_sparge, remove_sparge  # noqa: E402
 from sparge_pipelines.world import SpargeWorld, WorldSize  # noqa: E402
 from sparge_pipelines.world.model import load_world_transformer  # noqa: E402
 from sparge_pipelines.world.sampler import SamplerConfig, sample_noise  # noqa: E402
@@ -124,13 +124,8 @@ def sparse_errors(probe: Probe, model, setting: MaskSetting) -> dict[str, float]
 
 
 def sparse_samples(samples: SampleSet, model, setting: MaskSetting | None) -> torch.Tensor:
-    if setting is None:
-        return samples.generate(model)
-    apply_sparge(model, **setting.sparge_kwargs())
-    try:
-        return samples.generate(model)
-    finally:
-        remove_sparge(model)
+    config = None if setting is None else SpargeConfig(**setting.sparge_kwargs())
+    return generate_with_sparge(samples, model, config)[0]
 
 
 def write_gif(path: Path, columns: list[torch.Tensor], fps: int = 8) -> None:

@@ -23,10 +23,10 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 from ablation import write_gif  # noqa: E402
 from gate_teacher import ATTRIBUTES  # noqa: E402
-from sample_quality import SampleSet, quality  # noqa: E402
+from sample_quality import SampleSet, generate_with_sparge, quality  # noqa: E402
 from train_classifier import parse_size  # noqa: E402
 
-from sparge_pipelines import SpargeConfig, apply_sparge, remove_sparge  # noqa: E402
+from sparge_pipelines import SpargeConfig  # noqa: E402
 from sparge_pipelines.world import WorldSize  # noqa: E402
 from sparge_pipelines.world.classifier import load_classifier  # noqa: E402
 from sparge_pipelines.world.model import load_world_transformer, shipped_models  # noqa: E402
@@ -37,16 +37,12 @@ ALL_DENSE = 1 << 30  # dense_steps beyond any sampler: SDPA in every step, timed
 
 def generate(model, samples: SampleSet, config: SpargeConfig, progress: tqdm) -> tuple[torch.Tensor, dict]:
     """Videos of `samples` with `model` under `config`, and the run's density and times."""
-    state = apply_sparge(model, config)
-    try:
-        sync = torch.cuda.synchronize if samples.device == "cuda" else (lambda: None)
-        sync()
-        start = time.perf_counter()
-        videos = samples.generate(model, on_step=lambda _: progress.update(1))
-        sync()
-        seconds = time.perf_counter() - start
-    finally:
-        remove_sparge(model)
+    sync = torch.cuda.synchronize if samples.device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    videos, state = generate_with_sparge(samples, model, config, on_step=lambda _: progress.update(1))
+    sync()
+    seconds = time.perf_counter() - start
     density = state.stats.summary()["overall"] if state.stats is not None else 1.0
     calls = samples.sampler.steps * (2 if samples.sampler.guidance != 1.0 else 1) * samples.batches
     return videos, {"density": density, "step_ms": 1e3 * seconds / calls,
@@ -85,13 +81,6 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("out/world-demo"))
     args = p.parse_args()
     on_gpu = args.device == "cuda"
-    shipped = shipped_models()
-    for flag, name in (("--teacher", args.teacher), ("--student", args.student)):
-        if name in ("none", "student") or name in shipped:  # the default student may not ship: its row is left out
-            continue
-        if not (Path(name) / "config.json").is_file():
-            p.error(f"{flag}: {name!r} is neither a shipped world model ({', '.join(sorted(shipped)) or 'none'}) "
-                    "nor a diffusers folder with a config.json")
     if args.teacher == "none":
         p.error("--teacher: the dense teacher is the reference of every row; it cannot be 'none'")
     size = args.size or (WorldSize(16, 96, 96) if on_gpu else WorldSize(8, 64, 64))
@@ -101,11 +90,17 @@ def main() -> int:
     if args.steps < 1:
         p.error(f"--steps: must be >= 1, got {args.steps}")
     dtype = torch.bfloat16 if on_gpu else torch.float32
-    teacher = load_world_transformer(args.teacher, device=args.device, dtype=dtype)
+
+    def load(flag: str, name: str):
+        try:
+            return load_world_transformer(name, device=args.device, dtype=dtype)
+        except FileNotFoundError as err:  # neither a shipped name nor a model folder: the loader says which
+            p.error(f"{flag}: {err}")
+
+    teacher = load("--teacher", args.teacher)
     models = [("teacher, dense attention", teacher, False), ("teacher, sparse (training-free)", teacher, True)]
-    if args.student != "none" and (args.student != "student" or "student" in shipped):
-        models.append(("student, sparse (distilled)",
-                       load_world_transformer(args.student, device=args.device, dtype=dtype), True))
+    if args.student != "none" and (args.student != "student" or "student" in shipped_models()):
+        models.append(("student, sparse (distilled)", load("--student", args.student), True))
     classifier = load_classifier(args.classifier, device=args.device)
     samples = SampleSet(size, count, args.device, SamplerConfig(steps=args.steps, guidance=args.guidance))
     sparse = SpargeConfig(topk=args.topk, topp=args.topp, token_order=args.token_order, collect_stats=True,

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sample_quality import SampleSet, quality  # noqa: E402
+from sample_quality import SampleSet, generate_with_sparge, quality  # noqa: E402
 
-from sparge_pipelines import SpargeConfig, apply_sparge, remove_sparge  # noqa: E402
+from sparge_pipelines import SpargeConfig  # noqa: E402
 from sparge_pipelines.world import WorldSize  # noqa: E402
 from sparge_pipelines.world.classifier import load_classifier  # noqa: E402
 from sparge_pipelines.world.model import load_world_transformer  # noqa: E402
@@ -52,14 +52,9 @@ def main() -> int:
     samples = SampleSet(WorldSize(args.frames, args.size, args.size), args.count, device,
                         SamplerConfig(steps=args.steps, guidance=args.guidance))
     sparse = args.topk > 0 or args.topp > 0
-    if sparse:
-        state = apply_sparge(model, SpargeConfig(topk=args.topk, topp=args.topp, token_order=args.token_order,
-                                                 collect_stats=True))
-    try:
-        videos = samples.generate(model)
-    finally:
-        if sparse:
-            remove_sparge(model)
+    config = SpargeConfig(topk=args.topk, topp=args.topp, token_order=args.token_order,
+                          collect_stats=True) if sparse else None  # topk = topp = 0 is no SpargeConfig
+    videos, state = generate_with_sparge(samples, model, config)
     generated = quality(classifier, samples, videos)
     if sparse:
         generated["density"] = state.stats.summary()["overall"]

@@ -1,6 +1,6 @@
 """Sample-based quality of world models against the dense teacher: the same captions and noises for every model,
 then caption accuracy (the world classifier), PSNR/SSIM vs the teacher's samples, and KID/Frechet distance of
-classifier features against real held-out videos. Shared by gate_teacher.py and ablation.py.
+classifier features against real held-out videos. Shared by gate_teacher.py, ablation.py and demo.py.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sparge_pipelines import SpargeConfig, SpargeState, apply_sparge, remove_sparge
 from sparge_pipelines.world import SpargeWorld, WorldSize
 from sparge_pipelines.world.classifier import caption_accuracy, features
 from sparge_pipelines.world.metrics import frechet_distance, kid, psnr_ssim
@@ -43,6 +44,19 @@ class SampleSet:
         out = [sample_videos(model, self.captions[i:i + b], self.noise[i:i + b], self.sampler, on_step=on_step)
                for i in range(0, self.count, b)]
         return torch.cat(out)
+
+
+def generate_with_sparge(samples: SampleSet, model, config: SpargeConfig | None,
+                         on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, SpargeState | None]:
+    """Every video of `samples` from `model` with sparge attention `config` installed for the run (None: the model
+    as it is), and the run's sparge state (its stats and timer, as `config` opted in)."""
+    if config is None:
+        return samples.generate(model, on_step), None
+    state = apply_sparge(model, config)
+    try:
+        return samples.generate(model, on_step), state
+    finally:
+        remove_sparge(model)
 
 
 def quality(classifier, samples: SampleSet, videos: torch.Tensor, reference: torch.Tensor | None = None) -> dict:
