@@ -3,6 +3,8 @@
 # Usage: source tools/device/setup.sh   (sets PYTHONPATH; build log in $OUT/build.log if OUT is set)
 set -o pipefail
 export PYTHONUNBUFFERED=1
+# Sourced again by a script started from an already set-up shell (e.g. a segment script): nothing to redo.
+[ "${SPARGE_DEVICE_READY:-0}" = 1 ] && return 0
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   .carry/whl/*.whl || return 1
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -20,3 +22,4 @@ echo "sparge-kernels built in ${SECONDS}s"
 python3 -m pip install -q --no-build-isolation --no-deps --no-index ./packages/sparge-pipelines ./packages/sparge-train \
   >>"$log" 2>&1 || { tail -20 "$log"; return 1; }
 python3 -c "import sparge_kernels as s; print('sparge_kernels', s.__version__, 'cuda kernels built:', s.kernels_built(), 'runnable:', s.cuda_available())"
+export SPARGE_DEVICE_READY=1

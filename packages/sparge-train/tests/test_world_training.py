@@ -18,6 +18,7 @@ from .conftest import check_ok, run_fit, write_config
 
 STAGE1 = "packages/sparge-train/examples/world_teacher_lowres.yaml"
 STAGE2 = "packages/sparge-train/examples/world_teacher.yaml"
+STUDENT = "packages/sparge-train/examples/world_student.yaml"
 
 
 def world_run(out, **train) -> dict:
@@ -47,6 +48,16 @@ def test_stage2_config_continues_from_the_shipped_stage1_teacher():
     assert cfg.flow.shift == stage1.flow.shift  # one sampler shift serves every size
     assert cfg.data.source == "world" and cfg.loss.kind == "diffusion" and not cfg.sparge.enabled
     assert [16, 96, 96] in cfg.data.world.sizes and cfg.train.output_dir != stage1.train.output_dir
+
+
+def test_student_config_distils_the_shipped_teacher_at_the_demo_sizes():
+    teacher = load_config(STAGE1)
+    cfg = load_config(STUDENT)
+    assert (Path(cfg.model.pretrained) / "config.json").is_file()  # the shipped teacher, from the repo root
+    assert cfg.loss.kind == "velocity" and cfg.sparge.enabled and cfg.sparge.token_order == "tiled"
+    assert cfg.flow.shift == teacher.flow.shift and cfg.data.world.split == "base"
+    assert [16, 64, 64] in cfg.data.world.sizes and [8, 64, 64] in cfg.data.world.sizes  # GPU demo, CPU main job
+    assert cfg.train.ema_decay > 0 and cfg.train.max_time_s > 0
 
 
 @pytest.mark.parametrize("field,value,match", [
