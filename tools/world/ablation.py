@@ -410,17 +410,19 @@ def plot(r: dict, path: Path) -> None:
         ys = [d["rel_mse"]["mean"]["mean"] for d in rows]
         err = [d["rel_mse"]["mean"]["ci95"] or 0.0 for d in rows]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"training-free {kind}")
-    for marker, (arm, row) in zip("s^vDP", r["finetuned"].items()):
-        density = row["setting"]["density"] if row["setting"] else 1.0
+    for marker, (arm, row) in zip("s^vD", ((a, r) for a, r in r["finetuned"].items() if r["setting"])):
         m = row["rel_mse"]["mean"]
-        ax.errorbar([100 * (1 - density)], [m["mean"]], yerr=[m["ci95"] or 0.0], marker=marker, linestyle="none",
-                    capsize=3, label=f"fine-tuned {arm}")
+        ax.errorbar([100 * (1 - row["setting"]["density"])], [m["mean"]], yerr=[m["ci95"] or 0.0], marker=marker,
+                    linestyle="none", capsize=3, label=f"fine-tuned {arm}")
+    for arm, row in r["finetuned"].items():
+        if not row["setting"]:  # a dense model has no sparsity: a level to compare with, not a point on the axis
+            ax.axhline(row["rel_mse"]["mean"]["mean"], color="grey", linestyle="--", label=f"fine-tuned {arm}")
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (% of key blocks skipped)")
     ax.set_ylabel("velocity rel-MSE vs dense teacher (mean over σ)")
     ax.set_title(f"sparge world {'x'.join(map(str, r['size']))}, token order {r['token_order']}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

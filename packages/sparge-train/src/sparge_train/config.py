@@ -54,6 +54,9 @@ class ModelConfig:
     preset: str | None = None
     # ... or a diffusers checkpoint: a WanTransformer3DModel folder, or a pipeline folder with transformer/.
     pretrained: str | None = None
+    # A diffusers folder the student starts from instead (e.g. an earlier distillation's export, to continue it
+    # on a machine without its checkpoint); the teacher stays `pretrained`. A resumed checkpoint overrides both.
+    student_init: str | None = None
     init_seed: int = 0
     gradient_checkpointing: bool = True
     # diffusers attention backend for the dense attention (teacher, cross-attention, a dense student), e.g.
@@ -71,6 +74,8 @@ class ModelConfig:
             raise ConfigError(f"{prefix}.preset", f"unknown preset {self.preset!r}; known: {sorted(WAN_PRESETS)}")
         if self.pretrained is not None and not Path(self.pretrained).is_dir():
             raise ConfigError(f"{prefix}.pretrained", f"{self.pretrained!r} is not a directory")
+        if self.student_init is not None and not Path(self.student_init).is_dir():
+            raise ConfigError(f"{prefix}.student_init", f"{self.student_init!r} is not a directory")
 
 
 @dataclass

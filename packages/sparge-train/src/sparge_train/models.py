@@ -45,14 +45,14 @@ class StudentTeacher:
     zero3_teacher: bool
 
 
-def resolve_transformer_dir(path: str | Path) -> Path:
+def resolve_transformer_dir(path: str | Path, field: str = "model.pretrained") -> Path:
     """A WanTransformer3DModel folder: `path` itself or `path/transformer` (a pipeline folder)."""
     path = Path(path)
     for candidate in (path, path / "transformer"):
         cfg = candidate / "config.json"
         if cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == "WanTransformer3DModel":
             return candidate
-    raise FileNotFoundError(f"model.pretrained: no WanTransformer3DModel config.json in {path} or {path}/transformer")
+    raise FileNotFoundError(f"{field}: no WanTransformer3DModel config.json in {path} or {path}/transformer")
 
 
 def transformer_arch(cfg: RunConfig) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def transformer_arch(cfg: RunConfig) -> dict[str, Any]:
     return WanTransformer3DModel.extract_init_dict(raw)[0]
 
 
-def safetensors_files(model_dir: Path) -> list[Path]:
+def safetensors_files(model_dir: Path, field: str = "model.pretrained") -> list[Path]:
     index = model_dir / WEIGHTS_INDEX_NAME
     if index.is_file():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -73,7 +73,7 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     single = model_dir / WEIGHTS_NAME
     if single.is_file():
         return [single]
-    raise FileNotFoundError(f"model.pretrained: {model_dir} has neither {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME} "
+    raise FileNotFoundError(f"{field}: {model_dir} has neither {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME} "
                             "(only safetensors checkpoints are loaded)")
 
 
@@ -84,10 +84,8 @@ def _new_model(arch: dict[str, Any], seed: int) -> torch.nn.Module:
     return WanTransformer3DModel(**arch)
 
 
-def _load_into_zero3(model: torch.nn.Module, files: list[Path], rank: int) -> None:
-    """Stream a safetensors checkpoint into a ZeRO-3 partitioned model: gather one module's parameters, let
-    rank 0 fill them, re-partition (GatheredParameters(modifier_rank=0) broadcasts rank 0's values)."""
-    import deepspeed
+def _checkpoint_keys(model: torch.nn.Module, files: list[Path], field: str) -> dict[str, Path]:
+    """Which file holds each tensor; every parameter of `model` must be there."""
     from safetensors import safe_open
 
     key_to_file: dict[str, Path] = {}
@@ -97,10 +95,39 @@ def _load_into_zero3(model: torch.nn.Module, files: list[Path], rank: int) -> No
     expected = {name for name, _ in model.named_parameters()}
     missing = sorted(expected - key_to_file.keys())
     if missing:
-        raise KeyError(f"model.pretrained: checkpoint lacks {len(missing)} parameters, e.g. {missing[:3]}")
+        raise KeyError(f"{field}: checkpoint lacks {len(missing)} parameters, e.g. {missing[:3]}")
     unexpected = sorted(k for k in key_to_file.keys() - expected if "norm_added_q" not in k)
     if unexpected:
         log.warning("checkpoint has %d tensors the model does not use, e.g. %s", len(unexpected), unexpected[:3])
+    return key_to_file
+
+
+def _check_shape(field: str, key: str, src: torch.Tensor, p: torch.Tensor) -> None:
+    if tuple(src.shape) != tuple(p.shape):
+        raise ValueError(f"{field}: {key} has shape {tuple(src.shape)}, model expects {tuple(p.shape)}")
+
+
+@torch.no_grad()
+def _load_into(model: torch.nn.Module, files: list[Path], field: str) -> None:
+    """A safetensors checkpoint into a plain (unpartitioned) model's parameters."""
+    from safetensors import safe_open
+
+    key_to_file = _checkpoint_keys(model, files, field)
+    with contextlib.ExitStack() as stack:
+        handles = {f: stack.enter_context(safe_open(str(f), framework="pt")) for f in files}
+        for key, p in model.named_parameters():
+            src = handles[key_to_file[key]].get_tensor(key)
+            _check_shape(field, key, src, p)
+            p.data.copy_(src.to(p.dtype))
+
+
+def _load_into_zero3(model: torch.nn.Module, files: list[Path], rank: int, field: str = "model.pretrained") -> None:
+    """Stream a safetensors checkpoint into a ZeRO-3 partitioned model: gather one module's parameters, let
+    rank 0 fill them, re-partition (GatheredParameters(modifier_rank=0) broadcasts rank 0's values)."""
+    import deepspeed
+    from safetensors import safe_open
+
+    key_to_file = _checkpoint_keys(model, files, field)
     with contextlib.ExitStack() as stack:
         handles = {f: stack.enter_context(safe_open(str(f), framework="pt")) for f in files} if rank == 0 else {}
         for module_name, module in model.named_modules():
@@ -112,9 +139,7 @@ def _load_into_zero3(model: torch.nn.Module, files: list[Path], rank: int) -> No
                     for pname, p in params:
                         key = f"{module_name}.{pname}" if module_name else pname
                         src = handles[key_to_file[key]].get_tensor(key)
-                        if tuple(src.shape) != tuple(p.shape):
-                            raise ValueError(f"model.pretrained: {key} has shape {tuple(src.shape)}, model expects "
-                                             f"{tuple(p.shape)}")
+                        _check_shape(field, key, src, p)
                         p.data.copy_(src.to(p.dtype))
 
 
@@ -173,6 +198,9 @@ def build_student_teacher(cfg: RunConfig, *, student_ds: dict, teacher_ds: dict 
         elif need_teacher:
             teacher = _new_model(arch, cfg.model.init_seed)
             _copy_gathered(student, teacher)
+        if cfg.model.student_init:  # after the teacher took the pretrained weights
+            init = resolve_transformer_dir(cfg.model.student_init, "model.student_init")
+            _load_into_zero3(student, safetensors_files(init, "model.student_init"), rank, "model.student_init")
         return StudentTeacher(student, freeze(teacher) if teacher is not None else None, arch, True, sharded_teacher)
 
     if pretrained is not None:
@@ -180,6 +208,9 @@ def build_student_teacher(cfg: RunConfig, *, student_ds: dict, teacher_ds: dict 
     else:
         student = _new_model(arch, cfg.model.init_seed)
     teacher = freeze(copy.deepcopy(student)) if need_teacher else None
+    if cfg.model.student_init:  # after the teacher took the pretrained weights
+        init = resolve_transformer_dir(cfg.model.student_init, "model.student_init")
+        _load_into(student, safetensors_files(init, "model.student_init"), "model.student_init")
     return StudentTeacher(student, teacher, arch, False, False)
 
 
