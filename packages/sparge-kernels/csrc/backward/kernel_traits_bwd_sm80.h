@@ -11,12 +11,8 @@ namespace sparge::bwd {
 
 using namespace cute;
 
-template <int kHeadDim_, typename Element_>
-struct BackwardTraits : MaskBlockTiles {
-  using Element = Element_;
-  static constexpr int kHeadDim = kHeadDim_;
-  static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64");
-
+template <int kHeadDim, typename Element>
+struct BackwardTraits : MaskBlockTiles, KernelInstance<kHeadDim, Element> {
   // The dK/dV kernel walks a kept query block in two steps of 64 rows (keeps S and dP at 16 floats/thread).
   static constexpr int kStepRows = 64;
   static constexpr int kNWarps = 8;

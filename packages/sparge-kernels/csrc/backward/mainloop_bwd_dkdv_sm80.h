@@ -11,10 +11,10 @@
 #include "backward/dq_accumulate_bwd.h"
 #include "backward/kernel_traits_bwd_sm80.h"
 #include "backward/recompute_bwd_sm80.h"
+#include "backward/tile_bwd.h"
 #include "common/utils.h"
 #include "common/params.h"
 #include "backward/tile_io_bwd_sm80.h"
-#include "common/block_sparse.h"
 
 namespace sparge::bwd {
 
@@ -29,30 +29,25 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
 
   extern __shared__ __align__(128) char smem_raw[];
   const int tid = threadIdx.x;
-  const int kb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int64_t bh = int64_t(b) * p.heads + h;
+  const auto tile = key_block_tile<Traits>(p);
+  const auto& walk = tile.walk;  // the key block's kept query blocks
+  const int64_t bh = tile.bh;
   const int64_t padded = p.padded_q;
-  const int key0 = kb * kN;
-  const int keys_valid = min(kN, p.seqlen_k - key0);
-  // The key block's kept query blocks.
-  const BlockSparseWalk<Traits::kBlockM> walk(p.q_count, p.q_index, bh, p.num_k_blocks, kb, p.num_q_blocks,
-                                                  p.seqlen_q);
+  const int key0 = tile.row0, keys_valid = tile.rows_valid;
   const int count = walk.trip_count();
 
-  Element* dk = static_cast<Element*>(p.dk) + b * p.dk_stride.batch + h * p.dk_stride.head + key0 * p.dk_stride.row;
-  Element* dv = static_cast<Element*>(p.dv) + b * p.dv_stride.batch + h * p.dv_stride.head + key0 * p.dv_stride.row;
+  Element* dk = tile.template at<Element>(p.dk, p.dk_stride, key0);
+  Element* dv = tile.template at<Element>(p.dv, p.dv_stride, key0);
   if (count == 0) {  // no query attends to this key block
     store_zero_rows<Traits>(dk, p.dk_stride.row, keys_valid, tid);
     store_zero_rows<Traits>(dv, p.dv_stride.row, keys_valid, tid);
     return;
   }
 
-  const Element* q = static_cast<const Element*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head;
-  const Element* dout = static_cast<const Element*>(p.dout) + b * p.dout_stride.batch + h * p.dout_stride.head;
-  const Element* k = static_cast<const Element*>(p.k) + b * p.k_stride.batch + h * p.k_stride.head +
-                     key0 * p.k_stride.row;
-  const Element* v = static_cast<const Element*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head +
-                     key0 * p.v_stride.row;
+  const Element* q = tile.template at<const Element>(p.q, p.q_stride);
+  const Element* dout = tile.template at<const Element>(p.dout, p.dout_stride);
+  const Element* k = tile.template at<const Element>(p.k, p.k_stride, key0);
+  const Element* v = tile.template at<const Element>(p.v, p.v_stride, key0);
   const float* lse_log2 = p.lse_log2 + bh * padded;
   const float* delta = p.delta + bh * padded;
 

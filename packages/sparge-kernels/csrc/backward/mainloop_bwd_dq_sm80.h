@@ -9,10 +9,10 @@
 
 #include "backward/kernel_traits_bwd_sm80.h"
 #include "backward/recompute_bwd_sm80.h"
+#include "backward/tile_bwd.h"
 #include "common/utils.h"
 #include "common/params.h"
 #include "backward/tile_io_bwd_sm80.h"
-#include "common/block_sparse.h"
 
 namespace sparge::bwd {
 
@@ -27,26 +27,22 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dq_kernel(const BwdParam
 
   extern __shared__ __align__(128) char smem_raw[];
   const int tid = threadIdx.x;
-  const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int64_t bh = int64_t(b) * p.heads + h;
-  const int row0 = qb * kM;
-  const int rows_valid = min(kM, p.seqlen_q - row0);
-  // The query block's kept key blocks.
-  const BlockSparseWalk<kN> walk(p.kv_count, p.kv_index, bh, p.num_q_blocks, qb, p.num_k_blocks, p.seqlen_k);
+  const auto tile = query_block_tile<Traits>(p);
+  const auto& walk = tile.walk;  // the query block's kept key blocks
+  const int64_t bh = tile.bh;
+  const int row0 = tile.row0, rows_valid = tile.rows_valid;
   const int count = walk.trip_count();
 
-  Element* dq = static_cast<Element*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head + row0 * p.dq_stride.row;
+  Element* dq = tile.template at<Element>(p.dq, p.dq_stride, row0);
   if (count == 0) {  // the query block attends to nothing: out = 0, lse = -inf, no gradient
     store_zero_rows<Traits>(dq, p.dq_stride.row, rows_valid, tid);
     return;
   }
 
-  const Element* q = static_cast<const Element*>(p.q) + b * p.q_stride.batch + h * p.q_stride.head +
-                     row0 * p.q_stride.row;
-  const Element* dout = static_cast<const Element*>(p.dout) + b * p.dout_stride.batch + h * p.dout_stride.head +
-                        row0 * p.dout_stride.row;
-  const Element* k = static_cast<const Element*>(p.k) + b * p.k_stride.batch + h * p.k_stride.head;
-  const Element* v = static_cast<const Element*>(p.v) + b * p.v_stride.batch + h * p.v_stride.head;
+  const Element* q = tile.template at<const Element>(p.q, p.q_stride, row0);
+  const Element* dout = tile.template at<const Element>(p.dout, p.dout_stride, row0);
+  const Element* k = tile.template at<const Element>(p.k, p.k_stride);
+  const Element* v = tile.template at<const Element>(p.v, p.v_stride);
 
   Element* smem_q = reinterpret_cast<Element*>(smem_raw);
   Element* smem_do = smem_q + Traits::kSmemQElems;

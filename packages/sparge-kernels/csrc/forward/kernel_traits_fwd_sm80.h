@@ -10,15 +10,12 @@ namespace sparge::fwd {
 
 using namespace cute;
 
-template <int kHeadDim_, typename Element_>
-struct KernelTraitsSm80 : MaskBlockTiles {
-  using Element = Element_;
+template <int kHeadDim, typename Element>
+struct KernelTraitsSm80 : MaskBlockTiles, KernelInstance<kHeadDim, Element> {
   using ElementAccum = float;
-  static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kNWarps = 4;
   static constexpr int kNThreads = kNWarps * 32;
   static constexpr int kStages = 2;  // K/V double buffer
-  static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64");
 
   // Each warp owns 16-row slabs of the 128 query rows; the N tile of 16 lets ldmatrix.x4 feed two MMAs.
   using MmaAtom = MmaAtomSm80<Element>;

@@ -13,10 +13,8 @@ namespace sparge::fwd {
 
 using namespace cute;
 
-template <int kHeadDim_, typename Element_>
-struct KernelTraitsSm90 : MaskBlockTiles {
-  using Element = Element_;
-  static constexpr int kHeadDim = kHeadDim_;
+template <int kHeadDim, typename Element>
+struct KernelTraitsSm90 : MaskBlockTiles, KernelInstance<kHeadDim, Element> {
   static constexpr int kNumConsumerWarpgroups = kBlockM / 64;
   static constexpr int kNumMmaThreads = kNumConsumerWarpgroups * 128;
   static constexpr int kNThreads = kNumMmaThreads + 128;  // + the producer warpgroup

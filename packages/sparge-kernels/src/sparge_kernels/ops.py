@@ -9,6 +9,10 @@ caller's layout.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple, get_type_hints
+
 import torch
 from torch import Tensor
 
@@ -51,37 +55,55 @@ def _predict_fake(q, k, topk, topp, block_q, block_k, scale, layout):
     )
 
 
+# ------------------------------------------------------------------------------ the attention ops' parameters
+class MaskArgs(NamedTuple):
+    """What both attention ops take after their own tensors, in schema order: the kept-block lists in both directions
+    (the backward walks key blocks too, so autograd saves q_count/q_index), the block sizes, the softmax scale, the
+    callers' layout and the dQ mode. Declared once here; `_takes_mask_args` puts them into each op's signature."""
+
+    kv_count: Tensor
+    kv_index: Tensor
+    q_count: Tensor
+    q_index: Tensor
+    block_q: int
+    block_k: int
+    scale: float
+    layout: str
+    deterministic: bool
+
+
+def _takes_mask_args(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Declare `fn(<own tensors>, *mask_args)` as taking MaskArgs' fields in place of `*mask_args`.
+
+    torch.library infers an op's schema from `inspect.signature`, so the schema names every field (as a typed
+    parameter list would) while the list is written once.
+    """
+    sig = inspect.signature(fn)
+    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    hints = get_type_hints(MaskArgs)
+    fields = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints[name])
+              for name in MaskArgs._fields]
+    fn.__signature__ = sig.replace(parameters=own + fields)
+    return fn
+
+
 # ------------------------------------------------------------------------------------ attention, backward
 @torch.library.custom_op("sparge::block_sparse_attention_backward", mutates_args=())
+@_takes_mask_args
 def block_sparse_attention_backward_op(
-    dout: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    out: Tensor,
-    lse: Tensor,
-    dlse: Tensor | None,
-    kv_count: Tensor,
-    kv_index: Tensor,
-    q_count: Tensor,
-    q_index: Tensor,
-    block_q: int,
-    block_k: int,
-    scale: float,
-    layout: str,
-    deterministic: bool,
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Tensor | None, *mask_args: Any
 ) -> tuple[Tensor, Tensor, Tensor]:
+    m = MaskArgs(*mask_args)
     backend = backend_for(q.device)
-    hnd = [to_hnd(t, layout) for t in (dout, q, k, v, out)]
+    hnd = [to_hnd(t, m.layout) for t in (dout, q, k, v, out)]
     dq, dk, dv = backend.backward(
-        *hnd, lse, dlse, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, deterministic
+        *hnd, lse, dlse, m.kv_count, m.kv_index, m.q_count, m.q_index, m.block_q, m.block_k, m.scale, m.deterministic
     )
-    return _from_hnd(dq, layout), _from_hnd(dk, layout), _from_hnd(dv, layout)
+    return _from_hnd(dq, m.layout), _from_hnd(dk, m.layout), _from_hnd(dv, m.layout)
 
 
 @block_sparse_attention_backward_op.register_fake
-def _(dout, q, k, v, out, lse, dlse, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, layout,
-      deterministic):
+def _(dout, q, k, v, out, lse, dlse, *mask_args):
     return torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(
         k, memory_format=torch.contiguous_format
     ), torch.empty_like(v, memory_format=torch.contiguous_format)
@@ -89,39 +111,32 @@ def _(dout, q, k, v, out, lse, dlse, kv_count, kv_index, q_count, q_index, block
 
 # ------------------------------------------------------------------------------------- attention, forward
 @torch.library.custom_op("sparge::block_sparse_attention", mutates_args=())
-def block_sparse_attention_op(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    kv_count: Tensor,
-    kv_index: Tensor,
-    q_count: Tensor,
-    q_index: Tensor,
-    block_q: int,
-    block_k: int,
-    scale: float,
-    layout: str,
-    deterministic: bool,
-) -> tuple[Tensor, Tensor]:
+@_takes_mask_args
+def block_sparse_attention_op(q: Tensor, k: Tensor, v: Tensor, *mask_args: Any) -> tuple[Tensor, Tensor]:
+    m = MaskArgs(*mask_args)
     backend = backend_for(q.device)
     out, lse = backend.forward(
-        to_hnd(q, layout), to_hnd(k, layout), to_hnd(v, layout), kv_count, kv_index, block_q, block_k, scale
+        to_hnd(q, m.layout), to_hnd(k, m.layout), to_hnd(v, m.layout), m.kv_count, m.kv_index, m.block_q, m.block_k,
+        m.scale,
     )
-    return _from_hnd(out, layout), lse
+    return _from_hnd(out, m.layout), lse
 
 
 @block_sparse_attention_op.register_fake
-def _(q, k, v, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, layout, deterministic):
-    b, h, lq = to_hnd(q, layout).shape[:3]
+def _(q, k, v, *mask_args):
+    b, h, lq = to_hnd(q, MaskArgs(*mask_args).layout).shape[:3]
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     return out, q.new_empty((b, h, lq), dtype=_lse_dtype(q.dtype))
 
 
 def _setup_block_sparse(ctx, inputs, output):
-    q, k, v, kv_count, kv_index, q_count, q_index, block_q, block_k, scale, layout, deterministic = inputs
+    q, k, v, *mask_args = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, kv_count, kv_index, q_count, q_index)
-    ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic = block_q, block_k, scale, layout, deterministic
+    m = MaskArgs(*mask_args)
+    ctx.save_for_backward(q, k, v, out, lse, m.kv_count, m.kv_index, m.q_count, m.q_index)
+    ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic = (
+        m.block_q, m.block_k, m.scale, m.layout, m.deterministic
+    )
 
 
 def _backward_block_sparse(ctx, grad_out, grad_lse):
@@ -133,7 +148,7 @@ def _backward_block_sparse(ctx, grad_out, grad_lse):
         grad_out, q, k, v, out, lse, grad_lse, kv_count, kv_index, q_count, q_index,
         ctx.block_q, ctx.block_k, ctx.scale, ctx.layout, ctx.deterministic,
     )
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+    return dq, dk, dv, *(None,) * len(MaskArgs._fields)
 
 
 block_sparse_attention_op.register_autograd(_backward_block_sparse, setup_context=_setup_block_sparse)
