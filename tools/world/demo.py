@@ -5,8 +5,8 @@ classifier, self-attention and step time, speedup), writes a side-by-side GIF an
 
     python tools/world/demo.py [--teacher teacher] [--student student] [--out out/world-demo]
 
-On a GPU it runs the CUDA kernels at the full size (16x96x96); on a CPU the PyTorch reference at 8x64x64, where
-the times say nothing about speed. Models are shipped names ("teacher", "student") or diffusers folders.
+On a GPU it runs the CUDA kernels at 16x64x64 (the largest size the shipped teacher passed its gate at); on a CPU
+the PyTorch reference at 8x64x64, where the times say nothing about speed. Models are shipped names ("teacher", "student") or diffusers folders.
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ from sample_quality import SampleSet, generate_with_sparge, quality  # noqa: E40
 from train_classifier import parse_size  # noqa: E402
 
 from sparge_pipelines import SpargeConfig  # noqa: E402
+from sparge_pipelines.config import trained_sparge_fields  # noqa: E402
 from sparge_pipelines.world import WorldSize  # noqa: E402
 from sparge_pipelines.world.classifier import load_classifier  # noqa: E402
 from sparge_pipelines.world.model import load_world_transformer, shipped_models  # noqa: E402
 from sparge_pipelines.world.sampler import SamplerConfig  # noqa: E402
 
+# examples/world_student.yaml's mask (5% density at 16x64x64), for a run without a distilled student to read it from
+DEFAULT_MASK = {"topk": 0.03, "topp": 0.14, "token_order": "tiled"}
 ALL_DENSE = 1 << 30  # dense_steps beyond any sampler: SDPA in every step, timed by the same hook as sparse runs
 
 
@@ -70,21 +73,21 @@ def main() -> int:
     p.add_argument("--student", default="student", help="shipped name or folder; 'none' skips the distilled row")
     p.add_argument("--classifier", default=None, help="default: the shipped classifier")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", type=parse_size, default=None, help="FxHxW; default 16x96x96 on GPU, 8x64x64 on CPU")
+    p.add_argument("--size", type=parse_size, default=None, help="FxHxW; default 16x64x64 on GPU, 8x64x64 on CPU")
     p.add_argument("--videos", type=int, default=None, help="captions (default 8 on GPU, 2 on CPU)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0)
-    # examples/world_student.yaml's mask, the one the student is distilled under (5% density at 16x64x64)
-    p.add_argument("--topk", type=float, default=0.03)
-    p.add_argument("--topp", type=float, default=0.14)
-    p.add_argument("--token-order", choices=("1d", "tiled"), default="tiled",
-                   help="tiled (default): what the student is distilled under (examples/world_distill.yaml)")
+    # Unset: the student's trained mask (sparge.json beside its weights), else DEFAULT_MASK
+    p.add_argument("--topk", type=float, default=None, help=f"default: the student's, else {DEFAULT_MASK['topk']}")
+    p.add_argument("--topp", type=float, default=None, help=f"default: the student's, else {DEFAULT_MASK['topp']}")
+    p.add_argument("--token-order", choices=("1d", "tiled"), default=None,
+                   help=f"default: the student's, else {DEFAULT_MASK['token_order']}")
     p.add_argument("--out", type=Path, default=Path("out/world-demo"))
     args = p.parse_args()
     on_gpu = args.device == "cuda"
     if args.teacher == "none":
         p.error("--teacher: the dense teacher is the reference of every row; it cannot be 'none'")
-    size = args.size or (WorldSize(16, 96, 96) if on_gpu else WorldSize(8, 64, 64))
+    size = args.size or (WorldSize(16, 64, 64) if on_gpu else WorldSize(8, 64, 64))
     count = args.videos or (8 if on_gpu else 2)
     if count < 2:
         p.error(f"--videos: must be >= 2 (KID and the Frechet distance compare sets of videos), got {count}")
@@ -100,12 +103,15 @@ def main() -> int:
 
     teacher = load("--teacher", args.teacher)
     models = [("teacher, dense attention", teacher, False), ("teacher, sparse (training-free)", teacher, True)]
+    trained: dict = {}
     if args.student != "none" and (args.student != "student" or "student" in shipped_models()):
         models.append(("student, sparse (distilled)", load("--student", args.student), True))
+        trained = trained_sparge_fields(shipped_models().get(args.student, Path(args.student)))
+    # both sparse rows share one mask, so the rows differ by training alone
+    mask = {**DEFAULT_MASK, **trained, **{k: v for k in DEFAULT_MASK if (v := getattr(args, k)) is not None}}
     classifier = load_classifier(args.classifier, device=args.device)
     samples = SampleSet(size, count, args.device, SamplerConfig(steps=args.steps, guidance=args.guidance))
-    sparse = SpargeConfig(topk=args.topk, topp=args.topp, token_order=args.token_order, collect_stats=True,
-                          time_attention=True)
+    sparse = SpargeConfig(**mask, collect_stats=True, time_attention=True)
     dense = SpargeConfig(dense_steps=ALL_DENSE, time_attention=True)
     print(f"{len(models)} runs of {count} videos at {size.frames}x{size.height}x{size.width} on {args.device} "
           f"({'CUDA kernels' if on_gpu else 'PyTorch reference: slow, times say nothing about speed on a GPU'})")
@@ -118,7 +124,7 @@ def main() -> int:
             columns.append(videos)
     report = {"size": f"{size.frames}x{size.height}x{size.width}", "videos": count, "device": args.device,
               "captions": [c.text for c in samples.captions], "sampler": vars(samples.sampler),
-              "sparse": {"topk": args.topk, "topp": args.topp, "token_order": args.token_order}, "rows": rows}
+              "sparse": {k: list(v) if isinstance(v, tuple) else v for k, v in mask.items()}, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     write_gif(args.out / "side_by_side.gif", [c[:4].cpu() for c in columns])

@@ -4,12 +4,19 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from sparge_pipelines import SpargeConfig, SpargeWanAttnProcessor, apply_sparge, remove_sparge
-from sparge_pipelines.config import SpargeConfigError, default_tile
+from sparge_pipelines.config import (
+    TRAINED_FIELDS,
+    TRAINED_SPARGE_FILE,
+    SpargeConfigError,
+    default_tile,
+    trained_sparge_fields,
+)
 from sparge_pipelines.hooks import STATS_HOOK, TIMING_HOOK
 from sparge_pipelines.testing import tiny_wan_transformer
 from sparge_pipelines.timing import AttentionTimer, Timer
@@ -103,10 +110,56 @@ def test_cli_and_generate_defaults_come_from_sparge_config():
 
     args = build_parser().parse_args(["--model", "m", "--prompt", "p"])
     defaults = SpargeConfig()
-    for name in ("topk", "topp", "dense_steps", "dense_layers", "token_order", "block_q", "block_k"):
+    for name in ("dense_steps", "block_q", "block_k"):
         assert getattr(args, name) == getattr(defaults, name), name
-    generate = GenerateConfig(model="m", prompt="p")
+    for name in TRAINED_FIELDS:  # the model's trained mask first: unset until the model is known
+        assert getattr(args, name) is None, name
+    generate = GenerateConfig(model="m", prompt="p")  # a model without sparge.json: SpargeConfig's defaults
     assert generate.sparge_config() == defaults
+    assert generate.with_defaults("cpu").topk == defaults.topk
+
+
+def _student_folder(tmp_path, recorded: dict) -> Path:
+    """A world-model folder (config only: nothing here loads weights) with sparge-train's sparge.json."""
+    import json
+
+    from sparge_pipelines.world.model import WORLD_TRANSFORMER_CONFIG
+
+    folder = tmp_path / "student"
+    folder.mkdir()
+    config = {"_class_name": "WanTransformer3DModel", **WORLD_TRANSFORMER_CONFIG,
+              "patch_size": list(WORLD_TRANSFORMER_CONFIG["patch_size"])}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / TRAINED_SPARGE_FILE).write_text(json.dumps(recorded))
+    return folder
+
+
+def test_a_distilled_student_serves_with_its_trained_mask_unless_told_otherwise(tmp_path):
+    from sparge_pipelines.generate import GenerateConfig
+
+    folder = _student_folder(tmp_path, {"topk": 0.05, "topp": 0.14, "token_order": "tiled", "dense_layers": [0],
+                                        "trained_by": "sparge-train"})
+    assert trained_sparge_fields(folder) == {"topk": 0.05, "topp": 0.14, "token_order": "tiled",
+                                             "dense_layers": (0,)}
+    assert trained_sparge_fields(tmp_path) == {}  # no sparge.json: nothing recorded
+    caption = "a red 3 moving left on clouds"
+    served = GenerateConfig(model=str(folder), prompt=caption, out=str(tmp_path / "v.gif"))
+    assert served.sparge_config() == SpargeConfig(topk=0.05, topp=0.14, token_order="tiled", dense_layers=(0,))
+    filled = served.with_defaults("cpu")
+    assert (filled.topk, filled.topp, filled.token_order, filled.dense_layers) == (0.05, 0.14, "tiled", (0,))
+    told = GenerateConfig(model=str(folder), prompt=caption, out=str(tmp_path / "v.gif"), topp=0.3,
+                          token_order="1d")
+    assert told.sparge_config() == SpargeConfig(topk=0.05, topp=0.3, token_order="1d", dense_layers=(0,))
+
+
+def test_a_bad_trained_mask_names_the_field_and_the_file(tmp_path):
+    folder = _student_folder(tmp_path, {"topk": 1.5})
+    with pytest.raises(ValueError, match=r"topk.*1\.5.*sparge\.json") as info:
+        trained_sparge_fields(folder)
+    assert info.value.field == "topk"
+    (folder / TRAINED_SPARGE_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="sparge.json: not valid JSON"):
+        trained_sparge_fields(folder)
 
 
 # -- hooks beside the processor ---------------------------------------------------------------------------------

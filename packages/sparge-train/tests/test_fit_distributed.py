@@ -78,6 +78,11 @@ def test_baseline_logs_every_step_and_exports(runs):
     assert (out / "checkpoints" / "step_00000002").is_dir() and (out / "checkpoints" / "step_00000004").is_dir()
     assert (out / "export" / "diffusion_pytorch_model.safetensors").is_file()
     assert (out / "export" / "config.json").is_file()
+    # the sparse student's export records the mask it trained under; sparge-pipelines serves it with that mask
+    from sparge_pipelines.config import trained_sparge_fields
+
+    assert trained_sparge_fields(out / "export") == {"topk": 0.1, "topp": 0.3, "dense_layers": (),
+                                                     "token_order": "1d"}
 
 
 def test_zero2_two_processes_match_one_process(runs):

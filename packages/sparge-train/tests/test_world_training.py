@@ -135,3 +135,4 @@ def test_pretrain_exports_the_ema_and_resumes_after_the_time_budget(tmp_path):
     raw = torch.load(out / "checkpoints" / "step_00000004" / "mp_rank_00_model_states.pt", weights_only=False)
     name = "blocks.0.attn1.to_q.weight"
     assert not torch.equal(raw["module"][name].float(), ema[name])  # the export is the average, not the last step
+    assert not (out / "export" / "sparge.json").exists()  # a dense teacher records no mask to serve with

@@ -22,6 +22,7 @@ from .model_source import VIDEO_SUFFIXES, ModelSource, resolve_model  # standard
 __all__ = ["build_parser", "main", "DTYPE_NAMES", "VIDEO_SUFFIXES"]
 
 DTYPE_NAMES = ("bf16", "fp16", "fp32")  # generate.DTYPES' keys
+TRAINED_DEFAULT = "default: the model's trained mask (sparge.json beside a distilled student's weights), else"
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -123,20 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_int_at_least(1), default=None,
                    help="world: default 16 on cuda, 8 on cpu; Wan: 4k+1, default 81")
     p.add_argument("--height", type=_int_at_least(1), default=None,
-                   help="world: a multiple of 4, default 96 on cuda, 64 on cpu; Wan: a multiple of 16, default 480")
+                   help="world: a multiple of 4, default 64; Wan: a multiple of 16, default 480")
     p.add_argument("--width", type=_int_at_least(1), default=None,
-                   help="world: a multiple of 4, default 96 on cuda, 64 on cpu; Wan: a multiple of 16, default 832")
+                   help="world: a multiple of 4, default 64; Wan: a multiple of 16, default 832")
     p.add_argument("--steps", type=_int_at_least(1), default=None, help="default: world 25, Wan 50")
     p.add_argument("--guidance", type=_finite_float, default=None, help="CFG scale; default: world 4.0, Wan 5.0")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--topk", type=_fraction, default=SpargeConfig.topk)
-    p.add_argument("--topp", type=_fraction, default=SpargeConfig.topp)
+    p.add_argument("--topk", type=_fraction, default=None, help=f"{TRAINED_DEFAULT} {SpargeConfig.topk}")
+    p.add_argument("--topp", type=_fraction, default=None, help=f"{TRAINED_DEFAULT} {SpargeConfig.topp}")
     p.add_argument("--dense", action="store_true", help="full attention everywhere (the baseline)")
     p.add_argument("--dense-steps", type=_int_at_least(0), default=SpargeConfig.dense_steps,
                    help="first N denoising steps run full attention")
-    p.add_argument("--dense-layers", type=_layers, default=SpargeConfig.dense_layers,
-                   help="comma-separated blocks kept dense")
-    p.add_argument("--token-order", choices=TOKEN_ORDERS, default=SpargeConfig.token_order)
+    p.add_argument("--dense-layers", type=_layers, default=None,
+                   help=f"comma-separated blocks kept dense; {TRAINED_DEFAULT} none")
+    p.add_argument("--token-order", choices=TOKEN_ORDERS, default=None,
+                   help=f"{TRAINED_DEFAULT} {SpargeConfig.token_order}")
     p.add_argument("--block-q", type=_int_at_least(1), default=SpargeConfig.block_q)
     p.add_argument("--block-k", type=_int_at_least(1), default=SpargeConfig.block_k)
     p.add_argument("--stats", action="store_true", help="write density per step/layer/head (JSON + PNG heatmap)")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 # Only the standard library at import time: the sparge-generate CLI takes its defaults from here before torch loads.
 
-__all__ = ["SpargeConfig", "SpargeConfigError", "TOKEN_ORDERS", "default_tile"]
+__all__ = ["SpargeConfig", "SpargeConfigError", "TOKEN_ORDERS", "TRAINED_FIELDS", "TRAINED_SPARGE_FILE", "default_tile",
+           "trained_sparge_fields"]
 
 TOKEN_ORDERS = ("1d", "tiled")
 
@@ -166,3 +170,31 @@ def _check_tile(tile: object, block_q: int) -> tuple[int, int, int]:
     if not isinstance(resolved, (tuple, list)) or len(resolved) != 3:
         raise ValueError(f"tile must be a (t, h, w) tuple of 3 positive ints, got {tile!r}")
     return tuple(_check_int("tile", int(x) if not isinstance(x, bool) else x, 1) for x in resolved)
+
+
+# What sparge-train's export records beside a sparse student's weights: the mask it was distilled under. A student
+# serves best with that mask, so loaders take it as their default (explicit settings still win).
+TRAINED_SPARGE_FILE = "sparge.json"
+TRAINED_FIELDS = ("topk", "topp", "dense_layers", "token_order")
+
+
+def trained_sparge_fields(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The `TRAINED_FIELDS` recorded in `model_dir`'s (or its transformer/'s) `sparge.json`, validated as a
+    `SpargeConfig` would; {} for a model without one (a dense model, or one sparge did not train)."""
+    for folder in (Path(model_dir), Path(model_dir) / "transformer"):
+        path = folder / TRAINED_SPARGE_FILE
+        if path.is_file():
+            break
+    else:
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    found = {k: (tuple(v) if k == "dense_layers" and isinstance(v, list) else v)
+             for k, v in raw.items() if k in TRAINED_FIELDS}
+    try:
+        SpargeConfig(**found)
+    except SpargeConfigError as exc:
+        raise _field_error(exc.field, ValueError(f"{exc} (recorded in {path})")) from None
+    return found

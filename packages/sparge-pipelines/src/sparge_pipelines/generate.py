@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .apply import apply_sparge, remove_sparge
-from .config import SpargeConfig
+from .config import TRAINED_FIELDS, SpargeConfig, trained_sparge_fields
 from .model_source import ModelSource, resolve_model
 from .state import SpargeState
 from .timing import Timer
@@ -47,13 +47,14 @@ class GenerateConfig:
     steps: int | None = None
     guidance: float | None = None
     seed: int = 0
-    # The SpargeConfig fields (defaults from it), `stats` for collect_stats; `dense`: every layer dense.
-    topk: float = SpargeConfig.topk
-    topp: float = SpargeConfig.topp
+    # The SpargeConfig fields, `stats` for collect_stats; `dense`: every layer dense. The mask fields left None
+    # take the model's trained mask (sparge.json beside a distilled student's weights), else SpargeConfig's.
+    topk: float | None = None
+    topp: float | None = None
     dense: bool = False
     dense_steps: int = SpargeConfig.dense_steps
-    dense_layers: tuple[int, ...] = SpargeConfig.dense_layers
-    token_order: str = SpargeConfig.token_order
+    dense_layers: tuple[int, ...] | None = None
+    token_order: str | None = None
     block_q: int = SpargeConfig.block_q
     block_k: int = SpargeConfig.block_k
     stats: bool = False
@@ -117,13 +118,20 @@ class GenerateConfig:
             defaults = world_defaults(device)
         else:
             defaults = WAN_DEFAULTS
+        defaults = {**defaults, **self._mask_defaults()}
         return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
+    def _mask_defaults(self) -> dict[str, Any]:
+        """The mask fields a run leaves unset: the model's trained mask, else SpargeConfig's defaults."""
+        trained = trained_sparge_fields(self.source.path)
+        return {name: trained.get(name, getattr(SpargeConfig, name)) for name in TRAINED_FIELDS}
+
     def sparge_config(self) -> SpargeConfig:
-        return SpargeConfig(topk=self.topk, topp=self.topp, dense_steps=self.dense_steps,
-                            dense_layers=self.dense_layers, token_order=self.token_order,
-                            collect_stats=self.stats, time_attention=self.time_attention,
-                            block_q=self.block_q, block_k=self.block_k)
+        mask = {name: getattr(self, name) for name in TRAINED_FIELDS}
+        if any(v is None for v in mask.values()):
+            mask = {name: self._mask_defaults()[name] if v is None else v for name, v in mask.items()}
+        return SpargeConfig(**mask, dense_steps=self.dense_steps, collect_stats=self.stats,
+                            time_attention=self.time_attention, block_q=self.block_q, block_k=self.block_k)
 
     @property
     def report_path(self) -> Path:

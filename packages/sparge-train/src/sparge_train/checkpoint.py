@@ -312,11 +312,15 @@ def load_checkpoint(engine, load_dir: Path, tag: str, device: torch.device) -> T
 
 
 def export_weights(engine, model: torch.nn.Module, out_dir: Path, *, zero3: bool, is_main: bool,
-                   weights: dict[str, torch.Tensor] | None = None) -> Path | None:
+                   weights: dict[str, torch.Tensor] | None = None,
+                   trained_mask: dict[str, Any] | None = None) -> Path | None:
     """Write the student as a diffusers folder: config.json + diffusion_pytorch_model.safetensors (16-bit under
     bf16 training). Collective under ZeRO-3 (parameters are gathered to rank 0). `weights` (e.g. the EMA)
-    replaces the engine's parameters of the same names."""
+    replaces the engine's parameters of the same names. `trained_mask`: the sparse attention the student was
+    trained under, written as sparge.json, which sparge-pipelines' loaders serve it with by default."""
     from safetensors.torch import save_file
+
+    from sparge_pipelines.config import TRAINED_SPARGE_FILE
 
     # The architecture's persistent tensors (parameters + persistent buffers), whatever sparge attached.
     arch_keys = {name for name, _ in model.named_parameters()}
@@ -338,6 +342,11 @@ def export_weights(engine, model: torch.nn.Module, out_dir: Path, *, zero3: bool
     save_file(tensors, str(out_dir / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
     model.save_config(str(out_dir))
     (out_dir / "sparge_export.json").write_text(json.dumps({"tensors": len(tensors)}))
+    stale = out_dir / TRAINED_SPARGE_FILE
+    if trained_mask is not None:
+        stale.write_text(json.dumps({**trained_mask, "trained_by": "sparge-train"}, indent=1))
+    elif stale.exists():  # a dense run exporting over an earlier sparse one: no mask to serve with
+        stale.unlink()
     barrier()
     return out_dir
 

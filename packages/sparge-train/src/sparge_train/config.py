@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from sparge_pipelines.config import TRAINED_FIELDS, SpargeConfigError
 from sparge_pipelines.config import SpargeConfig as PipelineSpargeConfig
-from sparge_pipelines.config import SpargeConfigError
 
 __all__ = [
     "ConfigError",
@@ -90,6 +90,11 @@ class SpargeConfig:
     dense_steps: int = PipelineSpargeConfig.dense_steps
     dense_layers: list[int] = field(default_factory=lambda: list(PipelineSpargeConfig.dense_layers))
     token_order: str = PipelineSpargeConfig.token_order
+
+    def trained_mask(self) -> dict[str, Any]:
+        """The mask fields a student trained under these settings is served with (its export's sparge.json)."""
+        return {name: list(v) if isinstance(v := getattr(self, name), (list, tuple)) else v
+                for name in TRAINED_FIELDS}
 
     def pipeline_config(self) -> PipelineSpargeConfig:
         """The pipelines' (validated) `SpargeConfig` of these fields."""

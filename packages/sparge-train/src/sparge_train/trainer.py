@@ -224,7 +224,8 @@ def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
     # 7. export the student's weights (diffusers folder, safetensors)
     if train.export_at_end:
         result.export_dir = export_weights(student, models.student, out / "export", zero3=models.zero3_student,
-                                           is_main=world.is_main, weights=ema.state_dict() if ema else None)
+                                           is_main=world.is_main, weights=ema.state_dict() if ema else None,
+                                           trained_mask=cfg.sparge.trained_mask() if cfg.sparge.enabled else None)
     metrics_log.close()
     barrier()
     return result
