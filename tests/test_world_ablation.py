@@ -40,3 +40,53 @@ def test_training_free_ablation_matches_the_density(tmp_path):
     md = (tmp_path / "out" / "ablation.md").read_text()
     assert "Training-free" in md and "The paper's orderings, measured" in md
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 10_000  # the plot, drawn
+
+
+def _ablation_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("world_ablation", ROOT / "tools/world/ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_fine_tuning_arm_trains_its_own_seed_at_the_ablation_size_under_its_mask(tmp_path):
+    from sparge_pipelines.world import WorldSize
+
+    abl = _ablation_module()
+    mask = abl.MaskSetting("hybrid", "tiled", 0.03, 0.14, 0.05, True)
+    size = WorldSize(16, 64, 64)
+    sparse = abl.fit_command(abl.Arm("velocity+hybrid", "velocity", mask), tmp_path / "t", tmp_path / "o", 300, 2,
+                             size, ["train.micro_batch_size=4"])
+    sets = [sparse[i + 1] for i, a in enumerate(sparse) if a == "--set"]
+    for expected in ("loss.kind=velocity", "train.max_steps=300", "train.seed=2", "data.world.seed=2",
+                     "data.world.sizes=[[16,64,64]]", "sparge.topk=0.03", "sparge.topp=0.14",
+                     "sparge.token_order=tiled", f"model.pretrained={tmp_path / 't'}", "train.micro_batch_size=4"):
+        assert expected in sets, expected
+    assert sets[-1] == "train.micro_batch_size=4"  # the caller's overrides come last: they win
+    dense = abl.fit_command(abl.Arm("dense diffusion (control)", "diffusion", None), tmp_path / "t", tmp_path / "o",
+                            300, 0, size, [])
+    assert "sparge.enabled=false" in dense and not any(a.startswith("sparge.topk") for a in dense)
+    assert abl.Arm("dense diffusion (control)", "diffusion", None).slug == "dense"
+
+
+def test_verdict_reads_the_papers_orderings_off_the_means():
+    abl = _ablation_module()
+
+    def row(mean):
+        return {"rel_mse": {"mean": {"mean": mean, "ci95": None, "n": 1}}}
+
+    report = {"token_order": "tiled",
+              "training_free": {"hybrid/tiled": row(0.03), "topk/tiled": row(0.04), "topp/tiled": row(0.06)},
+              "finetuned": {"velocity+hybrid": row(0.02), "diffusion+hybrid": row(0.01), "velocity+topk": row(0.015),
+                            "velocity+topp": row(0.025)}}
+    v = abl.verdict(report)
+    free = v["training_free: hybrid < topk < topp"]
+    assert free["held"] and free["measured"] == ["hybrid", "topk", "topp"]
+    assert free["steps"][0]["ratio"] == pytest.approx(0.04 / 0.03)
+    losses = v["hybrid: distillation < diffusion loss < training-free"]
+    assert not losses["held"] and losses["measured"] == ["diffusion loss", "distillation", "training-free"]
+    assert losses["steps"][0]["ratio"] == pytest.approx(0.5)  # below 1: that step of the claim failed
+    assert not v["distilled: hybrid < topk < topp"]["held"]

@@ -6,7 +6,8 @@ classifier, self-attention and step time, speedup), writes a side-by-side GIF an
     python tools/world/demo.py [--teacher teacher] [--student student] [--out out/world-demo]
 
 On a GPU it runs the CUDA kernels at 16x64x64 (the largest size the shipped teacher passed its gate at); on a CPU
-the PyTorch reference at 8x64x64, where the times say nothing about speed. Models are shipped names ("teacher", "student") or diffusers folders.
+the PyTorch reference at 8x64x64, where the times say nothing about speed. Models are shipped names ("teacher",
+"student") or diffusers folders.
 """
 
 from __future__ import annotations
