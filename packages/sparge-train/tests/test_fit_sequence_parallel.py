@@ -64,6 +64,11 @@ class Runs(FitRuns):
         check_ok(run_fit(cfg, nprocs=4, launcher="torchrun"))
         return out
 
+    def _degree2_compiled(self):  # degree 2 with the student's repeated blocks compiled (model.compile)
+        cfg, out = self._config("degree2_compiled", model={"compile": True}, **sp(2, 2))
+        check_ok(run_fit(cfg, nprocs=2, launcher="torchrun"))
+        return out
+
     def _degree2_killed_then_resumed(self):
         # Constant lr and step-indexed data: steps 1..5 of a long run are those of the 5-step run.
         cfg, out = self._config("degree2_resume", **sp(2, 3, max_steps=10_000, export_at_end=False))
@@ -102,6 +107,15 @@ def test_sequence_parallel_losses_match_one_process(runs, name):
     torch.testing.assert_close(torch.tensor([metrics[s]["grad_norm"] for s in range(1, STEPS + 1)]),
                                torch.tensor([base[s]["grad_norm"] for s in range(1, STEPS + 1)]), rtol=1e-4, atol=0)
     assert (out / "export" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_compiled_student_under_sequence_parallelism_matches_one_process(runs):
+    """diffusers' context-parallel hooks, the Ulysses all-to-alls and the sparge custom ops inside
+    compile_repeated_blocks: the same losses as the eager single process (inductor may fuse differently: 1e-4)."""
+    out = runs.get("degree2_compiled")
+    torch.testing.assert_close(losses(out), losses(runs.get("baseline")), rtol=1e-4, atol=0)
 
 
 @pytest.mark.multiprocess

@@ -77,14 +77,14 @@ def enable_context_parallel(pipe_or_transformer: Any, config: Any) -> None:
 
 
 def ulysses_sparge_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, parallel_config: Any,
-                             attention: Attention) -> tuple[torch.Tensor, BlockMask]:
+                             attention: Attention) -> tuple[torch.Tensor, BlockMask | None]:
     """`attention` (whole-sequence q, k, v (B, L, h, D) -> output, block mask) run where diffusers' dispatch runs
     an attention backend under Ulysses: between its sequence->head and head->sequence all-to-alls.
     Differentiable: diffusers' `TemplatedUlyssesAttention` runs the all-to-alls of the gradients in backward (the
     transposed exchange), around `attention`'s own backward (recomputed, see `backward_op`).
 
     query, key, value: this rank's (B, L/N, H, D) shard. Returns this rank's (B, L/N, H, D) output shard and the
-    block mask of this rank's H/N heads (rank r holds heads r·H/N .. (r+1)·H/N − 1)."""
+    block mask of this rank's H/N heads (rank r holds heads r·H/N .. (r+1)·H/N − 1); None under torch.compile."""
     from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
     masks: list[BlockMask] = []
@@ -94,7 +94,10 @@ def ulysses_sparge_attention(query: torch.Tensor, key: torch.Tensor, value: torc
         if _save_ctx:
             ctx.save_for_backward(query, key, value)
         out, mask = attention(query, key, value)
-        masks.append(mask)
+        # Under torch.compile this function is traced as a subgraph whose tensors may leave it only as outputs:
+        # the mask (for statistics) is kept in eager runs only.
+        if not torch.compiler.is_compiling():
+            masks.append(mask)
         return out
 
     def backward_op(ctx, grad_out, *args, **kwargs):
@@ -110,7 +113,7 @@ def ulysses_sparge_attention(query: torch.Tensor, key: torch.Tensor, value: torc
     out = _templated_context_parallel_attention(
         query, key, value, None, 0.0, False, None, False, False,
         forward_op=forward_op, backward_op=backward_op, _parallel_config=parallel_config)
-    return out, masks[0]
+    return out, (masks[0] if masks else None)
 
 
 def gather_heads(per_head: torch.Tensor, parallel_config: Any) -> torch.Tensor:

@@ -136,6 +136,10 @@ class SpargeWanAttnProcessor:
         if degree > 1:
             query, key, value = project_qkv(attn, hidden_states, rotary_emb)
             out, mask = ulysses_sparge_attention(query, key, value, self._parallel, self._attend_whole_sequence)
+            if mask is None and self.state.stats is not None:  # never a dense density for a sparse call
+                raise RuntimeError(f"{self.layer}: collect_stats under torch.compile with Ulysses sequence "
+                                   "parallelism: the block masks stay inside the compiled attention; collect "
+                                   "statistics in an eager run")
             return self._project_out(attn, out, query), mask
         if tiled:
             # Token-wise ops commute with the permutation: permute once before the projections, undo after.

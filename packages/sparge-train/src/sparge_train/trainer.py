@@ -132,7 +132,9 @@ def _prepare_models(cfg: RunConfig, models, sequence_parallel: SequenceParallel 
     if cfg.sparge.enabled:
         install_sparge(models.student, cfg.sparge)
     if cfg.model.compile:
-        models.student.compile_repeated_blocks(fullgraph=True, dynamic=False)  # one graph per video size
+        # diffusers' context-parallel hooks (sequence parallelism) split and gather a block's inputs with code
+        # dynamo cannot trace (inspect.signature in the hook): a graph break there, one graph elsewhere.
+        models.student.compile_repeated_blocks(fullgraph=sequence_parallel is None, dynamic=False)  # per video size
 
 
 def fit(cfg: RunConfig, world: WorldInfo | None = None) -> FitResult:
