@@ -155,6 +155,10 @@ class Arm:
     def slug(self) -> str:
         return self.name.split(" ")[0].replace("+", "_")
 
+    def run_dir(self, out: Path, seed: int) -> Path:
+        """Where this arm's fit of `seed` writes (its log beside it)."""
+        return out / "runs" / f"{self.slug}_s{seed}"
+
 
 def fit_command(arm: Arm, teacher: Path, out: Path, steps: int, seed: int, size: WorldSize,
                 extra: list[str]) -> list[str]:
@@ -278,17 +282,16 @@ def main() -> None:
                 Arm("velocity+topk", "velocity", settings[("topk", order)]),
                 Arm("velocity+topp", "velocity", settings[("topp", order)]),
                 Arm("dense diffusion (control)", "diffusion", None)]
-        runs = {args.out / "runs" / f"{arm.slug}_s{seed}": fit_command(
-                    arm, args.teacher, args.out / "runs" / f"{arm.slug}_s{seed}", args.finetune_steps, seed, size,
-                    args.fit_set) for arm in arms for seed in args.seeds}
+        runs = {(out := arm.run_dir(args.out, seed)): fit_command(arm, args.teacher, out, args.finetune_steps, seed,
+                                                                  size, args.fit_set)
+                for arm in arms for seed in args.seeds}
         t0 = time.perf_counter()
         wall = run_fits(runs, args.parallel or (5 if device == "cuda" else 1))
         report["finetune_s"] = time.perf_counter() - t0
         for arm in arms:
             per_seed, seed_samples = [], []
             for seed in args.seeds:
-                out = args.out / "runs" / f"{arm.slug}_s{seed}"
-                student = load_world_transformer(out / "export", device=device, dtype=dtype)
+                student = load_world_transformer(arm.run_dir(args.out, seed) / "export", device=device, dtype=dtype)
                 # each student on every probe set, averaged: the spread over seeds is the training seed's
                 errs = sparse_errors(probes, student, arm.setting)
                 per_seed.append({s: statistics.fmean(e[s] for e in errs) for s in map(str, SIGMAS)})
@@ -301,7 +304,7 @@ def main() -> None:
             report["finetuned"][arm.name] = {
                 "loss": arm.loss, "setting": arm.setting.__dict__ if arm.setting else None,
                 "rel_mse": summarize(per_seed), "per_seed": per_seed,
-                "fit_wall_s": [wall[args.out / "runs" / f"{arm.slug}_s{seed}"] for seed in args.seeds]}
+                "fit_wall_s": [wall[arm.run_dir(args.out, seed)] for seed in args.seeds]}
             if seed_samples:
                 report["finetuned"][arm.name]["samples"] = seed_samples
     args.out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from sparge_pipelines import SpargeConfig  # noqa: E402
 from sparge_pipelines.config import trained_sparge_fields  # noqa: E402
 from sparge_pipelines.world import WorldSize  # noqa: E402
 from sparge_pipelines.world.classifier import load_classifier  # noqa: E402
-from sparge_pipelines.world.model import load_world_transformer, shipped_models  # noqa: E402
+from sparge_pipelines.world.model import load_world_transformer, shipped_models, world_model_dir  # noqa: E402
 from sparge_pipelines.world.sampler import SamplerConfig  # noqa: E402
 
 # examples/world_student.yaml's mask (5% density at 16x64x64), for a run without a distilled student to read it from
@@ -107,7 +107,7 @@ def main() -> int:
     trained: dict = {}
     if args.student != "none" and (args.student != "student" or "student" in shipped_models()):
         models.append(("student, sparse (distilled)", load("--student", args.student), True))
-        trained = trained_sparge_fields(shipped_models().get(args.student, Path(args.student)))
+        trained = trained_sparge_fields(world_model_dir(args.student))  # the folder the loader just read
     # both sparse rows share one mask, so the rows differ by training alone
     mask = {**DEFAULT_MASK, **trained, **{k: v for k in DEFAULT_MASK if (v := getattr(args, k)) is not None}}
     classifier = load_classifier(args.classifier, device=args.device)

@@ -127,9 +127,9 @@ class GenerateConfig:
         return {name: trained.get(name, getattr(SpargeConfig, name)) for name in TRAINED_FIELDS}
 
     def sparge_config(self) -> SpargeConfig:
-        mask = {name: getattr(self, name) for name in TRAINED_FIELDS}
-        if any(v is None for v in mask.values()):
-            mask = {name: self._mask_defaults()[name] if v is None else v for name, v in mask.items()}
+        mask = {name: v for name in TRAINED_FIELDS if (v := getattr(self, name)) is not None}
+        if len(mask) < len(TRAINED_FIELDS):  # the model's sparge.json is read once, only when something is unset
+            mask = {**self._mask_defaults(), **mask}
         return SpargeConfig(**mask, dense_steps=self.dense_steps, collect_stats=self.stats,
                             time_attention=self.time_attention, block_q=self.block_q, block_k=self.block_k)
 

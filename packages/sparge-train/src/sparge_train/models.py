@@ -180,6 +180,9 @@ def build_student_teacher(cfg: RunConfig, *, student_ds: dict, teacher_ds: dict 
 
     arch = transformer_arch(cfg)
     pretrained = resolve_transformer_dir(cfg.model.pretrained) if cfg.model.pretrained else None
+    # the student's own start (an earlier export); loaded after the teacher took the pretrained weights
+    student_init = safetensors_files(resolve_transformer_dir(cfg.model.student_init, "model.student_init"),
+                                     "model.student_init") if cfg.model.student_init else None
     need_teacher = cfg.loss.needs_teacher
     if cfg.deepspeed.zero_stage == 3:
         import deepspeed
@@ -198,9 +201,8 @@ def build_student_teacher(cfg: RunConfig, *, student_ds: dict, teacher_ds: dict 
         elif need_teacher:
             teacher = _new_model(arch, cfg.model.init_seed)
             _copy_gathered(student, teacher)
-        if cfg.model.student_init:  # after the teacher took the pretrained weights
-            init = resolve_transformer_dir(cfg.model.student_init, "model.student_init")
-            _load_into_zero3(student, safetensors_files(init, "model.student_init"), rank, "model.student_init")
+        if student_init is not None:
+            _load_into_zero3(student, student_init, rank, "model.student_init")
         return StudentTeacher(student, freeze(teacher) if teacher is not None else None, arch, True, sharded_teacher)
 
     if pretrained is not None:
@@ -208,9 +210,8 @@ def build_student_teacher(cfg: RunConfig, *, student_ds: dict, teacher_ds: dict 
     else:
         student = _new_model(arch, cfg.model.init_seed)
     teacher = freeze(copy.deepcopy(student)) if need_teacher else None
-    if cfg.model.student_init:  # after the teacher took the pretrained weights
-        init = resolve_transformer_dir(cfg.model.student_init, "model.student_init")
-        _load_into(student, safetensors_files(init, "model.student_init"), "model.student_init")
+    if student_init is not None:
+        _load_into(student, student_init, "model.student_init")
     return StudentTeacher(student, teacher, arch, False, False)
 
 

@@ -119,7 +119,11 @@ class MemoryPlan:
 
     @property
     def fits(self) -> bool:
-        return self.total_gpu_bytes <= self.request.gpu_mem_gib * GIB
+        return self.fits_in_gpu(self.total_gpu_bytes)
+
+    def fits_in_gpu(self, peak_bytes: int) -> bool:
+        """Whether a peak of `peak_bytes` per GPU fits the request's GPU memory (`fits` is this plan's)."""
+        return peak_bytes <= self.request.gpu_mem_gib * GIB
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -304,7 +308,7 @@ def memory_plan(req: PlanRequest) -> MemoryPlan:
         plan.notes.append(f"sequence parallelism: Ulysses degree {sp}, {local_seq} tokens per GPU, "
                           f"{req.world_size // sp} data-parallel group(s) of {sp} GPUs (one sample per group); "
                           f"without it: peak {single / GIB:.1f} GiB per GPU "
-                          f"({'fits' if single <= req.gpu_mem_gib * GIB else 'does NOT fit'})")
+                          f"({'fits' if plan.fits_in_gpu(single) else 'does NOT fit'})")
     plan.notes.append(f"DeepSpeed's estimator (model states of the trained student only, no teacher/activations): "
                       f"{plan.deepspeed_estimate['gpu_bytes'] / GIB:.2f} GiB per GPU, "
                       f"{plan.deepspeed_estimate['cpu_bytes_per_node'] / GIB:.1f} GiB CPU per node")
@@ -346,6 +350,6 @@ def format_plan(plan: MemoryPlan) -> str:
         lines += ["", f"| Ulysses degree | tokens per GPU | peak GiB per GPU | {r.gpu_mem_gib:g} GiB |",
                   "|---:|---:|---:|---|"]
         lines += [f"| {d} | {plan.seq_len // d} | {peak / GIB:.1f} | "
-                  f"{'fits' if peak <= r.gpu_mem_gib * GIB else 'does NOT fit'} |"
+                  f"{'fits' if plan.fits_in_gpu(peak) else 'does NOT fit'} |"
                   for d, peak in plan.by_degree.items()]
     return "\n".join(lines)

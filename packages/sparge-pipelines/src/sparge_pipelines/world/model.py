@@ -18,7 +18,7 @@ from ..model_source import shipped_world_models as shipped_models
 from .vocab import TEXT_DIM
 
 __all__ = ["WORLD_TRANSFORMER_CONFIG", "WEIGHTS_DIR", "new_world_transformer", "load_world_transformer",
-           "shipped_models"]
+           "shipped_models", "world_model_dir"]
 
 WORLD_TRANSFORMER_CONFIG: dict[str, Any] = dict(
     patch_size=(1, 4, 4),
@@ -47,16 +47,22 @@ def new_world_transformer(seed: int = 0) -> torch.nn.Module:
     return WanTransformer3DModel(**WORLD_TRANSFORMER_CONFIG)
 
 
-def load_world_transformer(name_or_path: str | Path = "teacher", *, device: torch.device | str = "cpu",
-                           dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A shipped model by name ("teacher", "student") or a diffusers WanTransformer3DModel folder, offline."""
-    from diffusers import WanTransformer3DModel
-
+def world_model_dir(name_or_path: str | Path) -> Path:
+    """The folder of a shipped model by name ("teacher", "student") or of a diffusers WanTransformer3DModel."""
     shipped = shipped_models()
     path = shipped.get(str(name_or_path), Path(name_or_path))
     if not (path / "config.json").is_file():
         known = sorted(shipped) or "none in this installation"
         raise FileNotFoundError(f"model: {name_or_path!r} is neither a shipped world model ({known}) nor a folder "
                                 "with a WanTransformer3DModel config.json")
+    return path
+
+
+def load_world_transformer(name_or_path: str | Path = "teacher", *, device: torch.device | str = "cpu",
+                           dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A shipped model by name ("teacher", "student") or a diffusers WanTransformer3DModel folder, offline."""
+    from diffusers import WanTransformer3DModel
+
+    path = world_model_dir(name_or_path)
     model = WanTransformer3DModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
     return model.to(device).eval().requires_grad_(False)
