@@ -35,6 +35,6 @@ for size in ${GATE_SIZES:-16x64x64 8x64x64}; do
 done
 python3 tools/world/demo.py --teacher "$teacher" --student $run/export --size "${DEMO_SIZE:-16x64x64}" \
   --topk "$topk" --topp "$topp" --token-order "$order" --out "$res/demo" 2>&1 | grep -v Warning | tail -8
-mkdir -p "$out/student" && cp $run/export/config.json $run/export/diffusion_pytorch_model.safetensors "$out/student/"
+mkdir -p "$out/student" && cp $run/export/config.json $run/export/diffusion_pytorch_model.safetensors $run/export/sparge.json "$out/student/"
 (cd "$out" && tar czf student.tgz --remove-files student-results)
 echo "segment done after ${SECONDS}s"
