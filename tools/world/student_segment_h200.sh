@@ -6,7 +6,8 @@
 # Run from the repo root on the device with carry=[".carry"] (tools/device/prepare_carry.sh fills it). The teacher
 # is TEACHER= (default: the config's, the shipped teacher). Call again while the machine is warm to resume from
 # /tmp/world-student's checkpoint. Results: $OUT/student.tgz (logs, gate JSONs, demo) and $OUT/student/ (export).
-# GATE_SIZES (default "16x64x64 8x64x64") and GATE_COUNT (128) set the gate; DEMO_SIZE (16x64x64) the demo's.
+# GATE_SIZES (default "16x64x64 8x64x64") and GATE_COUNT (128) set the gate; DEMO_SIZE (16x64x64) the demo's
+# (none: no demo, for a segment that only needs the gate's numbers).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 budget=${1:?train seconds}; shift
@@ -33,8 +34,9 @@ for size in ${GATE_SIZES:-16x64x64 8x64x64}; do
     --count "${GATE_COUNT:-128}" --topk "$topk" --topp "$topp" --token-order "$order" \
     --out "$res/gate_student_$size.json" 2>&1 | grep -v Warning | tail -6
 done
-python3 tools/world/demo.py --teacher "$teacher" --student $run/export --size "${DEMO_SIZE:-16x64x64}" \
-  --topk "$topk" --topp "$topp" --token-order "$order" --out "$res/demo" 2>&1 | grep -v Warning | tail -8
+[ "${DEMO_SIZE:-}" = none ] || python3 tools/world/demo.py --teacher "$teacher" --student $run/export \
+  --size "${DEMO_SIZE:-16x64x64}" --topk "$topk" --topp "$topp" --token-order "$order" --out "$res/demo" 2>&1 \
+  | grep -v Warning | tail -8
 mkdir -p "$out/student" && cp $run/export/config.json $run/export/diffusion_pytorch_model.safetensors $run/export/sparge.json "$out/student/"
 (cd "$out" && tar czf student.tgz --remove-files student-results)
 echo "segment done after ${SECONDS}s"
