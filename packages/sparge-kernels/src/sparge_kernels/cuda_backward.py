@@ -48,7 +48,8 @@ def backward(
     """Backend.backward on HND views: (dq, dk, dv), each (B, H, L, D) in the dtype and memory layout of q, k, v.
 
     `options` (default: `current_kernel_options()`, read here, at launch) picks the dK/dV kernel
-    (`backward_path`; deterministic=True always runs the SM80 kernels), the dQ accumulation and the debug fill. Shapes were checked by the public API; out and dout come from the forward and autograd.
+    (`backward_path`; deterministic=True always runs the SM80 kernels), the dQ accumulation and the debug fill.
+    Shapes were checked by the public API; out and dout come from the forward and autograd.
     """
     options = options if options is not None else current_kernel_options()
     b, h, lq, d = q.shape

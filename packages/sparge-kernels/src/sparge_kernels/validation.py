@@ -1,7 +1,8 @@
 """Argument checks, all of them: bad input raises an error that names the argument.
 
 The public API (api.py) checks what every backend needs; the CUDA glue adds what only the compiled kernels
-need (`check_attention_kernel_args`, `check_forward_path`, `check_backward_path`). Nothing is checked twice on the way to a kernel.
+need (`check_attention_kernel_args`, `check_forward_path`, `check_backward_path`). Nothing is checked twice on the
+way to a kernel.
 """
 
 from __future__ import annotations
