@@ -22,9 +22,9 @@ import pytest
 import torch
 
 import sparge_kernels as sk
-from sparge_kernels import KernelOptions, cuda_backward, cuda_forward, reference
+from sparge_kernels import KernelOptions, cuda, cuda_backward, cuda_forward, reference
 from sparge_kernels.block_mask import BlockMask
-from sparge_kernels.validation import num_blocks
+from sparge_kernels.validation import KernelNotBuiltError, check_backward_path, num_blocks
 
 pytestmark = pytest.mark.gpu
 
@@ -38,6 +38,11 @@ def backward_path(request, monkeypatch):
     callspec = getattr(request.node, "callspec", None)
     if request.param == "sm90" and callspec is not None and callspec.params.get("deterministic") is True:
         pytest.skip("deterministic=True runs the SM80 kernels whatever backward_path says")
+    if request.param == "sm90":  # (conftest skipped the test already where there is no GPU or no build)
+        try:
+            check_backward_path("sm90", cuda._C.build_archs, torch.cuda.get_device_capability())
+        except KernelNotBuiltError as exc:
+            pytest.skip(f"no Hopper backward here: {exc}")
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
     with sk.kernel_options(backward_path=request.param, debug_fill=float("nan")):
         yield request.param

@@ -6,6 +6,8 @@
 
 #include <cuda_runtime.h>
 
+#include <stdexcept>
+
 #include "backward/backward_api.h"
 #include "backward/dq_accumulate_bwd.h"
 #include "backward/kernel_bwd_sm90.h"
