@@ -50,6 +50,9 @@ struct KernelTraitsBwdSm90 : MaskBlockTiles, KernelInstance<kHeadDim, Element> {
   using SmemLayoutPdSt = decltype(composition(
       SmemLayoutPdS{}, make_ordered_layout(Shape<Int<kBlockN>, Int<kBlockM>>{}, Step<_2, _1>{})));
 
+  // P/dS registers -> smem: stmatrix (8x8 b16 matrices, 4 per instruction) over the S/dP accumulator layout.
+  using SmemCopyAtomPdS = Copy_Atom<SM90_U32x4_STSM_N, Element>;
+
   // S = Q·Kᵀ and dP = dO·Vᵀ: 128 x 64 x D, one 64-row slab per consumer warpgroup, both operands K-major.
   using TiledMmaSdP = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN>, Int<kHeadDim>>>(),

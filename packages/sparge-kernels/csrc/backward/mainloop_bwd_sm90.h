@@ -130,8 +130,10 @@ struct MainloopBwdSm90 {
 
     // (query row in the block, key) of every S/dP accumulator element, its place in sP/sdS, and (row, dim) of dQ.
     Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
-    Tensor tPsP = thr_sdp.partition_C(sP);
-    Tensor tdSsdS = thr_sdp.partition_C(sdS);
+    auto copy_pds = make_tiled_copy_C(typename Traits::SmemCopyAtomPdS{}, mma_sdp);
+    auto thr_copy_pds = copy_pds.get_thread_slice(thread_idx);
+    Tensor tPsP = thr_copy_pds.partition_D(sP);
+    Tensor tdSsdS = thr_copy_pds.partition_D(sdS);
     Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 
     const int keys_valid = tile.rows_valid;
@@ -165,8 +167,8 @@ struct MainloopBwdSm90 {
       convert_fragment(acc_dp, rdS);
 
       cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSFree);
-      cute::copy(rP, tPsP);
-      cute::copy(rdS, tdSsdS);
+      cute::copy(copy_pds, thr_copy_pds.retile_S(rP), tPsP);
+      cute::copy(copy_pds, thr_copy_pds.retile_S(rdS), tdSsdS);
       cutlass::arch::fence_view_async_shared();  // generic-proxy stores -> visible to wgmma (async proxy)
       cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSReady);
 

@@ -4,7 +4,8 @@
 //   - the 256 consumer threads cover every S/dP, dK/dV and dQ accumulator element exactly once, value pairs
 //     (2j, 2j+1) are adjacent columns of one row (the 8-byte atomics, 4-byte stores), dK/dV are split over the
 //     head dim by warpgroup, and S/dP/dQ rows 64w..64w+63 belong to warpgroup w;
-//   - dS re-read as the register A operand of dQ = dS·K (accumulator_as_a_operand) holds the right elements.
+//   - dS re-read as the register A operand of dQ = dS·K (accumulator_as_a_operand) holds the right elements;
+//   - the stmatrix copy of P/dS to smem stores each register value at its own (query row, key).
 // Prints one line per instantiation and exits non-zero on any mismatch.
 #include <cstdio>
 #include <vector>
@@ -56,6 +57,21 @@ int check() {
     Tensor a = typename T::TiledMmadQ{}.get_thread_slice(t).partition_A(make_identity_tensor(Shape<Int<M>, Int<N>>{}));
     if (size(as_a) != size(a)) return 1 + bad;
     for (int i = 0; i < size(a); ++i) bad += as_a(i) != a(i);
+  }
+  // The stmatrix copy of P/dS: the registers it stores are the S/dP accumulator values of the same (row, key).
+  auto copy_pds = make_tiled_copy_C(typename T::SmemCopyAtomPdS{}, typename T::TiledMmaSdP{});
+  for (int t = 0; t < T::kNumMmaThreads; ++t) {
+    auto thr = copy_pds.get_thread_slice(t);
+    typename T::TiledMmaSdP mma;
+    Tensor c = mma.get_thread_slice(t).partition_C(make_identity_tensor(Shape<Int<M>, Int<N>>{}));
+    Tensor acc = partition_fragment_C(mma, Shape<Int<M>, Int<N>>{});  // a register tensor, as in the kernel
+    for (int i = 0; i < size(acc); ++i) acc(i) = float(get<0>(c(i)) * N + get<1>(c(i)));
+    Tensor src = thr.retile_S(acc);
+    // stmatrix is warp-collective: a thread's values land where the copy's source partition says they are (the
+    // atom moves logical coordinate (row, key) of the source to the same coordinate of the destination).
+    Tensor logical = thr.partition_S(make_identity_tensor(Shape<Int<M>, Int<N>>{}));
+    if (size(src) != size(logical)) return 1 + bad;
+    for (int i = 0; i < size(src); ++i) bad += src(i) != float(get<0>(logical(i)) * N + get<1>(logical(i)));
   }
   printf("head dim %d, %d stages, %d B smem: %d mismatches\n", D, S, T::kSmemBytes, bad);
   return bad;
