@@ -185,6 +185,7 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
 
     import sparge_kernels as sk
     from sparge_kernels import cuda_backward
+    from sparge_kernels.validation import KernelNotBuiltError, check_backward_path
 
     b, h, length, d = ctx.shape
     scale = d**-0.5
@@ -205,6 +206,12 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
         return attend
 
     rows: list[Row] = []
+    # The Hopper backward's rows (backward_path="sm90") where this GPU and build have it.
+    try:
+        check_backward_path("sm90", sk.cuda._C.build_archs, torch.cuda.get_device_capability(q.device))
+        hopper_backward = True
+    except KernelNotBuiltError:
+        hopper_backward = False
     t_ref = time_ms(fwd_bwd(sdpa(SDPBackend.CUDNN_ATTENTION)))
 
     def add(label: str, ms: float, flops: float) -> None:
@@ -223,12 +230,22 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
             add(f"FlexAttention fwd+bwd, {what}", t, 3.5 * ctx.dense_flops * kept)
         t = time_ms(fwd_bwd(lambda q, k, v, m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale)))
         add(f"**sparge fwd+bwd**, {what}", t, 3.5 * ctx.dense_flops * kept)
+        if hopper_backward:
+
+            def fwd_bwd_sm90(m=mask):
+                with sk.kernel_options(backward_path="sm90"):  # read when autograd launches the backward
+                    return fwd_bwd(lambda q, k, v: sk.block_sparse_attention(q, k, v, m, scale=scale))()
+
+            add(f"**sparge fwd+bwd (sm90 backward)**, {what}", time_ms(fwd_bwd_sm90), 3.5 * ctx.dense_flops * kept)
         with torch.no_grad():
             out, lse = sk.block_sparse_attention(q, k, v, mask, scale=scale, return_lse=True)
         idx = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, BLOCK_Q, BLOCK_K, scale)
-        for mode, accumulate, det in (("bulk-reduce dQ", "bulk", False), ("atomic dQ", "atomic", False),
-                                      ("deterministic dQ", "bulk", True)):
-            options = sk.KernelOptions(dq_accumulate=accumulate)
+        modes = [("bulk-reduce dQ", "bulk", False, "sm80"), ("atomic dQ", "atomic", False, "sm80"),
+                 ("deterministic dQ", "bulk", True, "sm80")]
+        if hopper_backward:
+            modes.append(("sm90 wgmma, atomic dQ", "atomic", False, "sm90"))
+        for mode, accumulate, det, path in modes:
+            options = sk.KernelOptions(dq_accumulate=accumulate, backward_path=path)
 
             def bwd(det=det, options=options, out=out, lse=lse, idx=idx):
                 return cuda_backward.backward(dout, q, k, v, out, lse, None, *idx, det, options=options)

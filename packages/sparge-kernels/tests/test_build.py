@@ -10,7 +10,12 @@ import torch
 import sparge_kernels
 from sparge_kernels import backend as backend_mod
 from sparge_kernels import cuda as cuda_mod
-from sparge_kernels.validation import KernelNotBuiltError, check_attention_kernel_args, check_forward_path
+from sparge_kernels.validation import (
+    KernelNotBuiltError,
+    check_attention_kernel_args,
+    check_backward_path,
+    check_forward_path,
+)
 
 
 def test_package_imports_and_exposes_api():
@@ -127,3 +132,12 @@ def test_the_sm90_path_needs_a_hopper_build_and_gpu():
     for archs, capability in (("80,86", (9, 0)), ("80,90a", (8, 0))):
         with pytest.raises(KernelNotBuiltError, match="forward_path='sm90' needs an sm_90 GPU and a build for 90a"):
             check_forward_path("sm90", archs, capability)
+
+
+def test_the_sm90_backward_path_needs_a_hopper_build_and_gpu():
+    check_backward_path("sm90", "80,90a", (9, 0))
+    for path in ("auto", "sm80"):
+        check_backward_path(path, "80", (8, 0))
+    for archs, capability in (("80,86", (9, 0)), ("80,90a", (8, 0)), ("90a", (10, 0))):
+        with pytest.raises(KernelNotBuiltError, match="backward_path='sm90' needs an sm_90 GPU and a build for 90a"):
+            check_backward_path("sm90", archs, capability)

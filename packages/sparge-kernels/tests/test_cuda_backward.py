@@ -9,7 +9,9 @@ reference): bf16 ≤ 2e-2, fp16 ≤ 5e-3 — the kernels round P and dS to the i
 (bf16 keeps 8 mantissa bits, fp16 11), accumulate in fp32. Where the reference gradient is exactly zero (query
 blocks that kept no key, key blocks no query kept) the kernel's must be exactly zero.
 Outputs are poisoned with NaN before every launch (KernelOptions.debug_fill) and must come back finite.
-Variants this build or GPU lacks skip (conftest.py).
+Every test runs on both dK/dV kernels (KernelOptions.backward_path "sm80" and "sm90"; deterministic=True always
+runs the SM80 kernels, so its sm90 copies skip). Variants this build or GPU lacks skip (conftest.py), the sm90
+path too where the GPU is not sm_90 or the build has no 90a.
 """
 
 from __future__ import annotations
@@ -20,20 +22,36 @@ import pytest
 import torch
 
 import sparge_kernels as sk
-from sparge_kernels import KernelOptions, cuda_backward, cuda_forward, reference
+from sparge_kernels import KernelOptions, cuda, cuda_backward, cuda_forward, reference
 from sparge_kernels.block_mask import BlockMask
-from sparge_kernels.validation import num_blocks
+from sparge_kernels.validation import KernelNotBuiltError, check_backward_path, num_blocks
 
 pytestmark = pytest.mark.gpu
 
 REL_BUDGET = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
-@pytest.fixture(autouse=True)
-def poison_outputs(monkeypatch):
+@pytest.fixture(autouse=True, params=["sm80", "sm90"])
+def backward_path(request, monkeypatch):
+    """Runs each test on one dK/dV kernel, outputs poisoned with NaN. A deterministic=True case runs the SM80
+    kernels whatever backward_path says: its sm90 copy skips instead of repeating the sm80 one."""
+    callspec = getattr(request.node, "callspec", None)
+    if request.param == "sm90" and callspec is not None and callspec.params.get("deterministic") is True:
+        pytest.skip("deterministic=True runs the SM80 kernels whatever backward_path says")
+    if request.param == "sm90":  # (conftest skipped the test already where there is no GPU or no build)
+        try:
+            check_backward_path("sm90", cuda._C.build_archs, torch.cuda.get_device_capability())
+        except KernelNotBuiltError as exc:
+            pytest.skip(f"no Hopper backward here: {exc}")
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
-    with sk.kernel_options(debug_fill=float("nan")):
-        yield
+    with sk.kernel_options(backward_path=request.param, debug_fill=float("nan")):
+        yield request.param
+
+
+def sm80_only(backward_path):
+    """For tests that only run deterministic=True (the SM80 kernels whatever backward_path says)."""
+    if backward_path == "sm90":
+        pytest.skip("deterministic=True runs the SM80 kernels whatever backward_path says")
 
 
 def forward(q, k, v, mask, scale):
@@ -164,7 +182,8 @@ def test_empty_mask_gives_exact_zeros():
             assert (t == 0).all()
 
 
-def test_dlse_none_equals_zero_dlse():
+def test_dlse_none_equals_zero_dlse(backward_path):
+    sm80_only(backward_path)
     b, h, lq, lk, d = 1, 2, 600, 600, 64
     q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.float16)
     mask = random_mask(b, h, lq, lk, density=0.4)
@@ -176,7 +195,8 @@ def test_dlse_none_equals_zero_dlse():
         assert torch.equal(x, y)
 
 
-def test_deterministic_is_bitwise_reproducible():
+def test_deterministic_is_bitwise_reproducible(backward_path):
+    sm80_only(backward_path)
     b, h, lq, lk, d = 2, 4, 1500, 1500, 128
     q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.bfloat16, seed=11)
     mask = random_mask(b, h, lq, lk, density=0.5, seed=11)
@@ -188,8 +208,10 @@ def test_deterministic_is_bitwise_reproducible():
     for x, y in zip(first, second):
         assert torch.equal(x, y)
     # The atomic mode differs only in dQ's summation order; dK and dV never use atomics. (Options passed explicitly.)
-    atomic = cuda_backward.backward(dout, q, k, v, out, lse, dlse, *args, False,
-                                    options=KernelOptions(dq_accumulate="atomic", debug_fill=float("nan")))
+    atomic = cuda_backward.backward(
+        dout, q, k, v, out, lse, dlse, *args, False,
+        options=KernelOptions(dq_accumulate="atomic", debug_fill=float("nan"), backward_path="sm80"),
+    )
     assert torch.equal(atomic[1], first[1]) and torch.equal(atomic[2], first[2])
     assert rel_err(atomic[0], first[0].double()) <= 1e-2
 
@@ -226,6 +248,35 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="head dim"):
         q3, k3, v3, d3 = make_inputs(1, 1, 128, 64, 96, torch.bfloat16)
         cuda_backward.backward(d3, q3, k3, v3, q3, lse, None, *idx, 128, 64, 0.1, False)
+
+
+@pytest.mark.parametrize("dtype,d,layout", [(torch.bfloat16, 128, "HND"), (torch.float16, 64, "NHD"),
+                                            (torch.bfloat16, 64, "NHD"), (torch.float16, 128, "HND")])
+def test_sm80_and_sm90_agree(backward_path, dtype, d, layout):
+    """The Hopper kernel against the SM80 one on the same inputs: both round P and dS to the input dtype, so they
+    differ only by fp32 summation order (and the rare P/dS element that rounds the other way)."""
+    if backward_path == "sm80":
+        pytest.skip("compares both paths; runs once, as the sm90 case")
+    b, h, lq, lk = 2, 3, 700, 900  # tails on both sides, Lq != Lk
+    q, k, v, dout = make_inputs(b, h, lq, lk, d, dtype, layout, seed=4)
+    mask = random_mask(b, h, lq, lk, density=0.3, seed=4, empty_rows=0.2)
+    scale = d**-0.5
+    out, lse = forward(q, k, v, mask, scale)
+    dlse = torch.randn_like(lse)
+    args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale, False)
+    grads = {
+        path: cuda_backward.backward(
+            dout, q, k, v, out, lse, dlse, *args,
+            options=KernelOptions(backward_path=path, debug_fill=float("nan")),
+        )
+        for path in ("sm80", "sm90")
+    }
+    budget = {torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    for name, x, y in zip(("dq", "dk", "dv"), grads["sm90"], grads["sm80"]):
+        assert torch.isfinite(x).all(), f"{name}: NaN/inf from the sm90 kernel"
+        assert (x[(y == 0).all(dim=-1)] == 0).all(), f"{name}: sm90 nonzero in rows where sm80 is exactly zero"
+        err = rel_err(x, y.double())
+        assert err <= budget, f"{name}: sm90 vs sm80 relative difference {err:.2e} > {budget:.0e}"
 
 
 # ------------------------------------------------------------------------------ through the autograd of the ops
@@ -277,7 +328,7 @@ def test_torch_compile_fullgraph_traces_cuda_backward():
         assert rel_err(x, y.double()) <= 1e-2
 
 
-def test_options_reach_the_backward_run_by_autograd(monkeypatch):
+def test_options_reach_the_backward_run_by_autograd(monkeypatch, backward_path):
     """kernel_options() is process-wide: the autograd engine runs the backward of CUDA tensors in its own device
     thread, and the glue must see the scope's options there too."""
     seen = []
@@ -293,5 +344,5 @@ def test_options_reach_the_backward_run_by_autograd(monkeypatch):
     mask = random_mask(1, 2, 300, 300, density=0.5)
     with sk.kernel_options(dq_accumulate="atomic"):
         sk.block_sparse_attention(q, k, v, mask).backward(dout)
-    assert [o.dq_accumulate for _, o in seen] == ["atomic"]
+    assert [(o.dq_accumulate, o.backward_path) for _, o in seen] == [("atomic", backward_path)]
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))

@@ -17,9 +17,9 @@ from torch import nn
 
 import sparge_kernels as sk
 from sparge_kernels import backend as backend_mod
-from sparge_kernels import cuda_backward
+from sparge_kernels import cuda, cuda_backward
 from sparge_kernels.block_mask import BlockMask
-from sparge_kernels.validation import num_blocks
+from sparge_kernels.validation import check_backward_path, num_blocks
 
 pytestmark = pytest.mark.gpu
 
@@ -88,7 +88,10 @@ def _train(mask, data, target, init_state) -> list[float]:
     return losses
 
 
-def test_training_tracks_reference(monkeypatch):
+@pytest.mark.parametrize("backward_path", ["sm80", "sm90"])
+def test_training_tracks_reference(monkeypatch, backward_path):
+    """backward_path="sm90" skips where the GPU or build has no Hopper backward (conftest.py)."""
+    check_backward_path(backward_path, cuda._C.build_archs, torch.cuda.get_device_capability())
     torch.manual_seed(0)
     g = torch.Generator(device="cuda").manual_seed(0)
     nq, nk = num_blocks(SEQ, 128), num_blocks(SEQ, 64)
@@ -111,7 +114,8 @@ def test_training_tracks_reference(monkeypatch):
 
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
     monkeypatch.setattr(backend_mod, "CUDA", dataclasses.replace(backend_mod.CUDA, backward=counted_backward))
-    cuda_losses = _train(mask, data, target, init_state)
+    with sk.kernel_options(backward_path=backward_path):
+        cuda_losses = _train(mask, data, target, init_state)
     assert len(calls) == 2 * STEPS  # two attention layers per step
 
     monkeypatch.setenv("SPARGE_BACKEND", "reference")

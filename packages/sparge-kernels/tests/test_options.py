@@ -14,6 +14,7 @@ from sparge_kernels.options import current_kernel_options
 
 def test_defaults(monkeypatch):
     monkeypatch.delenv("SPARGE_FORWARD_PATH", raising=False)
+    monkeypatch.delenv("SPARGE_BACKWARD_PATH", raising=False)
     assert current_kernel_options() == sk.KernelOptions("auto", "bulk", None)
     monkeypatch.setenv("SPARGE_FORWARD_PATH", "sm80")
     assert current_kernel_options().forward_path == "sm80"
@@ -22,10 +23,30 @@ def test_defaults(monkeypatch):
         current_kernel_options()
 
 
+def test_backward_path_default_and_env(monkeypatch):
+    """backward_path: SPARGE_BACKWARD_PATH, else "auto" (which means the SM80 kernel until the Hopper one has
+    passed on a GPU); independent of forward_path; positional KernelOptions(forward, dq, fill) keeps its meaning."""
+    monkeypatch.delenv("SPARGE_FORWARD_PATH", raising=False)
+    monkeypatch.delenv("SPARGE_BACKWARD_PATH", raising=False)
+    assert current_kernel_options().backward_path == "auto"
+    assert sk.KernelOptions("sm80", "atomic", None).backward_path == "auto"
+    monkeypatch.setenv("SPARGE_BACKWARD_PATH", "sm90")
+    assert current_kernel_options() == sk.KernelOptions(backward_path="sm90")
+    with sk.kernel_options(forward_path="sm80") as scoped:  # a scope starts from the env defaults
+        assert scoped.backward_path == "sm90" and scoped.forward_path == "sm80"
+    with sk.kernel_options(backward_path="sm80") as scoped:
+        assert current_kernel_options().backward_path == "sm80"
+    monkeypatch.setenv("SPARGE_BACKWARD_PATH", "hopper")
+    with pytest.raises(ValueError, match="SPARGE_BACKWARD_PATH must be one of"):
+        current_kernel_options()
+
+
 @pytest.mark.parametrize(
     "fields,exc,match",
     [
         (dict(forward_path="sm75"), ValueError, "KernelOptions.forward_path must be one of"),
+        (dict(backward_path="sm100"), ValueError, "KernelOptions.backward_path must be one of"),
+        (dict(backward_path=None), ValueError, "KernelOptions.backward_path must be one of"),
         (dict(dq_accumulate="fast"), ValueError, "KernelOptions.dq_accumulate must be one of"),
         (dict(debug_fill="nan"), TypeError, "KernelOptions.debug_fill must be a float or None, got str"),
         (dict(debug_fill=True), TypeError, "KernelOptions.debug_fill"),

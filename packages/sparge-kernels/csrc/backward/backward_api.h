@@ -8,12 +8,22 @@
 
 namespace sparge::bwd {
 
+// Which dK/dV kernel runs in the default (non-deterministic) mode: kAuto is the SM80 mma.sync kernel until the
+// Hopper one has passed on a GPU; kSm90 the warp-specialised wgmma/TMA kernel (sm_90 GPU and a 90a build).
+// Deterministic mode always runs the SM80 kernels.
+enum class BackwardPath { kAuto, kSm80, kSm90 };
+
 // Defined in the generated instantiation files; only the configured (head dim, dtype) pairs exist.
 template <int kHeadDim, DType kDType>
 void run_bwd_sm80(BwdParams const& params, cudaStream_t stream);
+template <int kHeadDim, DType kDType>
+void run_bwd_sm90(BwdParams const& params, cudaStream_t stream);
 
 // Runs the whole backward on `stream`. Throws std::invalid_argument for a (head dim, dtype) this build has no
-// kernels for, std::runtime_error for a CUDA failure.
-void dispatch_backward(BwdParams const& params, DType dtype, cudaStream_t stream);
+// kernels for or kSm90 where it cannot run, std::runtime_error for a CUDA failure.
+void dispatch_backward(BwdParams const& params, DType dtype, BackwardPath path, cudaStream_t stream);
+
+// The path that runs for these params on the current device (kAuto resolved; kSm80 when deterministic).
+BackwardPath resolve_backward_path(BwdParams const& params, BackwardPath path);
 
 }  // namespace sparge::bwd

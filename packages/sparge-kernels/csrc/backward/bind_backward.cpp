@@ -3,6 +3,7 @@
 // strides); sizes and the element type come from them. The torch glue (cuda_backward.py) allocates outputs and
 // workspace and passes the caller's current stream. Bad arguments raise ValueError (std::invalid_argument).
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
 
 #include <cstdint>
 #include <stdexcept>
@@ -23,12 +24,20 @@ namespace {
 
 using sparge::TensorArg;
 
+sparge::bwd::BackwardPath parse_path(std::string const& path) {
+  if (path == "auto") return sparge::bwd::BackwardPath::kAuto;
+  if (path == "sm80") return sparge::bwd::BackwardPath::kSm80;
+  if (path == "sm90") return sparge::bwd::BackwardPath::kSm90;
+  throw std::invalid_argument("sparge attention_backward: path must be 'auto', 'sm80' or 'sm90', got '" + path + "'");
+}
+
 void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const& v, TensorArg const& out,
                         TensorArg const& dout, TensorArg const& lse, TensorArg const& dlse,
                         TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count,
                         TensorArg const& q_index, TensorArg const& dq, TensorArg const& dk, TensorArg const& dv,
                         TensorArg const& lse_log2, TensorArg const& delta, TensorArg const& dq_accum, int block_q,
-                        int block_k, double scale, bool deterministic, bool dq_bulk_reduce, uintptr_t stream) {
+                        int block_k, double scale, bool deterministic, bool dq_bulk_reduce, uintptr_t stream,
+                        std::string const& path) {
   constexpr const char* kWho = "sparge attention_backward";
   sparge::BwdParams p{};
   sparge::set_attention_params(p, kWho, q, k, v, out, lse, kv_count, kv_index, block_q, block_k, scale);
@@ -62,7 +71,7 @@ void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const&
   p.padded_q = int64_t(p.num_q_blocks) * block_q;
   p.deterministic = deterministic;
   p.dq_bulk_reduce = dq_bulk_reduce;
-  sparge::bwd::dispatch_backward(p, q.dtype, reinterpret_cast<cudaStream_t>(stream));
+  sparge::bwd::dispatch_backward(p, q.dtype, parse_path(path), reinterpret_cast<cudaStream_t>(stream));
 }
 
 }  // namespace
@@ -71,8 +80,11 @@ void bind_attention_backward(nb::module_& m) {
   m.def("attention_backward", &attention_backward, "q"_a, "k"_a, "v"_a, "out"_a, "dout"_a, "lse"_a, "dlse"_a.none(),
         "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "dq"_a, "dk"_a, "dv"_a, "lse_log2"_a, "delta"_a,
         "dq_accum"_a.none(), "block_q"_a, "block_k"_a, "scale"_a, "deterministic"_a, "dq_bulk_reduce"_a, "stream"_a,
+        "path"_a = "auto",
         "Block-sparse attention backward on (B, H, L, D) strided device tensors (bf16/fp16; sizes and dtype are "
         "read from q and k): writes dq, dk, dv. lse_log2/delta (B,H,Nq*128) and dq_accum (B,H,Nq*128,D, zeroed; "
         "None when deterministic) are float32 workspace; dlse may be None. dq_bulk_reduce: accumulate dQ with "
-        "bulk async reduce-adds (SM >= 90) instead of 8-byte atomics.");
+        "bulk async reduce-adds (SM >= 90) instead of 8-byte atomics (SM80 kernels only; the Hopper kernel uses "
+        "atomics). path: 'auto' (the SM80 kernels until the Hopper backward has passed on a GPU), 'sm80' or 'sm90' "
+        "(warp-specialised wgmma/TMA dK/dV kernel: sm_90 GPU, 90a build); deterministic=True always runs SM80.");
 }

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "backward/kernel_traits_bwd_sm80.h"
+#include "common/cuda_check.h"
 #include "common/params.h"
 
 namespace sparge::bwd {
@@ -160,6 +161,14 @@ __global__ void __launch_bounds__(256) dq_convert_rowmajor_kernel(const BwdParam
   Element* dq = static_cast<Element*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head + i * p.dq_stride.row +
                 chunk * 8;
   *reinterpret_cast<uint4*>(dq) = packed;
+}
+
+// Launches dq_convert_rowmajor_kernel over (B, H, Lq) (the atomic mode of both dK/dV kernels).
+template <int kHeadDim, typename Element>
+void launch_dq_convert_rowmajor(BwdParams const& p, cudaStream_t stream) {
+  const int64_t chunks = int64_t(p.batch) * p.heads * p.seqlen_q * (kHeadDim / 8);
+  dq_convert_rowmajor_kernel<kHeadDim, Element><<<dim3(unsigned((chunks + 255) / 256)), 256, 0, stream>>>(p);
+  SPARGE_CHECK_LAUNCH("sparge backward dQ convert");
 }
 
 }  // namespace sparge::bwd

@@ -30,12 +30,8 @@ template <int kHeadDim, DType kDType>
 void run_bwd_sm80(BwdParams const& p, cudaStream_t stream) {
   using Element = ElementOf<kDType>;
   using Traits = BackwardTraits<kHeadDim, Element>;
-  using Pre = Preprocess<kHeadDim, Element>;
 
-  const int64_t padded_rows = int64_t(p.batch) * p.heads * p.padded_q;
-  const int64_t pre_blocks = (padded_rows + Pre::kRowsPerBlock - 1) / Pre::kRowsPerBlock;
-  preprocess_kernel<kHeadDim, Element><<<dim3(unsigned(pre_blocks)), Pre::kThreads, 0, stream>>>(p);
-  SPARGE_CHECK_LAUNCH("sparge backward preprocess");
+  launch_preprocess<kHeadDim, Element>(p, stream);
 
   const dim3 grid_kv(p.num_k_blocks, p.heads, p.batch);
   const dim3 grid_q(p.num_q_blocks, p.heads, p.batch);
@@ -54,12 +50,11 @@ void run_bwd_sm80(BwdParams const& p, cudaStream_t stream) {
     launch_dkdv<Traits, DqMode::kBulkReduce>(p, grid_kv, Traits::kSmemBytesKV + Traits::kSmemBytesDqStage, stream);
     const dim3 grid_convert(2 * p.num_q_blocks, p.heads, p.batch);  // 64-row step chunks
     dq_convert_fragments_kernel<Traits><<<grid_convert, Traits::kNThreads, 0, stream>>>(p);
+    SPARGE_CHECK_LAUNCH("sparge backward dQ convert");
   } else {
     launch_dkdv<Traits, DqMode::kAtomic>(p, grid_kv, Traits::kSmemBytesKV, stream);
-    const int64_t chunks = int64_t(p.batch) * p.heads * p.seqlen_q * (kHeadDim / 8);
-    dq_convert_rowmajor_kernel<kHeadDim, Element><<<dim3(unsigned((chunks + 255) / 256)), 256, 0, stream>>>(p);
+    launch_dq_convert_rowmajor<kHeadDim, Element>(p, stream);
   }
-  SPARGE_CHECK_LAUNCH("sparge backward dQ convert");
 }
 
 }  // namespace sparge::bwd

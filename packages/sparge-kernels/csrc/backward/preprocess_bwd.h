@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "common/cuda_check.h"
 #include "common/params.h"
 
 namespace sparge::bwd {
@@ -61,6 +62,16 @@ __global__ void __launch_bounds__(256) preprocess_kernel(const BwdParams p) {
     p.lse_log2[row] = lse_log2;
     p.delta[row] = delta;
   }
+}
+
+// Launches the preprocess over every padded row of (B, H, Nq * 128); shared by the SM80 and SM90 backward.
+template <int kHeadDim, typename Element>
+void launch_preprocess(BwdParams const& p, cudaStream_t stream) {
+  using Cfg = Preprocess<kHeadDim, Element>;
+  const int64_t padded_rows = int64_t(p.batch) * p.heads * p.padded_q;
+  const int64_t blocks = (padded_rows + Cfg::kRowsPerBlock - 1) / Cfg::kRowsPerBlock;
+  preprocess_kernel<kHeadDim, Element><<<dim3(unsigned(blocks)), Cfg::kThreads, 0, stream>>>(p);
+  SPARGE_CHECK_LAUNCH("sparge backward preprocess");
 }
 
 }  // namespace sparge::bwd

@@ -16,29 +16,11 @@
 #include "forward/softmax.h"
 #include "forward/tile_scheduler.h"
 #include "common/utils.h"
+#include "common/wgmma_sm90.h"
 
 namespace sparge::fwd {
 
 using namespace cute;
-
-// acc (+)= A · B on one or more warpgroups; waits for the result before returning.
-template <bool kZeroInit, class TiledMma, class FragA, class FragB, class Acc>
-__device__ __forceinline__ void wgmma_gemm(TiledMma& mma, FragA const& a, FragB const& b, Acc& acc) {
-  constexpr bool kAFromRegisters = !cute::is_base_of<GMMA::DescriptorIterator, typename TiledMma::FrgTypeA>::value;
-  if constexpr (kAFromRegisters) warpgroup_fence_operand(const_cast<FragA&>(a));
-  warpgroup_fence_operand(acc);
-  warpgroup_arrive();
-  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
-  CUTE_UNROLL
-  for (int k = 0; k < size<2>(a); ++k) {
-    cute::gemm(mma, a(_, _, k), b(_, _, k), acc);
-    mma.accumulate_ = GMMA::ScaleOut::One;
-  }
-  warpgroup_commit_batch();
-  warpgroup_wait<0>();
-  warpgroup_fence_operand(acc);
-  if constexpr (kAFromRegisters) warpgroup_fence_operand(const_cast<FragA&>(a));
-}
 
 template <class Traits>
 struct MainloopFwdSm90 {

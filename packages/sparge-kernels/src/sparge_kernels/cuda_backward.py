@@ -7,7 +7,9 @@ csrc/common/tensor_caster.h; None for an absent dlse / dq_accum). Kernels (csrc/
   preprocess   delta = rowsum(dO ∘ O) − dlse, lse in log2 units (+inf on empty/padding rows → P = 0)
   dK/dV        one CTA per key block, over the query blocks that kept it (q_index); in the default mode it also
                adds dS·K into an fp32 dQ accumulator (Hopper: per-warp bulk async reduce-adds; else 8-byte
-               atomics), then a small kernel converts dQ
+               atomics), then a small kernel converts dQ. KernelOptions.backward_path="sm90" runs the
+               warp-specialised Hopper kernel instead (wgmma + TMA, dQ by 8-byte atomics; not yet run on a GPU,
+               so "auto" keeps the SM80 kernel)
   dQ           deterministic=True: one CTA per query block over its kept key blocks (kv_index), no atomics,
                bitwise reproducible (recomputes P and dS)
 An operand whose head dim is not unit-stride, or whose pointer/strides are not 16-byte aligned, is copied to a
@@ -21,7 +23,7 @@ from torch import Tensor
 
 from .cuda import _C, current_stream, empty_like_layout, kernel_ready
 from .options import KernelOptions, current_kernel_options
-from .validation import check_attention_kernel_args, num_blocks
+from .validation import check_attention_kernel_args, check_backward_path, num_blocks
 
 
 def backward(
@@ -45,8 +47,9 @@ def backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backend.backward on HND views: (dq, dk, dv), each (B, H, L, D) in the dtype and memory layout of q, k, v.
 
-    `options` (default: `current_kernel_options()`, read here, at launch) picks the dQ accumulation and the
-    debug fill. Shapes were checked by the public API; out and dout come from the forward and autograd.
+    `options` (default: `current_kernel_options()`, read here, at launch) picks the dK/dV kernel
+    (`backward_path`; deterministic=True always runs the SM80 kernels), the dQ accumulation and the debug fill.
+    Shapes were checked by the public API; out and dout come from the forward and autograd.
     """
     options = options if options is not None else current_kernel_options()
     b, h, lq, d = q.shape
@@ -54,6 +57,8 @@ def backward(
     for name, t in (("out", out), ("dout", dout)):  # the kernels read them as q's dtype
         if t.dtype != q.dtype:
             raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
+    if not deterministic:
+        check_backward_path(options.backward_path, _C.build_archs, torch.cuda.get_device_capability(q.device))
 
     q, k, v, out, dout = (kernel_ready(t) for t in (q, k, v, out, dout))
     lse = lse.to(torch.float32).contiguous()
@@ -76,5 +81,6 @@ def backward(
             dq=dq, dk=dk, dv=dv, lse_log2=lse_log2, delta=delta, dq_accum=dq_accum,
             block_q=block_q, block_k=block_k, scale=float(scale), deterministic=bool(deterministic),
             dq_bulk_reduce=options.dq_accumulate == "bulk", stream=current_stream(q.device),
+            path=options.backward_path,
         )
     return dq, dk, dv

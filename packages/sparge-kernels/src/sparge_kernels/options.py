@@ -1,5 +1,5 @@
-"""Kernel choices that never change results beyond rounding: which forward kernel, how dQ is accumulated, and a
-debug fill of the outputs. One frozen `KernelOptions`, set for a scope with `kernel_options(...)`:
+"""Kernel choices that never change results beyond rounding: which forward and backward kernel, how dQ is
+accumulated, and a debug fill of the outputs. One frozen `KernelOptions`, set for a scope with `kernel_options(...)`:
 
     with sparge_kernels.kernel_options(forward_path="sm80", dq_accumulate="atomic"):
         out = sparge_kernels.sparge_attention(q, k, v)
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 __all__ = ["KernelOptions", "current_kernel_options", "kernel_options"]
 
 FORWARD_PATHS = ("auto", "sm80", "sm90")
+BACKWARD_PATHS = ("auto", "sm80", "sm90")
 DQ_ACCUMULATE = ("bulk", "atomic")
 
 
@@ -35,19 +36,30 @@ class KernelOptions:
 
     forward_path: "auto" (the Hopper wgmma/TMA kernel on sm_90 GPUs when the wheel was built for 90a, else the
         portable mma.sync kernel), "sm80" or "sm90". The default comes from SPARGE_FORWARD_PATH, else "auto".
-    dq_accumulate: how the default (non-deterministic) backward accumulates dQ: "bulk" (bulk async reduce-adds on
-        SM >= 90, atomics below) or "atomic" (8-byte atomics). Same result up to fp32 summation order.
+    dq_accumulate: how the default (non-deterministic) SM80 backward accumulates dQ: "bulk" (bulk async reduce-adds
+        on SM >= 90, atomics below) or "atomic" (8-byte atomics). Same result up to fp32 summation order. The
+        "sm90" backward always uses 8-byte atomics.
     debug_fill: None, or a float written into every output before the launch, so elements a kernel fails to write
         stay detectable (the tests poison with NaN).
+    backward_path: the dK/dV kernel of the default (non-deterministic) backward: "sm80" (mma.sync), "sm90" (the
+        warp-specialised Hopper wgmma/TMA kernel: an sm_90 GPU and a build for 90a, else an error) or "auto".
+        "auto" means "sm80" for now: the Hopper backward has not yet been run on a GPU, and "auto" will pick it on
+        sm_90 only once it has passed the GPU tests there. deterministic=True always runs the SM80 kernels. The
+        default comes from SPARGE_BACKWARD_PATH, else "auto".
     """
 
     forward_path: str = "auto"
     dq_accumulate: str = "bulk"
     debug_fill: float | None = None
+    backward_path: str = "auto"  # last, so positional KernelOptions(forward_path, dq_accumulate, debug_fill) holds
 
     def __post_init__(self) -> None:
         if self.forward_path not in FORWARD_PATHS:
             raise ValueError(f"KernelOptions.forward_path must be one of {FORWARD_PATHS}, got {self.forward_path!r}")
+        if self.backward_path not in BACKWARD_PATHS:
+            raise ValueError(
+                f"KernelOptions.backward_path must be one of {BACKWARD_PATHS}, got {self.backward_path!r}"
+            )
         if self.dq_accumulate not in DQ_ACCUMULATE:
             raise ValueError(
                 f"KernelOptions.dq_accumulate must be one of {DQ_ACCUMULATE}, got {self.dq_accumulate!r}"
@@ -63,10 +75,13 @@ def _defaults() -> KernelOptions:
     path = os.environ.get("SPARGE_FORWARD_PATH", "auto")
     if path not in FORWARD_PATHS:
         raise ValueError(f"SPARGE_FORWARD_PATH must be one of {FORWARD_PATHS}, got {path!r}")
-    return KernelOptions(forward_path=path)
+    backward = os.environ.get("SPARGE_BACKWARD_PATH", "auto")
+    if backward not in BACKWARD_PATHS:
+        raise ValueError(f"SPARGE_BACKWARD_PATH must be one of {BACKWARD_PATHS}, got {backward!r}")
+    return KernelOptions(forward_path=path, backward_path=backward)
 
 
-# None: no kernel_options() scope is active, the defaults (and SPARGE_FORWARD_PATH) apply.
+# None: no kernel_options() scope is active, the defaults (SPARGE_FORWARD_PATH, SPARGE_BACKWARD_PATH) apply.
 _active: KernelOptions | None = None
 
 

@@ -1,0 +1,99 @@
+// The Hopper backward kernel (dK, dV, and dQ accumulation): one CTA of 3 warpgroups per (key block of 64, head,
+// batch); warpgroup 0 loads (TMA), warpgroups 1-2 compute (wgmma) over the query blocks that kept the key block.
+// A key block kept by no query block gets dK = dV = 0 and adds nothing to dQ.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include "backward/kernel_traits_bwd_sm90.h"
+#include "backward/mainloop_bwd_sm90.h"
+#include "backward/tile_bwd.h"
+#include "common/params.h"
+
+namespace sparge::bwd {
+
+using namespace cute;
+
+// dst rows [0, rows_valid) = acc · scale, straight from the registers of a wgmma accumulator (values 2j, 2j+1 are
+// adjacent columns: one 4-byte store each); coords gives (row, col) of every accumulator element.
+template <class Element, class Acc, class Coords>
+__device__ __forceinline__ void store_accumulator_pairs(Acc const& acc, Coords const& coords, Element* dst,
+                                                        int64_t row_stride, int rows_valid, float scale) {
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc); i += 2) {
+    const int row = get<0>(coords(i)), col = get<1>(coords(i));
+    if (row < rows_valid) {
+      cutlass::Array<Element, 2> pair;
+      pair[0] = Element(acc(i) * scale);
+      pair[1] = Element(acc(i + 1) * scale);
+      *reinterpret_cast<cutlass::Array<Element, 2>*>(dst + row * row_stride + col) = pair;
+    }
+  }
+}
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    attention_backward_sm90_kernel(__grid_constant__ const KernelParamsBwdSm90<Traits> kp) {
+  using Element = typename Traits::Element;
+  using Pipeline = typename Traits::Pipeline;
+  using Mainloop = MainloopBwdSm90<Traits>;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  extern __shared__ __align__(1024) char smem[];
+  auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
+  BwdParams const& p = kp.args;
+  const auto tile = key_block_tile<Traits>(p);
+  const bool any_query = tile.walk.trip_count() > 0;
+  const int warp_group = __shfl_sync(0xffffffff, int(threadIdx.x) / 128, 0);
+
+  if (threadIdx.x == 0) {
+    cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_kv, 1);
+    cute::prefetch_tma_descriptor(kp.tma_q.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(kp.tma_dout.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(kp.tma_k.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(kp.tma_v.get_tma_descriptor());
+  }
+  typename Pipeline::Params pipeline_params;
+  pipeline_params.transaction_bytes = Traits::kStageBytes;
+  pipeline_params.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  pipeline_params.is_leader = threadIdx.x == 0;
+  pipeline_params.num_consumers = Traits::kNumMmaThreads;
+  Pipeline pipeline(ss.pipeline, pipeline_params, Shape<_1, _1, _1>{});
+  __syncthreads();  // barriers initialised before anyone waits on them
+
+  Element* dk = tile.template at<Element>(p.dk, p.dk_stride, tile.row0);
+  Element* dv = tile.template at<Element>(p.dv, p.dv_stride, tile.row0);
+  if (warp_group == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<24>();
+    if (threadIdx.x == 0 && any_query) Mainloop::load(kp, tile, ss, pipeline);
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<240>();
+    const int thread_idx = int(threadIdx.x) - 128;
+    if (!any_query) {  // no query attends to this key block: zero dK, dV (16 B stores)
+      constexpr int kChunks = kHeadDim / 8;
+      const uint4 zero = make_uint4(0, 0, 0, 0);
+      for (int i = thread_idx; i < tile.rows_valid * kChunks; i += Traits::kNumMmaThreads) {
+        const int row = i / kChunks, chunk = i % kChunks;
+        *reinterpret_cast<uint4*>(dk + row * p.dk_stride.row + chunk * 8) = zero;
+        *reinterpret_cast<uint4*>(dv + row * p.dv_stride.row + chunk * 8) = zero;
+      }
+      return;
+    }
+    typename Traits::TiledMmadKV mma_dkv;
+    Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+    Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+    clear(acc_dk);
+    clear(acc_dv);
+    Mainloop::mma(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx);
+
+    Tensor coords = mma_dkv.get_thread_slice(thread_idx).partition_C(
+        make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+    store_accumulator_pairs(acc_dk, coords, dk, p.dk_stride.row, tile.rows_valid, p.scale);
+    store_accumulator_pairs(acc_dv, coords, dv, p.dv_stride.row, tile.rows_valid, 1.f);
+  }
+}
+
+}  // namespace sparge::bwd

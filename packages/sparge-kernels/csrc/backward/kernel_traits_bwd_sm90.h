@@ -1,0 +1,115 @@
+// Tile shapes, shared-memory layouts, TMA and wgmma types of the Hopper backward (dK/dV with dQ accumulation).
+// One CTA = 3 warpgroups per key block of 64: warpgroup 0 produces (TMA loads of K and V once, then per kept
+// query block Q, dO (128 rows) and lse·log2e, delta into a kStages ring), warpgroups 1-2 consume (64 query rows
+// each for S, dP, dS and dQ; the head dim split in halves between them for dK and dV).
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include <type_traits>
+
+#include "common/kernel_traits.h"
+#include "common/params.h"
+
+namespace sparge::bwd {
+
+using namespace cute;
+
+template <int kHeadDim, typename Element>
+struct KernelTraitsBwdSm90 : MaskBlockTiles, KernelInstance<kHeadDim, Element> {
+  static constexpr int kNumConsumerWarpgroups = 2;
+  static constexpr int kNumMmaThreads = kNumConsumerWarpgroups * 128;
+  static constexpr int kNThreads = kNumMmaThreads + 128;  // + the producer warpgroup
+  static_assert(kBlockM == 64 * kNumConsumerWarpgroups, "each consumer warpgroup owns 64 query rows");
+  // Q/dO ring depth: a stage is 2 x 128 x D elements (64 KB at D=128), so 2 stages fit beside K, V, P, dS.
+  static constexpr int kStages = kHeadDim <= 64 ? 3 : 2;
+  static constexpr int kHalfDim = kHeadDim / 2;  // dK/dV columns per consumer warpgroup
+
+  // Q, dO, K, V rows are D elements, K-major. The swizzle atom must not be wider than the half head dim a
+  // warpgroup reads of dOᵀ/Qᵀ (an MN-major B operand) for dV/dK: 128 B (64 elements) at D=128, 64 B at D=64.
+  using SmemLayoutAtomQKV = std::conditional_t<kHalfDim % 64 == 0, GMMA::Layout_K_SW128_Atom<Element>,
+                                               GMMA::Layout_K_SW64_Atom<Element>>;
+  using TileQ = Shape<Int<kBlockM>, Int<kHeadDim>>;
+  using TileKV = Shape<Int<kBlockN>, Int<kHeadDim>>;
+  using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtomQKV{}, Shape<Int<kBlockM>, Int<kHeadDim>, Int<kStages>>{}));
+  using SmemLayoutdO = SmemLayoutQ;
+  using SmemLayoutKV = decltype(tile_to_shape(SmemLayoutAtomQKV{}, TileKV{}));
+  // Transposed views of the same bytes: (D, query rows, stage) for dV += Pᵀ·dO and dK += dSᵀ·Q, (D, keys) for
+  // dQ = dS·K. The head dim is contiguous in them: MN-major B operands.
+  using SmemLayoutQt = decltype(composition(
+      SmemLayoutQ{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockM>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+  using SmemLayoutdOt = SmemLayoutQt;
+  using SmemLayoutKt = decltype(composition(
+      SmemLayoutKV{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>>{}, Step<_2, _1>{})));
+
+  // P and dS of one query block: (128 query rows, 64 keys), keys contiguous (one 128 B swizzle row), and the
+  // (keys, query rows) view in which they are the MN-major A operand of dV/dK.
+  using SmemLayoutPdS = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
+                                               Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  using SmemLayoutPdSt = decltype(composition(
+      SmemLayoutPdS{}, make_ordered_layout(Shape<Int<kBlockN>, Int<kBlockM>>{}, Step<_2, _1>{})));
+
+  // P/dS registers -> smem: stmatrix (8x8 b16 matrices, 4 per instruction) over the S/dP accumulator layout.
+  using SmemCopyAtomPdS = Copy_Atom<SM90_U32x4_STSM_N, Element>;
+
+  // S = Q·Kᵀ and dP = dO·Vᵀ: 128 x 64 x D, one 64-row slab per consumer warpgroup, both operands K-major.
+  using TiledMmaSdP = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN>, Int<kHeadDim>>>(),
+      Layout<Shape<Int<kNumConsumerWarpgroups>, _1, _1>>{}));
+  // dV += Pᵀ·dO and dK += dSᵀ·Q: 64 keys x D x 128 query rows, the head dim split between the warpgroups;
+  // A = Pᵀ/dSᵀ and B = dOᵀ/Qᵀ are both MN-major views of smem.
+  using TiledMmadKV = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kHalfDim>, Int<kBlockM>>, GMMA::Major::MN,
+                           GMMA::Major::MN>(),
+      Layout<Shape<_1, Int<kNumConsumerWarpgroups>, _1>>{}));
+  // dQ = dS·K: 128 x D x 64 keys, one slab per warpgroup, dS from registers (K-major), K read as (D, keys).
+  using TiledMmadQ = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, float, Shape<_64, Int<kHeadDim>, Int<kBlockN>>, GMMA::Major::K,
+                           GMMA::Major::MN>(),
+      Layout<Shape<Int<kNumConsumerWarpgroups>, _1, _1>>{}));
+
+  // Global tensors as TMA sees them: (L, D, H, B) with element strides (row, 1, head, batch).
+  using ShapeQKV = Shape<int32_t, Int<kHeadDim>, int32_t, int32_t>;
+  using StrideQKV = Stride<int64_t, _1, int64_t, int64_t>;
+  using GmemTensor = decltype(make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)),
+                                          make_layout(ShapeQKV{}, StrideQKV{})));
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(SmemLayoutQ{}), TileQ{}, _1{}));
+  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutKV{}, TileKV{}, _1{}));
+  static constexpr uint32_t kTmaBytesQ = uint32_t(kBlockM * kHeadDim * sizeof(Element));
+  static constexpr uint32_t kTmaBytesKV = uint32_t(kBlockN * kHeadDim * sizeof(Element));
+  static constexpr uint32_t kRowStatBytes = uint32_t(kBlockM * sizeof(float));  // lse·log2e or delta of a block
+  // One stage's transaction: Q and dO by TMA, lse·log2e and delta by bulk copies.
+  static constexpr uint32_t kStageBytes = 2 * kTmaBytesQ + 2 * kRowStatBytes;
+
+  using Pipeline = cutlass::PipelineTmaAsync<kStages>;
+
+  struct SharedStorage {
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>> q;
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutdO>> dout;
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutKV>> k;
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutKV>> v;
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutPdS>> p;
+    alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutPdS>> ds;
+    alignas(16) cute::array_aligned<float, kBlockM * kStages> lse_log2;
+    alignas(16) cute::array_aligned<float, kBlockM * kStages> delta;
+    alignas(16) typename Pipeline::SharedStorage pipeline;
+    alignas(16) uint64_t barrier_kv;
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 CTA");
+};
+
+// What the Hopper backward kernel receives (a __grid_constant__ parameter: the TMA descriptors live in it).
+template <class Traits>
+struct KernelParamsBwdSm90 {
+  BwdParams args;
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaQ tma_dout;
+  typename Traits::TmaKV tma_k;
+  typename Traits::TmaKV tma_v;
+  typename Traits::ShapeQKV shape_q;
+  typename Traits::ShapeQKV shape_k;
+};
+
+}  // namespace sparge::bwd

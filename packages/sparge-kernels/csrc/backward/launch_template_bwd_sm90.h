@@ -1,0 +1,59 @@
+// Launch template of the Hopper backward: preprocess (the SM80 path's), the warp-specialised dK/dV kernel with
+// dQ accumulation into the fp32 row-major buffer (TMA descriptors built here), then the row-major dQ conversion.
+// Deterministic mode never comes here (dispatch_backward.cpp: it stays on the SM80 kernels).
+// Included only by the generated csrc/instantiations/bwd_hdim<D>_<dtype>_sm90.cu files.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+
+#include "backward/backward_api.h"
+#include "backward/dq_accumulate_bwd.h"
+#include "backward/kernel_bwd_sm90.h"
+#include "backward/kernel_traits_bwd_sm90.h"
+#include "backward/preprocess_bwd.h"
+#include "common/cuda_check.h"
+#include "common/element_type.h"
+#include "common/params.h"
+
+namespace sparge::bwd {
+
+template <int kHeadDim, DType kDType>
+void run_bwd_sm90(BwdParams const& p, cudaStream_t stream) {
+  using Element = ElementOf<kDType>;
+  using Traits = KernelTraitsBwdSm90<kHeadDim, Element>;
+  using Shape4 = typename Traits::ShapeQKV;
+  if (p.deterministic || p.dq_accum == nullptr) {
+    throw std::invalid_argument("sparge attention_backward: the Hopper backward has no deterministic mode");
+  }
+  launch_preprocess<kHeadDim, Element>(p, stream);
+
+  Shape4 shape_q = make_shape(p.seqlen_q, Int<kHeadDim>{}, p.heads, p.batch);
+  Shape4 shape_k = make_shape(p.seqlen_k, Int<kHeadDim>{}, p.heads, p.batch);
+  auto gmem = [](void const* ptr, Shape4 shape, Strides const& s) {
+    return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
+                       make_layout(shape, make_stride(s.row, _1{}, s.head, s.batch)));
+  };
+  auto smem_q = take<0, 2>(typename Traits::SmemLayoutQ{});
+  auto smem_kv = typename Traits::SmemLayoutKV{};
+  KernelParamsBwdSm90<Traits> kp{
+      p,
+      make_tma_copy(SM90_TMA_LOAD{}, gmem(p.q, shape_q, p.q_stride), smem_q, typename Traits::TileQ{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, gmem(p.dout, shape_q, p.dout_stride), smem_q, typename Traits::TileQ{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, gmem(p.k, shape_k, p.k_stride), smem_kv, typename Traits::TileKV{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, gmem(p.v, shape_k, p.v_stride), smem_kv, typename Traits::TileKV{}, _1{}),
+      shape_q,
+      shape_k,
+  };
+  auto kernel = &attention_backward_sm90_kernel<Traits>;
+  constexpr int kSmemBytes = Traits::kSmemBytes;
+  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  const dim3 grid(p.num_k_blocks, p.heads, p.batch);
+  kernel<<<grid, Traits::kNThreads, kSmemBytes, stream>>>(kp);
+  SPARGE_CHECK_LAUNCH("sparge backward dK/dV (sm90)");
+
+  launch_dq_convert_rowmajor<kHeadDim, Element>(p, stream);
+}
+
+}  // namespace sparge::bwd

@@ -1,0 +1,203 @@
+// Mainloop of the Hopper backward (warp-specialised, one CTA per key block of 64 keys):
+//   producer (one thread): K, V by TMA once; then per kept query block of the key block (q_index, ascending)
+//     Q and dO (128 rows, TMA; rows past Lq are zero-filled by the copy engine) and the block's lse·log2e and
+//     delta (bulk copies from the padded workspace) into one stage of a PipelineTmaAsync ring;
+//   consumers (2 warpgroups, 64 query rows each), per stage:
+//     S = Q·Kᵀ, dP = dO·Vᵀ (wgmma, smem x smem), P = exp2(S·scale·log2e − lse·log2e) with keys past Lk masked to
+//     0 (common/block_sparse.h), dS = P∘(dP − delta); P and dS go to smem (bf16/fp16) so that
+//     dV += Pᵀ·dO and dK += dSᵀ·Q can contract over all 128 rows of the block (each warpgroup owns half of the
+//     head dim of dK and dV, in registers); dQ = dS·K (dS from registers) is added to the fp32 row-major dQ
+//     accumulator with 8-byte atomics (red.global.add.v2.f32), converted to dq by the existing convert kernel.
+// P/dS are single-buffered: two named barriers per stage order the warpgroups' writes against the previous
+// stage's dK/dV reads.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include "backward/kernel_traits_bwd_sm90.h"
+#include "backward/tile_bwd.h"
+#include "common/block_sparse.h"
+#include "common/params.h"
+#include "common/utils.h"
+#include "common/wgmma_sm90.h"
+
+namespace sparge::bwd {
+
+using namespace cute;
+
+template <class Traits>
+struct MainloopBwdSm90 {
+  using Element = typename Traits::Element;
+  using Pipeline = typename Traits::Pipeline;
+  using PipelineState = typename Pipeline::PipelineState;
+  using SharedStorage = typename Traits::SharedStorage;
+  using Barrier = cutlass::arch::ClusterTransactionBarrier;
+  using Tile = BwdTile<Traits::kBlockN, Traits::kBlockM>;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+  static constexpr int kNumMmaThreads = Traits::kNumMmaThreads;
+  // Named barriers of the consumer warpgroups (ids after CUTLASS's reserved ones).
+  static constexpr uint32_t kBarrierPdSFree = 0;   // the previous stage's dK/dV GEMMs have read sP, sdS
+  static constexpr uint32_t kBarrierPdSReady = 1;  // both warpgroups' rows of P and dS are in sP, sdS
+
+  // Run by one thread of the producer warpgroup; the tile has at least one kept query block.
+  __device__ static void load(KernelParamsBwdSm90<Traits> const& kp, Tile const& tile, SharedStorage& ss,
+                              Pipeline& pipeline) {
+    BwdParams const& p = kp.args;
+    Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q);
+    Tensor mdO = kp.tma_dout.get_tma_tensor(kp.shape_q);
+    Tensor mK = kp.tma_k.get_tma_tensor(kp.shape_k);
+    Tensor mV = kp.tma_v.get_tma_tensor(kp.shape_k);
+    auto tile_q = typename Traits::TileQ{};
+    auto tile_kv = typename Traits::TileKV{};
+    Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch), tile_q, make_coord(_, _0{}));    // (M, D, m_block)
+    Tensor gdO = local_tile(mdO(_, _, tile.head, tile.batch), tile_q, make_coord(_, _0{}));  // (M, D, m_block)
+    Tensor gK = local_tile(mK(_, _, tile.head, tile.batch), tile_kv, make_coord(tile.block, _0{}));  // (N, D)
+    Tensor gV = local_tile(mV(_, _, tile.head, tile.batch), tile_kv, make_coord(tile.block, _0{}));
+    Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutdO{});
+    Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+    auto [tQgQ, tQsQ] = tma_partition(kp.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+    auto [tdOgdO, tdOsdO] =
+        tma_partition(kp.tma_dout, _0{}, Layout<_1>{}, group_modes<0, 2>(sdO), group_modes<0, 2>(gdO));
+    auto [tKgK, tKsK] = tma_partition(kp.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+    auto [tVgV, tVsV] = tma_partition(kp.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+
+    // Keys past Lk are outside the tensor: TMA zero-fills them (and still counts the whole box's bytes).
+    Barrier::arrive_and_expect_tx(&ss.barrier_kv, 2 * Traits::kTmaBytesKV);
+    copy(kp.tma_k.with(ss.barrier_kv), tKgK, tKsK);
+    copy(kp.tma_v.with(ss.barrier_kv), tVgV, tVsV);
+
+    // The workspace rows of (batch, head) are padded to Nq * 128, so every block's 512 B of row statistics exist
+    // and are 16 B aligned (what a bulk copy needs).
+    const float* lse_log2 = p.lse_log2 + tile.bh * p.padded_q;
+    const float* delta = p.delta + tile.bh * p.padded_q;
+    PipelineState write = cutlass::make_producer_start_state<Pipeline>();
+    const int count = tile.walk.trip_count();
+    for (int slot = 0; slot < count; ++slot) {
+      const int m_block = tile.walk.block(slot);
+      pipeline.producer_acquire(write);  // also arms the stage's barrier with kStageBytes
+      uint64_t* full = pipeline.producer_get_barrier(write);
+      const int stage = write.index();
+      copy(kp.tma_q.with(*full), tQgQ(_, m_block), tQsQ(_, stage));
+      copy(kp.tma_dout.with(*full), tdOgdO(_, m_block), tdOsdO(_, stage));
+      SM90_BULK_COPY_G2S::copy(lse_log2 + m_block * kBlockM, full, ss.lse_log2.data() + stage * kBlockM,
+                               Traits::kRowStatBytes);
+      SM90_BULK_COPY_G2S::copy(delta + m_block * kBlockM, full, ss.delta.data() + stage * kBlockM,
+                               Traits::kRowStatBytes);
+      ++write;
+    }
+  }
+
+  // Run by the consumer warpgroups, thread_idx in [0, kNumMmaThreads); acc_dk/acc_dv are TiledMmadKV accumulators
+  // of the (64 keys, D) tile, zeroed by the caller. The tile has at least one kept query block.
+  template <class AccdKV>
+  __device__ static void mma(BwdParams const& p, Tile const& tile, SharedStorage& ss, Pipeline& pipeline,
+                             AccdKV& acc_dk, AccdKV& acc_dv, int thread_idx) {
+    typename Traits::TiledMmaSdP mma_sdp;
+    typename Traits::TiledMmadKV mma_dkv;
+    typename Traits::TiledMmadQ mma_dq;
+    auto thr_sdp = mma_sdp.get_thread_slice(thread_idx);
+    auto thr_dkv = mma_dkv.get_thread_slice(thread_idx);
+    auto thr_dq = mma_dq.get_thread_slice(thread_idx);
+
+    Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutdO{});
+    Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+    Tensor sQt = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQt{});
+    Tensor sdOt = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutdOt{});
+    Tensor sKt = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKt{});
+    Tensor sP = make_tensor(make_smem_ptr(ss.p.data()), typename Traits::SmemLayoutPdS{});
+    Tensor sdS = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutPdS{});
+    Tensor sPt = make_tensor(make_smem_ptr(ss.p.data()), typename Traits::SmemLayoutPdSt{});
+    Tensor sdSt = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutPdSt{});
+
+    // wgmma operand descriptors (smem) and fragments.
+    Tensor tSrQ = thr_sdp.partition_fragment_A(sQ);      // (MMA, M, K, stage)
+    Tensor tSrK = thr_sdp.partition_fragment_B(sK);      // (MMA, N, K)
+    Tensor tdPrdO = thr_sdp.partition_fragment_A(sdO);   // (MMA, M, K, stage)
+    Tensor tdPrV = thr_sdp.partition_fragment_B(sV);     // (MMA, N, K)
+    Tensor tdVrPt = thr_dkv.partition_fragment_A(sPt);   // (MMA, M, K)
+    Tensor tdVrdOt = thr_dkv.partition_fragment_B(sdOt);  // (MMA, N, K, stage)
+    Tensor tdKrdSt = thr_dkv.partition_fragment_A(sdSt);  // (MMA, M, K)
+    Tensor tdKrQt = thr_dkv.partition_fragment_B(sQt);    // (MMA, N, K, stage)
+    Tensor tdQrKt = thr_dq.partition_fragment_B(sKt);     // (MMA, N, K)
+
+    // (query row in the block, key) of every S/dP accumulator element, its place in sP/sdS, and (row, dim) of dQ.
+    Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+    auto copy_pds = make_tiled_copy_C(typename Traits::SmemCopyAtomPdS{}, mma_sdp);
+    auto thr_copy_pds = copy_pds.get_thread_slice(thread_idx);
+    Tensor tPsP = thr_copy_pds.partition_D(sP);
+    Tensor tdSsdS = thr_copy_pds.partition_D(sdS);
+    Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+
+    const int keys_valid = tile.rows_valid;
+    const int count = tile.walk.trip_count();
+    float* dq_accum = p.dq_accum + tile.bh * p.padded_q * kHeadDim;
+
+    Barrier::wait(&ss.barrier_kv, 0);
+    PipelineState read;
+    for (int slot = 0; slot < count; ++slot) {
+      const int m_block = tile.walk.block(slot);
+      pipeline.consumer_wait(read);
+      const int stage = read.index();
+      const float* lse_log2 = ss.lse_log2.data() + stage * kBlockM;
+      const float* delta = ss.delta.data() + stage * kBlockM;
+
+      Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      wgmma_issue</*kZeroInit=*/true>(mma_sdp, tSrQ(_, _, _, stage), tSrK, acc_s);
+      wgmma_issue</*kZeroInit=*/true>(mma_sdp, tdPrdO(_, _, _, stage), tdPrV, acc_dp);
+      warpgroup_wait<1>();  // S is done; dP may still run
+      wgmma_done(acc_s);
+      // Rows past Lq have lse·log2e = +inf in the workspace, so their P is 0 like the masked keys'.
+      probs_with_tail_mask(acc_s, tScS, keys_valid, p.scale_log2, lse_log2);
+      warpgroup_wait<0>();
+      wgmma_done(acc_dp);
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_dp); ++i) acc_dp(i) = acc_s(i) * (acc_dp(i) - delta[get<0>(tScS(i))]);
+      Tensor rP = make_tensor<Element>(acc_s.layout());
+      Tensor rdS = make_tensor<Element>(acc_dp.layout());
+      convert_fragment(acc_s, rP);
+      convert_fragment(acc_dp, rdS);
+
+      cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSFree);
+      cute::copy(copy_pds, thr_copy_pds.retile_S(rP), tPsP);
+      cute::copy(copy_pds, thr_copy_pds.retile_S(rdS), tdSsdS);
+      cutlass::arch::fence_view_async_shared();  // generic-proxy stores -> visible to wgmma (async proxy)
+      cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSReady);
+
+      wgmma_issue</*kZeroInit=*/false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, stage), acc_dv);
+      wgmma_issue</*kZeroInit=*/false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, stage), acc_dk);
+      Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+      Tensor tdQrdS = make_tensor(rdS.data(), accumulator_as_a_operand(rdS.layout()));
+      wgmma_issue</*kZeroInit=*/true>(mma_dq, tdQrdS, tdQrKt, acc_dq);
+      warpgroup_wait<1>();  // dV and dK are done: the stage's Q and dO are free
+      pipeline.consumer_release(read);
+      warpgroup_wait<0>();
+      wgmma_done(acc_dv);
+      wgmma_done(acc_dk);
+      wgmma_done(acc_dq);
+      warpgroup_fence_operand(tdQrdS);
+
+      // dQ_accum[row] += dS·K for the block's rows inside Lq; accumulator values 2j, 2j+1 are adjacent columns.
+      const int rows_valid = p.seqlen_q - m_block * kBlockM;
+      float* dq_block = dq_accum + int64_t(m_block) * kBlockM * kHeadDim;
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_dq); i += 2) {
+        const int row = get<0>(tdQcdQ(i)), col = get<1>(tdQcdQ(i));
+        if (row < rows_valid) {
+          atomicAdd(reinterpret_cast<float2*>(dq_block + row * kHeadDim + col), make_float2(acc_dq(i), acc_dq(i + 1)));
+        }
+      }
+      ++read;
+    }
+  }
+};
+
+}  // namespace sparge::bwd
