@@ -185,7 +185,7 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
 
     import sparge_kernels as sk
     from sparge_kernels import cuda_backward
-    from sparge_kernels.validation import KernelNotBuiltError, check_backward_path
+    from sparge_kernels.validation import KernelNotBuiltError, check_kernel_path
 
     b, h, length, d = ctx.shape
     scale = d**-0.5
@@ -208,7 +208,8 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
     rows: list[Row] = []
     # The Hopper backward's rows (backward_path="sm90") where this GPU and build have it.
     try:
-        check_backward_path("sm90", sk.cuda._C.build_archs, torch.cuda.get_device_capability(q.device))
+        capability = torch.cuda.get_device_capability(q.device)
+        check_kernel_path("backward_path", "sm90", sk.cuda._C.build_archs, capability)
         hopper_backward = True
     except KernelNotBuiltError:
         hopper_backward = False

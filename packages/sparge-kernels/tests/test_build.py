@@ -13,8 +13,7 @@ from sparge_kernels import cuda as cuda_mod
 from sparge_kernels.validation import (
     KernelNotBuiltError,
     check_attention_kernel_args,
-    check_backward_path,
-    check_forward_path,
+    check_kernel_path,
 )
 
 
@@ -126,18 +125,11 @@ def test_a_variant_left_out_of_the_build_says_so(dtype, head_dim):
         check_attention_kernel_args("block-sparse attention", dtype, head_dim, 128, 64, BUILT)
 
 
-def test_the_sm90_path_needs_a_hopper_build_and_gpu():
-    check_forward_path("sm90", "80,90a", (9, 0))
-    check_forward_path("sm80", "80", (8, 0))
-    for archs, capability in (("80,86", (9, 0)), ("80,90a", (8, 0))):
-        with pytest.raises(KernelNotBuiltError, match="forward_path='sm90' needs an sm_90 GPU and a build for 90a"):
-            check_forward_path("sm90", archs, capability)
-
-
-def test_the_sm90_backward_path_needs_a_hopper_build_and_gpu():
-    check_backward_path("sm90", "80,90a", (9, 0))
+@pytest.mark.parametrize("option", ["forward_path", "backward_path"])
+def test_the_sm90_paths_need_a_hopper_build_and_gpu(option):
+    check_kernel_path(option, "sm90", "80,90a", (9, 0))
     for path in ("auto", "sm80"):
-        check_backward_path(path, "80", (8, 0))
+        check_kernel_path(option, path, "80", (8, 0))
     for archs, capability in (("80,86", (9, 0)), ("80,90a", (8, 0)), ("90a", (10, 0))):
-        with pytest.raises(KernelNotBuiltError, match="backward_path='sm90' needs an sm_90 GPU and a build for 90a"):
-            check_backward_path("sm90", archs, capability)
+        with pytest.raises(KernelNotBuiltError, match=f"{option}='sm90' needs an sm_90 GPU and a build for 90a"):
+            check_kernel_path(option, "sm90", archs, capability)

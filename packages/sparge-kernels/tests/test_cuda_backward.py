@@ -24,7 +24,7 @@ import torch
 import sparge_kernels as sk
 from sparge_kernels import KernelOptions, cuda, cuda_backward, cuda_forward, reference
 from sparge_kernels.block_mask import BlockMask
-from sparge_kernels.validation import KernelNotBuiltError, check_backward_path, num_blocks
+from sparge_kernels.validation import KernelNotBuiltError, check_kernel_path, num_blocks
 
 pytestmark = pytest.mark.gpu
 
@@ -40,7 +40,7 @@ def backward_path(request, monkeypatch):
         pytest.skip("deterministic=True runs the SM80 kernels whatever backward_path says")
     if request.param == "sm90":  # (conftest skipped the test already where there is no GPU or no build)
         try:
-            check_backward_path("sm90", cuda._C.build_archs, torch.cuda.get_device_capability())
+            check_kernel_path("backward_path", "sm90", cuda._C.build_archs, torch.cuda.get_device_capability())
         except KernelNotBuiltError as exc:
             pytest.skip(f"no Hopper backward here: {exc}")
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)

@@ -19,7 +19,7 @@ import sparge_kernels as sk
 from sparge_kernels import backend as backend_mod
 from sparge_kernels import cuda, cuda_backward
 from sparge_kernels.block_mask import BlockMask
-from sparge_kernels.validation import check_backward_path, num_blocks
+from sparge_kernels.validation import check_kernel_path, num_blocks
 
 pytestmark = pytest.mark.gpu
 
@@ -91,7 +91,7 @@ def _train(mask, data, target, init_state) -> list[float]:
 @pytest.mark.parametrize("backward_path", ["sm80", "sm90"])
 def test_training_tracks_reference(monkeypatch, backward_path):
     """backward_path="sm90" skips where the GPU or build has no Hopper backward (conftest.py)."""
-    check_backward_path(backward_path, cuda._C.build_archs, torch.cuda.get_device_capability())
+    check_kernel_path("backward_path", backward_path, cuda._C.build_archs, torch.cuda.get_device_capability())
     torch.manual_seed(0)
     g = torch.Generator(device="cuda").manual_seed(0)
     nq, nk = num_blocks(SEQ, 128), num_blocks(SEQ, 64)

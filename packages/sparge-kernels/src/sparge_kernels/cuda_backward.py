@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .cuda import _C, current_stream, empty_like_layout, kernel_ready
 from .options import KernelOptions, current_kernel_options
-from .validation import check_attention_kernel_args, check_backward_path, num_blocks
+from .validation import check_attention_kernel_args, check_kernel_path, num_blocks
 
 
 def backward(
@@ -58,7 +58,8 @@ def backward(
         if t.dtype != q.dtype:
             raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
     if not deterministic:
-        check_backward_path(options.backward_path, _C.build_archs, torch.cuda.get_device_capability(q.device))
+        capability = torch.cuda.get_device_capability(q.device)
+        check_kernel_path("backward_path", options.backward_path, _C.build_archs, capability)
 
     q, k, v, out, dout = (kernel_ready(t) for t in (q, k, v, out, dout))
     lse = lse.to(torch.float32).contiguous()

@@ -13,7 +13,7 @@ import torch
 
 from .cuda import _C, current_stream, empty_like_layout, kernel_ready
 from .options import KernelOptions, current_kernel_options
-from .validation import check_attention_kernel_args, check_forward_path
+from .validation import check_attention_kernel_args, check_kernel_path
 
 
 def forward(
@@ -35,7 +35,8 @@ def forward(
     options = options if options is not None else current_kernel_options()
     b, h, lq, d = q.shape
     check_attention_kernel_args("block-sparse attention", q.dtype, d, block_q, block_k, _C)
-    check_forward_path(options.forward_path, _C.build_archs, torch.cuda.get_device_capability(q.device))
+    capability = torch.cuda.get_device_capability(q.device)
+    check_kernel_path("forward_path", options.forward_path, _C.build_archs, capability)
     q, k, v = kernel_ready(q), kernel_ready(k), kernel_ready(v)
     kv_count, kv_index = kv_count.contiguous(), kv_index.contiguous()
     out = empty_like_layout(q)

@@ -1,7 +1,7 @@
 """Argument checks, all of them: bad input raises an error that names the argument.
 
 The public API (api.py) checks what every backend needs; the CUDA glue adds what only the compiled kernels
-need (`check_attention_kernel_args`, `check_forward_path`, `check_backward_path`). Nothing is checked twice on the
+need (`check_attention_kernel_args`, `check_kernel_path`). Nothing is checked twice on the
 way to a kernel.
 """
 
@@ -175,19 +175,11 @@ def check_attention_kernel_args(
     return binding_name
 
 
-def check_forward_path(path: str, build_archs: str, capability: tuple[int, int]) -> None:
-    """forward_path="sm90" needs the Hopper kernel: a build for 90a and an sm_90 GPU."""
+def check_kernel_path(option: str, path: str, build_archs: str, capability: tuple[int, int]) -> None:
+    """`option` ("forward_path" or "backward_path") = "sm90" needs the Hopper kernel: a build for 90a and an sm_90
+    GPU."""
     if path == "sm90" and ("90a" not in build_archs.split(",") or tuple(capability) != (9, 0)):
         raise KernelNotBuiltError(
-            f"forward_path='sm90' needs an sm_90 GPU and a build for 90a; this GPU has compute capability "
-            f"{capability[0]}.{capability[1]}, this build has archs {build_archs} (use forward_path='auto')"
-        )
-
-
-def check_backward_path(path: str, build_archs: str, capability: tuple[int, int]) -> None:
-    """backward_path="sm90" needs the Hopper backward kernel: a build for 90a and an sm_90 GPU."""
-    if path == "sm90" and ("90a" not in build_archs.split(",") or tuple(capability) != (9, 0)):
-        raise KernelNotBuiltError(
-            f"backward_path='sm90' needs an sm_90 GPU and a build for 90a; this GPU has compute capability "
-            f"{capability[0]}.{capability[1]}, this build has archs {build_archs} (use backward_path='auto')"
+            f"{option}='sm90' needs an sm_90 GPU and a build for 90a; this GPU has compute capability "
+            f"{capability[0]}.{capability[1]}, this build has archs {build_archs} (use {option}='auto')"
         )
