@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Device script for the sparge-kernels CUDA kernels. Run on the GPU machine after the build:
-#   source tools/device/setup.sh && bash tools/gpu_kernels.sh [tests|sanitize|bench ...]
-# (no argument = all three). Logs and tables go to $OUT (default /tmp/out).
+#   source tools/device/setup.sh && bash tools/gpu_kernels.sh [tests|sanitize|bwd-tests|bwd-sanitize|bench ...]
+# (no argument = all five). Logs and tables go to $OUT (default /tmp/out).
+#   tests, sanitize          the forward's GPU tests (SPARGE_GPU_TESTS_EXTRA adds files) and memcheck
+#   bwd-tests, bwd-sanitize  the backward's GPU tests and the 2-layer training test, every case on backward_path
+#                            sm80 and sm90 (sm90 skips with its reason where this build or GPU lacks it), and
+#                            memcheck + racecheck of tools/sanitize_backward.py on both paths
+#   bench                    tools/bench_attention.py (SPARGE_BENCH_ARGS, e.g. "--backward --shapes 1.3b")
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-steps=${*:-tests sanitize bench}
+steps=${*:-tests sanitize bwd-tests bwd-sanitize bench}
 status=0
 for step in $steps; do
   SECONDS=0
@@ -33,6 +38,15 @@ for path in ("sm80", "sm90"):
 print("sanitizer case done")
 PY
       ;;
+    bwd-tests)
+      timeout ${SPARGE_TESTS_TIMEOUT:-480} python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
+        packages/sparge-kernels/tests/test_cuda_backward.py packages/sparge-kernels/tests/test_cuda_training.py \
+        2>&1 | tee "$OUT/gpu_backward_tests.log" || status=1 ;;
+    bwd-sanitize)
+      for tool in memcheck racecheck; do
+        timeout ${SPARGE_SANITIZE_TIMEOUT:-300} compute-sanitizer --tool $tool --error-exitcode 1 \
+          python3 tools/sanitize_backward.py --paths sm80 sm90 2>&1 | tee "$OUT/sanitizer_backward_$tool.log" || status=1
+      done ;;
     bench)
       timeout ${SPARGE_BENCH_TIMEOUT:-300} python3 tools/bench_attention.py --out "$OUT/bench_attention.md" ${SPARGE_BENCH_ARGS:-} 2>&1 \
         | tee "$OUT/bench.log" || status=1 ;;

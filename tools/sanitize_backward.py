@@ -1,33 +1,56 @@
-"""Tiny backward cases for compute-sanitizer (memcheck/racecheck): tails, empty rows, NHD strides, every mode.
+"""Tiny backward cases for compute-sanitizer (memcheck/racecheck): tails on both sides, Lq != Lk, an empty query
+block, a key block nobody keeps, HND and NHD strides, every backward kernel (SM80 with bulk or atomic dQ, SM80
+deterministic, the Hopper backward where this build and GPU have it).
 
-    compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/sanitize_backward.py
+    compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/sanitize_backward.py [--paths sm80 sm90]
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 
 from sparge_kernels import KernelOptions, cuda_backward, reference
 from sparge_kernels.block_mask import BlockMask
 
+# (backward_path, dq_accumulate, deterministic)
+MODES = {"sm80": [("sm80", "bulk", False), ("sm80", "atomic", False), ("sm80", "bulk", True)],
+         "sm90": [("sm90", "bulk", False)]}
+
+
+def operand(n: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
+    """(1, 2, n, d) random values; for NHD a transposed view of a (1, n, 2, d) tensor."""
+    if layout == "NHD":
+        return torch.randn(1, n, 2, d, device="cuda", dtype=dtype).transpose(1, 2)
+    return torch.randn(1, 2, n, d, device="cuda", dtype=dtype)
+
 
 def main() -> None:
-    for dtype, d in ((torch.bfloat16, 128), (torch.float16, 64)):
-        q = torch.randn(1, 300, 2, d, device="cuda", dtype=dtype).transpose(1, 2)
-        k = torch.randn(1, 200, 2, d, device="cuda", dtype=dtype).transpose(1, 2)
-        v = torch.randn(1, 2, 200, d, device="cuda", dtype=dtype)
-        dout = torch.randn(1, 2, 300, d, device="cuda", dtype=dtype)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--paths", nargs="+", choices=sorted(MODES), default=["sm80"])
+    args = p.parse_args()
+    torch.manual_seed(0)
+    for dtype, d, layout in ((torch.bfloat16, 128, "NHD"), (torch.float16, 64, "HND"), (torch.bfloat16, 64, "NHD"),
+                             (torch.float16, 128, "HND")):
+        # tails: 300 = 2*128 + 44 queries, 200 = 3*64 + 8 keys
+        q, k, v, dout = (operand(n, d, dtype, layout) for n in (300, 200, 200, 300))
         dense = torch.rand(1, 2, 3, 4, device="cuda") < 0.6
-        dense[0, 0, 1] = False  # an empty query block
-        dense[0, 1, :, 2] = False  # a key block nobody keeps
+        dense[0, 0, 1] = False  # an empty query block: zero dq
+        dense[0, 1, :, 2] = False  # a key block nobody keeps: zero dk, dv
+        dense[0, 1, 2, 3] = True  # the two tail blocks meet
         mask = BlockMask.from_dense(dense, seq_len_q=300, seq_len_k=200)
         out, lse = reference.attention_forward(q, k, v, mask.kv_count, mask.kv_index, 128, 64, d**-0.5)
-        args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, d**-0.5)
-        for accumulate, det in (("bulk", False), ("atomic", False), ("bulk", True)):
-            grads = cuda_backward.backward(dout, q, k, v, out, lse, torch.randn_like(lse), *args, det,
-                                           options=KernelOptions(dq_accumulate=accumulate))
-            torch.cuda.synchronize()
-            assert all(torch.isfinite(g).all() for g in grads)
+        mask_args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, d**-0.5)
+        for path in args.paths:
+            for backward_path, accumulate, det in MODES[path]:
+                options = KernelOptions(backward_path=backward_path, dq_accumulate=accumulate,
+                                        debug_fill=float("nan"))
+                grads = cuda_backward.backward(dout, q, k, v, out, lse, torch.randn_like(lse), *mask_args, det,
+                                               options=options)
+                torch.cuda.synchronize()
+                assert all(torch.isfinite(g).all() for g in grads), (dtype, d, layout, backward_path, det)
+        print(dtype, d, layout, "ok")
     print("sanitizer cases done")
 
 

@@ -10,30 +10,14 @@
 #include "backward/backward_api.h"
 #include "common/cuda_check.h"
 #include "common/dispatch.h"
+#include "common/hopper_path.h"
 
 namespace sparge::bwd {
 
 namespace {
 
-bool current_device_is_sm90() {
-  int device = 0, major = 0, minor = 0;
-  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return major == 9 && minor == 0;
-}
-
-// TMA walks q, dout (rows, heads, batch) and k, v: a size-1 head or batch dim may carry any stride (even 0),
-// every other stride must be non-zero (16-byte multiples are checked by the binding).
 bool strides_suit_tma(BwdParams const& p) {
-  auto ok = [&](Strides const& s) { return s.row > 0 && (s.head > 0 || p.heads == 1) && (s.batch > 0 || p.batch == 1); };
-  return ok(p.q_stride) && ok(p.k_stride) && ok(p.v_stride) && ok(p.dout_stride);
-}
-
-// A valid TMA stride for a size-1 head/batch dim (its value is never used to step).
-void fix_unit_dim_strides(Strides& s, int heads, int batch, int seqlen) {
-  if (heads == 1 || s.head == 0) s.head = s.row * seqlen;
-  if (batch == 1 || s.batch == 0) s.batch = s.head * heads;
+  return sparge::strides_suit_tma({p.q_stride, p.k_stride, p.v_stride, p.dout_stride}, p.heads, p.batch);
 }
 
 template <int kHeadDim, DType kDType>
