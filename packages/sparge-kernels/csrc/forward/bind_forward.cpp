@@ -29,7 +29,8 @@ void attention_forward(TensorArg const& q, TensorArg const& k, TensorArg const& 
   sparge::FwdParams p{};
   sparge::set_attention_params(p, "sparge attention_forward", q, k, v, out, lse, kv_count, kv_index, block_q,
                                block_k, scale);
-  sparge::fwd::dispatch_attention_forward(p, q.dtype, sparge::parse_kernel_path(path, ""), reinterpret_cast<cudaStream_t>(stream));
+  sparge::fwd::dispatch_attention_forward(p, q.dtype, sparge::parse_kernel_path(path, ""),
+                                          reinterpret_cast<cudaStream_t>(stream));
 }
 
 }  // namespace
