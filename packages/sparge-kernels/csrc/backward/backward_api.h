@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include "common/dtype.h"
+#include "common/kernel_path.h"
 #include "common/params.h"
 
 namespace sparge::bwd {
@@ -11,7 +12,7 @@ namespace sparge::bwd {
 // Which dK/dV kernel runs in the default (non-deterministic) mode: kAuto is the SM80 mma.sync kernel until the
 // Hopper one has passed on a GPU; kSm90 the warp-specialised wgmma/TMA kernel (sm_90 GPU and a 90a build).
 // Deterministic mode always runs the SM80 kernels.
-enum class BackwardPath { kAuto, kSm80, kSm90 };
+using BackwardPath = KernelPath;
 
 // Defined in the generated instantiation files; only the configured (head dim, dtype) pairs exist.
 template <int kHeadDim, DType kDType>

@@ -6,13 +6,13 @@
 #include <nanobind/stl/string.h>
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 #include <utility>
 
 #include "backward/backward_api.h"
 #include "bindings.h"
 #include "common/attention_args.h"
+#include "common/kernel_path.h"
 #include "common/params.h"
 #include "common/tensor.h"
 #include "common/tensor_caster.h"
@@ -23,13 +23,6 @@ using namespace nb::literals;
 namespace {
 
 using sparge::TensorArg;
-
-sparge::bwd::BackwardPath parse_path(std::string const& path) {
-  if (path == "auto") return sparge::bwd::BackwardPath::kAuto;
-  if (path == "sm80") return sparge::bwd::BackwardPath::kSm80;
-  if (path == "sm90") return sparge::bwd::BackwardPath::kSm90;
-  throw std::invalid_argument("sparge attention_backward: path must be 'auto', 'sm80' or 'sm90', got '" + path + "'");
-}
 
 void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const& v, TensorArg const& out,
                         TensorArg const& dout, TensorArg const& lse, TensorArg const& dlse,
@@ -71,7 +64,8 @@ void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const&
   p.padded_q = int64_t(p.num_q_blocks) * block_q;
   p.deterministic = deterministic;
   p.dq_bulk_reduce = dq_bulk_reduce;
-  sparge::bwd::dispatch_backward(p, q.dtype, parse_path(path), reinterpret_cast<cudaStream_t>(stream));
+  sparge::bwd::dispatch_backward(p, q.dtype, sparge::parse_kernel_path(path, std::string(kWho) + ": "),
+                                 reinterpret_cast<cudaStream_t>(stream));
 }
 
 }  // namespace

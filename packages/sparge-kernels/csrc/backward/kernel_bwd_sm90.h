@@ -4,14 +4,13 @@
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cutlass/arch/barrier.h>
-#include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include "backward/kernel_traits_bwd_sm90.h"
 #include "backward/mainloop_bwd_sm90.h"
 #include "backward/tile_bwd.h"
 #include "common/params.h"
+#include "common/warp_specialized_sm90.h"
 
 namespace sparge::bwd {
 
@@ -47,31 +46,19 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   BwdParams const& p = kp.args;
   const auto tile = key_block_tile<Traits>(p);
   const bool any_query = tile.walk.trip_count() > 0;
-  const int warp_group = __shfl_sync(0xffffffff, int(threadIdx.x) / 128, 0);
+  const int warp_group = warp_group_idx();
 
-  if (threadIdx.x == 0) {
-    cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_kv, 1);
-    cute::prefetch_tma_descriptor(kp.tma_q.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(kp.tma_dout.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(kp.tma_k.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(kp.tma_v.get_tma_descriptor());
-  }
-  typename Pipeline::Params pipeline_params;
-  pipeline_params.transaction_bytes = Traits::kStageBytes;
-  pipeline_params.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-  pipeline_params.is_leader = threadIdx.x == 0;
-  pipeline_params.num_consumers = Traits::kNumMmaThreads;
-  Pipeline pipeline(ss.pipeline, pipeline_params, Shape<_1, _1, _1>{});
+  init_tile_barrier_and_prefetch(&ss.barrier_kv, kp.tma_q, kp.tma_dout, kp.tma_k, kp.tma_v);
+  Pipeline pipeline(ss.pipeline, tma_pipeline_params<Traits>(warp_group, Traits::kStageBytes), Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised before anyone waits on them
 
   Element* dk = tile.template at<Element>(p.dk, p.dk_stride, tile.row0);
   Element* dv = tile.template at<Element>(p.dv, p.dv_stride, tile.row0);
   if (warp_group == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<24>();
+    enter_producer_role();
     if (threadIdx.x == 0 && any_query) Mainloop::load(kp, tile, ss, pipeline);
   } else {
-    cutlass::arch::warpgroup_reg_alloc<240>();
-    const int thread_idx = int(threadIdx.x) - 128;
+    const int thread_idx = enter_consumer_role();
     if (!any_query) {  // no query attends to this key block: zero dK, dV (16 B stores)
       constexpr int kChunks = kHeadDim / 8;
       const uint4 zero = make_uint4(0, 0, 0, 0);

@@ -17,11 +17,7 @@ namespace sparge::bwd {
 using namespace cute;
 
 template <int kHeadDim, typename Element>
-struct KernelTraitsBwdSm90 : MaskBlockTiles, KernelInstance<kHeadDim, Element> {
-  static constexpr int kNumConsumerWarpgroups = 2;
-  static constexpr int kNumMmaThreads = kNumConsumerWarpgroups * 128;
-  static constexpr int kNThreads = kNumMmaThreads + 128;  // + the producer warpgroup
-  static_assert(kBlockM == 64 * kNumConsumerWarpgroups, "each consumer warpgroup owns 64 query rows");
+struct KernelTraitsBwdSm90 : MaskBlockTiles, WarpSpecializedCtaSm90, KernelInstance<kHeadDim, Element> {
   // Q/dO ring depth: a stage is 2 x 128 x D elements (64 KB at D=128), so 2 stages fit beside K, V, P, dS.
   static constexpr int kStages = kHeadDim <= 64 ? 3 : 2;
   static constexpr int kHalfDim = kHeadDim / 2;  // dK/dV columns per consumer warpgroup

@@ -7,6 +7,7 @@
 #include <initializer_list>
 
 #include "common/cuda_check.h"
+#include "common/params.h"
 #include "common/tensor.h"
 
 namespace sparge {
@@ -32,6 +33,24 @@ inline bool strides_suit_tma(std::initializer_list<Strides> operands, int heads,
 inline void fix_unit_dim_strides(Strides& s, int heads, int batch, int seqlen) {
   if (heads == 1 || s.head == 0) s.head = s.row * seqlen;
   if (batch == 1 || s.batch == 0) s.batch = s.head * heads;
+}
+
+// The operands each direction's Hopper kernel reads with TMA: q, k, v, and in the backward dout too.
+inline bool strides_suit_tma(FwdParams const& p) {
+  return strides_suit_tma({p.q_stride, p.k_stride, p.v_stride}, p.heads, p.batch);
+}
+inline bool strides_suit_tma(BwdParams const& p) {
+  return strides_suit_tma({p.q_stride, p.k_stride, p.v_stride, p.dout_stride}, p.heads, p.batch);
+}
+
+inline void fix_unit_dim_strides(FwdParams& p) {
+  fix_unit_dim_strides(p.q_stride, p.heads, p.batch, p.seqlen_q);
+  fix_unit_dim_strides(p.k_stride, p.heads, p.batch, p.seqlen_k);
+  fix_unit_dim_strides(p.v_stride, p.heads, p.batch, p.seqlen_k);
+}
+inline void fix_unit_dim_strides(BwdParams& p) {
+  fix_unit_dim_strides(static_cast<FwdParams&>(p));
+  fix_unit_dim_strides(p.dout_stride, p.heads, p.batch, p.seqlen_q);
 }
 
 }  // namespace sparge

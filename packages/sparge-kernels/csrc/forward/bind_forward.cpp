@@ -6,11 +6,11 @@
 #include <nanobind/stl/string.h>
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 
 #include "bindings.h"
 #include "common/attention_args.h"
+#include "common/kernel_path.h"
 #include "common/params.h"
 #include "common/tensor.h"
 #include "common/tensor_caster.h"
@@ -23,20 +23,14 @@ namespace {
 
 using sparge::TensorArg;
 
-sparge::fwd::ForwardPath parse_path(std::string const& path) {
-  if (path == "auto") return sparge::fwd::ForwardPath::kAuto;
-  if (path == "sm80") return sparge::fwd::ForwardPath::kSm80;
-  if (path == "sm90") return sparge::fwd::ForwardPath::kSm90;
-  throw std::invalid_argument("path must be 'auto', 'sm80' or 'sm90', got '" + path + "'");
-}
-
 void attention_forward(TensorArg const& q, TensorArg const& k, TensorArg const& v, TensorArg const& out,
                        TensorArg const& lse, TensorArg const& kv_count, TensorArg const& kv_index, int block_q,
                        int block_k, double scale, uintptr_t stream, std::string const& path) {
   sparge::FwdParams p{};
   sparge::set_attention_params(p, "sparge attention_forward", q, k, v, out, lse, kv_count, kv_index, block_q,
                                block_k, scale);
-  sparge::fwd::dispatch_attention_forward(p, q.dtype, parse_path(path), reinterpret_cast<cudaStream_t>(stream));
+  sparge::fwd::dispatch_attention_forward(p, q.dtype, sparge::parse_kernel_path(path, ""),
+                                          reinterpret_cast<cudaStream_t>(stream));
 }
 
 }  // namespace

@@ -3,13 +3,14 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/kernel_path.h"
 #include "common/params.h"
 
 namespace sparge::fwd {
 
 // Which kernel runs: kAuto picks the Hopper (wgmma + TMA) kernel on sm_90 devices when this build has it
 // and the strides suit TMA, else the portable mma.sync kernel.
-enum class ForwardPath { kAuto, kSm80, kSm90 };
+using ForwardPath = KernelPath;
 
 // Defined in the generated instantiation files; only the configured (head dim, dtype) pairs exist.
 template <int kHeadDim, DType kDType>

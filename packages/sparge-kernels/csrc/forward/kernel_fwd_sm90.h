@@ -3,8 +3,6 @@
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cutlass/arch/barrier.h>
-#include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include "forward/epilogue_fwd_sm90.h"
@@ -14,6 +12,7 @@
 #include "forward/softmax.h"
 #include "forward/tile_scheduler.h"
 #include "common/utils.h"
+#include "common/warp_specialized_sm90.h"
 
 namespace sparge::fwd {
 
@@ -30,29 +29,19 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const WorkTile tile = StaticTileScheduler::tile();
   const BlockSparseWalk<Traits::kBlockN> walk(p.kv_count, p.kv_index, int64_t(tile.batch) * p.heads + tile.head,
                                               p.num_q_blocks, tile.m_block, p.num_k_blocks, p.seqlen_k);
-  const int warp_group = __shfl_sync(0xffffffff, int(threadIdx.x) / 128, 0);
+  const int warp_group = warp_group_idx();
 
-  if (threadIdx.x == 0) {
-    cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_q, 1);
-    cute::prefetch_tma_descriptor(kp.tma_q.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(kp.tma_k.get_tma_descriptor());
-    cute::prefetch_tma_descriptor(kp.tma_v.get_tma_descriptor());
-  }
-  typename Pipeline::Params pipeline_params;
-  pipeline_params.transaction_bytes = Traits::kTmaBytesKV;
-  pipeline_params.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-  pipeline_params.is_leader = threadIdx.x == 0;
-  pipeline_params.num_consumers = Traits::kNumMmaThreads;
+  init_tile_barrier_and_prefetch(&ss.barrier_q, kp.tma_q, kp.tma_k, kp.tma_v);
+  auto pipeline_params = tma_pipeline_params<Traits>(warp_group, Traits::kTmaBytesKV);
   Pipeline pipeline_k(ss.pipeline_k, pipeline_params, Shape<_1, _1, _1>{});
   Pipeline pipeline_v(ss.pipeline_v, pipeline_params, Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised before anyone waits on them
 
   if (warp_group == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<24>();
+    enter_producer_role();
     if (threadIdx.x == 0 && walk.trip_count() > 0) Mainloop::load(kp, tile, ss, pipeline_k, pipeline_v, walk);
   } else {
-    cutlass::arch::warpgroup_reg_alloc<240>();
-    const int thread_idx = int(threadIdx.x) - 128;
+    const int thread_idx = enter_consumer_role();
     typename Traits::TiledMmaPV mma_pv;
     Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{});
     clear(acc_o);

@@ -14,10 +14,7 @@ namespace sparge::fwd {
 using namespace cute;
 
 template <int kHeadDim, typename Element>
-struct KernelTraitsSm90 : MaskBlockTiles, KernelInstance<kHeadDim, Element> {
-  static constexpr int kNumConsumerWarpgroups = kBlockM / 64;
-  static constexpr int kNumMmaThreads = kNumConsumerWarpgroups * 128;
-  static constexpr int kNThreads = kNumMmaThreads + 128;  // + the producer warpgroup
+struct KernelTraitsSm90 : MaskBlockTiles, WarpSpecializedCtaSm90, KernelInstance<kHeadDim, Element> {
   // K/V ring depth: 64-row blocks are small, so keep several in flight (Q + 4 stages of K and V = 160 KB at D=128).
   static constexpr int kStages = kHeadDim <= 64 ? 6 : 4;
 

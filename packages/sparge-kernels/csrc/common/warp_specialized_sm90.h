@@ -1,0 +1,52 @@
+// The opening every warp-specialised Hopper kernel shares (forward and backward; as flash-attention hopper's
+// kernels and CUTLASS 88_hopper_fmha): warpgroup 0 is the producer (one thread issues the TMA loads), the other
+// warpgroups consume (wgmma); the one-shot barrier of the operands loaded once per tile, the TMA-fed pipeline's
+// parameters and the register split (setmaxnreg) between the two roles. Each kernel branches on warp_group_idx()
+// with a plain if/else (passing the role bodies as lambdas to one helper changed the generated code).
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include <cstdint>
+
+namespace sparge {
+
+// The calling thread's warpgroup (0: the producer), made warp-uniform so the role branches do not diverge.
+__device__ __forceinline__ int warp_group_idx() { return __shfl_sync(0xffffffff, int(threadIdx.x) / 128, 0); }
+
+// Thread 0: initialises `barrier`, the transaction barrier (one arrival) of the operands loaded once per tile,
+// and prefetches the TMA descriptors. The caller syncs the CTA before anyone waits on it.
+template <class... Tma>
+__device__ __forceinline__ void init_tile_barrier_and_prefetch(uint64_t* barrier, Tma const&... tma) {
+  if (threadIdx.x == 0) {
+    cutlass::arch::ClusterTransactionBarrier::init(barrier, 1);
+    (cute::prefetch_tma_descriptor(tma.get_tma_descriptor()), ...);
+  }
+}
+
+// Parameters of a TMA-fed pipeline ring (`Traits::Pipeline`, a cutlass::PipelineTmaAsync): warpgroup 0 produces
+// (thread 0 leads), the Traits::kNumMmaThreads consumer threads consume; each stage lands transaction_bytes.
+template <class Traits>
+__device__ __forceinline__ typename Traits::Pipeline::Params tma_pipeline_params(int warp_group,
+                                                                                 uint32_t transaction_bytes) {
+  using Pipeline = typename Traits::Pipeline;
+  typename Pipeline::Params params;
+  params.transaction_bytes = transaction_bytes;
+  params.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  params.is_leader = threadIdx.x == 0;
+  params.num_consumers = Traits::kNumMmaThreads;
+  return params;
+}
+
+// The role split (setmaxnreg): the producer warpgroup, which only issues TMA loads, gives registers back ...
+__device__ __forceinline__ void enter_producer_role() { cutlass::arch::warpgroup_reg_dealloc<24>(); }
+
+// ... and the consumer warpgroups take them; returns the thread's index among the consumers, [0, kNumMmaThreads).
+__device__ __forceinline__ int enter_consumer_role() {
+  cutlass::arch::warpgroup_reg_alloc<240>();
+  return int(threadIdx.x) - 128;
+}
+
+}  // namespace sparge
