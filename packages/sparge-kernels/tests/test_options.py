@@ -24,8 +24,8 @@ def test_defaults(monkeypatch):
 
 
 def test_backward_path_default_and_env(monkeypatch):
-    """backward_path: SPARGE_BACKWARD_PATH, else "auto" (which means the SM80 kernel until the Hopper one has
-    passed on a GPU); independent of forward_path; positional KernelOptions(forward, dq, fill) keeps its meaning."""
+    """backward_path: SPARGE_BACKWARD_PATH, else "auto" (the Hopper kernel where it can run, else
+    SM80); independent of forward_path; positional KernelOptions(forward, dq, fill) keeps its meaning."""
     monkeypatch.delenv("SPARGE_FORWARD_PATH", raising=False)
     monkeypatch.delenv("SPARGE_BACKWARD_PATH", raising=False)
     assert current_kernel_options().backward_path == "auto"

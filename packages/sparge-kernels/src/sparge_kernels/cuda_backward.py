@@ -7,9 +7,9 @@ csrc/common/tensor_caster.h; None for an absent dlse / dq_accum). Kernels (csrc/
   preprocess   delta = rowsum(dO ∘ O) − dlse, lse in log2 units (+inf on empty/padding rows → P = 0)
   dK/dV        one CTA per key block, over the query blocks that kept it (q_index); in the default mode it also
                adds dS·K into an fp32 dQ accumulator (Hopper: per-warp bulk async reduce-adds; else 8-byte
-               atomics), then a small kernel converts dQ. KernelOptions.backward_path="sm90" runs the
-               warp-specialised Hopper kernel instead (wgmma + TMA, dQ by 8-byte atomics; not yet run on a GPU,
-               so "auto" keeps the SM80 kernel)
+               atomics), then a small kernel converts dQ. On sm_90 GPUs with a 90a build ("auto", or
+               KernelOptions.backward_path="sm90") the warp-specialised Hopper kernel runs instead (wgmma + TMA,
+               dQ by 8-byte atomics)
   dQ           deterministic=True: one CTA per query block over its kept key blocks (kv_index), no atomics,
                bitwise reproducible (recomputes P and dS)
 An operand whose head dim is not unit-stride, or whose pointer/strides are not 16-byte aligned, is copied to a

@@ -43,9 +43,8 @@ class KernelOptions:
         stay detectable (the tests poison with NaN).
     backward_path: the dK/dV kernel of the default (non-deterministic) backward: "sm80" (mma.sync), "sm90" (the
         warp-specialised Hopper wgmma/TMA kernel: an sm_90 GPU and a build for 90a, else an error) or "auto".
-        "auto" means "sm80" for now: the Hopper backward has not yet been run on a GPU, and "auto" will pick it on
-        sm_90 only once it has passed the GPU tests there. deterministic=True always runs the SM80 kernels. The
-        default comes from SPARGE_BACKWARD_PATH, else "auto".
+        "auto" picks "sm90" where it can run (sm_90 GPU, 90a build, TMA-walkable strides), else "sm80".
+        deterministic=True always runs the SM80 kernels. The default comes from SPARGE_BACKWARD_PATH, else "auto".
     """
 
     forward_path: str = "auto"
