@@ -11,8 +11,7 @@ namespace sparge::bwd {
 
 BackwardPath resolve_backward_path(BwdParams const& params, BackwardPath path) {
   if (params.deterministic) return BackwardPath::kSm80;  // the Hopper kernel accumulates dQ with atomics
-  // kAuto picks the Hopper kernel where it can run (it passed the GPU tests and sanitizers on an H200, 2026-12-03).
-  return resolve_kernel_path(path, sm90_possible(params), /*auto_picks_sm90=*/true,
+  return resolve_kernel_path(path, sm90_possible(params),
                              "sparge attention_backward: path='sm90' (the Hopper backward) needs a build with "
                              "SPARGE_CUDA_ARCHS containing 90a, an sm_90 GPU and non-zero strides for q, k, v, "
                              "dout (this build: " SPARGE_BUILD_ARCHS ")");

@@ -1,6 +1,6 @@
 // Which kernel family runs a direction (forward, backward): the portable SM80 mma.sync kernels or the Hopper
 // wgmma/TMA ones. One enum, one parser for the bindings' `path` argument, one resolution rule and one launch
-// switch serve both directions (each direction says only whether kAuto may pick Hopper and what to launch).
+// switch serve both directions (each direction says only what to launch and its error text).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -36,12 +36,11 @@ bool sm90_possible(Params const& params) {
 #endif
 }
 
-// kSm90 where it cannot run throws `sm90_unavailable`; kAuto becomes kSm90 when `auto_picks_sm90` and it can run,
-// else kSm80. The result is never kAuto.
-inline KernelPath resolve_kernel_path(KernelPath path, bool sm90_possible, bool auto_picks_sm90,
-                                      const char* sm90_unavailable) {
+// kSm90 where it cannot run throws `sm90_unavailable`; kAuto becomes kSm90 where it can run, else kSm80. The
+// result is never kAuto.
+inline KernelPath resolve_kernel_path(KernelPath path, bool sm90_possible, const char* sm90_unavailable) {
   if (path == KernelPath::kSm90 && !sm90_possible) throw std::invalid_argument(sm90_unavailable);
-  if (path == KernelPath::kAuto) return auto_picks_sm90 && sm90_possible ? KernelPath::kSm90 : KernelPath::kSm80;
+  if (path == KernelPath::kAuto) return sm90_possible ? KernelPath::kSm90 : KernelPath::kSm80;
   return path;
 }
 

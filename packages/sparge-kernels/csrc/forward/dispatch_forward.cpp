@@ -7,7 +7,7 @@
 namespace sparge::fwd {
 
 ForwardPath resolve_forward_path(FwdParams const& params, ForwardPath path) {
-  return resolve_kernel_path(path, sm90_possible(params), /*auto_picks_sm90=*/true,
+  return resolve_kernel_path(path, sm90_possible(params),
                              "the Hopper forward kernel needs a build with SPARGE_CUDA_ARCHS containing 90a, an "
                              "sm_90 GPU and non-zero strides for q, k, v (this build: " SPARGE_BUILD_ARCHS ")");
 }
