@@ -54,23 +54,34 @@ class ShapeContext:
     v: torch.Tensor
     masks: dict  # density -> sparge BlockMask
     dense_flops: float
+    predicted: tuple  # (q, k, v, mask): video-like inputs and their predicted sparge BlockMask
+    backward_densities: tuple[float, ...]  # the densities of masks that the fwd+bwd rows time
 
 
 # Extra row producers run with --backward (e.g. fwd+bwd rows); each returns rows for one shape.
 BACKWARD_ROWS: list[Callable[[ShapeContext], list[Row]]] = []
 
 
-def time_ms(fn: Callable[[], object], rep_ms: int = 200) -> float:
-    """Median time of fn in ms (triton's do_bench when available, else CUDA events)."""
+def time_ms(fn: Callable[[], object], rep_ms: int = 200, min_runs: int = 20) -> float:
+    """Median time of fn in ms over at least min_runs timed runs (triton's do_bench, else CUDA events)."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(3):
+        fn()
+    end.record()
+    end.synchronize()
+    estimate_ms = start.elapsed_time(end) / 3
+    # do_bench repeats for rep ms: stretch it so that slow rows (dense fwd+bwd) still get >= min_runs samples.
+    rep_ms = max(rep_ms, int((min_runs + 2) * estimate_ms) + 1)
     try:
         from triton.testing import do_bench
 
-        return float(do_bench(fn, warmup=max(25, rep_ms // 4), rep=rep_ms, return_mode="median"))
+        return float(do_bench(fn, warmup=max(25, rep_ms // 8), rep=rep_ms, return_mode="median"))
     except ImportError:
-        fn()
-        torch.cuda.synchronize()
         samples = []
-        for _ in range(20):
+        for _ in range(min_runs):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -90,6 +101,23 @@ def random_mask(b, h, lq, lk, density, seed=0):
     return BlockMask.from_dense(dense, block_q=BLOCK_Q, block_k=BLOCK_K, seq_len_q=lq, seq_len_k=lk)
 
 
+def flex_native_block_mask(b, h, lq, lk, density, seed=0):
+    """A random FlexAttention BlockMask on Flex's native 128x128 blocks at the given density."""
+    from torch.nn.attention.flex_attention import BlockMask as FlexBlockMask
+
+    from sparge_kernels.validation import num_blocks
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    nq, nk = num_blocks(lq, 128), num_blocks(lk, 128)
+    dense = torch.rand(b, h, nq, nk, generator=g, device="cuda") < density
+    count = dense.sum(-1, dtype=torch.int32)
+    # Kept block indices first in each row (a stable sort of the negated mask), as from_kv_blocks expects.
+    index = torch.argsort((~dense).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    fbm = FlexBlockMask.from_kv_blocks(torch.zeros_like(count), index, count, index, BLOCK_SIZE=(128, 128),
+                                       seq_lengths=(lq, lk))
+    return fbm, dense.float().mean().item()
+
+
 def flex_block_mask(mask):
     """The same kept blocks as a FlexAttention BlockMask; kept blocks are full blocks (no mask_mod work)."""
     from torch.nn.attention.flex_attention import BlockMask as FlexBlockMask
@@ -101,7 +129,7 @@ def flex_block_mask(mask):
     )
 
 
-def bench_shape(name: str, backward: bool) -> list[Row]:
+def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...] = DENSITIES) -> list[Row]:
     from structured_inputs import video_qkv
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import flex_attention
@@ -167,7 +195,8 @@ def bench_shape(name: str, backward: bool) -> list[Row]:
         rows.append(Row(f"sparge density 0.05 + mask prediction ({t5:.3f} + {t_pred:.3f} ms)", t5 + t_pred,
                         dense_flops * masks[0.05].density))
     if backward:
-        ctx = ShapeContext(name, (b, h, length, d), q, k, v, masks, dense_flops)
+        ctx = ShapeContext(name, (b, h, length, d), q, k, v, masks, dense_flops, (sq, skk, sv, pmask),
+                           backward_densities)
         for producer in BACKWARD_ROWS:
             rows.extend(producer(ctx))
     torch.cuda.empty_cache()
@@ -189,10 +218,12 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
 
     b, h, length, d = ctx.shape
     scale = d**-0.5
-    q, k, v = (x.detach().requires_grad_() for x in (ctx.q, ctx.k, ctx.v))
-    dout = torch.randn(q.shape, generator=torch.Generator(device="cuda").manual_seed(2), device="cuda").to(q.dtype)
+    dout = torch.randn(ctx.q.shape, generator=torch.Generator(device="cuda").manual_seed(2), device="cuda")
+    dout = dout.to(ctx.q.dtype)
 
-    def fwd_bwd(attend):
+    def fwd_bwd(attend, inputs=(ctx.q, ctx.k, ctx.v)):
+        q, k, v = (x.detach().requires_grad_() for x in inputs)
+
         def run():
             return torch.autograd.grad(attend(q, k, v), (q, k, v), dout)
 
@@ -208,7 +239,7 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
     rows: list[Row] = []
     # The Hopper backward's rows (backward_path="sm90") where this GPU and build have it.
     try:
-        capability = torch.cuda.get_device_capability(q.device)
+        capability = torch.cuda.get_device_capability(ctx.q.device)
         check_kernel_path("backward_path", "sm90", sk.cuda._C.build_archs, capability)
         hopper_backward = True
     except KernelNotBuiltError:
@@ -221,37 +252,62 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
     add("dense SDPA (cuDNN) fwd+bwd", t_ref, 3.5 * ctx.dense_flops)
     if with_flash:
         add("dense SDPA (flash) fwd+bwd", time_ms(fwd_bwd(sdpa(SDPBackend.FLASH_ATTENTION))), 3.5 * ctx.dense_flops)
-    flex = torch.compile(flex_attention, dynamic=False)
-    for density, mask in ctx.masks.items():
+    # Flex autotunes its tiles: its default backward tile on sm90 (BLOCK_N1 = 128) does not divide 64-key blocks,
+    # so the default mode finds no valid kernel (NoValidChoicesError); max-autotune also gives Flex its best tile.
+    flex = torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
+
+    def flex_row(label: str, fbm, flops: float, inputs=(ctx.q, ctx.k, ctx.v)) -> None:
+        nonlocal with_flex
+        if not with_flex:
+            return
+        try:
+            t = time_ms(fwd_bwd(lambda q, k, v: flex(q, k, v, block_mask=fbm, scale=scale), inputs))
+            add(label, t, flops)
+        except Exception as exc:  # a peer's failure is reported; the other rows still run
+            print(f"{label} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            with_flex = False
+
+    def sparge_rows(what: str, mask, kept: float) -> None:
+        attend = lambda q, k, v: sk.block_sparse_attention(q, k, v, mask, scale=scale)  # noqa: E731
+        add(f"**sparge fwd+bwd**, {what}", time_ms(fwd_bwd(attend)), 3.5 * ctx.dense_flops * kept)
+        if hopper_backward:
+            with sk.kernel_options(backward_path="sm80"):  # read when autograd launches the backward
+                add(f"sparge fwd+bwd (SM80 backward), {what}", time_ms(fwd_bwd(attend)), 3.5 * ctx.dense_flops * kept)
+
+    for density in ctx.backward_densities:
+        mask = ctx.masks[density]
         kept = mask.density
         what = f"random mask density {density:g} (kept {kept:.3f})"
-        if with_flex:
-            fbm = flex_block_mask(mask)
-            t = time_ms(fwd_bwd(lambda q, k, v, fbm=fbm: flex(q, k, v, block_mask=fbm, scale=scale)))
-            add(f"FlexAttention fwd+bwd, {what}", t, 3.5 * ctx.dense_flops * kept)
-        t = time_ms(fwd_bwd(lambda q, k, v, m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale)))
-        add(f"**sparge fwd+bwd**, {what}", t, 3.5 * ctx.dense_flops * kept)
-        if hopper_backward:
-
-            def fwd_bwd_sm90(m=mask):
-                with sk.kernel_options(backward_path="sm90"):  # read when autograd launches the backward
-                    return fwd_bwd(lambda q, k, v: sk.block_sparse_attention(q, k, v, m, scale=scale))()
-
-            add(f"**sparge fwd+bwd (sm90 backward)**, {what}", time_ms(fwd_bwd_sm90), 3.5 * ctx.dense_flops * kept)
+        flex_row(f"FlexAttention fwd+bwd, same 128x64 mask, {what}", flex_block_mask(mask),
+                 3.5 * ctx.dense_flops * kept)
+        if density < 1:
+            fbm, kept128 = flex_native_block_mask(b, h, length, length, density)
+            flex_row(f"FlexAttention fwd+bwd, 128x128 blocks, density {density:g} (kept {kept128:.3f})", fbm,
+                     3.5 * ctx.dense_flops * kept128)
+        sparge_rows(what, mask, kept)
         with torch.no_grad():
-            out, lse = sk.block_sparse_attention(q, k, v, mask, scale=scale, return_lse=True)
+            out, lse = sk.block_sparse_attention(ctx.q, ctx.k, ctx.v, mask, scale=scale, return_lse=True)
         idx = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, BLOCK_Q, BLOCK_K, scale)
-        modes = [("bulk-reduce dQ", "bulk", False, "sm80"), ("atomic dQ", "atomic", False, "sm80"),
-                 ("deterministic dQ", "bulk", True, "sm80")]
+        modes = [("SM80, bulk-reduce dQ", "bulk", False, "sm80"), ("SM80, atomic dQ", "atomic", False, "sm80"),
+                 ("SM80, deterministic dQ", "bulk", True, "sm80")]
         if hopper_backward:
             modes.append(("sm90 wgmma, atomic dQ", "atomic", False, "sm90"))
         for mode, accumulate, det, path in modes:
             options = sk.KernelOptions(dq_accumulate=accumulate, backward_path=path)
 
             def bwd(det=det, options=options, out=out, lse=lse, idx=idx):
-                return cuda_backward.backward(dout, q, k, v, out, lse, None, *idx, det, options=options)
+                return cuda_backward.backward(dout, ctx.q, ctx.k, ctx.v, out, lse, None, *idx, det, options=options)
 
             add(f"sparge backward alone ({mode}), {what}", time_ms(bwd), 2.5 * ctx.dense_flops * kept)
+
+    # Masks predicted from video-like inputs: sparge_attention (prediction + attention) trains through both.
+    sq, skk, sv, pmask = ctx.predicted
+    what = f"predicted mask (topk={TOPK}, topp={TOPP}; density {pmask.density:.3f})"
+    flex_row(f"FlexAttention fwd+bwd, {what}", flex_block_mask(pmask), 3.5 * ctx.dense_flops * pmask.density,
+             (sq, skk, sv))
+    t = time_ms(fwd_bwd(lambda q, k, v: sk.sparge_attention(q, k, v, topk=TOPK, topp=TOPP, scale=scale),
+                        (sq, skk, sv)))
+    add(f"**sparge_attention fwd+bwd (prediction included)**, {what}", t, 3.5 * ctx.dense_flops * pmask.density)
     return rows
 
 
@@ -269,11 +325,26 @@ def table(name: str, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def backward_densities(spec: str, shape: str) -> tuple[float, ...]:
+    """The fwd+bwd densities for one shape from --backward-densities ('1,0.05' or '1.3b=1,0.05;14b=0.05')."""
+    per_shape = dict(part.split("=", 1) for part in spec.split(";")) if "=" in spec else {shape: spec}
+    if shape not in per_shape:
+        return ()
+    densities = tuple(float(x) for x in per_shape[shape].split(",") if x)
+    unknown = [x for x in densities if x not in DENSITIES]
+    if unknown:
+        raise SystemExit(f"--backward-densities: {unknown} not among the benchmarked densities {DENSITIES}")
+    return densities
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="1.3b,14b")
     parser.add_argument("--out", default=None, help="also write the markdown here")
     parser.add_argument("--backward", action="store_true", help="add the BACKWARD_ROWS hook's rows")
+    parser.add_argument("--backward-densities", default="1,0.2,0.1,0.05",
+                        help="mask densities of the fwd+bwd rows, per shape as name=d1,d2;... "
+                             "or one list for every shape (e.g. '1.3b=1,0.2,0.1,0.05;14b=0.05')")
     args = parser.parse_args()
     import sparge_kernels as sk
 
@@ -285,7 +356,7 @@ def main() -> None:
               "counts only kept blocks (4·B·H·Lq·Lk·D·density).\n")
     parts = [header]
     for name in args.shapes.split(","):
-        parts.append(table(name, bench_shape(name, args.backward)))
+        parts.append(table(name, bench_shape(name, args.backward, backward_densities(args.backward_densities, name))))
         print(parts[-1], "\n", flush=True)
     text = "\n\n".join(parts) + "\n"
     if args.out:
