@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sparge_train.config import FlowConfig, LossConfig
+from sparge_train.config import ConfigError, FlowConfig, LossConfig
 from sparge_train.flow_matching import (
     add_noise,
     noise_for_positions,
@@ -101,6 +101,37 @@ def test_losses_values_and_gradients():
     # bf16 predictions are compared in float32
     lo = velocity_distill_loss(vs.detach().bfloat16(), vt.bfloat16())
     assert lo.dtype == torch.float32 and math.isfinite(float(lo))
+
+
+def test_guided_velocity_loss_matches_cfg_by_hand():
+    g = torch.Generator().manual_seed(3)
+    # rows [captioned; null-captioned] of 2 samples, as make_training_batch lays them out with guidance_scale
+    vs = torch.randn(4, 3, 2, 4, 4, generator=g, requires_grad=True)
+    vt = torch.randn(4, 3, 2, 4, 4, generator=g)
+    target = torch.randn(4, 3, 2, 4, 4, generator=g)
+    w = 4.0
+    loss, parts = distillation_objective(LossConfig("velocity", guidance_scale=w), vs, vt, target)
+    cond = ((vs[:2] - vt[:2]) ** 2).mean()
+    guided = (((vs[2:] + w * (vs[:2] - vs[2:])) - (vt[2:] + w * (vt[:2] - vt[2:]))) ** 2).mean()
+    torch.testing.assert_close(parts["loss_velocity"], cond.detach())
+    torch.testing.assert_close(parts["loss_guided"], guided.detach())
+    torch.testing.assert_close(loss, 0.5 * (cond + guided))
+    loss.backward()
+    assert vs.grad[2:].abs().sum() > 0  # the null rows learn through the guided term
+    # mix: the diffusion part sees the captioned rows and their target only
+    loss, parts = distillation_objective(LossConfig("mix", 1.0, 1.0, guidance_scale=w), vs, vt, target)
+    torch.testing.assert_close(parts["loss_diffusion"], ((vs[:2] - target[:2]) ** 2).mean().detach())
+    with pytest.raises(ValueError, match="v_student: loss.guidance_scale needs"):
+        distillation_objective(LossConfig("velocity", guidance_scale=w), vs[:3], vt[:3], target[:3])
+
+
+def test_guidance_scale_errors_name_the_field():
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="loss.guidance_scale"):
+            LossConfig("velocity", guidance_scale=bad).validate()
+    with pytest.raises(ConfigError, match="loss.guidance_scale.*needs kind velocity"):
+        LossConfig("diffusion", guidance_scale=4.0).validate()
+    LossConfig("velocity", guidance_scale=4.0).validate()
 
 
 def test_loss_errors():

@@ -58,6 +58,9 @@ def test_student_config_distils_the_shipped_teacher_at_the_demo_sizes():
     assert cfg.flow.shift == teacher.flow.shift and cfg.data.world.split == "base"
     assert [16, 64, 64] in cfg.data.world.sizes and [8, 64, 64] in cfg.data.world.sizes  # GPU demo, CPU main job
     assert cfg.train.ema_decay > 0 and cfg.train.max_time_s > 0
+    from sparge_pipelines.world.sampler import SamplerConfig
+
+    assert cfg.loss.guidance_scale == SamplerConfig().guidance  # distils the guided velocity the demo samples with
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -111,6 +114,37 @@ def test_world_batches_cycle_sizes_and_drop_captions(tmp_path):
     # the same samples and positions give the same batch
     again = make_training_batch(dataset, micro, cfg, torch.device("cpu"), torch.float32, size_index=0)
     assert torch.equal(big.x_t, again.x_t) and torch.equal(big.target, again.target)
+
+
+def test_guidance_scale_repeats_each_sample_with_the_null_caption(tmp_path):
+    cfg = config_from_dict(world_run(tmp_path))
+    dataset = build_dataset(cfg.data)
+    micro = MicroBatch(indices=list(range(3)), positions=list(range(3)))
+    plain = make_training_batch(dataset, micro, cfg, torch.device("cpu"), torch.float32)
+    cfg.loss.kind, cfg.loss.guidance_scale = "velocity", 4.0
+    both = make_training_batch(dataset, micro, cfg, torch.device("cpu"), torch.float32)
+    assert both.x_t.shape[0] == 6 and both.tokens == 2 * plain.tokens
+    for name in ("x_t", "timesteps", "target", "sigmas"):
+        a, b = getattr(both, name).chunk(2)
+        assert torch.equal(a, b) and torch.equal(a, getattr(plain, name)), name
+    assert torch.equal(both.text[:3], plain.text) and not both.text[3:].any()
+    bad = world_run(tmp_path)
+    bad["loss"] = {"kind": "velocity", "guidance_scale": 4.0}
+    bad["data"] = {"source": "synthetic"}
+    with pytest.raises(ConfigError, match="loss.guidance_scale: needs the null caption"):
+        config_from_dict(bad)
+
+
+def test_guided_distillation_fits_and_logs_both_velocity_terms(tmp_path):
+    cfg = world_run(tmp_path / "run", max_steps=2, ema_decay=0.0)
+    cfg["loss"] = {"kind": "velocity", "guidance_scale": 4.0}
+    cfg["sparge"] = {"enabled": True, "topk": 0.5, "topp": 0.0}
+    check_ok(run_fit(write_config(cfg, tmp_path / "guided.yaml")))
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert sorted(metrics) == [1, 2]
+    for row in metrics.values():
+        assert row["loss"] == pytest.approx(0.5 * (row["loss_velocity"] + row["loss_guided"]), rel=1e-5)
+        assert row["loss_guided"] > 0
 
 
 @pytest.mark.slow

@@ -113,15 +113,28 @@ class SpargeConfig:
 
 @dataclass
 class LossConfig:
-    """velocity: ‖v_student − v_teacher‖²; diffusion: ‖v_student − (noise − x0)‖²; mix: weighted sum."""
+    """velocity: ‖v_student − v_teacher‖²; diffusion: ‖v_student − (noise − x0)‖²; mix: weighted sum.
+
+    guidance_scale w > 0 (velocity and mix): every sample also runs with the null caption, and the velocity term is
+    the mean of the conditional one and ‖ṽ_student − ṽ_teacher‖² with ṽ = v(∅) + w·(v(c) − v(∅)), the guided
+    velocity a CFG sampler steps with. The caption moves v by only a few percent of its norm, so the plain velocity
+    loss barely sees what CFG amplifies w times (tools/results/world/student_guidance_error_cpu_2026-12-03.md).
+    """
 
     kind: Literal["velocity", "diffusion", "mix"] = "velocity"
     velocity_weight: float = 1.0
     diffusion_weight: float = 1.0
+    guidance_scale: float = 0.0
 
     def validate(self, prefix: str = "loss") -> None:
         if self.kind not in ("velocity", "diffusion", "mix"):
             raise ConfigError(f"{prefix}.kind", f"must be velocity, diffusion or mix, got {self.kind!r}")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ConfigError(f"{prefix}.guidance_scale",
+                              f"must be finite and >= 0 (0: off), got {self.guidance_scale}")
+        if self.guidance_scale > 0 and not self.needs_teacher:
+            raise ConfigError(f"{prefix}.guidance_scale", "distils the teacher's guided velocity: needs kind velocity "
+                              "or mix with velocity_weight > 0")
         for name in ("velocity_weight", "diffusion_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -390,6 +403,10 @@ class RunConfig:
         if self.data.source == "synthetic" and self.train.eval_samples > self.data.synthetic.num_samples:
             raise ConfigError("train.eval_samples", f"{self.train.eval_samples} > data.synthetic.num_samples "
                               f"({self.data.synthetic.num_samples})")
+        if self.loss.guidance_scale > 0 and self.data.source != "world":
+            # Wan's null caption is the text encoder's output for "", which precomputed shards do not hold.
+            raise ConfigError("loss.guidance_scale", f"needs the null caption's embedding: only data.source world "
+                              f"defines it (zero tokens), got {self.data.source!r}")
         if self.train.ema_decay > 0 and self.deepspeed.zero_stage == 3:
             raise ConfigError("train.ema_decay", "EMA needs whole parameters on every rank: zero_stage <= 2")
         from .preflight import check_model_fields

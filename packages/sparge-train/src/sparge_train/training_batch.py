@@ -44,7 +44,8 @@ def _world_batch(dataset, micro: MicroBatch, cfg: RunConfig, device: torch.devic
 
 def make_training_batch(dataset, micro: MicroBatch, cfg: RunConfig, device: torch.device, dtype: torch.dtype,
                         *, seed: int | None = None, size_index: int = 0, patch_size=(1, 2, 2)) -> TrainingBatch:
-    """Noise and σ of each sample come from (seed, its stream position); seed defaults to train.seed.
+    """Noise and σ of each sample come from (seed, its stream position); seed defaults to train.seed. With
+    loss.guidance_scale the batch holds each sample twice: with its caption, then with the null caption.
     `size_index` picks the world video size (data.world.sizes, cycled); other sources ignore it."""
     seed = cfg.train.seed if seed is None else seed
     if cfg.data.source == "world":
@@ -58,6 +59,10 @@ def make_training_batch(dataset, micro: MicroBatch, cfg: RunConfig, device: torc
         x0, text = batch["latents"], batch["text_embeds"]
     noise, sigmas = noise_for_positions(micro.positions, tuple(x0.shape[1:]), cfg.flow, seed, device=x0.device)
     x_t = add_noise(x0, noise, sigmas.to(x0.device))
+    if cfg.loss.guidance_scale > 0:
+        # Rows B..2B-1 repeat the samples with the null caption (CFG's unconditional branch): one forward per model.
+        x0, noise, x_t, sigmas = (torch.cat([t, t]) for t in (x0, noise, x_t, sigmas))
+        text = torch.cat([text, torch.zeros_like(text)])
     b, _, f, h, w = x0.shape
     return TrainingBatch(
         x_t=x_t.to(device=device, dtype=dtype),
