@@ -1,6 +1,7 @@
 // Which kernel family runs a direction (forward, backward): the portable SM80 mma.sync kernels or the Hopper
 // wgmma/TMA ones. One enum, one parser for the bindings' `path` argument, one resolution rule and one launch
-// switch serve both directions (each direction says only what to launch and its error text).
+// switch serve both directions (each direction says only its error text, and the backward that its
+// deterministic mode stays on SM80).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -75,7 +76,7 @@ void launch_on_path(const char* kernel, Params const& params, DType dtype, [[may
     if (path == KernelPath::kSm90) {
       Params p = params;
       fix_unit_dim_strides(p);
-      run_sm90<kHeadDim, kDType>(static_cast<Params const&>(p), stream);
+      run_sm90<kHeadDim, kDType>(p, stream);
       return;
     }
 #endif
