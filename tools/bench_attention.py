@@ -214,6 +214,7 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
 
     import sparge_kernels as sk
     from sparge_kernels import cuda_backward
+    from sparge_kernels.backend import MaskArgs
     from sparge_kernels.validation import KernelNotBuiltError, check_kernel_path
 
     b, h, length, d = ctx.shape
@@ -296,7 +297,8 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
             options = sk.KernelOptions(dq_accumulate=accumulate, backward_path=path)
 
             def bwd(det=det, options=options, out=out, lse=lse, idx=idx):
-                return cuda_backward.backward(dout, ctx.q, ctx.k, ctx.v, out, lse, None, *idx, det, options=options)
+                m = MaskArgs(*idx, deterministic=det)
+                return cuda_backward.backward(dout, ctx.q, ctx.k, ctx.v, out, lse, None, m, options=options)
 
             add(f"sparge backward alone ({mode}), {what}", time_ms(bwd), 2.5 * ctx.dense_flops * kept)
 

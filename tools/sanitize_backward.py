@@ -12,6 +12,7 @@ import argparse
 import torch
 
 from sparge_kernels import KernelOptions, cuda_backward, reference
+from sparge_kernels.backend import MaskArgs
 from sparge_kernels.block_mask import BlockMask
 
 # (backward_path, dq_accumulate, deterministic)
@@ -46,8 +47,8 @@ def main() -> None:
             for backward_path, accumulate, det in MODES[path]:
                 options = KernelOptions(backward_path=backward_path, dq_accumulate=accumulate,
                                         debug_fill=float("nan"))
-                grads = cuda_backward.backward(dout, q, k, v, out, lse, torch.randn_like(lse), *mask_args, det,
-                                               options=options)
+                grads = cuda_backward.backward(dout, q, k, v, out, lse, torch.randn_like(lse),
+                                               MaskArgs(*mask_args, deterministic=det), options=options)
                 torch.cuda.synchronize()
                 assert all(torch.isfinite(g).all() for g in grads), (dtype, d, layout, backward_path, det)
         print(dtype, d, layout, "ok")

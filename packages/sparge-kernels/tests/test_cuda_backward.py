@@ -23,6 +23,7 @@ import torch
 
 import sparge_kernels as sk
 from sparge_kernels import KernelOptions, cuda, cuda_backward, cuda_forward, reference
+from sparge_kernels.backend import MaskArgs
 from sparge_kernels.block_mask import BlockMask
 from sparge_kernels.validation import KernelNotBuiltError, check_kernel_path, num_blocks
 
@@ -56,7 +57,8 @@ def sm80_only(backward_path):
 
 def forward(q, k, v, mask, scale):
     """out, lse of the CUDA forward for HND views."""
-    return cuda_forward.forward(q, k, v, mask.kv_count, mask.kv_index, 128, 64, scale)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale)
+    return cuda_forward.forward(q, k, v, m)
 
 
 def make_inputs(b, h, lq, lk, d, dtype, layout="HND", seed=0, q_scale=1.0):
@@ -111,7 +113,7 @@ def run_case(b, h, lq, lk, d, dtype, *, density=0.3, layout="HND", dlse=True, de
     g = torch.Generator(device="cuda").manual_seed(seed + 7)
     dl = torch.randn(b, h, lq, generator=g, device="cuda") if dlse else None
     args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale)
-    dq, dk, dv = cuda_backward.backward(dout, q, k, v, out, lse, dl, *args, deterministic)
+    dq, dk, dv = cuda_backward.backward(dout, q, k, v, out, lse, dl, MaskArgs(*args, deterministic=deterministic))
     ref = reference.attention_backward(
         dout.double(), q.double(), k.double(), v.double(), out.double(), lse.double(),
         dl.double() if dl is not None else None, mask.kv_count, mask.kv_index, 128, 64, scale,
@@ -176,8 +178,8 @@ def test_empty_mask_gives_exact_zeros():
     mask = random_mask(b, h, lq, lk, density=0.0)
     out, lse = forward(q, k, v, mask, 0.1)
     for det in (False, True):
-        dq, dk, dv = cuda_backward.backward(dout, q, k, v, out, lse, torch.randn_like(lse), mask.kv_count,
-                                            mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, det)
+        m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, deterministic=det)
+        dq, dk, dv = cuda_backward.backward(dout, q, k, v, out, lse, torch.randn_like(lse), m)
         for t in (dq, dk, dv):
             assert (t == 0).all()
 
@@ -188,9 +190,9 @@ def test_dlse_none_equals_zero_dlse(backward_path):
     q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.float16)
     mask = random_mask(b, h, lq, lk, density=0.4)
     out, lse = forward(q, k, v, mask, 0.125)
-    args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.125, True)
-    a = cuda_backward.backward(dout, q, k, v, out, lse, None, *args)
-    z = cuda_backward.backward(dout, q, k, v, out, lse, torch.zeros_like(lse), *args)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.125, deterministic=True)
+    a = cuda_backward.backward(dout, q, k, v, out, lse, None, m)
+    z = cuda_backward.backward(dout, q, k, v, out, lse, torch.zeros_like(lse), m)
     for x, y in zip(a, z):
         assert torch.equal(x, y)
 
@@ -203,13 +205,13 @@ def test_deterministic_is_bitwise_reproducible(backward_path):
     out, lse = forward(q, k, v, mask, d**-0.5)
     dlse = torch.randn_like(lse)
     args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, d**-0.5)
-    first = cuda_backward.backward(dout, q, k, v, out, lse, dlse, *args, True)
-    second = cuda_backward.backward(dout, q, k, v, out, lse, dlse, *args, True)
+    first = cuda_backward.backward(dout, q, k, v, out, lse, dlse, MaskArgs(*args, deterministic=True))
+    second = cuda_backward.backward(dout, q, k, v, out, lse, dlse, MaskArgs(*args, deterministic=True))
     for x, y in zip(first, second):
         assert torch.equal(x, y)
     # The atomic mode differs only in dQ's summation order; dK and dV never use atomics. (Options passed explicitly.)
     atomic = cuda_backward.backward(
-        dout, q, k, v, out, lse, dlse, *args, False,
+        dout, q, k, v, out, lse, dlse, MaskArgs(*args, deterministic=False),
         options=KernelOptions(dq_accumulate="atomic", debug_fill=float("nan"), backward_path="sm80"),
     )
     assert torch.equal(atomic[1], first[1]) and torch.equal(atomic[2], first[2])
@@ -227,8 +229,8 @@ def test_strided_and_odd_inputs():
     dout = torch.randn(b, h, lq, d, generator=g, device="cuda").to(torch.bfloat16)
     mask = random_mask(b, h, lq, lk, density=0.5)
     out, lse = forward(q, k, v, mask, 0.2)
-    dq, dk, dv = cuda_backward.backward(dout, q, k, v, out, lse, None, mask.kv_count, mask.kv_index, mask.q_count,
-                                        mask.q_index, 128, 64, 0.2, False)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.2, deterministic=False)
+    dq, dk, dv = cuda_backward.backward(dout, q, k, v, out, lse, None, m)
     ref = reference.attention_backward(dout.double(), q.double(), k.double(), v.double(), out.double(),
                                        lse.double(), None, mask.kv_count, mask.kv_index, 128, 64, 0.2)
     for name, got, r in zip(("dq", "dk", "dv"), (dq, dk, dv), ref):
@@ -241,13 +243,13 @@ def test_bad_arguments_raise():
     lse = torch.zeros(1, 1, 128, device="cuda")
     idx = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index)
     with pytest.raises(ValueError, match="block_q"):
-        cuda_backward.backward(dout, q, k, v, q, lse, None, *idx, 64, 64, 0.1, False)
+        cuda_backward.backward(dout, q, k, v, q, lse, None, MaskArgs(*idx, 64, 64, 0.1))
     with pytest.raises(TypeError, match="float16 or bfloat16"):
-        cuda_backward.backward(dout.float(), q.float(), k.float(), v.float(), q.float(), lse, None, *idx, 128, 64,
-                               0.1, False)
+        cuda_backward.backward(dout.float(), q.float(), k.float(), v.float(), q.float(), lse, None,
+                               MaskArgs(*idx, 128, 64, 0.1))
     with pytest.raises(ValueError, match="head dim"):
         q3, k3, v3, d3 = make_inputs(1, 1, 128, 64, 96, torch.bfloat16)
-        cuda_backward.backward(d3, q3, k3, v3, q3, lse, None, *idx, 128, 64, 0.1, False)
+        cuda_backward.backward(d3, q3, k3, v3, q3, lse, None, MaskArgs(*idx, 128, 64, 0.1))
 
 
 @pytest.mark.parametrize("dtype,d,layout", [(torch.bfloat16, 128, "HND"), (torch.float16, 64, "NHD"),
@@ -263,10 +265,10 @@ def test_sm80_and_sm90_agree(backward_path, dtype, d, layout):
     scale = d**-0.5
     out, lse = forward(q, k, v, mask, scale)
     dlse = torch.randn_like(lse)
-    args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale, False)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale, deterministic=False)
     grads = {
         path: cuda_backward.backward(
-            dout, q, k, v, out, lse, dlse, *args,
+            dout, q, k, v, out, lse, dlse, m,
             options=KernelOptions(backward_path=path, debug_fill=float("nan")),
         )
         for path in ("sm80", "sm90")

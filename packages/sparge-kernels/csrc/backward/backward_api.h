@@ -14,12 +14,6 @@ namespace sparge::bwd {
 // Deterministic mode always runs the SM80 kernels.
 using BackwardPath = KernelPath;
 
-// Defined in the generated instantiation files; only the configured (head dim, dtype) pairs exist.
-template <int kHeadDim, DType kDType>
-void run_bwd_sm80(BwdParams const& params, cudaStream_t stream);
-template <int kHeadDim, DType kDType>
-void run_bwd_sm90(BwdParams const& params, cudaStream_t stream);
-
 // Runs the whole backward on `stream`. Throws std::invalid_argument for a (head dim, dtype) this build has no
 // kernels for or kSm90 where it cannot run, std::runtime_error for a CUDA failure.
 void dispatch_backward(BwdParams const& params, DType dtype, BackwardPath path, cudaStream_t stream);

@@ -18,11 +18,7 @@ BackwardPath resolve_backward_path(BwdParams const& params, BackwardPath path) {
 }
 
 void dispatch_backward(BwdParams const& params, DType dtype, BackwardPath path, cudaStream_t stream) {
-  path = resolve_backward_path(params, path);
-  launch_on_path(
-      "attention_backward", params, dtype, path,
-      [&](auto v, BwdParams const& p) { run_bwd_sm80<decltype(v)::kHeadDim, decltype(v)::kDType>(p, stream); },
-      [&](auto v, BwdParams const& p) { run_bwd_sm90<decltype(v)::kHeadDim, decltype(v)::kDType>(p, stream); });
+  launch_on_path("attention_backward", params, dtype, resolve_backward_path(params, path), stream);
 }
 
 }  // namespace sparge::bwd

@@ -27,7 +27,7 @@ void launch_dkdv(BwdParams const& p, dim3 grid, size_t smem_bytes, cudaStream_t 
 }
 
 template <int kHeadDim, DType kDType>
-void run_bwd_sm80(BwdParams const& p, cudaStream_t stream) {
+void run_sm80(BwdParams const& p, cudaStream_t stream) {
   using Element = ElementOf<kDType>;
   using Traits = BackwardTraits<kHeadDim, Element>;
 

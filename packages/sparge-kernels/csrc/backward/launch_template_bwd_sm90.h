@@ -20,7 +20,7 @@
 namespace sparge::bwd {
 
 template <int kHeadDim, DType kDType>
-void run_bwd_sm90(BwdParams const& p, cudaStream_t stream) {
+void run_sm90(BwdParams const& p, cudaStream_t stream) {
   using Element = ElementOf<kDType>;
   using Traits = KernelTraitsBwdSm90<kHeadDim, Element>;
   using Shape4 = typename Traits::ShapeQKV;

@@ -1,6 +1,7 @@
 // Which kernel family runs a direction (forward, backward): the portable SM80 mma.sync kernels or the Hopper
 // wgmma/TMA ones. One enum, one parser for the bindings' `path` argument, one resolution rule and one launch
-// switch serve both directions (each direction says only what to launch and its error text).
+// switch serve both directions (each direction says only its error text, and the backward that its
+// deterministic mode stays on SM80).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -12,6 +13,7 @@
 #include "common/dispatch.h"
 #include "common/dtype.h"
 #include "common/hopper_path.h"
+#include "common/params.h"
 
 namespace sparge {
 
@@ -44,31 +46,41 @@ inline KernelPath resolve_kernel_path(KernelPath path, bool sm90_possible, const
   return path;
 }
 
-// The compiled variant a launch callback receives: its head dim and element type.
-template <int kHeadDim_, DType kDType_>
-struct KernelVariant {
-  static constexpr int kHeadDim = kHeadDim_;
-  static constexpr DType kDType = kDType_;
-};
+// The host entries of the compiled kernels: one name per family, overloaded on the direction's params, so that the
+// one launch switch below serves both directions (as flash-attention declares run_mha_fwd_ and run_mha_bwd_ side
+// by side). Each launch template defines its direction's; the generated csrc/instantiations/ files instantiate
+// only the configured (head dim, dtype) pairs.
+namespace fwd {
+template <int kHeadDim, DType kDType> void run_sm80(FwdParams const& params, cudaStream_t stream);
+template <int kHeadDim, DType kDType> void run_sm90(FwdParams const& params, cudaStream_t stream);
+}  // namespace fwd
+namespace bwd {
+template <int kHeadDim, DType kDType> void run_sm80(BwdParams const& params, cudaStream_t stream);
+template <int kHeadDim, DType kDType> void run_sm90(BwdParams const& params, cudaStream_t stream);
+}  // namespace bwd
+using bwd::run_sm80;
+using bwd::run_sm90;
+using fwd::run_sm80;
+using fwd::run_sm90;
 
-// For the compiled (D, T) = (params.head_dim, dtype) and a resolved `path`, calls
-// run_sm90(KernelVariant<D, T>{}, p) with p a copy of params whose unit-dim strides are made valid for TMA, or
-// run_sm80(KernelVariant<D, T>{}, params). Throws std::invalid_argument naming `kernel` when (D, T) was not
-// compiled. run_sm90 is instantiated only in a 90a build.
-template <class Params, class RunSm80, class RunSm90>
+// For the compiled (D, T) = (params.head_dim, dtype) and a resolved `path`, runs run_sm90<D, T>(p, stream) with p
+// a copy of params whose unit-dim strides are made valid for TMA, or run_sm80<D, T>(params, stream). Throws
+// std::invalid_argument naming `kernel` when (D, T) was not compiled. run_sm90 is instantiated only in a 90a build.
+template <class Params>
 void launch_on_path(const char* kernel, Params const& params, DType dtype, [[maybe_unused]] KernelPath path,
-                    RunSm80&& run_sm80, [[maybe_unused]] RunSm90&& run_sm90) {
+                    cudaStream_t stream) {
   dispatch_head_dim_dtype(kernel, params.head_dim, dtype, [&](auto head_dim, auto element) {
-    using Variant = KernelVariant<decltype(head_dim)::value, decltype(element)::value>;
+    constexpr int kHeadDim = decltype(head_dim)::value;
+    constexpr DType kDType = decltype(element)::value;
 #ifdef SPARGE_ARCH_90A
     if (path == KernelPath::kSm90) {
       Params p = params;
       fix_unit_dim_strides(p);
-      run_sm90(Variant{}, static_cast<Params const&>(p));
+      run_sm90<kHeadDim, kDType>(p, stream);
       return;
     }
 #endif
-    run_sm80(Variant{}, params);
+    run_sm80<kHeadDim, kDType>(params, stream);
   });
 }
 

@@ -13,11 +13,7 @@ ForwardPath resolve_forward_path(FwdParams const& params, ForwardPath path) {
 }
 
 void dispatch_attention_forward(FwdParams const& params, DType dtype, ForwardPath path, cudaStream_t stream) {
-  path = resolve_forward_path(params, path);
-  launch_on_path(
-      "attention_forward", params, dtype, path,
-      [&](auto v, FwdParams const& p) { run_fwd_sm80<decltype(v)::kHeadDim, decltype(v)::kDType>(p, stream); },
-      [&](auto v, FwdParams const& p) { run_fwd_sm90<decltype(v)::kHeadDim, decltype(v)::kDType>(p, stream); });
+  launch_on_path("attention_forward", params, dtype, resolve_forward_path(params, path), stream);
 }
 
 }  // namespace sparge::fwd

@@ -12,12 +12,6 @@ namespace sparge::fwd {
 // and the strides suit TMA, else the portable mma.sync kernel.
 using ForwardPath = KernelPath;
 
-// Defined in the generated instantiation files; only the configured (head dim, dtype) pairs exist.
-template <int kHeadDim, DType kDType>
-void run_fwd_sm80(FwdParams const& params, cudaStream_t stream);
-template <int kHeadDim, DType kDType>
-void run_fwd_sm90(FwdParams const& params, cudaStream_t stream);
-
 // Picks the kernel for (params.head_dim, dtype, path). Throws std::invalid_argument when that combination
 // was not compiled into this build (or kSm90 is asked for where it cannot run).
 void dispatch_attention_forward(FwdParams const& params, DType dtype, ForwardPath path,

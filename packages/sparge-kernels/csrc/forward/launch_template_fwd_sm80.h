@@ -15,7 +15,7 @@
 namespace sparge::fwd {
 
 template <int kHeadDim, DType kDType>
-void run_fwd_sm80(FwdParams const& params, cudaStream_t stream) {
+void run_sm80(FwdParams const& params, cudaStream_t stream) {
   using Traits = KernelTraitsSm80<kHeadDim, ElementOf<kDType>>;
   auto kernel = &attention_forward_sm80_kernel<Traits>;
   constexpr int kSmemBytes = Traits::kSmemBytes;

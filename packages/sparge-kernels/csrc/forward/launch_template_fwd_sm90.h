@@ -14,7 +14,7 @@
 namespace sparge::fwd {
 
 template <int kHeadDim, DType kDType>
-void run_fwd_sm90(FwdParams const& p, cudaStream_t stream) {
+void run_sm90(FwdParams const& p, cudaStream_t stream) {
   using Traits = KernelTraitsSm90<kHeadDim, ElementOf<kDType>>;
   using Element = typename Traits::Element;
   using Shape4 = typename Traits::ShapeQKV;

@@ -2,5 +2,5 @@
 #include "backward/launch_template_bwd_sm90.h"
 
 namespace sparge::bwd {
-template void run_bwd_sm90<128, DType::kBFloat16>(BwdParams const&, cudaStream_t);
+template void run_sm90<128, DType::kBFloat16>(BwdParams const&, cudaStream_t);
 }  // namespace sparge::bwd

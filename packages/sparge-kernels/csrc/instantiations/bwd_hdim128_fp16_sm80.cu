@@ -2,5 +2,5 @@
 #include "backward/launch_template_bwd_sm80.h"
 
 namespace sparge::bwd {
-template void run_bwd_sm80<128, DType::kFloat16>(BwdParams const&, cudaStream_t);
+template void run_sm80<128, DType::kFloat16>(BwdParams const&, cudaStream_t);
 }  // namespace sparge::bwd

@@ -2,5 +2,5 @@
 #include "forward/launch_template_fwd_sm80.h"
 
 namespace sparge::fwd {
-template void run_fwd_sm80<128, DType::kBFloat16>(FwdParams const&, cudaStream_t);
+template void run_sm80<128, DType::kBFloat16>(FwdParams const&, cudaStream_t);
 }  // namespace sparge::fwd

@@ -2,5 +2,5 @@
 #include "forward/launch_template_fwd_sm90.h"
 
 namespace sparge::fwd {
-template void run_fwd_sm90<64, DType::kFloat16>(FwdParams const&, cudaStream_t);
+template void run_sm90<64, DType::kFloat16>(FwdParams const&, cudaStream_t);
 }  // namespace sparge::fwd

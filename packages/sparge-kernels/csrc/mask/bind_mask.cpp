@@ -28,6 +28,16 @@ void require_rank(const char* name, TensorArg const& t, int rank) {
   }
 }
 
+// Every launch from Python covers all batches and all heads of the (B, H, ...) tensor t (launch_predict splits
+// the heads into groups itself): what the three kernels' params say alike.
+template <class Params>
+void cover_all_heads(Params& p, TensorArg const& t) {
+  p.batch = int(t.size(0));
+  p.heads = int(t.size(1));
+  p.head_begin = 0;
+  p.group_heads = p.heads;
+}
+
 sparge::mask::StridedTokens tokens(TensorArg const& t, int block) {
   const int length = int(t.size(2));
   return {t.data, t.stride[0], t.stride[1], t.stride[2], length, block, block > 0 ? (length + block - 1) / block : 0};
@@ -42,11 +52,8 @@ sparge::mask::PoolParams pool_params(TensorArg const& q, TensorArg const& k, int
   sparge::mask::PoolParams p{};
   p.q = tokens(q, block_q);
   p.k = tokens(k, block_k);
-  p.batch = int(q.size(0));
-  p.heads = int(q.size(1));
+  cover_all_heads(p, q);
   p.head_dim = int(q.size(3));
-  p.head_begin = 0;
-  p.group_heads = p.heads;
   p.q_pooled = q_pooled.ptr<float>();
   p.k_pooled_t = k_pooled_t.ptr<float>();
   p.k_ld = int(k_pooled_t.size(-1));
@@ -65,13 +72,10 @@ sparge::mask::SelectParams select_params(TensorArg const& q_pooled, TensorArg co
   p.q_pooled = q_pooled.ptr<const float>();
   p.k_pooled_t = k_pooled_t.ptr<const float>();
   p.k_ld = int(k_pooled_t.size(-1));
-  p.batch = int(q_pooled.size(0));
-  p.heads = int(q_pooled.size(1));
+  cover_all_heads(p, q_pooled);
   p.head_dim = int(q_pooled.size(3));
   p.num_q_blocks = int(q_pooled.size(2));
   p.num_k_blocks = int(kv_index.size(3));
-  p.head_begin = 0;
-  p.group_heads = p.heads;
   p.scale = scale;
   p.topk_count = topk_count;
   p.topp = topp;
@@ -91,12 +95,9 @@ sparge::mask::TransposeParams transpose_params(TensorArg const& row_bits, Tensor
   sparge::mask::TransposeParams p{};
   p.row_bits = row_bits.ptr<const uint32_t>();
   p.bits_ld = int(row_bits.size(-1));
-  p.batch = int(row_bits.size(0));
-  p.heads = int(row_bits.size(1));
+  cover_all_heads(p, row_bits);
   p.num_q_blocks = int(row_bits.size(2));
   p.num_k_blocks = int(q_count.size(2));
-  p.head_begin = 0;
-  p.group_heads = p.heads;
   p.q_count = q_count.ptr<int32_t>();
   p.q_index = q_index.ptr<int32_t>();
   return p;

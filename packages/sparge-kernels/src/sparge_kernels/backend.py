@@ -13,10 +13,29 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from . import cuda, cuda_backward, cuda_forward, cuda_mask, reference
+
+
+class MaskArgs(NamedTuple):
+    """What both attention ops take after their own tensors, in schema order, and hand on to a backend's forward
+    and backward: the kept-block lists in both directions (the backward walks key blocks too, so autograd saves
+    q_count/q_index), the block sizes, the softmax scale, the callers' layout (a backend gets HND views and does
+    not read it) and the dQ mode. One object, so that the CUDA glue and the reference take one signature."""
+
+    kv_count: Tensor
+    kv_index: Tensor
+    q_count: Tensor
+    q_index: Tensor
+    block_q: int
+    block_k: int
+    scale: float
+    layout: str = "HND"
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
@@ -24,9 +43,8 @@ class Backend:
     """The three entry points an implementation provides, all on HND views.
 
     predict(q, k, topk, topp, block_q, block_k, scale) -> (kv_count, kv_index, q_count, q_index)
-    forward(q, k, v, kv_count, kv_index, block_q, block_k, scale) -> (out HND, lse)
-    backward(dout, q, k, v, out, lse, dlse, kv_count, kv_index, q_count, q_index, block_q, block_k, scale,
-             deterministic) -> (dq, dk, dv) HND
+    forward(q, k, v, m: MaskArgs) -> (out HND, lse)
+    backward(dout, q, k, v, out, lse, dlse, m: MaskArgs) -> (dq, dk, dv) HND
     """
 
     predict: Callable[..., tuple[torch.Tensor, ...]]
@@ -34,13 +52,18 @@ class Backend:
     backward: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def _reference_backward(dout, q, k, v, out, lse, dlse, kv_count, kv_index, q_count, q_index, block_q, block_k,
-                        scale, deterministic):
-    # The reference is deterministic and needs only the forward-direction indices.
-    return reference.attention_backward(dout, q, k, v, out, lse, dlse, kv_count, kv_index, block_q, block_k, scale)
+# The reference keeps its public signatures; it is deterministic and needs only the forward-direction indices.
+def _reference_forward(q, k, v, m: MaskArgs):
+    return reference.attention_forward(q, k, v, m.kv_count, m.kv_index, m.block_q, m.block_k, m.scale)
 
 
-REFERENCE = Backend(reference.predict_block_mask_indices, reference.attention_forward, _reference_backward)
+def _reference_backward(dout, q, k, v, out, lse, dlse, m: MaskArgs):
+    return reference.attention_backward(
+        dout, q, k, v, out, lse, dlse, m.kv_count, m.kv_index, m.block_q, m.block_k, m.scale
+    )
+
+
+REFERENCE = Backend(reference.predict_block_mask_indices, _reference_forward, _reference_backward)
 CUDA = Backend(cuda_mask.predict, cuda_forward.forward, cuda_backward.backward)
 
 

@@ -18,12 +18,17 @@ contiguous tensor first (rare: sliced or odd-strided inputs).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from .cuda import _C, current_stream, empty_like_layout, kernel_ready
 from .options import KernelOptions, current_kernel_options
 from .validation import check_attention_kernel_args, check_kernel_path, num_blocks
+
+if TYPE_CHECKING:  # backend.py imports this module
+    from .backend import MaskArgs
 
 
 def backward(
@@ -34,24 +39,19 @@ def backward(
     out: Tensor,
     lse: Tensor,
     dlse: Tensor | None,
-    kv_count: Tensor,
-    kv_index: Tensor,
-    q_count: Tensor,
-    q_index: Tensor,
-    block_q: int,
-    block_k: int,
-    scale: float,
-    deterministic: bool,
+    m: MaskArgs,
     *,
     options: KernelOptions | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backend.backward on HND views: (dq, dk, dv), each (B, H, L, D) in the dtype and memory layout of q, k, v.
 
-    `options` (default: `current_kernel_options()`, read here, at launch) picks the dK/dV kernel
-    (`backward_path`; deterministic=True always runs the SM80 kernels), the dQ accumulation and the debug fill.
+    `m` gives the kept-block lists in both directions, the block sizes, the scale and the dQ mode. `options`
+    (default: `current_kernel_options()`, read here, at launch) picks the dK/dV kernel (`backward_path`;
+    deterministic=True always runs the SM80 kernels), the dQ accumulation and the debug fill.
     Shapes were checked by the public API; out and dout come from the forward and autograd.
     """
     options = options if options is not None else current_kernel_options()
+    block_q, block_k, scale, deterministic = m.block_q, m.block_k, m.scale, m.deterministic
     b, h, lq, d = q.shape
     check_attention_kernel_args("block-sparse attention backward", q.dtype, d, block_q, block_k, _C)
     for name, t in (("out", out), ("dout", dout)):  # the kernels read them as q's dtype
@@ -64,7 +64,7 @@ def backward(
     q, k, v, out, dout = (kernel_ready(t) for t in (q, k, v, out, dout))
     lse = lse.to(torch.float32).contiguous()
     dlse = dlse.to(torch.float32).contiguous() if dlse is not None else None
-    kv_count, kv_index, q_count, q_index = (t.contiguous() for t in (kv_count, kv_index, q_count, q_index))
+    kv_count, kv_index, q_count, q_index = (t.contiguous() for t in (m.kv_count, m.kv_index, m.q_count, m.q_index))
 
     padded = num_blocks(lq, block_q) * block_q
     f32 = dict(dtype=torch.float32, device=q.device)

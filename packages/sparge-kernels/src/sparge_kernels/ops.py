@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, NamedTuple, get_type_hints
+from typing import Any, get_type_hints
 
 import torch
 from torch import Tensor
 
-from .backend import backend_for
+from .backend import MaskArgs, backend_for
 from .validation import num_blocks, to_hnd
 
 
@@ -56,24 +56,8 @@ def _predict_fake(q, k, topk, topp, block_q, block_k, scale, layout):
 
 
 # ------------------------------------------------------------------------------ the attention ops' parameters
-class MaskArgs(NamedTuple):
-    """What both attention ops take after their own tensors, in schema order: the kept-block lists in both directions
-    (the backward walks key blocks too, so autograd saves q_count/q_index), the block sizes, the softmax scale, the
-    callers' layout and the dQ mode. Declared once here; `_takes_mask_args` puts them into each op's signature."""
-
-    kv_count: Tensor
-    kv_index: Tensor
-    q_count: Tensor
-    q_index: Tensor
-    block_q: int
-    block_k: int
-    scale: float
-    layout: str
-    deterministic: bool
-
-
 def _takes_mask_args(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Declare `fn(<own tensors>, *mask_args)` as taking MaskArgs' fields in place of `*mask_args`.
+    """Declare `fn(<own tensors>, *mask_args)` as taking MaskArgs' fields (backend.py) in place of `*mask_args`.
 
     torch.library infers an op's schema from `inspect.signature`, so the schema names every field (as a typed
     parameter list would) while the list is written once.
@@ -96,9 +80,7 @@ def block_sparse_attention_backward_op(
     m = MaskArgs(*mask_args)
     backend = backend_for(q.device)
     hnd = [to_hnd(t, m.layout) for t in (dout, q, k, v, out)]
-    dq, dk, dv = backend.backward(
-        *hnd, lse, dlse, m.kv_count, m.kv_index, m.q_count, m.q_index, m.block_q, m.block_k, m.scale, m.deterministic
-    )
+    dq, dk, dv = backend.backward(*hnd, lse, dlse, m)
     return _from_hnd(dq, m.layout), _from_hnd(dk, m.layout), _from_hnd(dv, m.layout)
 
 
@@ -115,10 +97,7 @@ def _(dout, q, k, v, out, lse, dlse, *mask_args):
 def block_sparse_attention_op(q: Tensor, k: Tensor, v: Tensor, *mask_args: Any) -> tuple[Tensor, Tensor]:
     m = MaskArgs(*mask_args)
     backend = backend_for(q.device)
-    out, lse = backend.forward(
-        to_hnd(q, m.layout), to_hnd(k, m.layout), to_hnd(v, m.layout), m.kv_count, m.kv_index, m.block_q, m.block_k,
-        m.scale,
-    )
+    out, lse = backend.forward(to_hnd(q, m.layout), to_hnd(k, m.layout), to_hnd(v, m.layout), m)
     return _from_hnd(out, m.layout), lse
 
 
