@@ -1,6 +1,5 @@
 """Bad input raises ValueError/TypeError naming the argument, for every public entry point."""
 
-import inspect
 import math
 
 import pytest
@@ -82,20 +81,3 @@ def test_mask_that_does_not_fit():
 def test_nhd_layout_shape_errors_mention_layout():
     with pytest.raises(ValueError, match="NHD"):
         sk.predict_block_mask(Q[0], K, layout="NHD")
-
-
-def test_selection_keywords_in_both_public_signatures():
-    """predict_block_mask and sparge_attention share one declaration of the selection keywords (api._Selection):
-    their signatures still name every keyword with its default, and an unknown keyword is still a TypeError."""
-    selection = {"topk": 0.03, "topp": 0.2, "block_q": 128, "block_k": 64, "scale": None, "layout": "HND"}
-
-    def keywords(fn):
-        return {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
-
-    assert keywords(sk.predict_block_mask) == selection
-    assert keywords(sk.sparge_attention) == {**selection, "return_mask": False, "deterministic": False}
-    q = torch.randn(1, 1, 16, 8)
-    with pytest.raises(TypeError, match="top_k"):
-        sk.predict_block_mask(q, q, top_k=0.5)
-    with pytest.raises(TypeError, match="top_k"):
-        sk.sparge_attention(q, q, q, top_k=0.5)
