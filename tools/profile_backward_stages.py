@@ -27,16 +27,21 @@ timings after a warm-up. Rows:
 Columns: ms; saved = full − variant (what skipping the stage saves; stages overlap, so the savings do not add
 up); share of full = saved / full; share of the dK/dV kernel = saved / (full − side_kernels_only).
 
-Device commands (H200 session; the run tool's carry=[".carry"], output under $OUT), build + run in one command:
+Device commands (H200 session; the run tool with carry=[".carry"], results under $OUT), build + run in one command
+(the build is 90a, D=128, bf16 only: 21 sources, a few minutes on 16 cores; the timing about a minute):
 
-    SPARGE_PROFILE_STAGES=ON SPARGE_HEAD_DIMS=128 SPARGE_DTYPES=bf16 source tools/device/setup.sh && \
+    export SPARGE_PROFILE_STAGES=ON SPARGE_HEAD_DIMS=128 SPARGE_DTYPES=bf16 && source tools/device/setup.sh && \
       python3 tools/profile_backward_stages.py --out $OUT/profile_backward_stages_h200.md
 
-(setup.sh's `pip install ./packages/sparge-kernels` reads SPARGE_PROFILE_STAGES from the environment through
-pyproject.toml's cmake.define table; by hand: `python3 -m pip install --no-build-isolation --no-deps
-./packages/sparge-kernels -C cmake.define.SPARGE_PROFILE_STAGES=ON -C cmake.define.SPARGE_CUDA_ARCHS=90a
--C cmake.define.CUTLASS_INCLUDE_DIR=/tmp/cutlass/include`.) Options: --densities 0.05,1 --runs 30
+setup.sh's `pip install ./packages/sparge-kernels` reads SPARGE_PROFILE_STAGES (and the other two) from the
+environment through pyproject.toml's cmake.define table; setup.sh already sets SPARGE_CUDA_ARCHS=90a. By hand:
+`python3 -m pip install --no-build-isolation --no-deps ./packages/sparge-kernels
+-C cmake.define.SPARGE_PROFILE_STAGES=ON -C cmake.define.SPARGE_CUDA_ARCHS=90a
+-C cmake.define.CUTLASS_INCLUDE_DIR=/tmp/cutlass/include`. Options: --densities 0.05,1 --runs 30
 --variants full,no_dq,... --shape 1,12,32760,128.
+
+Caveat when reading the table: a variant that skips writing an operand (no_pds_store: dV/dK read stale sP/sdS;
+no_softmax: raw S/dP as P/dS) feeds the tensor cores different bits, which can change power draw and so clocks.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@
 // production), the consumers' consumer_wait / consumer_release once per stage (the ring's phases), their wait on
 // the K/V barrier, and both named barriers per stage (each consumer warpgroup still arrives at both). A variant
 // skips math, shared-memory writes or global writes only; its results are garbage, its timing is the point.
+// Where a skip removes the only reader of some registers (the dQ atomics, the dK/dV stores, the P/dS stores),
+// keep_alive (mainloop_bwd_sm90.h) reads them, so that ptxas does not delete the GEMMs that produced them.
 // Plain C++ (host code includes it).
 #pragma once
 

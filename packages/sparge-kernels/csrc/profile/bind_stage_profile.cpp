@@ -52,22 +52,28 @@ void attention_backward_stage_profile(TensorArg const& q, TensorArg const& k, Te
                                       TensorArg const& dk, TensorArg const& dv, TensorArg const& lse_log2,
                                       TensorArg const& delta, TensorArg const& dq_accum, int block_q, int block_k,
                                       double scale, uint32_t skip_stages, uintptr_t stream) {
-  BwdParams p =
-      backward_params(kWho, q, k, v, out, dout, lse, dlse, kv_count, kv_index, q_count, q_index, dq, dk, dv,
-                           lse_log2, delta, dq_accum, block_q, block_k, scale, /*deterministic=*/false,
-                           /*dq_bulk_reduce=*/false);
+  BwdParams p = backward_params(kWho, q, k, v, out, dout, lse, dlse, kv_count, kv_index, q_count, q_index, dq, dk,
+                                dv, lse_log2, delta, dq_accum, block_q, block_k, scale, /*deterministic=*/false,
+                                /*dq_bulk_reduce=*/false);
   if (p.head_dim != SPARGE_BWD_STAGE_HEAD_DIM || q.dtype != SPARGE_BWD_STAGE_DTYPE) {
     throw std::invalid_argument(std::string(kWho) + ": the profiling variants exist for head dim " +
                                 std::to_string(SPARGE_BWD_STAGE_HEAD_DIM) + " and bfloat16 only");
   }
+  // skip_stages is checked before the device: kernel bits of a built variant, plus kSkipMainKernel or not.
+  const uint32_t kernel_bits = skip_stages & kStageSkipKernelBits;
+  const bool built = (skip_stages & ~(kStageSkipKernelBits | kSkipMainKernel)) == 0;
+  bool known = false;
+#define SPARGE_KNOWN_VARIANT(name, bits) known = known || kernel_bits == uint32_t(bits);
+  SPARGE_BWD_STAGE_VARIANTS(SPARGE_KNOWN_VARIANT)
+#undef SPARGE_KNOWN_VARIANT
+  if (!built || !known) {
+    throw std::invalid_argument(std::string(kWho) + ": no variant of this build has skip_stages=" +
+                                std::to_string(skip_stages) + "; variants: " + variant_list() +
+                                " (side_kernels_only's bit may be added to any)");
+  }
   // Throws where the Hopper backward cannot run (GPU, strides), as path='sm90' does.
   resolve_backward_path(p, KernelPath::kSm90);
   fix_unit_dim_strides(p);  // what launch_on_path does for the production kernel
-  const uint32_t kernel_bits = skip_stages & kStageSkipKernelBits;
-  if ((skip_stages & ~(kStageSkipKernelBits | kSkipMainKernel)) != 0) {
-    throw std::invalid_argument(std::string(kWho) + ": skip_stages=" + std::to_string(skip_stages) +
-                                " has bits beyond StageSkip's; variants: " + variant_list());
-  }
   auto s = reinterpret_cast<cudaStream_t>(stream);
 #define SPARGE_RUN_VARIANT(name, bits)                                                                      \
   if (kernel_bits == uint32_t(bits)) {                                                                       \
@@ -76,10 +82,6 @@ void attention_backward_stage_profile(TensorArg const& q, TensorArg const& k, Te
   }
   SPARGE_BWD_STAGE_VARIANTS(SPARGE_RUN_VARIANT)
 #undef SPARGE_RUN_VARIANT
-  throw std::invalid_argument(std::string(kWho) + ": no variant skips the kernel stages " +
-                              std::to_string(kernel_bits) + " (this build has " + variant_list() +
-                              "; kSkipMainKernel=" + std::to_string(uint32_t(kSkipMainKernel)) +
-                              " may be added to any)");
 }
 
 }  // namespace
