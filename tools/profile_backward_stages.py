@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 BUILD_HINT = (
     "build sparge-kernels with the CMake option SPARGE_PROFILE_STAGES=ON (and 90a in SPARGE_CUDA_ARCHS), e.g. "
-    "`SPARGE_PROFILE_STAGES=ON SPARGE_HEAD_DIMS=128 SPARGE_DTYPES=bf16 source tools/device/setup.sh` or "
+    "`export SPARGE_PROFILE_STAGES=ON SPARGE_HEAD_DIMS=128 SPARGE_DTYPES=bf16 && source tools/device/setup.sh` or "
     "`pip install ./packages/sparge-kernels -C cmake.define.SPARGE_PROFILE_STAGES=ON ...`"
 )
 
@@ -159,6 +159,7 @@ def profile_density(c, shape, density: float, names: list[str], runs: int, seed:
               for a, p in zip(results["full"], results["production"]))
     del results
     sanity = f"full vs production dq/dk/dv: max relative difference {rel:.1e}" + ("" if rel < 1e-2 else " (MISMATCH)")
+    print(f"density {density:g}: {sanity}", flush=True)
 
     times = {}
     for name in names + ["full (again)"]:  # full again at the end: the drift of the clocks over the run
@@ -209,7 +210,6 @@ def main() -> None:
     blocks = []
     for density in (float(x) for x in a.densities.split(",")):
         table, sanity = profile_density(c, shape, density, names, a.runs)
-        print(sanity, flush=True)
         print(table + "\n", flush=True)
         blocks += [table, "", sanity, ""]
         torch.cuda.empty_cache()
