@@ -8,3 +8,4 @@
 void bind_attention_forward(nanobind::module_& m);   // csrc/forward/bind_forward.cpp
 void bind_mask_prediction(nanobind::module_& m);     // csrc/mask/bind_mask.cpp
 void bind_attention_backward(nanobind::module_& m);  // csrc/backward/bind_backward.cpp
+void bind_stage_profile(nanobind::module_& m);       // csrc/profile/bind_stage_profile.cpp (SPARGE_PROFILE_STAGES)

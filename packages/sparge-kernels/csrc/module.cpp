@@ -24,4 +24,7 @@ NB_MODULE(_C, m) {
   bind_attention_forward(m);
   bind_mask_prediction(m);
   bind_attention_backward(m);
+#ifdef SPARGE_PROFILE_STAGES
+  bind_stage_profile(m);  // profiling builds only (CMake option SPARGE_PROFILE_STAGES)
+#endif
 }

@@ -3,9 +3,12 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+
 #include "common/dtype.h"
 #include "common/kernel_path.h"
 #include "common/params.h"
+#include "common/tensor.h"
 
 namespace sparge::bwd {
 
@@ -14,11 +17,25 @@ namespace sparge::bwd {
 // Deterministic mode always runs the SM80 kernels.
 using BackwardPath = KernelPath;
 
+// Profiling builds only (SPARGE_PROFILE_STAGES=ON; csrc/profile/): the Hopper backward with the dK/dV kernel
+// variant that skips the stages in kSkip (backward/stage_skip_bwd_sm90.h), kSkipMainKernel read from `skip`.
+template <int kHeadDim, DType kDType, uint32_t kSkip>
+void run_bwd_sm90_stages(BwdParams const& params, uint32_t skip, cudaStream_t stream);
+
 // Runs the whole backward on `stream`. Throws std::invalid_argument for a (head dim, dtype) this build has no
 // kernels for or kSm90 where it cannot run, std::runtime_error for a CUDA failure.
 void dispatch_backward(BwdParams const& params, DType dtype, BackwardPath path, cudaStream_t stream);
 
 // The path that runs for these params on the current device (kAuto resolved; kSm80 when deterministic).
 BackwardPath resolve_backward_path(BwdParams const& params, BackwardPath path);
+
+// The params of one backward call from the binding's tensors, every argument checked (std::invalid_argument led
+// by `who`); bind_backward.cpp, shared with the profiling entry of csrc/profile/.
+BwdParams backward_params(const char* who, TensorArg const& q, TensorArg const& k, TensorArg const& v,
+                          TensorArg const& out, TensorArg const& dout, TensorArg const& lse, TensorArg const& dlse,
+                          TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count,
+                          TensorArg const& q_index, TensorArg const& dq, TensorArg const& dk, TensorArg const& dv,
+                          TensorArg const& lse_log2, TensorArg const& delta, TensorArg const& dq_accum, int block_q,
+                          int block_k, double scale, bool deterministic, bool dq_bulk_reduce);
 
 }  // namespace sparge::bwd

@@ -20,32 +20,30 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 
-namespace {
-
 using sparge::TensorArg;
 
-void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const& v, TensorArg const& out,
-                        TensorArg const& dout, TensorArg const& lse, TensorArg const& dlse,
-                        TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count,
-                        TensorArg const& q_index, TensorArg const& dq, TensorArg const& dk, TensorArg const& dv,
-                        TensorArg const& lse_log2, TensorArg const& delta, TensorArg const& dq_accum, int block_q,
-                        int block_k, double scale, bool deterministic, bool dq_bulk_reduce, uintptr_t stream,
-                        std::string const& path) {
-  constexpr const char* kWho = "sparge attention_backward";
+sparge::BwdParams sparge::bwd::backward_params(const char* who, TensorArg const& q, TensorArg const& k,
+                                               TensorArg const& v, TensorArg const& out, TensorArg const& dout,
+                                               TensorArg const& lse, TensorArg const& dlse, TensorArg const& kv_count,
+                                               TensorArg const& kv_index, TensorArg const& q_count,
+                                               TensorArg const& q_index, TensorArg const& dq, TensorArg const& dk,
+                                               TensorArg const& dv, TensorArg const& lse_log2,
+                                               TensorArg const& delta, TensorArg const& dq_accum, int block_q,
+                                               int block_k, double scale, bool deterministic, bool dq_bulk_reduce) {
   sparge::BwdParams p{};
-  sparge::set_attention_params(p, kWho, q, k, v, out, lse, kv_count, kv_index, block_q, block_k, scale);
+  sparge::set_attention_params(p, who, q, k, v, out, lse, kv_count, kv_index, block_q, block_k, scale);
   // What the backward adds: dO and the gradients (attention operands), the transposed mask and the workspace.
   for (auto [name, t] : {std::pair<const char*, TensorArg const*>{"dout", &dout}, {"dq", &dq}, {"dk", &dk},
                          {"dv", &dv}}) {
-    sparge::check_attention_operand(kWho, name, *t);
+    sparge::check_attention_operand(who, name, *t);
   }
   for (auto [name, t] : {std::pair<const char*, TensorArg const*>{"lse", &lse}, {"kv_count", &kv_count},
                          {"kv_index", &kv_index}, {"q_count", &q_count}, {"q_index", &q_index},
                          {"lse_log2", &lse_log2}, {"delta", &delta}}) {
-    sparge::check_buffer(kWho, name, *t);
+    sparge::check_buffer(who, name, *t);
   }
-  sparge::check_buffer(kWho, "dlse", dlse, /*allow_none=*/true);
-  sparge::check_buffer(kWho, "dq_accum", dq_accum, /*allow_none=*/deterministic);
+  sparge::check_buffer(who, "dlse", dlse, /*allow_none=*/true);
+  sparge::check_buffer(who, "dq_accum", dq_accum, /*allow_none=*/deterministic);
 
   p.dout = dout.data;
   p.dout_stride = dout.bhl_strides();
@@ -64,6 +62,23 @@ void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const&
   p.padded_q = int64_t(p.num_q_blocks) * block_q;
   p.deterministic = deterministic;
   p.dq_bulk_reduce = dq_bulk_reduce;
+  return p;
+}
+
+namespace {
+
+void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const& v, TensorArg const& out,
+                        TensorArg const& dout, TensorArg const& lse, TensorArg const& dlse,
+                        TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count,
+                        TensorArg const& q_index, TensorArg const& dq, TensorArg const& dk, TensorArg const& dv,
+                        TensorArg const& lse_log2, TensorArg const& delta, TensorArg const& dq_accum, int block_q,
+                        int block_k, double scale, bool deterministic, bool dq_bulk_reduce, uintptr_t stream,
+                        std::string const& path) {
+  constexpr const char* kWho = "sparge attention_backward";
+  const sparge::BwdParams p =
+      sparge::bwd::backward_params(kWho, q, k, v, out, dout, lse, dlse, kv_count, kv_index, q_count, q_index, dq,
+                                   dk, dv, lse_log2, delta, dq_accum, block_q, block_k, scale, deterministic,
+                                   dq_bulk_reduce);
   sparge::bwd::dispatch_backward(p, q.dtype, sparge::parse_kernel_path(path, std::string(kWho) + ": "),
                                  reinterpret_cast<cudaStream_t>(stream));
 }

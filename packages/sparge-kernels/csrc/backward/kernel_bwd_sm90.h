@@ -8,6 +8,7 @@
 
 #include "backward/kernel_traits_bwd_sm90.h"
 #include "backward/mainloop_bwd_sm90.h"
+#include "backward/stage_skip_bwd_sm90.h"
 #include "backward/tile_bwd.h"
 #include "common/params.h"
 #include "common/warp_specialized_sm90.h"
@@ -41,6 +42,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   using Mainloop = MainloopBwdSm90<Traits>;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
+  // Profiling variants only (stage_skip_bwd_sm90.h): no dK/dV global stores. They come after the mainloop and
+  // its last barrier or pipeline operation, so no thread waits on them.
+  constexpr bool kStoreDkv = !(Traits::kSkipStages & kSkipDkvStore);
   extern __shared__ __align__(1024) char smem[];
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
   BwdParams const& p = kp.args;
@@ -60,12 +64,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   } else {
     const int thread_idx = enter_consumer_role();
     if (!any_query) {  // no query attends to this key block: zero dK, dV (16 B stores)
-      constexpr int kChunks = kHeadDim / 8;
-      const uint4 zero = make_uint4(0, 0, 0, 0);
-      for (int i = thread_idx; i < tile.rows_valid * kChunks; i += Traits::kNumMmaThreads) {
-        const int row = i / kChunks, chunk = i % kChunks;
-        *reinterpret_cast<uint4*>(dk + row * p.dk_stride.row + chunk * 8) = zero;
-        *reinterpret_cast<uint4*>(dv + row * p.dv_stride.row + chunk * 8) = zero;
+      if constexpr (kStoreDkv) {
+        constexpr int kChunks = kHeadDim / 8;
+        const uint4 zero = make_uint4(0, 0, 0, 0);
+        for (int i = thread_idx; i < tile.rows_valid * kChunks; i += Traits::kNumMmaThreads) {
+          const int row = i / kChunks, chunk = i % kChunks;
+          *reinterpret_cast<uint4*>(dk + row * p.dk_stride.row + chunk * 8) = zero;
+          *reinterpret_cast<uint4*>(dv + row * p.dv_stride.row + chunk * 8) = zero;
+        }
       }
       return;
     }
@@ -76,10 +82,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     clear(acc_dv);
     Mainloop::mma(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx);
 
-    Tensor coords = mma_dkv.get_thread_slice(thread_idx).partition_C(
-        make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
-    store_accumulator_pairs(acc_dk, coords, dk, p.dk_stride.row, tile.rows_valid, p.scale);
-    store_accumulator_pairs(acc_dv, coords, dv, p.dv_stride.row, tile.rows_valid, 1.f);
+    if constexpr (!kStoreDkv) {  // the dK/dV GEMMs stay: their accumulators need a reader (keep_alive)
+      keep_alive(acc_dk, uint32_t(p.seqlen_k), reinterpret_cast<uint32_t*>(dk));
+      keep_alive(acc_dv, uint32_t(p.seqlen_k), reinterpret_cast<uint32_t*>(dv));
+    } else {
+      Tensor coords = mma_dkv.get_thread_slice(thread_idx).partition_C(
+          make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+      store_accumulator_pairs(acc_dk, coords, dk, p.dk_stride.row, tile.rows_valid, p.scale);
+      store_accumulator_pairs(acc_dv, coords, dv, p.dv_stride.row, tile.rows_valid, 1.f);
+    }
   }
 }
 

@@ -7,8 +7,10 @@
 #include <cute/tensor.hpp>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
+#include <cstdint>
 #include <type_traits>
 
+#include "backward/stage_skip_bwd_sm90.h"
 #include "common/kernel_traits.h"
 #include "common/params.h"
 
@@ -21,6 +23,8 @@ struct KernelTraitsBwdSm90 : MaskBlockTiles, WarpSpecializedCtaSm90, KernelInsta
   // Q/dO ring depth: a stage is 2 x 128 x D elements (64 KB at D=128), so 2 stages fit beside K, V, P, dS.
   static constexpr int kStages = kHeadDim <= 64 ? 3 : 2;
   static constexpr int kHalfDim = kHeadDim / 2;  // dK/dV columns per consumer warpgroup
+  // Stages the kernel skips (backward/stage_skip_bwd_sm90.h): none; KernelTraitsBwdSm90Stages sets them.
+  static constexpr uint32_t kSkipStages = 0;
 
   // Q, dO, K, V rows are D elements, K-major. The swizzle atom must not be wider than the half head dim a
   // warpgroup reads of dOᵀ/Qᵀ (an MN-major B operand) for dV/dK: 128 B (64 elements) at D=128, 64 B at D=64.
@@ -94,6 +98,14 @@ struct KernelTraitsBwdSm90 : MaskBlockTiles, WarpSpecializedCtaSm90, KernelInsta
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 CTA");
+};
+
+// A profiling variant (SPARGE_PROFILE_STAGES builds only): the same tiles and layouts, kSkip a StageSkip mask of
+// kernel bits (stage_skip_bwd_sm90.h). A distinct type, so the production kernel's name and code stay as they are.
+template <int kHeadDim, typename Element, uint32_t kSkip>
+struct KernelTraitsBwdSm90Stages : KernelTraitsBwdSm90<kHeadDim, Element> {
+  static_assert((kSkip & ~kStageSkipKernelBits) == 0, "only kernel bits are a template argument");
+  static constexpr uint32_t kSkipStages = kSkip;
 };
 
 // What the Hopper backward kernel receives (a __grid_constant__ parameter: the TMA descriptors live in it).

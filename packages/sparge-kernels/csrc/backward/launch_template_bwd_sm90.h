@@ -13,16 +13,19 @@
 #include "backward/kernel_bwd_sm90.h"
 #include "backward/kernel_traits_bwd_sm90.h"
 #include "backward/preprocess_bwd.h"
+#include "backward/stage_skip_bwd_sm90.h"
 #include "common/cuda_check.h"
 #include "common/element_type.h"
 #include "common/params.h"
 
 namespace sparge::bwd {
 
-template <int kHeadDim, DType kDType>
-void run_sm90(BwdParams const& p, cudaStream_t stream) {
-  using Element = ElementOf<kDType>;
-  using Traits = KernelTraitsBwdSm90<kHeadDim, Element>;
+// The three launches for one traits type (KernelTraitsBwdSm90, or a profiling KernelTraitsBwdSm90Stages);
+// launch_main = false leaves out the dK/dV kernel (profiling: the fixed cost of the other two).
+template <class Traits>
+void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main = true) {
+  using Element = typename Traits::Element;
+  constexpr int kHeadDim = Traits::kHeadDim;
   using Shape4 = typename Traits::ShapeQKV;
   if (p.deterministic || p.dq_accum == nullptr) {
     throw std::invalid_argument("sparge attention_backward: the Hopper backward has no deterministic mode");
@@ -50,10 +53,25 @@ void run_sm90(BwdParams const& p, cudaStream_t stream) {
   constexpr int kSmemBytes = Traits::kSmemBytes;
   SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const dim3 grid(p.num_k_blocks, p.heads, p.batch);
-  kernel<<<grid, Traits::kNThreads, kSmemBytes, stream>>>(kp);
-  SPARGE_CHECK_LAUNCH("sparge backward dK/dV (sm90)");
+  if (launch_main) {
+    kernel<<<grid, Traits::kNThreads, kSmemBytes, stream>>>(kp);
+    SPARGE_CHECK_LAUNCH("sparge backward dK/dV (sm90)");
+  }
 
   launch_dq_convert_rowmajor<kHeadDim, Element>(p, stream);
+}
+
+template <int kHeadDim, DType kDType>
+void run_sm90(BwdParams const& p, cudaStream_t stream) {
+  launch_bwd_sm90<KernelTraitsBwdSm90<kHeadDim, ElementOf<kDType>>>(p, stream);
+}
+
+// Profiling builds only (SPARGE_PROFILE_STAGES, csrc/profile/): the backward with the dK/dV kernel variant that
+// skips the kernel bits of kSkip (backward/stage_skip_bwd_sm90.h); kSkipMainKernel in `skip` leaves it out.
+template <int kHeadDim, DType kDType, uint32_t kSkip>
+void run_bwd_sm90_stages(BwdParams const& p, uint32_t skip, cudaStream_t stream) {
+  launch_bwd_sm90<KernelTraitsBwdSm90Stages<kHeadDim, ElementOf<kDType>, kSkip>>(p, stream,
+                                                                                 !(skip & kSkipMainKernel));
 }
 
 }  // namespace sparge::bwd

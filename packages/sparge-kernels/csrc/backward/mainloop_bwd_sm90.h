@@ -16,7 +16,11 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
+#include <cstdint>
+#include <cstring>
+
 #include "backward/kernel_traits_bwd_sm90.h"
+#include "backward/stage_skip_bwd_sm90.h"
 #include "backward/tile_bwd.h"
 #include "common/block_sparse.h"
 #include "common/params.h"
@@ -26,6 +30,33 @@
 namespace sparge::bwd {
 
 using namespace cute;
+
+// Profiling variants only (stage_skip_bwd_sm90.h). ptxas removes a wgmma, and the math feeding it, whose results
+// nobody reads: skipping the dQ atomics would also drop the dQ GEMM, skipping the dK/dV stores the dK/dV GEMMs.
+// A variant that skips the only reader of some registers passes them here instead: an XOR of their bits, stored
+// to *dst only if it equals `never`, a runtime value the compiler cannot see through (nothing is written in
+// practice, and dst is a valid address of an output whose contents the variant does not define anyway). Costs
+// about one logic op per two registers, no memory traffic.
+template <class Frag>
+__device__ __forceinline__ void keep_alive(Frag const& frag, uint32_t never, uint32_t* dst) {
+  using T = typename Frag::value_type;
+  static_assert(sizeof(T) == 4 || sizeof(T) == 2);
+  uint32_t bits = 0;
+  CUTE_UNROLL
+  for (int i = 0; i < size(frag); ++i) {
+    const T x = frag(i);
+    if constexpr (sizeof(T) == 4) {
+      uint32_t w;
+      memcpy(&w, &x, 4);
+      bits ^= w;
+    } else {
+      uint16_t h;
+      memcpy(&h, &x, 2);
+      bits ^= uint32_t(h) << (16 * (i & 1));
+    }
+  }
+  if (bits == never) *dst = bits;
+}
 
 template <class Traits>
 struct MainloopBwdSm90 {
@@ -42,6 +73,18 @@ struct MainloopBwdSm90 {
   // Named barriers of the consumer warpgroups (ids after CUTLASS's reserved ones).
   static constexpr uint32_t kBarrierPdSFree = 0;   // the previous stage's dK/dV GEMMs have read sP, sdS
   static constexpr uint32_t kBarrierPdSReady = 1;  // both warpgroups' rows of P and dS are in sP, sdS
+
+  // What the consumers run: everything in production (kSkipStages = 0); a profiling variant skips some stages
+  // (stage_skip_bwd_sm90.h). load() is the same in every variant; see mma() for why each skip keeps the ring,
+  // the K/V barrier and the named barriers in step.
+  static constexpr uint32_t kSkip = Traits::kSkipStages;
+  static constexpr bool kLoadsOnly = (kSkip & kSkipConsumerMath) != 0;
+  static constexpr bool kRunSdP = !kLoadsOnly;
+  static constexpr bool kRunSoftmax = !kLoadsOnly && !(kSkip & kSkipSoftmax);
+  static constexpr bool kRunPdSStore = !kLoadsOnly && !(kSkip & kSkipPdSStore);
+  static constexpr bool kRunDkv = !kLoadsOnly && !(kSkip & kSkipDkvGemm);
+  static constexpr bool kRunDq = !kLoadsOnly && !(kSkip & kSkipDqGemm);
+  static constexpr bool kRunDqAtomics = kRunDq && !(kSkip & kSkipDqAtomics);
 
   // Run by one thread of the producer warpgroup; the tile has at least one kept query block.
   __device__ static void load(KernelParamsBwdSm90<Traits> const& kp, Tile const& tile, SharedStorage& ss,
@@ -151,48 +194,84 @@ struct MainloopBwdSm90 {
 
       Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
       Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
-      wgmma_issue</*kZeroInit=*/true>(mma_sdp, tSrQ(_, _, _, stage), tSrK, acc_s);
-      wgmma_issue</*kZeroInit=*/true>(mma_sdp, tdPrdO(_, _, _, stage), tdPrV, acc_dp);
-      warpgroup_wait<1>();  // S is done; dP may still run
-      wgmma_done(acc_s);
-      // Rows past Lq have lse·log2e = +inf in the workspace, so their P is 0 like the masked keys'.
-      probs_with_tail_mask(acc_s, tScS, keys_valid, p.scale_log2, lse_log2);
-      warpgroup_wait<0>();
-      wgmma_done(acc_dp);
-      CUTE_UNROLL
-      for (int i = 0; i < size(acc_dp); ++i) acc_dp(i) = acc_s(i) * (acc_dp(i) - delta[get<0>(tScS(i))]);
+      // Loads only: no wgmma is issued, so none is waited for; the stage was still waited for above.
+      if constexpr (kRunSdP) {
+        wgmma_issue</*kZeroInit=*/true>(mma_sdp, tSrQ(_, _, _, stage), tSrK, acc_s);
+        wgmma_issue</*kZeroInit=*/true>(mma_sdp, tdPrdO(_, _, _, stage), tdPrV, acc_dp);
+        warpgroup_wait<1>();  // S is done; dP may still run
+        wgmma_done(acc_s);
+        // Rows past Lq have lse·log2e = +inf in the workspace, so their P is 0 like the masked keys'.
+        // No softmax: registers only (the stage's lse·log2e and delta are loaded but not read).
+        if constexpr (kRunSoftmax) probs_with_tail_mask(acc_s, tScS, keys_valid, p.scale_log2, lse_log2);
+        warpgroup_wait<0>();
+        wgmma_done(acc_dp);
+        if constexpr (kRunSoftmax) {
+          CUTE_UNROLL
+          for (int i = 0; i < size(acc_dp); ++i) acc_dp(i) = acc_s(i) * (acc_dp(i) - delta[get<0>(tScS(i))]);
+        }
+      }
       Tensor rP = make_tensor<Element>(acc_s.layout());
       Tensor rdS = make_tensor<Element>(acc_dp.layout());
-      convert_fragment(acc_s, rP);
-      convert_fragment(acc_dp, rdS);
+      if constexpr (kRunSdP) {
+        convert_fragment(acc_s, rP);
+        convert_fragment(acc_dp, rdS);
+      }
+      if constexpr (kRunSdP && !kRunPdSStore) {  // P (and dS without the dQ GEMM) would have no reader left
+        keep_alive(rP, uint32_t(p.seqlen_q), reinterpret_cast<uint32_t*>(dq_accum));
+        keep_alive(rdS, uint32_t(p.seqlen_q), reinterpret_cast<uint32_t*>(dq_accum));
+      }
 
+      // Both named barriers stay in every variant: each is a full rendezvous of the 256 consumer threads, which
+      // all run this same code, so skipping the stores between them cannot leave one warpgroup waiting.
       cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSFree);
-      cute::copy(copy_pds, thr_copy_pds.retile_S(rP), tPsP);
-      cute::copy(copy_pds, thr_copy_pds.retile_S(rdS), tdSsdS);
+      if constexpr (kRunPdSStore) {
+        cute::copy(copy_pds, thr_copy_pds.retile_S(rP), tPsP);
+        cute::copy(copy_pds, thr_copy_pds.retile_S(rdS), tdSsdS);
+      }
       cutlass::arch::fence_view_async_shared();  // generic-proxy stores -> visible to wgmma (async proxy)
       cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSReady);
 
-      wgmma_issue</*kZeroInit=*/false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, stage), acc_dv);
-      wgmma_issue</*kZeroInit=*/false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, stage), acc_dk);
+      if constexpr (kRunDkv) {
+        wgmma_issue</*kZeroInit=*/false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, stage), acc_dv);
+        wgmma_issue</*kZeroInit=*/false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, stage), acc_dk);
+      }
       Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
       Tensor tdQrdS = make_tensor(rdS.data(), accumulator_as_a_operand(rdS.layout()));
-      wgmma_issue</*kZeroInit=*/true>(mma_dq, tdQrdS, tdQrKt, acc_dq);
-      warpgroup_wait<1>();  // dV and dK are done: the stage's Q and dO are free
+      if constexpr (kRunDq) wgmma_issue</*kZeroInit=*/true>(mma_dq, tdQrdS, tdQrKt, acc_dq);
+      // The stage is released exactly once per slot in every variant, after the last GEMM reading its Q and dO
+      // (dV, dK) is done: wait<1> leaves only the dQ batch (sK, registers) in flight; without dQ that is wait<0>;
+      // without dV/dK, S and dP (done above) were the last readers.
+      if constexpr (kRunDkv && kRunDq) {
+        warpgroup_wait<1>();  // dV and dK are done: the stage's Q and dO are free
+      } else if constexpr (kRunDkv) {
+        warpgroup_wait<0>();
+      }
       pipeline.consumer_release(read);
-      warpgroup_wait<0>();
-      wgmma_done(acc_dv);
-      wgmma_done(acc_dk);
-      wgmma_done(acc_dq);
-      warpgroup_fence_operand(tdQrdS);
+      if constexpr (kRunDq) warpgroup_wait<0>();
+      if constexpr (kRunDkv) {
+        wgmma_done(acc_dv);
+        wgmma_done(acc_dk);
+      }
+      if constexpr (kRunDq) {
+        wgmma_done(acc_dq);
+        warpgroup_fence_operand(tdQrdS);
+      }
 
       // dQ_accum[row] += dS·K for the block's rows inside Lq; accumulator values 2j, 2j+1 are adjacent columns.
-      const int rows_valid = p.seqlen_q - m_block * kBlockM;
-      float* dq_block = dq_accum + int64_t(m_block) * kBlockM * kHeadDim;
-      CUTE_UNROLL
-      for (int i = 0; i < size(acc_dq); i += 2) {
-        const int row = get<0>(tdQcdQ(i)), col = get<1>(tdQcdQ(i));
-        if (row < rows_valid) {
-          atomicAdd(reinterpret_cast<float2*>(dq_block + row * kHeadDim + col), make_float2(acc_dq(i), acc_dq(i + 1)));
+      // Skipping them touches no barrier: the atomics are fire-and-forget global reductions after the release.
+      if constexpr (kRunDq && !kRunDqAtomics) {  // the dQ GEMM stays: its accumulator needs a reader
+        keep_alive(acc_dq, uint32_t(p.seqlen_q), reinterpret_cast<uint32_t*>(dq_accum));
+      }
+      if constexpr (kRunDqAtomics) {
+        const int rows_valid = p.seqlen_q - m_block * kBlockM;
+        float* dq_block = dq_accum + int64_t(m_block) * kBlockM * kHeadDim;
+        CUTE_UNROLL
+        for (int i = 0; i < size(acc_dq); i += 2) {
+          const int row = get<0>(tdQcdQ(i)), col = get<1>(tdQcdQ(i));
+          if (row < rows_valid) {
+            atomicAdd(reinterpret_cast<float2*>(dq_block + row * kHeadDim + col),
+                      make_float2(acc_dq(i), acc_dq(i + 1)));
+          }
         }
       }
       ++read;
