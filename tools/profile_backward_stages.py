@@ -9,8 +9,8 @@ Per density (default 0.05 and 1.0) on (1, 12, 32760, 128) bf16 HND with a random
 (tools/bench_attention.py's random_mask) it runs the forward once for out and lse, checks that the "full" variant
 (no stage skipped) gives production's dq/dk/dv (path='sm90'), then times every variant: one `_C` call =
 preprocess + dK/dV kernel + dQ conversion, on preallocated buffers (no allocation or dq_accum zeroing in the timed
-region; the atomics keep adding into dq_accum, which changes no timing), median of --runs (>= 20) CUDA-event
-timings after a warm-up. Rows:
+region; the atomics keep adding into dq_accum, which changes no timing), median of at least --runs (>= 20)
+timings after a warm-up (bench_attention.time_ms, as the benchmark's rows). Rows:
 
   production    _C.attention_backward(path='sm90'): the shipped kernel (should equal "full")
   full          the profiling instantiation with no stage skipped
@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import sys
 
 import torch
@@ -91,31 +90,9 @@ def profiling_extension():
     return cuda._C
 
 
-def median_ms(fn, runs: int, warmup_ms: float = 100.0) -> float:
-    """Median of `runs` CUDA-event timings of fn() after at least 3 calls and warmup_ms of warm-up."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(3):
-        fn()
-    end.record()
-    end.synchronize()
-    once = start.elapsed_time(end) / 3
-    for _ in range(int(warmup_ms / max(once, 1e-3))):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return statistics.median(samples)
-
-
 def profile_density(c, shape, density: float, names: list[str], runs: int, seed: int = 0) -> tuple[str, str]:
     """(markdown table, sanity line) for one mask density."""
-    from bench_attention import BLOCK_K, BLOCK_Q, random_mask
+    from bench_attention import BLOCK_K, BLOCK_Q, random_mask, time_ms
 
     import sparge_kernels as sk
     from sparge_kernels.cuda import current_stream, empty_like_layout, kernel_ready
@@ -164,7 +141,7 @@ def profile_density(c, shape, density: float, names: list[str], runs: int, seed:
     times = {}
     for name in names + ["full (again)"]:  # full again at the end: the drift of the clocks over the run
         kernel_name = name.split(" ")[0]
-        times[name] = median_ms(lambda n=kernel_name: run(n), runs)
+        times[name] = time_ms(lambda n=kernel_name: run(n), min_runs=runs)
         print(f"  density {density:g} {name}: {times[name]:.3f} ms", flush=True)  # a hang names its variant
     full, side = times["full"], times.get("side_kernels_only")
     kernel = full - side if side is not None else None
