@@ -91,31 +91,15 @@ def time_ms(fn: Callable[[], object], rep_ms: int = 200, min_runs: int = 20) -> 
         return statistics.median(samples)
 
 
-def random_mask(b, h, lq, lk, density, seed=0):
+def random_mask(b, h, lq, lk, density, seed=0, block_k=BLOCK_K):
+    """Random kept blocks at the given density; block_k=128 gives Flex's native 128x128 blocks."""
     from sparge_kernels.block_mask import BlockMask
     from sparge_kernels.validation import num_blocks
 
     g = torch.Generator(device="cuda").manual_seed(seed)
-    nq, nk = num_blocks(lq, BLOCK_Q), num_blocks(lk, BLOCK_K)
+    nq, nk = num_blocks(lq, BLOCK_Q), num_blocks(lk, block_k)
     dense = torch.rand(b, h, nq, nk, generator=g, device="cuda") < density
-    return BlockMask.from_dense(dense, block_q=BLOCK_Q, block_k=BLOCK_K, seq_len_q=lq, seq_len_k=lk)
-
-
-def flex_native_block_mask(b, h, lq, lk, density, seed=0):
-    """A random FlexAttention BlockMask on Flex's native 128x128 blocks at the given density."""
-    from torch.nn.attention.flex_attention import BlockMask as FlexBlockMask
-
-    from sparge_kernels.validation import num_blocks
-
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    nq, nk = num_blocks(lq, 128), num_blocks(lk, 128)
-    dense = torch.rand(b, h, nq, nk, generator=g, device="cuda") < density
-    count = dense.sum(-1, dtype=torch.int32)
-    # Kept block indices first in each row (a stable sort of the negated mask), as from_kv_blocks expects.
-    index = torch.argsort((~dense).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-    fbm = FlexBlockMask.from_kv_blocks(torch.zeros_like(count), index, count, index, BLOCK_SIZE=(128, 128),
-                                       seq_lengths=(lq, lk))
-    return fbm, dense.float().mean().item()
+    return BlockMask.from_dense(dense, block_q=BLOCK_Q, block_k=block_k, seq_len_q=lq, seq_len_k=lk)
 
 
 def flex_block_mask(mask):
@@ -124,7 +108,7 @@ def flex_block_mask(mask):
 
     index = mask.kv_index.clamp_min(0)
     return FlexBlockMask.from_kv_blocks(
-        torch.zeros_like(mask.kv_count), index, mask.kv_count, index, BLOCK_SIZE=(BLOCK_Q, BLOCK_K),
+        torch.zeros_like(mask.kv_count), index, mask.kv_count, index, BLOCK_SIZE=(mask.block_q, mask.block_k),
         seq_lengths=(mask.seq_len_q, mask.seq_len_k),
     )
 
@@ -282,9 +266,9 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
         flex_row(f"FlexAttention fwd+bwd, same 128x64 mask, {what}", flex_block_mask(mask),
                  3.5 * ctx.dense_flops * kept)
         if density < 1:
-            fbm, kept128 = flex_native_block_mask(b, h, length, length, density)
-            flex_row(f"FlexAttention fwd+bwd, 128x128 blocks, density {density:g} (kept {kept128:.3f})", fbm,
-                     3.5 * ctx.dense_flops * kept128)
+            native = random_mask(b, h, length, length, density, block_k=128)
+            flex_row(f"FlexAttention fwd+bwd, 128x128 blocks, density {density:g} (kept {native.density:.3f})",
+                     flex_block_mask(native), 3.5 * ctx.dense_flops * native.density)
         sparge_rows(what, mask, kept)
         with torch.no_grad():
             out, lse = sk.block_sparse_attention(ctx.q, ctx.k, ctx.v, mask, scale=scale, return_lse=True)

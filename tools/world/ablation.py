@@ -52,6 +52,11 @@ class MaskSetting:
         return dict(topk=self.topk, topp=self.topp, token_order=self.token_order)
 
 
+def rel_mse(v: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖v − ref‖² / ‖ref‖²."""
+    return float(((v - ref) ** 2).sum() / (ref ** 2).sum())
+
+
 class Probe:
     """Fixed held-out inputs (x_σ, t, text) at each σ, and the teacher's velocities on them. Seed s draws its own
     videos and noises, so seeds are independent held-out sets."""
@@ -67,19 +72,15 @@ class Probe:
         self.teacher_v = {s: self.velocity(teacher, s) for s in SIGMAS}
 
     @torch.no_grad()
-    def velocity(self, model, sigma: float) -> torch.Tensor:
+    def velocity(self, model, sigma: float, text: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's velocity at σ on the probe's captions (or on `text`, e.g. the null caption)."""
         x = self.inputs[sigma]
         t = torch.full((x.shape[0],), sigma * 1000.0, device=x.device)
-        return model(x, t, self.text, return_dict=False)[0].float()
+        return model(x, t, self.text if text is None else text, return_dict=False)[0].float()
 
     def errors(self, model) -> dict[str, float]:
         """Velocity rel-MSE vs the teacher per σ."""
-        out = {}
-        for s in SIGMAS:
-            v = self.velocity(model, s)
-            ref = self.teacher_v[s]
-            out[str(s)] = float(((v - ref) ** 2).sum() / (ref ** 2).sum())
-        return out
+        return {str(s): rel_mse(self.velocity(model, s), self.teacher_v[s]) for s in SIGMAS}
 
     def density(self, model, kind: str, token_order: str, value: float, target: float) -> tuple[float, dict]:
         kwargs = mask_params(kind, value, target)

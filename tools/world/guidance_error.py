@@ -19,22 +19,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ablation import SIGMAS, Probe  # noqa: E402
+from ablation import SIGMAS, Probe, rel_mse  # noqa: E402
 
 from sparge_pipelines import apply_sparge, remove_sparge  # noqa: E402
 from sparge_pipelines.world import WorldSize  # noqa: E402
 from sparge_pipelines.world.model import load_world_transformer  # noqa: E402
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((a - b) ** 2).sum() / (b**2).sum())
-
-
-@torch.no_grad()
-def velocity(model, probe: Probe, sigma: float, text: torch.Tensor) -> torch.Tensor:
-    x = probe.inputs[sigma]
-    t = torch.full((x.shape[0],), sigma * 1000.0, device=x.device)
-    return model(x, t, text, return_dict=False)[0].float()
+from sparge_train.losses import guided_velocity  # noqa: E402  (the guided velocity loss.guidance_scale trains)
 
 
 def main() -> None:
@@ -64,16 +54,17 @@ def main() -> None:
              "| σ | model | caption share ‖Δv_T‖/‖v_T(c)‖ | v(c) | v(∅) | Δv = v(c) − v(∅) | guided v(∅) + w·Δv |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     for sigma in SIGMAS:
-        tc, tu = velocity(teacher, probe, sigma, probe.text), velocity(teacher, probe, sigma, null)
+        tc, tu = probe.teacher_v[sigma], probe.velocity(teacher, sigma, null)
         share = float((tc - tu).norm() / tc.norm())
         for name, model in models:
             apply_sparge(model, topk=args.topk, topp=args.topp, token_order=args.token_order)
             try:
-                sc, su = velocity(model, probe, sigma, probe.text), velocity(model, probe, sigma, null)
+                sc, su = probe.velocity(model, sigma), probe.velocity(model, sigma, null)
             finally:
                 remove_sparge(model)
-            lines.append(f"| {sigma} | {name} | {share:.3f} | {rel(sc, tc):.4f} | {rel(su, tu):.4f} | "
-                         f"{rel(sc - su, tc - tu):.3f} | {rel(su + w * (sc - su), tu + w * (tc - tu)):.4f} |")
+            guided = rel_mse(guided_velocity(sc, su, w), guided_velocity(tc, tu, w))
+            lines.append(f"| {sigma} | {name} | {share:.3f} | {rel_mse(sc, tc):.4f} | {rel_mse(su, tu):.4f} | "
+                         f"{rel_mse(sc - su, tc - tu):.3f} | {guided:.4f} |")
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print("\n" + text)
