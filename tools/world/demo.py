@@ -35,7 +35,7 @@ from sparge_pipelines.world.model import load_world_transformer, shipped_models,
 from sparge_pipelines.world.sampler import SamplerConfig  # noqa: E402
 
 # examples/world_student.yaml's mask (5% density at 16x64x64), for a run without a distilled student to read it from
-DEFAULT_MASK = {"topk": 0.03, "topp": 0.14, "token_order": "tiled"}
+DEFAULT_MASK = {"topk": 0.04, "topp": 0.14, "token_order": "tiled"}
 ALL_DENSE = 1 << 30  # dense_steps beyond any sampler: SDPA in every step, timed by the same hook as sparse runs
 
 
