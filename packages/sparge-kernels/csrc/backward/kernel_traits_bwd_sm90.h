@@ -5,36 +5,36 @@
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include <cstdint>
 #include <type_traits>
 
 #include "backward/stage_skip_bwd_sm90.h"
-#include "common/kernel_traits.h"
+#include "common/kernel_traits_sm90.h"
 #include "common/params.h"
 
 namespace sparge::bwd {
 
 using namespace cute;
 
+// The Q/dO ring is 2 stages deep (3 at D=64): a stage is 2 x 128 x D elements (64 KB at D=128), so 2 stages fit
+// beside K, V, P, dS.
 template <int kHeadDim, typename Element>
-struct KernelTraitsBwdSm90 : MaskBlockTiles, WarpSpecializedCtaSm90, KernelInstance<kHeadDim, Element> {
-  // Q/dO ring depth: a stage is 2 x 128 x D elements (64 KB at D=128), so 2 stages fit beside K, V, P, dS.
-  static constexpr int kStages = kHeadDim <= 64 ? 3 : 2;
+struct KernelTraitsBwdSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Element, kHeadDim <= 64 ? 3 : 2> {
   static constexpr int kHalfDim = kHeadDim / 2;  // dK/dV columns per consumer warpgroup
   // Stages the kernel skips (backward/stage_skip_bwd_sm90.h): none; KernelTraitsBwdSm90Stages sets them.
   static constexpr uint32_t kSkipStages = 0;
+
+  using Loads = typename KernelTraitsBwdSm90::TmaLoadsSm90;  // the base above: ring depth, tiles, TMA types
+  static constexpr int kStages = Loads::kStages;  // unqualified in the layouts below
 
   // Q, dO, K, V rows are D elements, K-major. The swizzle atom must not be wider than the half head dim a
   // warpgroup reads of dOᵀ/Qᵀ (an MN-major B operand) for dV/dK: 128 B (64 elements) at D=128, 64 B at D=64.
   using SmemLayoutAtomQKV = std::conditional_t<kHalfDim % 64 == 0, GMMA::Layout_K_SW128_Atom<Element>,
                                                GMMA::Layout_K_SW64_Atom<Element>>;
-  using TileQ = Shape<Int<kBlockM>, Int<kHeadDim>>;
-  using TileKV = Shape<Int<kBlockN>, Int<kHeadDim>>;
   using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtomQKV{}, Shape<Int<kBlockM>, Int<kHeadDim>, Int<kStages>>{}));
   using SmemLayoutdO = SmemLayoutQ;
-  using SmemLayoutKV = decltype(tile_to_shape(SmemLayoutAtomQKV{}, TileKV{}));
+  using SmemLayoutKV = decltype(tile_to_shape(SmemLayoutAtomQKV{}, typename Loads::TileKV{}));
   // Transposed views of the same bytes: (D, query rows, stage) for dV += Pᵀ·dO and dK += dSᵀ·Q, (D, keys) for
   // dQ = dS·K. The head dim is contiguous in them: MN-major B operands.
   using SmemLayoutQt = decltype(composition(
@@ -69,20 +69,11 @@ struct KernelTraitsBwdSm90 : MaskBlockTiles, WarpSpecializedCtaSm90, KernelInsta
                            GMMA::Major::MN>(),
       Layout<Shape<Int<kNumConsumerWarpgroups>, _1, _1>>{}));
 
-  // Global tensors as TMA sees them: (L, D, H, B) with element strides (row, 1, head, batch).
-  using ShapeQKV = Shape<int32_t, Int<kHeadDim>, int32_t, int32_t>;
-  using StrideQKV = Stride<int64_t, _1, int64_t, int64_t>;
-  using GmemTensor = decltype(make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)),
-                                          make_layout(ShapeQKV{}, StrideQKV{})));
-  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(SmemLayoutQ{}), TileQ{}, _1{}));
-  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutKV{}, TileKV{}, _1{}));
-  static constexpr uint32_t kTmaBytesQ = uint32_t(kBlockM * kHeadDim * sizeof(Element));
-  static constexpr uint32_t kTmaBytesKV = uint32_t(kBlockN * kHeadDim * sizeof(Element));
+  using TmaQ = typename Loads::template TmaLoadQ<decltype(take<0, 2>(SmemLayoutQ{}))>;
+  using TmaKV = typename Loads::template TmaLoadKV<SmemLayoutKV>;
   static constexpr uint32_t kRowStatBytes = uint32_t(kBlockM * sizeof(float));  // lse·log2e or delta of a block
   // One stage's transaction: Q and dO by TMA, lse·log2e and delta by bulk copies.
-  static constexpr uint32_t kStageBytes = 2 * kTmaBytesQ + 2 * kRowStatBytes;
-
-  using Pipeline = cutlass::PipelineTmaAsync<kStages>;
+  static constexpr uint32_t kStageBytes = 2 * Loads::kTmaBytesQ + 2 * kRowStatBytes;
 
   struct SharedStorage {
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>> q;
@@ -93,7 +84,7 @@ struct KernelTraitsBwdSm90 : MaskBlockTiles, WarpSpecializedCtaSm90, KernelInsta
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutPdS>> ds;
     alignas(16) cute::array_aligned<float, kBlockM * kStages> lse_log2;
     alignas(16) cute::array_aligned<float, kBlockM * kStages> delta;
-    alignas(16) typename Pipeline::SharedStorage pipeline;
+    alignas(16) typename Loads::Pipeline::SharedStorage pipeline;
     alignas(16) uint64_t barrier_kv;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));

@@ -25,6 +25,7 @@
 #include "common/block_sparse.h"
 #include "common/params.h"
 #include "common/utils.h"
+#include "common/warp_specialized_sm90.h"
 #include "common/wgmma_sm90.h"
 
 namespace sparge::bwd {
@@ -58,18 +59,14 @@ __device__ __forceinline__ void keep_alive(Frag const& frag, uint32_t never, uin
   if (bits == never) *dst = bits;
 }
 
+// The CTA's shape (kBlockM, kBlockN, kNumMmaThreads) is WarpSpecializedCtaSm90's, which the traits extend too.
 template <class Traits>
-struct MainloopBwdSm90 {
+struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
   using Element = typename Traits::Element;
   using Pipeline = typename Traits::Pipeline;
-  using PipelineState = typename Pipeline::PipelineState;
   using SharedStorage = typename Traits::SharedStorage;
-  using Barrier = cutlass::arch::ClusterTransactionBarrier;
-  using Tile = BwdTile<Traits::kBlockN, Traits::kBlockM>;
-  static constexpr int kBlockM = Traits::kBlockM;
-  static constexpr int kBlockN = Traits::kBlockN;
+  using Tile = BwdTile<kBlockN, kBlockM>;
   static constexpr int kHeadDim = Traits::kHeadDim;
-  static constexpr int kNumMmaThreads = Traits::kNumMmaThreads;
   // Named barriers of the consumer warpgroups (ids after CUTLASS's reserved ones).
   static constexpr uint32_t kBarrierPdSFree = 0;   // the previous stage's dK/dV GEMMs have read sP, sdS
   static constexpr uint32_t kBarrierPdSReady = 1;  // both warpgroups' rows of P and dS are in sP, sdS
@@ -111,7 +108,7 @@ struct MainloopBwdSm90 {
     auto [tVgV, tVsV] = tma_partition(kp.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
 
     // Keys past Lk are outside the tensor: TMA zero-fills them (and still counts the whole box's bytes).
-    Barrier::arrive_and_expect_tx(&ss.barrier_kv, 2 * Traits::kTmaBytesKV);
+    arm_tile_barrier(&ss.barrier_kv, 2 * Traits::kTmaBytesKV);
     copy(kp.tma_k.with(ss.barrier_kv), tKgK, tKsK);
     copy(kp.tma_v.with(ss.barrier_kv), tVgV, tVsV);
 
@@ -119,7 +116,7 @@ struct MainloopBwdSm90 {
     // and are 16 B aligned (what a bulk copy needs).
     const float* lse_log2 = p.lse_log2 + tile.bh * p.padded_q;
     const float* delta = p.delta + tile.bh * p.padded_q;
-    PipelineState write = cutlass::make_producer_start_state<Pipeline>();
+    auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
     const int count = tile.walk.trip_count();
     for (int slot = 0; slot < count; ++slot) {
       const int m_block = tile.walk.block(slot);
@@ -183,8 +180,8 @@ struct MainloopBwdSm90 {
     const int count = tile.walk.trip_count();
     float* dq_accum = p.dq_accum + tile.bh * p.padded_q * kHeadDim;
 
-    Barrier::wait(&ss.barrier_kv, 0);
-    PipelineState read;
+    wait_tile_barrier(&ss.barrier_kv);
+    typename Pipeline::PipelineState read;
     for (int slot = 0; slot < count; ++slot) {
       const int m_block = tile.walk.block(slot);
       pipeline.consumer_wait(read);

@@ -1,8 +1,7 @@
 // What the traits of every attention kernel (forward SM80 and SM90, backward) share, defined once: the tile sizes
-// fixed by the block mask, the Hopper kernels' warpgroup split, the instantiation (element type, head dim) they
-// export to their kernels, and the mma.sync atom of the SM80 kernels. Each kernel's traits extend MaskBlockTiles
-// and KernelInstance (the Hopper ones also WarpSpecializedCtaSm90), as flash-attention's per-kernel traits extend
-// one base.
+// fixed by the block mask, the instantiation (element type, head dim) they export to their kernels, and the
+// mma.sync atom of the SM80 kernels. Each kernel's traits extend MaskBlockTiles and KernelInstance, as
+// flash-attention's per-kernel traits extend one base; the Hopper ones through common/kernel_traits_sm90.h.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -17,14 +16,6 @@ namespace sparge {
 struct MaskBlockTiles {
   static constexpr int kBlockM = 128;  // query rows per mask block
   static constexpr int kBlockN = 64;   // keys per mask block
-};
-
-// The CTA of the warp-specialised Hopper kernels (common/warp_specialized_sm90.h), forward and backward: one
-// producer warpgroup and a consumer warpgroup per 64 query rows of the mask block.
-struct WarpSpecializedCtaSm90 {
-  static constexpr int kNumConsumerWarpgroups = MaskBlockTiles::kBlockM / 64;
-  static constexpr int kNumMmaThreads = kNumConsumerWarpgroups * 128;
-  static constexpr int kNThreads = kNumMmaThreads + 128;  // + the producer warpgroup
 };
 
 // What a kernel is instantiated for, exported as Traits::Element and Traits::kHeadDim. A separate base from

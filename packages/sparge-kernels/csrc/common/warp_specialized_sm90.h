@@ -1,8 +1,9 @@
 // The opening every warp-specialised Hopper kernel shares (forward and backward; as flash-attention hopper's
 // kernels and CUTLASS 88_hopper_fmha): warpgroup 0 is the producer (one thread issues the TMA loads), the other
-// warpgroups consume (wgmma); the one-shot barrier of the operands loaded once per tile, the TMA-fed pipeline's
-// parameters and the register split (setmaxnreg) between the two roles. Each kernel branches on warp_group_idx()
-// with a plain if/else (passing the role bodies as lambdas to one helper changed the generated code).
+// warpgroups consume (wgmma); the one-shot barrier of the operands loaded once per tile (set up here, armed by the
+// producer and waited on by the consumers in the mainloops), the TMA-fed pipeline's parameters and the register
+// split (setmaxnreg) between the two roles. Each kernel branches on warp_group_idx() with a plain if/else (passing
+// the role bodies as lambdas to one helper changed the generated code).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -24,6 +25,16 @@ __device__ __forceinline__ void init_tile_barrier_and_prefetch(uint64_t* barrier
     cutlass::arch::ClusterTransactionBarrier::init(barrier, 1);
     (cute::prefetch_tma_descriptor(tma.get_tma_descriptor()), ...);
   }
+}
+
+// The producer thread, before it issues the once-per-tile loads: arms `barrier` (its one arrival) with their bytes.
+__device__ __forceinline__ void arm_tile_barrier(uint64_t* barrier, uint32_t transaction_bytes) {
+  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(barrier, transaction_bytes);
+}
+
+// A consumer: waits until the once-per-tile loads have landed (the barrier's first and only phase).
+__device__ __forceinline__ void wait_tile_barrier(uint64_t* barrier) {
+  cutlass::arch::ClusterTransactionBarrier::wait(barrier, 0);
 }
 
 // Parameters of a TMA-fed pipeline ring (`Traits::Pipeline`, a cutlass::PipelineTmaAsync): warpgroup 0 produces

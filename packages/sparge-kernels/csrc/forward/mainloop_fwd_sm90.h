@@ -5,7 +5,6 @@
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cutlass/arch/barrier.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include <cmath>
@@ -16,21 +15,19 @@
 #include "forward/softmax.h"
 #include "forward/tile_scheduler.h"
 #include "common/utils.h"
+#include "common/warp_specialized_sm90.h"
 #include "common/wgmma_sm90.h"
 
 namespace sparge::fwd {
 
 using namespace cute;
 
+// The CTA's shape (kBlockM, kBlockN, kNumMmaThreads) is WarpSpecializedCtaSm90's, which the traits extend too.
 template <class Traits>
-struct MainloopFwdSm90 {
+struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
   using Element = typename Traits::Element;
   using Pipeline = typename Traits::Pipeline;
-  using PipelineState = typename Pipeline::PipelineState;
   using SharedStorage = typename Traits::SharedStorage;
-  using Barrier = cutlass::arch::ClusterTransactionBarrier;
-  static constexpr int kBlockM = Traits::kBlockM;
-  static constexpr int kBlockN = Traits::kBlockN;
 
   // Run by one thread of the producer warpgroup.
   __device__ static void load(KernelParamsSm90<Traits> const& kp, WorkTile const& tile, SharedStorage& ss,
@@ -49,9 +46,9 @@ struct MainloopFwdSm90 {
     auto [tVgV, tVsV] = tma_partition(kp.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
 
     // Rows past Lq / Lk are out of the TMA box's tensor bounds: the copy engine zero-fills them.
-    Barrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kTmaBytesQ);
+    arm_tile_barrier(&ss.barrier_q, Traits::kTmaBytesQ);
     copy(kp.tma_q.with(ss.barrier_q), tQgQ, tQsQ);
-    PipelineState write = cutlass::make_producer_start_state<Pipeline>();
+    auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
     const int kv_count = walk.trip_count();  // a local bound: the loop keeps its former (not unrolled) shape
     for (int slot = 0; slot < kv_count; ++slot) {
       const int n_block = walk.block(slot);
@@ -82,8 +79,8 @@ struct MainloopFwdSm90 {
     Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
 
     const int kv_count = walk.trip_count();
-    if (kv_count > 0) Barrier::wait(&ss.barrier_q, 0);
-    PipelineState read;
+    if (kv_count > 0) wait_tile_barrier(&ss.barrier_q);
+    typename Pipeline::PipelineState read;
     for (int slot = 0; slot < kv_count; ++slot) {
       Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
       pipeline_k.consumer_wait(read);
