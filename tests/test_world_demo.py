@@ -51,8 +51,8 @@ def test_demo_names_a_model_that_is_not_there(tmp_path, flag):
 
 
 @pytest.mark.slow
-def test_demo_runs_the_shipped_teacher_as_a_new_user_would(tmp_path):
-    """The README's main job, shortened: the shipped teacher dense and sparse (no student ships yet)."""
+def test_demo_runs_the_shipped_models_as_a_new_user_would(tmp_path):
+    """The README's main job, shortened: the shipped teacher dense and sparse, and the student once it ships."""
     from sparge_pipelines.world.model import shipped_models
 
     assert "teacher" in shipped_models()  # the installation ships it (package data)
@@ -60,5 +60,7 @@ def test_demo_runs_the_shipped_teacher_as_a_new_user_would(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
-    assert [r["name"] for r in rows][:2] == ["teacher, dense attention", "teacher, sparse (training-free)"]
-    assert 0 < rows[1]["density"] < 1 and rows[1]["psnr"] > 0
+    names = ["teacher, dense attention", "teacher, sparse (training-free)"]
+    names += ["student, sparse (distilled)"] if "student" in shipped_models() else []
+    assert [r["name"] for r in rows] == names
+    assert all(0 < r["density"] < 1 and r["psnr"] > 0 for r in rows[1:])

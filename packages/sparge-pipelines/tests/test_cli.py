@@ -218,6 +218,29 @@ def test_no_model_generates_with_the_shipped_teacher(tmp_path, capsys):
     assert "density" in capsys.readouterr().out
 
 
+needs_student = pytest.mark.skipif("student" not in shipped_world_models(), reason="no shipped world student")
+
+
+@needs_student
+def test_world_student_serves_with_the_mask_it_was_distilled_at(tmp_path):
+    """`--model world-student` loads the shipped sparse student and, with no mask flags, its sparge.json."""
+    trained = json.loads((shipped_world_models()["student"] / "sparge.json").read_text())
+    assert trained["trained_by"] == "sparge-train" and 0 < trained["topk"] < 1  # written by the export, not by hand
+    out = tmp_path / "student.gif"
+    assert main([*WORLD_ARGS, "--model", "world-student", "--stats", "--out", str(out)]) == 0
+    assert iio.imread(out).std() > 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    settings = report["settings"]
+    assert settings["model_path"] == str(shipped_world_models()["student"]) and settings["mode"] == "sparge"
+    assert {k: settings[k] for k in ("topk", "topp", "token_order")} == \
+        {k: trained[k] for k in ("topk", "topp", "token_order")}
+    assert 0 < report["density"]["overall"] < 1
+    # an explicit flag still wins over the trained mask
+    out = tmp_path / "override.gif"
+    assert main([*WORLD_ARGS, "--model", "world-student", "--topk", "0.5", "--steps", "1", "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["topk"] == 0.5
+
+
 @needs_teacher
 def test_world_video_is_reproducible_by_seed(tmp_path):
     videos = {}
