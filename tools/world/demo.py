@@ -33,9 +33,12 @@ from sparge_pipelines.world import WorldSize  # noqa: E402
 from sparge_pipelines.world.classifier import load_classifier  # noqa: E402
 from sparge_pipelines.world.model import load_world_transformer, shipped_models, world_model_dir  # noqa: E402
 from sparge_pipelines.world.sampler import SamplerConfig  # noqa: E402
+from sparge_train.config import load_config  # noqa: E402
 
-# examples/world_student.yaml's mask (5% density at 16x64x64), for a run without a distilled student to read it from
-DEFAULT_MASK = {"topk": 0.04, "topp": 0.14, "token_order": "tiled"}
+# The mask the shipped student is distilled at (5% density at 16x64x64), read from its training config, for a run
+# without a distilled student's sparge.json to read it from
+STUDENT_CONFIG = Path(__file__).resolve().parents[2] / "packages/sparge-train/examples/world_student.yaml"
+DEFAULT_MASK = {k: getattr(load_config(STUDENT_CONFIG).sparge, k) for k in ("topk", "topp", "token_order")}
 ALL_DENSE = 1 << 30  # dense_steps beyond any sampler: SDPA in every step, timed by the same hook as sparse runs
 
 
