@@ -268,6 +268,11 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
         warpgroup_wait<0>();
       }
       pipeline.consumer_release(read);
+      // Bulk dQ: this warp's dV/dK wgmmas are done reading sP/sdS; warpgroup 0 says so now (before its dQ wgmma
+      // completes), so that warpgroup 1, which stages its dQ there, does not wait for more than that below.
+      if constexpr (kDqBulk && kRunDqAtomics) {
+        if (warp < 4) cutlass::arch::NamedBarrier::arrive(kNumMmaThreads, kBarrierPdSRead);
+      }
       if constexpr (kRunDq) warpgroup_wait<0>();
       if constexpr (kRunDkv) {
         wgmma_done(acc_dv);
@@ -284,14 +289,11 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
         keep_alive(acc_dq, uint32_t(p.seqlen_q), reinterpret_cast<uint32_t*>(dq_accum));
       }
       if constexpr (kRunDqAtomics && kDqBulk) {
-        // Warpgroup 1 overwrites sP/sdS: wait until warpgroup 0's dV/dK wgmmas (wait<1> above) read them too.
+        // Warpgroup 1 overwrites sP/sdS: wait until warpgroup 0's dV/dK wgmmas have read them too (its arrival
+        // above; warpgroup 1's own 4 warps are past their wait<1> as well once all 256 threads are counted).
         // Warpgroup 0 only arrives (its staging is its own); the other barriers keep the two in step, so no
         // warpgroup arrives twice at this barrier before the other passed it.
-        if (warp < 4) {
-          cutlass::arch::NamedBarrier::arrive(kNumMmaThreads, kBarrierPdSRead);
-        } else {
-          cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSRead);
-        }
+        if (warp >= 4) cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSRead);
         // Rows past Lq add zeros (P = 0 there) into the padded rows of the workspace, which the convert skips.
         float* dq_block = dq_accum + int64_t(m_block) * kBlockM * kHeadDim;
         accumulate_dq_bulk(acc_dq, dq_warp_stage, dq_block + warp * kDqWarpFloats, lane);
