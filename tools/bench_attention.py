@@ -13,6 +13,8 @@ fraction: only the kept blocks count), speedup vs dense cuDNN.
     python tools/bench_attention.py [--shapes 1.3b,14b] [--out tools/results/x.md] [--backward]
 
 `--backward` adds the rows of BACKWARD_ROWS (functions (ctx) -> list[Row]), a hook for fwd+bwd rows.
+`--dq-accumulate bulk|atomic` sets KernelOptions.dq_accumulate for every row that takes the default options (the
+fwd+bwd rows; the "backward alone" rows name their mode: SM80 bulk/atomic/deterministic, sm90 atomic and bulk).
 """
 
 from __future__ import annotations
@@ -276,7 +278,8 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
         modes = [("SM80, bulk-reduce dQ", "bulk", False, "sm80"), ("SM80, atomic dQ", "atomic", False, "sm80"),
                  ("SM80, deterministic dQ", "bulk", True, "sm80")]
         if hopper_backward:
-            modes.append(("sm90 wgmma, atomic dQ", "atomic", False, "sm90"))
+            modes += [("sm90 wgmma, atomic dQ", "atomic", False, "sm90"),
+                      ("sm90 wgmma, bulk-reduce dQ", "bulk", False, "sm90")]
         for mode, accumulate, det, path in modes:
             options = sk.KernelOptions(dq_accumulate=accumulate, backward_path=path)
 
@@ -331,6 +334,8 @@ def main() -> None:
     parser.add_argument("--backward-densities", default="1,0.2,0.1,0.05",
                         help="mask densities of the fwd+bwd rows, per shape as name=d1,d2;... "
                              "or one list for every shape (e.g. '1.3b=1,0.2,0.1,0.05;14b=0.05')")
+    parser.add_argument("--dq-accumulate", choices=("bulk", "atomic"), default=None,
+                        help="KernelOptions.dq_accumulate of the rows with default options (default: the default)")
     args = parser.parse_args()
     import sparge_kernels as sk
 
@@ -340,10 +345,14 @@ def main() -> None:
     header = (f"## sparge attention forward benchmark\n\n{props.name}, torch {torch.__version__}, "
               f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Median ms; useful TFLOP/s "
               "counts only kept blocks (4·B·H·Lq·Lk·D·density).\n")
+    if args.dq_accumulate is not None:
+        header += f"\nKernelOptions.dq_accumulate={args.dq_accumulate!r} for the rows with default options.\n"
     parts = [header]
-    for name in args.shapes.split(","):
-        parts.append(table(name, bench_shape(name, args.backward, backward_densities(args.backward_densities, name))))
-        print(parts[-1], "\n", flush=True)
+    with sk.kernel_options(**({} if args.dq_accumulate is None else {"dq_accumulate": args.dq_accumulate})):
+        for name in args.shapes.split(","):
+            densities = backward_densities(args.backward_densities, name)
+            parts.append(table(name, bench_shape(name, args.backward, densities)))
+            print(parts[-1], "\n", flush=True)
     text = "\n\n".join(parts) + "\n"
     if args.out:
         with open(args.out, "w") as f:

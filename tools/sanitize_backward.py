@@ -1,6 +1,6 @@
 """Tiny backward cases for compute-sanitizer (memcheck/racecheck): tails on both sides, Lq != Lk, an empty query
 block, a key block nobody keeps, HND and NHD strides, every backward kernel (SM80 with bulk or atomic dQ, SM80
-deterministic, the Hopper backward where this build and GPU have it).
+deterministic, the Hopper backward with bulk or atomic dQ where this build and GPU have it).
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/sanitize_backward.py [--paths sm80 sm90]
 """
@@ -17,7 +17,7 @@ from sparge_kernels.block_mask import BlockMask
 
 # (backward_path, dq_accumulate, deterministic)
 MODES = {"sm80": [("sm80", "bulk", False), ("sm80", "atomic", False), ("sm80", "bulk", True)],
-         "sm90": [("sm90", "bulk", False)]}
+         "sm90": [("sm90", "bulk", False), ("sm90", "atomic", False)]}
 
 
 def operand(n: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor:

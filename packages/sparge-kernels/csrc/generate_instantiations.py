@@ -39,6 +39,7 @@ STAGE_VARIANTS = [
     ("no_dkv_store", "kSkipDkvStore"),
     ("gemms_only", "kSkipSoftmax | kSkipPdSStore | kSkipDqAtomics"),
     ("loads_only", "kSkipConsumerMath"),
+    ("bulk_dq", "kDqBulkReduce"),  # not a skip: the bulk reduce-add dQ mode, to time against "full" (atomics)
 ]
 STAGE_HEAD_DIM, STAGE_DTYPE = 128, "bf16"
 

@@ -281,6 +281,88 @@ def test_sm80_and_sm90_agree(backward_path, dtype, d, layout):
         assert err <= budget, f"{name}: sm90 vs sm80 relative difference {err:.2e} > {budget:.0e}"
 
 
+# --------------------------------------------------------------------- dQ accumulation modes ("bulk", "atomic")
+def mask_with_holes(b, h, lq, lk, density, seed):
+    """A random block mask with an empty query block and an unattended key block in every (b, h) where there are
+    enough blocks (exact-zero rows of dq and of dk/dv); the last query and key blocks (the tails) meet."""
+    g = torch.Generator(device="cuda").manual_seed(seed + 11)
+    nq, nk = num_blocks(lq, 128), num_blocks(lk, 64)
+    dense = torch.rand(b, h, nq, nk, generator=g, device="cuda") < density
+    if nq > 2:
+        dense[:, :, 1] = False  # a query block that keeps nothing: dq = 0 there
+    if nk > 3:
+        dense[:, :, :, 2] = False  # a key block nobody keeps: dk = dv = 0 there
+    dense[:, :, nq - 1, nk - 1] = True  # the two tail blocks meet (neither is an emptied one)
+    return BlockMask.from_dense(dense, block_q=128, block_k=64, seq_len_q=lq, seq_len_k=lk)
+
+
+# (lq, lk): tails on both sides with Lq > Lk and Lq < Lk; one key block walking 16 query blocks (the ring and the
+# bulk staging reused many times); a single partial query block.
+DQ_MODE_LENGTHS = [(700, 900), (900, 333), (2048, 1000), (100, 4100)]
+
+
+@pytest.mark.parametrize("lq,lk", DQ_MODE_LENGTHS)
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 128), (torch.bfloat16, 64), (torch.float16, 128),
+                                     (torch.float16, 64)])
+@pytest.mark.parametrize("dq_accumulate", ["bulk", "atomic"])
+def test_dq_accumulate_modes_against_reference(dq_accumulate, dtype, d, lq, lk):
+    """Both dQ accumulation modes of each dK/dV kernel (the sm90 one: per-warp bulk reduce-adds into a
+    fragment-ordered buffer, or atomics into the row-major one) against the float64 reference; NaN-poisoned
+    outputs (the fixture), exact zeros of empty rows and columns, per-(b, h) budgets (check_gradient)."""
+    mask = mask_with_holes(2, 3, lq, lk, density=0.4, seed=lq + lk + d)
+    with sk.kernel_options(dq_accumulate=dq_accumulate):
+        run_case(2, 3, lq, lk, d, dtype, layout="NHD" if d == 64 else "HND", seed=lq + d, mask=mask)
+
+
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 128), (torch.bfloat16, 64), (torch.float16, 128)])
+def test_dq_bulk_and_atomic_agree(backward_path, dtype, d):
+    """Same inputs through both modes: dk, dv never depend on how dQ is accumulated (on sm90 they must be
+    bitwise equal: the bulk mode stages warpgroup 1's dQ in the P/dS buffers, so a race there would change
+    them), dq differs by fp32 summation order only. A dense-ish mask keeps every key block's walk long."""
+    b, h, lq, lk = 1, 4, 1500, 1100
+    q, k, v, dout = make_inputs(b, h, lq, lk, d, dtype, "HND", seed=9)
+    mask = mask_with_holes(b, h, lq, lk, density=0.9, seed=9)
+    scale = d**-0.5
+    out, lse = forward(q, k, v, mask, scale)
+    dlse = torch.randn_like(lse)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale, deterministic=False)
+    grads = {}
+    for mode in ("bulk", "atomic"):
+        options = KernelOptions(backward_path=backward_path, dq_accumulate=mode, debug_fill=float("nan"))
+        grads[mode] = cuda_backward.backward(dout, q, k, v, out, lse, dlse, m, options=options)
+    budget = {torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    for name, x, y in zip(("dq", "dk", "dv"), grads["bulk"], grads["atomic"]):
+        assert torch.isfinite(x).all() and torch.isfinite(y).all(), name
+        if name != "dq" and backward_path == "sm90":
+            assert torch.equal(x, y), f"{name}: differs between the dQ modes ({(x != y).sum().item()} elements)"
+        assert (x[(y == 0).all(dim=-1)] == 0).all(), f"{name}: bulk nonzero where atomic is exactly zero"
+        err = rel_err(x, y.double())
+        assert err <= budget, f"{name}: bulk vs atomic relative difference {err:.2e} > {budget:.0e}"
+
+
+@pytest.mark.parametrize("dq_accumulate", ["bulk", "atomic"])
+def test_sm90_dq_mode_launches_its_convert_kernel(backward_path, dq_accumulate):
+    """dq_accumulate reaches the Hopper backward: "bulk" runs the fragment-order dQ conversion (the bulk
+    reduce-add kernel's layout), "atomic" the row-major one (CUDA kernel names from torch.profiler)."""
+    if backward_path != "sm90":
+        pytest.skip("checks the sm90 kernels' names")
+    q, k, v, dout = make_inputs(1, 2, 300, 200, 128, torch.bfloat16)
+    mask = random_mask(1, 2, 300, 200, density=0.6)
+    out, lse = forward(q, k, v, mask, 0.1)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, deterministic=False)
+    options = KernelOptions(backward_path="sm90", dq_accumulate=dq_accumulate, debug_fill=float("nan"))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        cuda_backward.backward(dout, q, k, v, out, lse, None, m, options=options)
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events()]
+    if not any("attention_backward_sm90_kernel" in n for n in names):
+        pytest.skip(f"torch.profiler recorded no sm90 kernel names here ({len(names)} events)")
+    want, other = "dq_convert_fragment_order_kernel", "dq_convert_rowmajor_kernel"
+    if dq_accumulate == "atomic":
+        want, other = other, want
+    assert any(want in n for n in names) and not any(other in n for n in names), sorted(set(names))
+
+
 # ------------------------------------------------------------------------------ through the autograd of the ops
 @pytest.mark.parametrize("layout", ["HND", "NHD"])
 @pytest.mark.parametrize("deterministic", [False, True])

@@ -139,6 +139,52 @@ __global__ void __launch_bounds__(Traits::kNThreads) dq_convert_fragments_kernel
   }
 }
 
+// The Hopper backward's bulk mode (KernelTraitsBwdSm90::kDqBulk): the same fragment order, over a whole 128-row
+// query block and the dK/dV kernel's dQ wgmma partition (TiledMmadQ, 2 consumer warpgroups = kThreads threads):
+// warp w's 32·F floats at block + w·32·F, float4 j of lane l at [j·32 + l]. One CTA per (query block, head,
+// batch); thread t reads back what consumer thread t of the dK/dV kernel wrote (coalesced float4 loads), puts
+// dq = value · scale into a row-major smem tile (4-byte stores, conflict-free with the 16 B row padding), and the
+// CTA writes the block's rows inside Lq with 16-byte stores (the wgmma fragment's own rows would be 4-byte ones).
+template <class TiledMma, int kM, int kD, int kThreads, typename Element>
+__global__ void __launch_bounds__(kThreads) dq_convert_fragment_order_kernel(const BwdParams p) {
+  static_assert(sizeof(Element) == 2 && kD % 8 == 0);
+  constexpr int kPitch = kD + 8;  // elements per smem row: 16 B of padding
+  __shared__ __align__(16) uint16_t tile[kM * kPitch];
+  const int block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int row0 = block * kM;
+  if (row0 >= p.seqlen_q) return;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t bh = int64_t(b) * p.heads + h;
+
+  TiledMma tiled_mma;
+  Tensor coords = tiled_mma.get_thread_slice(tid).partition_C(make_identity_tensor(Shape<Int<kM>, Int<kD>>{}));
+  constexpr int kFrag = decltype(size(coords))::value;
+  static_assert(kFrag % 4 == 0 && kFrag * kThreads == kM * kD, "the threads cover the block once");
+  const float4* src =
+      reinterpret_cast<const float4*>(p.dq_accum + (bh * p.padded_q + row0) * kD) + warp * (kFrag / 4) * 32;
+  CUTE_UNROLL
+  for (int j = 0; j < kFrag / 4; ++j) {
+    const float4 v = src[j * 32 + lane];
+    const float pairs[2][2] = {{v.x, v.y}, {v.z, v.w}};
+    CUTE_UNROLL
+    for (int e = 0; e < 2; ++e) {  // values 4j+2e, 4j+2e+1: neighbouring columns of one row
+      const auto coord = coords(4 * j + 2 * e);
+      const int row = get<0>(coord), col = get<1>(coord);
+      Element out[2] = {Element(pairs[e][0] * p.scale), Element(pairs[e][1] * p.scale)};
+      *reinterpret_cast<uint32_t*>(&tile[row * kPitch + col]) = *reinterpret_cast<const uint32_t*>(out);
+    }
+  }
+  __syncthreads();
+  Element* dq = static_cast<Element*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head + row0 * p.dq_stride.row;
+  const int rows_valid = min(kM, p.seqlen_q - row0);
+  constexpr int kChunks = kD / 8;  // 16 B each
+  for (int i = tid; i < rows_valid * kChunks; i += kThreads) {
+    const int row = i / kChunks, chunk = i % kChunks;
+    *reinterpret_cast<uint4*>(dq + row * p.dq_stride.row + chunk * 8) =
+        *reinterpret_cast<const uint4*>(&tile[row * kPitch + chunk * 8]);
+  }
+}
+
 // DqMode::kAtomic: dq = dq_accum · scale, dq_accum row-major (B, H, Lq_pad, D); written with dq's strides.
 template <int kHeadDim, typename Element>
 __global__ void __launch_bounds__(256) dq_convert_rowmajor_kernel(const BwdParams p) {

@@ -6,6 +6,7 @@
 
 #include <cute/tensor.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -19,8 +20,14 @@ using namespace cute;
 
 // The Q/dO ring is 2 stages deep (3 at D=64): a stage is 2 x 128 x D elements (64 KB at D=128), so 2 stages fit
 // beside K, V, P, dS.
-template <int kHeadDim, typename Element>
+// kDqBulk_: how dQ reaches the fp32 accumulator (both modes non-deterministic, same sum up to fp32 order):
+//   false  8-byte atomics (red.global.add.v2.f32) into the row-major (B, H, Lq_pad, D) buffer;
+//   true   per warp, its dQ fragment (16 rows x D) is staged in smem in fragment order and one lane issues a bulk
+//          async reduce-add (cp.reduce.async.bulk .add.f32) of those 32·F floats (8 KB at D=128) to a contiguous
+//          slice of the block's 128·D floats; dq_convert_fragment_order_kernel maps them back (see mma()).
+template <int kHeadDim, typename Element, bool kDqBulk_ = false>
 struct KernelTraitsBwdSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Element, kHeadDim <= 64 ? 3 : 2> {
+  static constexpr bool kDqBulk = kDqBulk_;
   static constexpr int kHalfDim = kHeadDim / 2;  // dK/dV columns per consumer warpgroup
   // Stages the kernel skips (backward/stage_skip_bwd_sm90.h): none; KernelTraitsBwdSm90Stages sets them.
   static constexpr uint32_t kSkipStages = 0;
@@ -75,6 +82,15 @@ struct KernelTraitsBwdSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Elem
   // One stage's transaction: Q and dO by TMA, lse·log2e and delta by bulk copies.
   static constexpr uint32_t kStageBytes = 2 * Loads::kTmaBytesQ + 2 * kRowStatBytes;
 
+  // Bulk dQ staging (kDqBulk only). A consumer warpgroup's dQ slab is 64 x D fp32 (32 KB at D=128): both slabs
+  // (64 KB) do not fit beside the D=128 kernel's 199,680 B (232,448 B is the sm_90 limit: 32 KB free). So
+  // consumer warpgroup 0 stages in dq_stage (one slab, its own), warpgroup 1 in the P/dS buffers (p and ds are
+  // adjacent: 2 x 128 x 64 x 2 B = 32 KB = one D=128 slab), which are dead from the moment both warpgroups'
+  // dV/dK wgmmas have read them until the next stage's P/dS stores (mainloop_bwd_sm90.h orders both ends).
+  static constexpr int kDqSlabFloats = (kBlockM / kNumConsumerWarpgroups) * kHeadDim;
+  struct NoDqStage {};
+  using DqStage = std::conditional_t<kDqBulk, cute::array_aligned<float, kDqSlabFloats, 128>, NoDqStage>;
+
   struct SharedStorage {
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>> q;
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutdO>> dout;
@@ -86,15 +102,32 @@ struct KernelTraitsBwdSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Elem
     alignas(16) cute::array_aligned<float, kBlockM * kStages> delta;
     alignas(16) typename Loads::Pipeline::SharedStorage pipeline;
     alignas(16) uint64_t barrier_kv;
+    // Last, so the atomic kernel's layout (NoDqStage: within the 1024 B rounding) is that of main's.
+    alignas(128) DqStage dq_stage;
+
+    __device__ float* dq_stage_floats() {
+      if constexpr (kDqBulk) {
+        return dq_stage.data();
+      } else {
+        return nullptr;  // never dereferenced: the atomic kernel stages nothing
+      }
+    }
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 CTA");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 CTA (232,448 B opt-in limit)");
+  static_assert(!kDqBulk || sizeof(DqStage) == kDqSlabFloats * sizeof(float));
+  // Warpgroup 1 stages its slab across p and ds: they must be adjacent and hold it.
+  static_assert(offsetof(SharedStorage, ds) == offsetof(SharedStorage, p) + sizeof(SharedStorage::p),
+                "p and ds adjacent (warpgroup 1's bulk dQ staging spans both)");
+  static_assert(2 * cute::cosize_v<SmemLayoutPdS> * sizeof(Element) >= kDqSlabFloats * sizeof(float),
+                "P and dS hold one warpgroup's fp32 dQ slab");
 };
 
 // A profiling variant (SPARGE_PROFILE_STAGES builds only): the same tiles and layouts, kSkip a StageSkip mask of
 // kernel bits (stage_skip_bwd_sm90.h). A distinct type, so the production kernel's name and code stay as they are.
+// kDqBulkReduce in kSkip is not a skip but the bulk dQ mode (the `bulk_dq` variant: atomics vs bulk).
 template <int kHeadDim, typename Element, uint32_t kSkip>
-struct KernelTraitsBwdSm90Stages : KernelTraitsBwdSm90<kHeadDim, Element> {
+struct KernelTraitsBwdSm90Stages : KernelTraitsBwdSm90<kHeadDim, Element, (kSkip & kDqBulkReduce) != 0> {
   static_assert((kSkip & ~kStageSkipKernelBits) == 0, "only kernel bits are a template argument");
   static constexpr uint32_t kSkipStages = kSkip;
 };

@@ -1,5 +1,6 @@
 // Launch template of the Hopper backward: preprocess (the SM80 path's), the warp-specialised dK/dV kernel with
-// dQ accumulation into the fp32 row-major buffer (TMA descriptors built here), then the row-major dQ conversion.
+// dQ accumulation into the fp32 buffer (TMA descriptors built here), then the dQ conversion: row-major after the
+// atomic mode, fragment order after the bulk mode (p.dq_bulk_reduce, KernelOptions.dq_accumulate == "bulk").
 // Deterministic mode never comes here (dispatch_backward.cpp: it stays on the SM80 kernels).
 // Included only by the generated csrc/instantiations/bwd_hdim<D>_<dtype>_sm90.cu files.
 #pragma once
@@ -58,12 +59,26 @@ void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main =
     SPARGE_CHECK_LAUNCH("sparge backward dK/dV (sm90)");
   }
 
-  launch_dq_convert_rowmajor<kHeadDim, Element>(p, stream);
+  if constexpr (Traits::kDqBulk) {
+    constexpr int kM = Traits::kBlockM;
+    constexpr int kThreads = Traits::kNumMmaThreads;
+    auto convert = dq_convert_fragment_order_kernel<typename Traits::TiledMmadQ, kM, kHeadDim, kThreads, Element>;
+    convert<<<dim3(unsigned((p.seqlen_q + kM - 1) / kM), p.heads, p.batch), kThreads, 0, stream>>>(p);
+    SPARGE_CHECK_LAUNCH("sparge backward dQ convert (fragment order, sm90)");
+  } else {
+    launch_dq_convert_rowmajor<kHeadDim, Element>(p, stream);
+  }
 }
 
+// dq_bulk_reduce (the default, KernelOptions.dq_accumulate == "bulk") picks the bulk reduce-add dQ kernel,
+// otherwise the 8-byte atomics; both non-deterministic.
 template <int kHeadDim, DType kDType>
 void run_sm90(BwdParams const& p, cudaStream_t stream) {
-  launch_bwd_sm90<KernelTraitsBwdSm90<kHeadDim, ElementOf<kDType>>>(p, stream);
+  if (p.dq_bulk_reduce) {
+    launch_bwd_sm90<KernelTraitsBwdSm90<kHeadDim, ElementOf<kDType>, /*kDqBulk=*/true>>(p, stream);
+  } else {
+    launch_bwd_sm90<KernelTraitsBwdSm90<kHeadDim, ElementOf<kDType>, /*kDqBulk=*/false>>(p, stream);
+  }
 }
 
 // Profiling builds only (SPARGE_PROFILE_STAGES, csrc/profile/): the backward with the dK/dV kernel variant that

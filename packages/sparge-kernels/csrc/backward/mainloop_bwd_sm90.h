@@ -6,10 +6,15 @@
 //     S = Q·Kᵀ, dP = dO·Vᵀ (wgmma, smem x smem), P = exp2(S·scale·log2e − lse·log2e) with keys past Lk masked to
 //     0 (common/block_sparse.h), dS = P∘(dP − delta); P and dS go to smem (bf16/fp16) so that
 //     dV += Pᵀ·dO and dK += dSᵀ·Q can contract over all 128 rows of the block (each warpgroup owns half of the
-//     head dim of dK and dV, in registers); dQ = dS·K (dS from registers) is added to the fp32 row-major dQ
-//     accumulator with 8-byte atomics (red.global.add.v2.f32), converted to dq by the existing convert kernel.
+//     head dim of dK and dV, in registers); dQ = dS·K (dS from registers) is added to the fp32 dQ accumulator:
+//     Traits::kDqBulk false: 8-byte atomics (red.global.add.v2.f32) into the row-major buffer, converted by
+//       dq_convert_rowmajor_kernel;
+//     Traits::kDqBulk true: each warp stages its fragment in smem (16-byte stores in fragment order) and one lane
+//       issues a bulk async reduce-add of it (8 KB at D=128) into the block's fragment-ordered slice of the
+//       buffer, converted by dq_convert_fragment_order_kernel. Consumer warpgroup 0 stages in ss.dq_stage,
+//       warpgroup 1 in sP/sdS (see kBarrierPdSRead below and kernel_traits_bwd_sm90.h for the smem budget).
 // P/dS are single-buffered: two named barriers per stage order the warpgroups' writes against the previous
-// stage's dK/dV reads.
+// stage's dK/dV reads (and, in bulk mode, the previous stage's bulk reads of warpgroup 1's staging).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -19,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "backward/dq_accumulate_bwd.h"
 #include "backward/kernel_traits_bwd_sm90.h"
 #include "backward/stage_skip_bwd_sm90.h"
 #include "backward/tile_bwd.h"
@@ -70,6 +76,9 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
   // Named barriers of the consumer warpgroups (ids after CUTLASS's reserved ones).
   static constexpr uint32_t kBarrierPdSFree = 0;   // the previous stage's dK/dV GEMMs have read sP, sdS
   static constexpr uint32_t kBarrierPdSReady = 1;  // both warpgroups' rows of P and dS are in sP, sdS
+  // Bulk dQ only: both warpgroups' dV/dK wgmmas of this stage are done, so sP/sdS are dead and warpgroup 1 may
+  // stage its dQ there (warpgroup 0 arrives, warpgroup 1 waits).
+  static constexpr uint32_t kBarrierPdSRead = 2;
 
   // What the consumers run: everything in production (kSkipStages = 0); a profiling variant skips some stages
   // (stage_skip_bwd_sm90.h). load() is the same in every variant; see mma() for why each skip keeps the ring,
@@ -81,7 +90,10 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
   static constexpr bool kRunPdSStore = !kLoadsOnly && !(kSkip & kSkipPdSStore);
   static constexpr bool kRunDkv = !kLoadsOnly && !(kSkip & kSkipDkvGemm);
   static constexpr bool kRunDq = !kLoadsOnly && !(kSkip & kSkipDqGemm);
+  // "Atomics" here means the dQ accumulation into dq_accum, whichever way (Traits::kDqBulk) it goes.
   static constexpr bool kRunDqAtomics = kRunDq && !(kSkip & kSkipDqAtomics);
+  static constexpr bool kDqBulk = Traits::kDqBulk;
+  static_assert(!kDqBulk || Traits::kNumConsumerWarpgroups == 2, "bulk dQ staging: warpgroup 0 own, 1 in sP/sdS");
 
   // Run by one thread of the producer warpgroup; the tile has at least one kept query block.
   __device__ static void load(KernelParamsBwdSm90<Traits> const& kp, Tile const& tile, SharedStorage& ss,
@@ -176,6 +188,13 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
     Tensor tdSsdS = thr_copy_pds.partition_D(sdS);
     Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
 
+    // Bulk dQ: this thread's warp among the consumers [0, 8), its warpgroup's staging and its slice of a block.
+    const int lane = thread_idx % 32, warp = thread_idx / 32;
+    constexpr int kDqWarpFloats = 32 * decltype(size(tdQcdQ))::value;  // 16 rows x D
+    float* dq_warp_stage = (warp < 4 ? ss.dq_stage_floats() : reinterpret_cast<float*>(ss.p.data())) +
+                           (warp % 4) * kDqWarpFloats;
+    static_assert(4 * kDqWarpFloats == Traits::kDqSlabFloats);
+
     const int keys_valid = tile.rows_valid;
     const int count = tile.walk.trip_count();
     float* dq_accum = p.dq_accum + tile.bh * p.padded_q * kHeadDim;
@@ -218,6 +237,11 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
         keep_alive(rdS, uint32_t(p.seqlen_q), reinterpret_cast<uint32_t*>(dq_accum));
       }
 
+      // Bulk dQ: the previous stage's bulk reduce-adds must have read their staging (warpgroup 1's is sP/sdS,
+      // written below by both warpgroups) before the barrier; issued a whole stage ago, so rarely a wait.
+      if constexpr (kDqBulk && kRunDqAtomics) {
+        if (lane == 0) bulk_wait_smem_read();
+      }
       // Both named barriers stay in every variant: each is a full rendezvous of the 256 consumer threads, which
       // all run this same code, so skipping the stores between them cannot leave one warpgroup waiting.
       cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSFree);
@@ -244,6 +268,11 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
         warpgroup_wait<0>();
       }
       pipeline.consumer_release(read);
+      // Bulk dQ: this warp's dV/dK wgmmas are done reading sP/sdS; warpgroup 0 says so now (before its dQ wgmma
+      // completes), so that warpgroup 1, which stages its dQ there, does not wait for more than that below.
+      if constexpr (kDqBulk && kRunDqAtomics) {
+        if (warp < 4) cutlass::arch::NamedBarrier::arrive(kNumMmaThreads, kBarrierPdSRead);
+      }
       if constexpr (kRunDq) warpgroup_wait<0>();
       if constexpr (kRunDkv) {
         wgmma_done(acc_dv);
@@ -259,7 +288,17 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
       if constexpr (kRunDq && !kRunDqAtomics) {  // the dQ GEMM stays: its accumulator needs a reader
         keep_alive(acc_dq, uint32_t(p.seqlen_q), reinterpret_cast<uint32_t*>(dq_accum));
       }
-      if constexpr (kRunDqAtomics) {
+      if constexpr (kRunDqAtomics && kDqBulk) {
+        // Warpgroup 1 overwrites sP/sdS: wait until warpgroup 0's dV/dK wgmmas have read them too (its arrival
+        // above; warpgroup 1's own 4 warps are past their wait<1> as well once all 256 threads are counted).
+        // Warpgroup 0 only arrives (its staging is its own); the other barriers keep the two in step, so no
+        // warpgroup arrives twice at this barrier before the other passed it.
+        if (warp >= 4) cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSRead);
+        // Rows past Lq add zeros (P = 0 there) into the padded rows of the workspace, which the convert skips.
+        float* dq_block = dq_accum + int64_t(m_block) * kBlockM * kHeadDim;
+        accumulate_dq_bulk(acc_dq, dq_warp_stage, dq_block + warp * kDqWarpFloats, lane);
+      }
+      if constexpr (kRunDqAtomics && !kDqBulk) {
         const int rows_valid = p.seqlen_q - m_block * kBlockM;
         float* dq_block = dq_accum + int64_t(m_block) * kBlockM * kHeadDim;
         CUTE_UNROLL
@@ -272,6 +311,9 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
         }
       }
       ++read;
+    }
+    if constexpr (kDqBulk && kRunDqAtomics) {
+      if (lane == 0) bulk_wait_all();  // the staging (smem) must outlive the last reduce-adds' reads
     }
   }
 };

@@ -10,6 +10,7 @@
 // production), the consumers' consumer_wait / consumer_release once per stage (the ring's phases), their wait on
 // the K/V barrier, and both named barriers per stage (each consumer warpgroup still arrives at both). A variant
 // skips math, shared-memory writes or global writes only; its results are garbage, its timing is the point.
+// kDqBulkReduce is the one bit that skips nothing (it picks the bulk dQ accumulation).
 // Where a skip removes the only reader of some registers (the dQ atomics, the dK/dV stores, the P/dS stores),
 // keep_alive (mainloop_bwd_sm90.h) reads them, so that ptxas does not delete the GEMMs that produced them.
 // Plain C++ (host code includes it).
@@ -38,8 +39,11 @@ enum StageSkip : uint32_t {
   // Producer loads only: the consumers run no wgmma and no math, write neither smem nor dq_accum; per stage they
   // wait for the stage, pass both named barriers and release it (the dK/dV stores then store zeros).
   kSkipConsumerMath = 1u << 6,
+  // Not a skip: the bulk dQ mode (KernelTraitsBwdSm90's kDqBulk; production selects it with dq_bulk_reduce),
+  // so that one profiling build times the atomics against the bulk reduce-adds (variant `bulk_dq`).
+  kDqBulkReduce = 1u << 7,
   // Host side: preprocess and the dQ conversion run, the dK/dV kernel is not launched (their fixed cost).
-  kSkipMainKernel = 1u << 7,
+  kSkipMainKernel = 1u << 8,
 };
 
 // The bits that change the dK/dV kernel (a template argument); kSkipMainKernel only changes what is launched.

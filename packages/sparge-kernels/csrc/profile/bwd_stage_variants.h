@@ -14,4 +14,5 @@
   X(no_dkv_gemm, kSkipDkvGemm) \
   X(no_dkv_store, kSkipDkvStore) \
   X(gemms_only, kSkipSoftmax | kSkipPdSStore | kSkipDqAtomics) \
-  X(loads_only, kSkipConsumerMath)
+  X(loads_only, kSkipConsumerMath) \
+  X(bulk_dq, kDqBulkReduce)

@@ -36,9 +36,10 @@ class KernelOptions:
 
     forward_path: "auto" (the Hopper wgmma/TMA kernel on sm_90 GPUs when the wheel was built for 90a, else the
         portable mma.sync kernel), "sm80" or "sm90". The default comes from SPARGE_FORWARD_PATH, else "auto".
-    dq_accumulate: how the default (non-deterministic) SM80 backward accumulates dQ: "bulk" (bulk async reduce-adds
-        on SM >= 90, atomics below) or "atomic" (8-byte atomics). Same result up to fp32 summation order. The
-        "sm90" backward always uses 8-byte atomics.
+    dq_accumulate: how the default (non-deterministic) backward accumulates dQ: "bulk" (bulk async reduce-adds
+        from shared memory on SM >= 90, atomics below) or "atomic" (8-byte atomics). Same result up to fp32
+        summation order. Both backward paths honour it (the "sm90" one: per-warp bulk reduce-adds of its dQ
+        fragments into a fragment-ordered buffer, or atomics into the row-major one).
     debug_fill: None, or a float written into every output before the launch, so elements a kernel fails to write
         stay detectable (the tests poison with NaN).
     backward_path: the dK/dV kernel of the default (non-deterministic) backward: "sm80" (mma.sync), "sm90" (the
