@@ -12,7 +12,8 @@ preprocess + dK/dV kernel + dQ conversion, on preallocated buffers (no allocatio
 region; the atomics keep adding into dq_accum, which changes no timing), median of at least --runs (>= 20)
 timings after a warm-up (bench_attention.time_ms, as the benchmark's rows). Rows:
 
-  production    _C.attention_backward(path='sm90'): the shipped kernel (should equal "full")
+  production    _C.attention_backward(path='sm90', dq_bulk_reduce=False): the shipped kernel in its atomic dQ
+                mode (dq_accumulate="atomic"), which "full" instantiates for profiling (should equal it)
   full          the profiling instantiation with no stage skipped
   no_dq_atomics dQ = dS·K GEMM kept, its red.global.add.v2.f32 atomics into dq_accum skipped
   no_dq         no dQ GEMM and no atomics          (no_dq_atomics − no_dq ≈ the dQ GEMM)
@@ -65,7 +66,7 @@ BUILD_HINT = (
 )
 
 WHAT = {
-    "production": "shipped kernel, _C.attention_backward(path='sm90')",
+    "production": "shipped kernel, atomic dQ: _C.attention_backward(path='sm90', dq_bulk_reduce=False)",
     "full": "nothing skipped (profiling instantiation)",
     "no_dq_atomics": "dQ atomics (dS·K GEMM kept)",
     "no_dq": "dQ GEMM + atomics",
