@@ -9,6 +9,7 @@ import torch
 
 from sparge_kernels import predict_block_mask
 from sparge_pipelines.attention_mass import AttentionMassProbe, block_attention_mass, mask_recall, top_share
+from sparge_pipelines.model_source import WORLD_WEIGHTS_DIR, shipped_world_models
 from sparge_pipelines.world import SpargeWorld, WorldSize
 from sparge_pipelines.world.model import WORLD_TRANSFORMER_CONFIG, load_world_transformer, new_world_transformer
 from sparge_pipelines.world.sampler import SamplerConfig, sample_noise, sample_videos, sigma_schedule
@@ -141,3 +142,21 @@ def test_load_world_transformer_round_trips_a_saved_model(tmp_path):
         assert torch.equal(a, b), name
     assert not any(p.requires_grad for p in loaded.parameters())
 
+
+
+
+def test_shipped_weights_fit_the_repository_budget():
+    """Issue 11: every shipped weight file <= 15 MB and all of them together <= 32 MB (the device tree's cap)."""
+    files = sorted(WORLD_WEIGHTS_DIR.glob("*/*.safetensors"))
+    assert files and all(f.stat().st_size <= 15 * 2**20 for f in files), [(f.name, f.stat().st_size) for f in files]
+    assert sum(f.stat().st_size for f in files) <= 32 * 2**20
+
+
+@pytest.mark.skipif("student" not in shipped_world_models(), reason="no shipped world student")
+def test_shipped_student_loads_offline_as_the_teachers_architecture():
+    student, teacher = load_world_transformer("student"), load_world_transformer("teacher")
+    arch = [{k: v for k, v in m.config.items() if k != "_name_or_path"} for m in (student, teacher)]
+    assert arch[0] == arch[1]
+    pairs = zip(student.state_dict().items(), teacher.state_dict().items(), strict=True)
+    assert any(not torch.equal(a, b) for (_, a), (_, b) in pairs)  # distilled weights, not the teacher's copy
+    assert all(torch.isfinite(p).all() for p in student.parameters())

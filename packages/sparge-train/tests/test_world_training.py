@@ -63,6 +63,19 @@ def test_student_config_distils_the_shipped_teacher_at_the_demo_sizes():
     assert cfg.loss.guidance_scale == SamplerConfig().guidance  # distils the guided velocity the demo samples with
 
 
+def test_shipped_student_records_the_mask_of_its_config():
+    """The demo reads its default mask from the config and sparge-generate from the shipped sparge.json: one mask."""
+    import json
+
+    from sparge_pipelines.model_source import shipped_world_models
+
+    if "student" not in shipped_world_models():
+        pytest.skip("no shipped world student")
+    trained = json.loads((shipped_world_models()["student"] / "sparge.json").read_text())
+    cfg = load_config(STUDENT).sparge
+    assert (trained["topk"], trained["topp"], trained["token_order"]) == (cfg.topk, cfg.topp, cfg.token_order)
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("sizes", [], "data.world.sizes"),
     ("sizes", [[16, 96]], r"data.world.sizes\[0\]"),

@@ -1,8 +1,8 @@
 """What `sparge-generate --model` names: the sparge world model (shipped or a folder) or a Wan2.1 pipeline folder.
 
 Standard library only (the CLI resolves `--model` before torch is imported, so its errors stay fast):
-- absent, `world`, `world-teacher`: the shipped dense world teacher; `world-student`: the distilled sparse student
-  (once it ships). The names are reserved: a folder called `world` is `./world`.
+- absent, `world`, `world-teacher`: the shipped dense world teacher; `world-student`: the shipped distilled sparse
+  student. The names are reserved: a folder called `world` is `./world`.
 - a folder with `model_index.json`: a diffusers Wan2.1 pipeline, loaded as before;
 - a folder whose `config.json` is a pixel-space `WanTransformer3DModel` (RGB in and out): a world model;
 - anything else goes to the Wan loader, whose errors say what a Wan folder needs.

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -135,10 +136,14 @@ def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
         w, v = np.linalg.eigh(s1)
         root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
         return float(np.sqrt(np.clip(np.linalg.eigvalsh(root @ s2 @ root), 0, None)).sum())
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():  # singular product: regularise as the reference implementation does
-        offset = np.eye(s1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    # Fewer samples than feature dimensions (the CPU demo's few videos) make the product singular by construction:
+    # scipy's warning about it would only be noise in the demo's output; non-finite results are regularised below.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():  # singular product: regularise as the reference implementation does
+            offset = np.eye(s1.shape[0]) * 1e-6
+            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
     return float(np.real(np.trace(covmean)))
 
 
