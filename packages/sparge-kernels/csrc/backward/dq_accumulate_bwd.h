@@ -103,6 +103,25 @@ CUTE_DEVICE void accumulate_dq_bulk(Acc const& acc, float* warp_stage, float* wa
 }
 
 // ----------------------------------------------------------------------------------------------- convert
+// What both fragment-order convert kernels read back: thread `lane` of a warp whose fragments start at src owns
+// float4 j at src[j·32 + lane]; visit(row, col, x, y) gets each pair of neighbouring columns of one row (values
+// 4j+2e, 4j+2e+1 of the MMA partition's coords) in the order the dK/dV kernel wrote them.
+template <class Coords, class Visit>
+CUTE_DEVICE void for_each_fragment_pair(const float4* src, int lane, Coords const& coords, Visit&& visit) {
+  constexpr int kFrag = decltype(size(coords))::value;
+  static_assert(kFrag % 4 == 0);
+  CUTE_UNROLL
+  for (int j = 0; j < kFrag / 4; ++j) {
+    const float4 v = src[j * 32 + lane];
+    const float pairs[2][2] = {{v.x, v.y}, {v.z, v.w}};
+    CUTE_UNROLL
+    for (int e = 0; e < 2; ++e) {
+      const auto coord = coords(4 * j + 2 * e);
+      visit(int(get<0>(coord)), int(get<1>(coord)), pairs[e][0], pairs[e][1]);
+    }
+  }
+}
+
 // kBulkReduce: one CTA per (64-row step chunk, head, batch); each thread reads back exactly the fragment slots its
 // twin in the dK/dV kernel wrote and stores dq = value · scale at the (row, col) the MMA partition gives them.
 template <class Traits>
@@ -123,20 +142,12 @@ __global__ void __launch_bounds__(Traits::kNThreads) dq_convert_fragments_kernel
       reinterpret_cast<const float4*>(p.dq_accum + (bh * p.padded_q + row0) * kD) + warp * (kFrag / 4) * 32;
   Element* dq = static_cast<Element*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head + row0 * p.dq_stride.row;
   const int rows_valid = p.seqlen_q - row0;
-  CUTE_UNROLL
-  for (int j = 0; j < kFrag / 4; ++j) {
-    const float4 v = src[j * 32 + lane];
-    const float pairs[2][2] = {{v.x, v.y}, {v.z, v.w}};
-    CUTE_UNROLL
-    for (int e = 0; e < 2; ++e) {  // values 4j+2e, 4j+2e+1: neighbouring columns of one row
-      const auto coord = coords(4 * j + 2 * e);
-      const int row = get<0>(coord), col = get<1>(coord);
-      if (row < rows_valid) {
-        Element out[2] = {Element(pairs[e][0] * p.scale), Element(pairs[e][1] * p.scale)};
-        *reinterpret_cast<uint32_t*>(dq + row * p.dq_stride.row + col) = *reinterpret_cast<const uint32_t*>(out);
-      }
+  for_each_fragment_pair(src, lane, coords, [&](int row, int col, float x, float y) {
+    if (row < rows_valid) {
+      Element out[2] = {Element(x * p.scale), Element(y * p.scale)};
+      *reinterpret_cast<uint32_t*>(dq + row * p.dq_stride.row + col) = *reinterpret_cast<const uint32_t*>(out);
     }
-  }
+  });
 }
 
 // The Hopper backward's bulk mode (KernelTraitsBwdSm90::kDqBulk): the same fragment order, over a whole 128-row
@@ -162,18 +173,10 @@ __global__ void __launch_bounds__(kThreads) dq_convert_fragment_order_kernel(con
   static_assert(kFrag % 4 == 0 && kFrag * kThreads == kM * kD, "the threads cover the block once");
   const float4* src =
       reinterpret_cast<const float4*>(p.dq_accum + (bh * p.padded_q + row0) * kD) + warp * (kFrag / 4) * 32;
-  CUTE_UNROLL
-  for (int j = 0; j < kFrag / 4; ++j) {
-    const float4 v = src[j * 32 + lane];
-    const float pairs[2][2] = {{v.x, v.y}, {v.z, v.w}};
-    CUTE_UNROLL
-    for (int e = 0; e < 2; ++e) {  // values 4j+2e, 4j+2e+1: neighbouring columns of one row
-      const auto coord = coords(4 * j + 2 * e);
-      const int row = get<0>(coord), col = get<1>(coord);
-      Element out[2] = {Element(pairs[e][0] * p.scale), Element(pairs[e][1] * p.scale)};
-      *reinterpret_cast<uint32_t*>(&tile[row * kPitch + col]) = *reinterpret_cast<const uint32_t*>(out);
-    }
-  }
+  for_each_fragment_pair(src, lane, coords, [&](int row, int col, float x, float y) {
+    Element out[2] = {Element(x * p.scale), Element(y * p.scale)};
+    *reinterpret_cast<uint32_t*>(&tile[row * kPitch + col]) = *reinterpret_cast<const uint32_t*>(out);
+  });
   __syncthreads();
   Element* dq = static_cast<Element*>(p.dq) + b * p.dq_stride.batch + h * p.dq_stride.head + row0 * p.dq_stride.row;
   const int rows_valid = min(kM, p.seqlen_q - row0);
