@@ -26,15 +26,16 @@ struct KernelTraitsSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Element
       AtomLayoutMma{}));
 
   using Loads = typename KernelTraitsSm90::TmaLoadsSm90;  // the base above: ring depth, tiles, TMA types
+  static constexpr int kStages = Loads::kStages;  // unqualified in the layouts below
   using SmemLayoutAtom = GMMA::Layout_K_SW128_Atom<Element>;
   using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtom{}, typename Loads::TileQ{}));
   using SmemLayoutK =
-      decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<Loads::kStages>>{}));
+      decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
   using SmemLayoutV = SmemLayoutK;
   // The transposed view (head dim, keys, stage) of the same bytes, for the P·V wgmma.
   using SmemLayoutVt = decltype(composition(
       SmemLayoutV{},
-      make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<Loads::kStages>>{}, Step<_2, _1, _3>{})));
+      make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
 
   using TmaQ = typename Loads::template TmaLoadQ<SmemLayoutQ>;
   using TmaKV = typename Loads::template TmaLoadKV<decltype(take<0, 2>(SmemLayoutK{}))>;
