@@ -17,11 +17,6 @@ namespace sparge::bwd {
 // Deterministic mode always runs the SM80 kernels.
 using BackwardPath = KernelPath;
 
-// Profiling builds only (SPARGE_PROFILE_STAGES=ON; csrc/profile/): the Hopper backward with the dK/dV kernel
-// variant that skips the stages in kSkip (backward/stage_skip_bwd_sm90.h), kSkipMainKernel read from `skip`.
-template <int kHeadDim, DType kDType, uint32_t kSkip>
-void run_bwd_sm90_stages(BwdParams const& params, uint32_t skip, cudaStream_t stream);
-
 // Runs the whole backward on `stream`. Throws std::invalid_argument for a (head dim, dtype) this build has no
 // kernels for or kSm90 where it cannot run, std::runtime_error for a CUDA failure.
 void dispatch_backward(BwdParams const& params, DType dtype, BackwardPath path, cudaStream_t stream);

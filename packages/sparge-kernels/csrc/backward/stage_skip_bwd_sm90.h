@@ -16,7 +16,12 @@
 // Plain C++ (host code includes it).
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include <cstdint>
+
+#include "common/dtype.h"
+#include "common/params.h"
 
 namespace sparge::bwd {
 
@@ -48,5 +53,11 @@ enum StageSkip : uint32_t {
 
 // The bits that change the dK/dV kernel (a template argument); kSkipMainKernel only changes what is launched.
 inline constexpr uint32_t kStageSkipKernelBits = kSkipMainKernel - 1;
+
+// The profiling build's host entry (launch_template_bwd_sm90.h defines it, csrc/profile/ instantiates and binds
+// it): the Hopper backward with the dK/dV kernel variant that skips the stages in kSkip, kSkipMainKernel read from
+// `skip`.
+template <int kHeadDim, DType kDType, uint32_t kSkip>
+void run_bwd_sm90_stages(BwdParams const& params, uint32_t skip, cudaStream_t stream);
 
 }  // namespace sparge::bwd
