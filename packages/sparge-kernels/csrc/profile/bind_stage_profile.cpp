@@ -34,14 +34,22 @@ namespace {
 
 constexpr const char* kWho = "sparge attention_backward_stage_profile";
 
+// Every variant a caller can name: the generated list's kernel variants, then side_kernels_only (no dK/dV
+// kernel: the host-side bit). The one list behind the error text and `_C.stage_profile_variants`.
+template <class Visit>
+void for_each_variant(Visit&& visit) {
+#define SPARGE_VISIT_VARIANT(name, bits) visit(#name, uint32_t(bits));
+  SPARGE_BWD_STAGE_VARIANTS(SPARGE_VISIT_VARIANT)
+#undef SPARGE_VISIT_VARIANT
+  visit("side_kernels_only", uint32_t(kSkipMainKernel));
+}
+
 // "name=mask, ..." of every variant (the error text of an unknown mask).
 std::string variant_list() {
   std::string out;
-#define SPARGE_APPEND_VARIANT(name, bits) \
-  out += std::string(out.empty() ? "" : ", ") + #name "=" + std::to_string(uint32_t(bits));
-  SPARGE_BWD_STAGE_VARIANTS(SPARGE_APPEND_VARIANT)
-#undef SPARGE_APPEND_VARIANT
-  out += ", side_kernels_only=" + std::to_string(uint32_t(kSkipMainKernel));
+  for_each_variant([&](const char* name, uint32_t bits) {
+    out += std::string(out.empty() ? "" : ", ") + name + "=" + std::to_string(bits);
+  });
   return out;
 }
 
@@ -90,10 +98,7 @@ void attention_backward_stage_profile(TensorArg const& q, TensorArg const& k, Te
 void bind_stage_profile(nb::module_& m) {
   using namespace sparge::bwd;
   nb::dict variants;
-#define SPARGE_ADD_VARIANT(name, bits) variants[#name] = uint32_t(bits);
-  SPARGE_BWD_STAGE_VARIANTS(SPARGE_ADD_VARIANT)
-#undef SPARGE_ADD_VARIANT
-  variants["side_kernels_only"] = uint32_t(kSkipMainKernel);
+  for_each_variant([&](const char* name, uint32_t bits) { variants[name] = bits; });
   m.attr("stage_profile_variants") = variants;
   m.def("attention_backward_stage_profile", &sparge::bwd::attention_backward_stage_profile, "q"_a, "k"_a, "v"_a,
         "out"_a, "dout"_a, "lse"_a, "dlse"_a.none(), "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "dq"_a, "dk"_a,
