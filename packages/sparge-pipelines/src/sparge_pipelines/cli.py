@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="default: the shipped world teacher. world | world-teacher (the same), world-student (the "
                         "distilled sparse student, served with its trained mask), a folder with a world "
-                        "WanTransformer3DModel (config.json), or a local diffusers-format Wan2.1 directory (T2V or I2V, "
-                        "model_index.json)")
+                        "WanTransformer3DModel (config.json), or a local diffusers-format Wan2.1 directory (T2V or "
+                        "I2V, model_index.json)")
     p.add_argument("--prompt", required=True,
                    help="world model: a caption of its vocabulary, e.g. 'a red 3 moving left and a blue 7 moving up "
                         "on clouds'; Wan: any text")
