@@ -42,11 +42,12 @@ status=0
 for density in $densities; do
   for kernel in attention_forward_sm90_kernel attention_backward_sm90_kernel; do
     # 3 calls: the first two warm up (allocations, autotuned paths), the third is profiled.
+    report=$OUT/ncu_${kernel%%_kernel}_d$density.txt
     timeout 240 ncu --clock-control none --kernel-name "regex:$kernel" --launch-skip 2 --launch-count 1 \
       "${sections[@]}" --page details --print-units base python3 "$driver" "$density" 3 \
-      >"$OUT/ncu_${kernel%%_kernel}_d$density.txt" 2>>"$OUT/ncu.log" || { status=1; echo "ncu $kernel $density failed"; }
-    grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|No Eligible|Registers Per|Achieved Occupancy" \
-      "$OUT/ncu_${kernel%%_kernel}_d$density.txt" | head -12
+      >"$report" 2>>"$OUT/ncu.log" || { status=1; echo "ncu $kernel $density failed"; }
+    summary="Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|No Eligible|Registers Per"
+    grep -E "$summary|Achieved Occupancy" "$report" | head -12
   done
 done
 exit $status

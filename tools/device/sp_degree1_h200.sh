@@ -25,7 +25,8 @@ source tools/device/setup.sh || exit 1
 note "== build and install: $((SECONDS - start))s"
 repo=$PWD
 if [[ " $sides " == *" before "* ]]; then
-  rm -rf /tmp/sp-before /tmp/sp-before-site && mkdir -p /tmp/sp-before && tar xzf .carry/sp_before.tgz -C /tmp/sp-before \
+  rm -rf /tmp/sp-before /tmp/sp-before-site && mkdir -p /tmp/sp-before \
+    && tar xzf .carry/sp_before.tgz -C /tmp/sp-before \
     && python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/sp-before-site \
       /tmp/sp-before/packages/sparge-pipelines /tmp/sp-before/packages/sparge-train >>"$OUT/build.log" 2>&1 \
     || { note "before side: could not unpack or install .carry/sp_before.tgz"; exit 1; }

@@ -143,8 +143,6 @@ def test_load_world_transformer_round_trips_a_saved_model(tmp_path):
     assert not any(p.requires_grad for p in loaded.parameters())
 
 
-
-
 def test_shipped_weights_fit_the_repository_budget():
     """Issue 11: every shipped weight file <= 15 MB and all of them together <= 32 MB (the device tree's cap)."""
     files = sorted(WORLD_WEIGHTS_DIR.glob("*/*.safetensors"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -65,8 +66,6 @@ def test_student_config_distils_the_shipped_teacher_at_the_demo_sizes():
 
 def test_shipped_student_records_the_mask_of_its_config():
     """The demo reads its default mask from the config and sparge-generate from the shipped sparge.json: one mask."""
-    import json
-
     from sparge_pipelines.model_source import shipped_world_models
 
     if "student" not in shipped_world_models():

@@ -94,6 +94,7 @@ void bind_attention_backward(nb::module_& m) {
         "read from q and k): writes dq, dk, dv. lse_log2/delta (B,H,Nq*128) and dq_accum (B,H,Nq*128,D, zeroed; "
         "None when deterministic) are float32 workspace; dlse may be None. dq_bulk_reduce: accumulate dQ with "
         "bulk async reduce-adds (SM >= 90) instead of 8-byte atomics (both the SM80 kernels and the Hopper "
-        "kernel; dq_accum's layout then follows the kernel's fragments). path: 'auto' (the Hopper kernel where it can run, else SM80), 'sm80' or 'sm90' "
+        "kernel; dq_accum's layout then follows the kernel's fragments). path: 'auto' (the Hopper kernel where it "
+        "can run, else SM80), 'sm80' or 'sm90' "
         "(warp-specialised wgmma/TMA dK/dV kernel: sm_90 GPU, 90a build); deterministic=True always runs SM80.");
 }

@@ -105,7 +105,8 @@ void bind_stage_profile(nb::module_& m) {
         "dv"_a, "lse_log2"_a, "delta"_a, "dq_accum"_a, "block_q"_a, "block_k"_a, "scale"_a, "skip_stages"_a,
         "stream"_a,
         "Profiling builds only (SPARGE_PROFILE_STAGES=ON): the Hopper backward (arguments as attention_backward, "
-        "non-deterministic, atomic dQ unless the variant is bulk_dq; D=128 bf16; sm_90 GPU) with the dK/dV kernel variant that skips the "
+        "non-deterministic, atomic dQ unless the variant is bulk_dq; D=128 bf16; sm_90 GPU) with the dK/dV kernel "
+        "variant that skips the "
         "stages in skip_stages (a value of stage_profile_variants; backward/stage_skip_bwd_sm90.h). Outputs are "
         "meaningless unless skip_stages == 0; it exists to be timed (tools/profile_backward_stages.py).");
 }
