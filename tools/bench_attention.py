@@ -10,7 +10,7 @@ Shapes (1,12,32760,128) [Wan2.1-1.3B 480p] and (1,40,75600,128) [14B 720p], bf16
 Columns: ms (median, triton.testing.do_bench, else CUDA events), useful TFLOP/s (4·B·H·Lq·Lk·D × kept
 fraction: only the kept blocks count), speedup vs dense cuDNN.
 
-    python tools/bench_attention.py [--shapes 1.3b,14b] [--out tools/results/x.md] [--backward]
+    python tools/bench_attention.py [--shapes 1.3b,14b] [--densities 1,0.05] [--out tools/results/x.md] [--backward]
 
 `--backward` adds the rows of BACKWARD_ROWS (functions (ctx) -> list[Row]), a hook for fwd+bwd rows.
 `--dq-accumulate bulk|atomic` sets KernelOptions.dq_accumulate for every row that takes the default options (the
@@ -115,7 +115,8 @@ def flex_block_mask(mask):
     )
 
 
-def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...] = DENSITIES) -> list[Row]:
+def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...] = DENSITIES,
+                densities: tuple[float, ...] = DENSITIES) -> list[Row]:
     from structured_inputs import video_qkv
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import flex_attention
@@ -142,7 +143,7 @@ def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...]
 
         flex = torch.compile(flex_attention, dynamic=False)
         masks = {}
-        for density in DENSITIES:
+        for density in densities:
             mask = masks[density] = random_mask(b, h, length, length, density)
             kept = mask.density
             fbm = flex_block_mask(mask)
@@ -154,7 +155,7 @@ def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...]
 
         # The portable mma.sync kernel on the same masks, for comparison with the default (Hopper) kernel.
         with sk.kernel_options(forward_path="sm80"):
-            for density in (1.0, 0.05):
+            for density in (x for x in (1.0, 0.05) if x in masks):
                 mask = masks[density]
                 t = time_ms(lambda m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale))
                 rows.append(Row(f"sparge portable mma.sync kernel, random mask density {density:g}", t,
@@ -177,9 +178,10 @@ def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...]
                         time_ms(lambda: sk.sparge_attention(sq, skk, sv, topk=TOPK, topp=TOPP, scale=scale)),
                         dense_flops * kept))
         # The 5%-density random mask with prediction time added: the issue's 18x target row.
-        t5 = next(r.ms for r in rows if r.label.startswith("**sparge**, random mask density 0.05"))
-        rows.append(Row(f"sparge density 0.05 + mask prediction ({t5:.3f} + {t_pred:.3f} ms)", t5 + t_pred,
-                        dense_flops * masks[0.05].density))
+        if 0.05 in masks:
+            t5 = next(r.ms for r in rows if r.label.startswith("**sparge**, random mask density 0.05"))
+            rows.append(Row(f"sparge density 0.05 + mask prediction ({t5:.3f} + {t_pred:.3f} ms)", t5 + t_pred,
+                            dense_flops * masks[0.05].density))
     if backward:
         ctx = ShapeContext(name, (b, h, length, d), q, k, v, masks, dense_flops, (sq, skk, sv, pmask),
                            backward_densities)
@@ -314,15 +316,16 @@ def table(name: str, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def backward_densities(spec: str, shape: str) -> tuple[float, ...]:
+def backward_densities(spec: str, shape: str,
+                       benchmarked: tuple[float, ...] = DENSITIES) -> tuple[float, ...]:
     """The fwd+bwd densities for one shape from --backward-densities ('1,0.05' or '1.3b=1,0.05;14b=0.05')."""
     per_shape = dict(part.split("=", 1) for part in spec.split(";")) if "=" in spec else {shape: spec}
     if shape not in per_shape:
         return ()
     densities = tuple(float(x) for x in per_shape[shape].split(",") if x)
-    unknown = [x for x in densities if x not in DENSITIES]
+    unknown = [x for x in densities if x not in benchmarked]
     if unknown:
-        raise SystemExit(f"--backward-densities: {unknown} not among the benchmarked densities {DENSITIES}")
+        raise SystemExit(f"--backward-densities: {unknown} not among the benchmarked densities {benchmarked}")
     return densities
 
 
@@ -334,9 +337,14 @@ def main() -> None:
     parser.add_argument("--backward-densities", default="1,0.2,0.1,0.05",
                         help="mask densities of the fwd+bwd rows, per shape as name=d1,d2;... "
                              "or one list for every shape (e.g. '1.3b=1,0.2,0.1,0.05;14b=0.05')")
+    parser.add_argument("--densities", default=",".join(f"{x:g}" for x in DENSITIES),
+                        help=f"random-mask densities of the forward rows, a subset of {DENSITIES} (default: all)")
     parser.add_argument("--dq-accumulate", choices=("bulk", "atomic"), default=None,
                         help="KernelOptions.dq_accumulate of the rows with default options (default: the default)")
     args = parser.parse_args()
+    densities = tuple(float(x) for x in args.densities.split(",") if x)
+    if not densities or any(x not in DENSITIES for x in densities):
+        raise SystemExit(f"--densities: {args.densities!r} is not a subset of {DENSITIES}")
     import sparge_kernels as sk
 
     if not sk.cuda_available():
@@ -350,8 +358,8 @@ def main() -> None:
     parts = [header]
     with sk.kernel_options(**({} if args.dq_accumulate is None else {"dq_accumulate": args.dq_accumulate})):
         for name in args.shapes.split(","):
-            densities = backward_densities(args.backward_densities, name)
-            parts.append(table(name, bench_shape(name, args.backward, densities)))
+            bwd = backward_densities(args.backward_densities, name, densities) if args.backward else ()
+            parts.append(table(name, bench_shape(name, args.backward, bwd, densities)))
             print(parts[-1], "\n", flush=True)
     text = "\n\n".join(parts) + "\n"
     if args.out:

@@ -146,6 +146,79 @@ def test_empty_rows_give_zero_and_minus_inf():
     assert (out == 0).all() and torch.isneginf(lse).all()
 
 
+@pytest.mark.parametrize("d,dtype", [(128, torch.bfloat16), (64, torch.float16)])
+def test_pipeline_ends(d, dtype):
+    # The first and last stages of the Hopper mainloop: one kept block (the partial Lk tail block alone), two kept
+    # blocks, full rows next to empty rows, and every block kept.
+    lq, lk = 300, 1000
+    nq, nk = num_blocks(lq, 128), num_blocks(lk, 64)
+    q, k, v = make_qkv(1, 2, lq, lk, d, dtype, seed=8)
+    tail_only = torch.zeros(1, 2, nq, nk, dtype=torch.bool, device="cuda")
+    tail_only[..., nk - 1] = True
+    two = tail_only.clone()
+    two[..., 0] = True
+    mixed = torch.ones_like(tail_only)
+    mixed[0, 0, 1] = False
+    mixed[0, 1, 0] = False
+    mixed[0, 1, 2] = False
+    for dense in (tail_only, two, mixed, torch.ones_like(tail_only)):
+        check_against_reference(q, k, v, BlockMask.from_dense(dense, seq_len_q=lq, seq_len_k=lk))
+
+
+def kept_count_mask(b, h, lq, lk, count, with_tail, seed=0):
+    """`count` kept key blocks per query block, chosen at random; with_tail: the partial Lk tail block is one of
+    them (the last in the ascending list), else it is left out."""
+    g = torch.Generator().manual_seed(seed + 3)
+    nq, nk = num_blocks(lq, 128), num_blocks(lk, 64)
+    dense = torch.zeros(b, h, nq, nk, dtype=torch.bool)
+    for row in dense.view(-1, nk):
+        others = torch.randperm(nk - 1, generator=g)[: count - 1 if with_tail else count]
+        row[others] = True
+        if with_tail:
+            row[nk - 1] = True
+    return BlockMask.from_dense(dense.cuda(), seq_len_q=lq, seq_len_k=lk)
+
+
+@pytest.mark.parametrize("d,dtype", [(128, torch.bfloat16), (128, torch.float16), (64, torch.bfloat16),
+                                     (64, torch.float16)])
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("with_tail", [False, True])
+def test_kept_block_pairs(d, dtype, count, with_tail):
+    # The Hopper mainloop loads kept blocks two per stage: an odd count's last stage has one block (its second half
+    # a masked repeat); the tail block (the last kept one) lands in the first half of a stage for odd counts and in
+    # the second for even ones. Lk = 64·9 + 1 makes the tail block 1 key; Lk = 1000 makes it 40.
+    for lk in (1000, 64 * 9 + 1):
+        q, k, v = make_qkv(1, 2, 300, lk, d, dtype, seed=count + lk)
+        check_against_reference(q, k, v, kept_count_mask(1, 2, 300, lk, count, with_tail, seed=count))
+
+
+@pytest.mark.parametrize("d,dtype", [(128, torch.bfloat16), (64, torch.float16)])
+def test_keys_shorter_than_one_block(d, dtype):
+    # Lk < 64: the only key block is the tail, alone in its stage.
+    for lk in (1, 50):
+        q, k, v = make_qkv(1, 2, 200, lk, d, dtype, seed=lk)
+        check_against_reference(q, k, v, random_mask(1, 2, 200, lk, 1.0))
+
+
+@pytest.mark.parametrize("d,dtype", [(128, torch.float16), (64, torch.bfloat16)])
+def test_pairs_next_to_empty_rows(d, dtype):
+    # Odd and even counts (up to every block) in neighbouring query blocks, some rows with nothing kept.
+    q, k, v = make_qkv(2, 3, 1000, 777, d, dtype, seed=11)
+    mask = random_mask(2, 3, 1000, 777, 0.5, empty_rows=0.3, seed=11)
+    counts = set(mask.kv_count.flatten().tolist())
+    assert 0 in counts and any(c % 2 for c in counts) and any(c and c % 2 == 0 for c in counts)
+    check_against_reference(q, k, v, mask)
+
+
+def test_running_max_grows_block_to_block():
+    # Keys scaled up block by block: every kept block raises the row max, so each one rescales the output.
+    lq, lk = 256, 1024
+    q, k, v = make_qkv(1, 2, lq, lk, 128, torch.bfloat16, seed=9)
+    growth = torch.arange(lk, device="cuda").div(64, rounding_mode="floor").float().mul(0.25).add(1.0)
+    k = (k.float() * growth[:, None]).to(torch.bfloat16)
+    check_against_reference(q, k, v, random_mask(1, 2, lq, lk, 1.0))
+
+
 def test_large_values_are_stable():
     # Scores of magnitude ~100: the online softmax must rescale, not overflow.
     q, k, v = make_qkv(1, 2, 700, 900, 64, torch.bfloat16, seed=6)

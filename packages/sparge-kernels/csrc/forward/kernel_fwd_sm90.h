@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const int warp_group = warp_group_idx();
 
   init_tile_barrier_and_prefetch(&ss.barrier_q, kp.tma_q, kp.tma_k, kp.tma_v);
-  auto pipeline_params = tma_pipeline_params<Traits>(warp_group, Traits::kTmaBytesKV);
+  auto pipeline_params = tma_pipeline_params<Traits>(warp_group, Traits::kTmaBytesKVStage);
   Pipeline pipeline_k(ss.pipeline_k, pipeline_params, Shape<_1, _1, _1>{});
   Pipeline pipeline_v(ss.pipeline_v, pipeline_params, Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised before anyone waits on them

@@ -12,33 +12,49 @@ namespace sparge::fwd {
 
 using namespace cute;
 
-// The K/V ring is 4 stages deep (6 at D=64): 64-row blocks are small, so keep several in flight (Q + 4 stages of K
-// and V = 160 KB at D=128).
+// Each ring stage holds two kept 64-key blocks (rows [0, 64) and [64, 128) of a 128-key stage), so the consumers
+// run 128-key GEMMs (FA3's 128 x 128 tile at D=128) and half as many iterations as there are kept blocks. The ring
+// is 2 stages deep at D=128 (Q + 2 stages of K and V = 160 KB) and 4 at D=64 (144 KB).
 template <int kHeadDim, typename Element>
-struct KernelTraitsSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Element, kHeadDim <= 64 ? 6 : 4> {
+struct KernelTraitsSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Element, kHeadDim <= 64 ? 4 : 2> {
+  static constexpr int kBlocksPerStage = 2;
+  static constexpr int kStageKeys = kBlocksPerStage * kBlockN;
   using AtomLayoutMma = Layout<Shape<Int<kNumConsumerWarpgroups>, _1, _1>>;
   using TiledMmaQK = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN>, Int<kHeadDim>>>(), AtomLayoutMma{}));
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kStageKeys>, Int<kHeadDim>>>(),
+      AtomLayoutMma{}));
   // P (registers, K-major) times V read as (head dim, keys): V's rows are contiguous in head dim = MN-major B.
   using TiledMmaPV = decltype(make_tiled_mma(
-      GMMA::rs_op_selector<Element, Element, float, Shape<_64, Int<kHeadDim>, Int<kBlockN>>, GMMA::Major::K,
+      GMMA::rs_op_selector<Element, Element, float, Shape<_64, Int<kHeadDim>, Int<kStageKeys>>, GMMA::Major::K,
                            GMMA::Major::MN>(),
       AtomLayoutMma{}));
 
   using Loads = typename KernelTraitsSm90::TmaLoadsSm90;  // the base above: ring depth, tiles, TMA types
   static constexpr int kStages = Loads::kStages;  // unqualified in the layouts below
+  // Both kept blocks of a stage arrive on the stage's barrier: its transaction bytes are two blocks' (an odd
+  // count's last stage loads its one block twice).
+  static constexpr uint32_t kTmaBytesKVStage = kBlocksPerStage * Loads::kTmaBytesKV;
   using SmemLayoutAtom = GMMA::Layout_K_SW128_Atom<Element>;
   using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtom{}, typename Loads::TileQ{}));
+  // (keys, head dim, stage): what the wgmma reads, 8-row groups evenly strided over all 128 keys.
   using SmemLayoutK =
-      decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
+      decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kStageKeys>, Int<kHeadDim>, Int<kStages>>{}));
   using SmemLayoutV = SmemLayoutK;
+  // The same bytes as (64 keys, head dim, (half, stage)): the TMA destination of one kept block. A half is not
+  // contiguous at D=128 (each 64-column swizzle panel spans the stage's 128 rows), so the TMA built on it issues
+  // one copy per panel.
+  using SmemLayoutKVHalves = decltype(composition(
+      SmemLayoutK{},
+      Layout<Shape<Int<kBlockN>, Int<kHeadDim>, Shape<Int<kBlocksPerStage>, Int<kStages>>>,
+             Stride<_1, Int<kStageKeys>, Stride<Int<kBlockN>, Int<kStageKeys * kHeadDim>>>>{}));
+  using SmemLayoutKVHalf = decltype(take<0, 2>(SmemLayoutKVHalves{}));
   // The transposed view (head dim, keys, stage) of the same bytes, for the P·V wgmma.
   using SmemLayoutVt = decltype(composition(
       SmemLayoutV{},
-      make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+      make_ordered_layout(Shape<Int<kHeadDim>, Int<kStageKeys>, Int<kStages>>{}, Step<_2, _1, _3>{})));
 
   using TmaQ = typename Loads::template TmaLoadQ<SmemLayoutQ>;
-  using TmaKV = typename Loads::template TmaLoadKV<decltype(take<0, 2>(SmemLayoutK{}))>;
+  using TmaKV = typename Loads::template TmaLoadKV<SmemLayoutKVHalf>;
 
   struct SharedStorage {
     alignas(1024) cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>> q;

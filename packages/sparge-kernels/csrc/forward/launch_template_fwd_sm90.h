@@ -29,9 +29,9 @@ void run_sm90(FwdParams const& p, cudaStream_t stream) {
       make_tma_copy(SM90_TMA_LOAD{}, gmem(p.q, shape_q, p.q_stride.row, p.q_stride.head, p.q_stride.batch),
                     typename Traits::SmemLayoutQ{}, typename Traits::TileQ{}, _1{}),
       make_tma_copy(SM90_TMA_LOAD{}, gmem(p.k, shape_k, p.k_stride.row, p.k_stride.head, p.k_stride.batch),
-                    take<0, 2>(typename Traits::SmemLayoutK{}), typename Traits::TileKV{}, _1{}),
+                    typename Traits::SmemLayoutKVHalf{}, typename Traits::TileKV{}, _1{}),
       make_tma_copy(SM90_TMA_LOAD{}, gmem(p.v, shape_k, p.v_stride.row, p.v_stride.head, p.v_stride.batch),
-                    take<0, 2>(typename Traits::SmemLayoutV{}), typename Traits::TileKV{}, _1{}),
+                    typename Traits::SmemLayoutKVHalf{}, typename Traits::TileKV{}, _1{}),
       shape_q,
       shape_k,
   };

@@ -1,7 +1,8 @@
 // Mainloop of the Hopper forward (warp-specialised): the producer thread TMA-loads Q once and then the
-// kept K/V blocks kv_index[b, h, i, :kv_count] into a ring of smem stages (mbarrier pipeline); the two
-// consumer warpgroups run S = Q·Kᵀ (wgmma, both operands in smem), the online softmax, and O += P·V
-// (wgmma, P from registers), releasing each stage as soon as its operand has been read.
+// kept K/V blocks kv_index[b, h, i, :kv_count], two per smem stage (kept blocks 2s and 2s + 1 in the stage's key
+// rows [0, 64) and [64, 128)), into a ring of stages (mbarrier pipeline); the two consumer warpgroups run
+// S = Q·Kᵀ over the stage's 128 keys (wgmma, both operands in smem), the online softmax, and O += P·V (wgmma,
+// P from registers), releasing each stage as soon as its operand has been read.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -39,8 +40,9 @@ struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
     Tensor gK = local_tile(mK(_, _, tile.head, tile.batch), typename Traits::TileKV{}, make_coord(_, _0{}));
     Tensor gV = local_tile(mV(_, _, tile.head, tile.batch), typename Traits::TileKV{}, make_coord(_, _0{}));
     Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
-    Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
-    Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
+    // The TMA destinations: (64 keys, head dim, (half, stage)).
+    Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKVHalves{});
+    Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKVHalves{});
     auto [tQgQ, tQsQ] = tma_partition(kp.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
     auto [tKgK, tKsK] = tma_partition(kp.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
     auto [tVgV, tVsV] = tma_partition(kp.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
@@ -50,12 +52,20 @@ struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
     copy(kp.tma_q.with(ss.barrier_q), tQgQ, tQsQ);
     auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
     const int kv_count = walk.trip_count();  // a local bound: the loop keeps its former (not unrolled) shape
-    for (int slot = 0; slot < kv_count; ++slot) {
-      const int n_block = walk.block(slot);
+    for (int slot = 0; slot < kv_count; slot += Traits::kBlocksPerStage) {
+      // An odd count's last stage loads its block into both halves: the stage's transaction bytes stay fixed,
+      // and the consumers mask the repeat.
+      const int block_a = walk.block(slot);
+      const int block_b = slot + 1 < kv_count ? walk.block(slot + 1) : block_a;
+      const int half_a = Traits::kBlocksPerStage * write.index(), half_b = half_a + 1;
       pipeline_k.producer_acquire(write);
-      copy(kp.tma_k.with(*pipeline_k.producer_get_barrier(write)), tKgK(_, n_block), tKsK(_, write.index()));
+      auto* barrier_k = pipeline_k.producer_get_barrier(write);
+      copy(kp.tma_k.with(*barrier_k), tKgK(_, block_a), tKsK(_, half_a));
+      copy(kp.tma_k.with(*barrier_k), tKgK(_, block_b), tKsK(_, half_b));
       pipeline_v.producer_acquire(write);
-      copy(kp.tma_v.with(*pipeline_v.producer_get_barrier(write)), tVgV(_, n_block), tVsV(_, write.index()));
+      auto* barrier_v = pipeline_v.producer_get_barrier(write);
+      copy(kp.tma_v.with(*barrier_v), tVgV(_, block_a), tVsV(_, half_a));
+      copy(kp.tma_v.with(*barrier_v), tVgV(_, block_b), tVsV(_, half_b));
       ++write;
     }
   }
@@ -75,19 +85,21 @@ struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
     Tensor tSrQ = thr_qk.partition_fragment_A(sQ);
     Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, N, K, stage) descriptors
     Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, N, K, stage) descriptors
-    Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+    Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<Traits::kStageKeys>>{}));
     Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
 
     const int kv_count = walk.trip_count();
     if (kv_count > 0) wait_tile_barrier(&ss.barrier_q);
     typename Pipeline::PipelineState read;
-    for (int slot = 0; slot < kv_count; ++slot) {
-      Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    for (int slot = 0; slot < kv_count; slot += Traits::kBlocksPerStage) {
+      Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<Traits::kStageKeys>>{});
       pipeline_k.consumer_wait(read);
       wgmma_gemm</*kZeroInit=*/true>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), acc_s);
       pipeline_k.consumer_release(read);
 
-      Tensor probs = softmax_block<Element, kBlockN>(softmax, acc_s, tScS, walk.valid(slot), acc_o_rowcol);
+      const int valid_b = slot + 1 < kv_count ? walk.valid(slot + 1) : 0;  // 0: the second half is a repeat
+      Tensor probs =
+          softmax_block_pair<Element, kBlockN>(softmax, acc_s, tScS, walk.valid(slot), valid_b, acc_o_rowcol);
       Tensor tOrP = make_tensor(probs.data(), accumulator_as_a_operand(probs.layout()));
       pipeline_v.consumer_wait(read);
       wgmma_gemm</*kZeroInit=*/false>(mma_pv, tOrP, tOrV(_, _, _, read.index()), acc_o);

@@ -86,4 +86,23 @@ __device__ __forceinline__ auto softmax_block(Softmax& softmax, AccS& acc_s, Coo
   return convert_fragment<Element>(acc_s);
 }
 
+// The Hopper form of softmax_block for a stage of two kept blocks (columns [0, kBlockN) and [kBlockN, 2 kBlockN)):
+// each half is masked past its own valid count (valid_b = 0: the stage has one block and its second half is a
+// repeat, all -inf). A stage's -inf entries then give p = 0, never NaN: the online softmax keeps a row's max
+// finite once one key was valid, and offsets a row that has seen only -inf by 0.
+template <class Element, int kBlockN, class Softmax, class AccS, class Coord, class AccORowCol>
+__device__ __forceinline__ auto softmax_block_pair(Softmax& softmax, AccS& acc_s, Coord const& tScS, int valid_a,
+                                                   int valid_b, AccORowCol& acc_o_rowcol) {
+  if (valid_a < kBlockN || valid_b < kBlockN) {
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_s); ++i) {
+      const int col = get<1>(tScS(i));
+      if (col < kBlockN ? col >= valid_a : col - kBlockN >= valid_b) acc_s(i) = -INFINITY;
+    }
+  }
+  Tensor scores = make_tensor(acc_s.data(), accumulator_as_rowcol(acc_s.layout()));
+  softmax.update(scores, acc_o_rowcol);
+  return convert_fragment<Element>(acc_s);
+}
+
 }  // namespace sparge::fwd
