@@ -25,15 +25,12 @@ set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 steps=${*:-build profile tests-dq sanitize bench tests}
-budget=${DQ_BULK_BUDGET_S:-580}
-start=$SECONDS
-status=0
-left() { local l=$((budget - (SECONDS - start))); [ "$1" -lt "$l" ] && echo "$1" || echo $((l > 5 ? l : 5)); }
-note() { echo "$1" | tee -a "$OUT/status.txt"; }
+source tools/device/step_budget.sh
+budget_init "${DQ_BULK_BUDGET_S:-580}" "$OUT/status.txt"
 for step in $steps; do
   t0=$SECONDS
   rc=0
-  if [ "$step" != build ] && [ $((budget - (SECONDS - start))) -lt 30 ]; then
+  if [ "$step" != build ] && budget_spent 30; then
     note "== $step: skipped (time budget spent; run it in another call)"; status=1; continue
   fi
   case $step in
@@ -70,8 +67,6 @@ for step in $steps; do
       done ;;
     *) echo "unknown step $step"; rc=1 ;;
   esac
-  [ $rc = 0 ] || status=1
-  note "== $step: rc=$rc, $((SECONDS - t0))s (elapsed $((SECONDS - start))s)"
-  [ "$step" = build ] && [ $rc != 0 ] && { note "build failed: stopping"; exit 1; }
+  step_done "$step" $rc $t0
 done
 exit $status

@@ -21,16 +21,13 @@ variant=fwd-pair
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 steps=${*:-build tests sanitize bench bench-14b}
-budget=${FWD_BUDGET_S:-560}
-start=$SECONDS
-status=0
-left() { local l=$((budget - (SECONDS - start))); [ "$1" -lt "$l" ] && echo "$1" || echo $((l > 5 ? l : 5)); }
-note() { echo "$1" | tee -a "$OUT/status_$variant.txt"; }
+source tools/device/step_budget.sh
+budget_init "${FWD_BUDGET_S:-560}" "$OUT/status_$variant.txt"
 note "== variant $variant: two kept key blocks per K/V stage (128-key GEMMs)"
 for step in $steps; do
   t0=$SECONDS
   rc=0
-  if [ "$step" != build ] && [ $((budget - (SECONDS - start))) -lt 30 ]; then
+  if [ "$step" != build ] && budget_spent 30; then
     note "== $step: skipped (time budget spent; run it in another call)"; status=1; continue
   fi
   case $step in
@@ -53,8 +50,6 @@ for step in $steps; do
         --out "$OUT/bench_attention_${variant}_$name.md" 2>&1 | tee "$OUT/bench_attention_${variant}_$name.log" || rc=1 ;;
     *) echo "unknown step $step"; rc=1 ;;
   esac
-  [ $rc = 0 ] || status=1
-  note "== $step: rc=$rc, $((SECONDS - t0))s (elapsed $((SECONDS - start))s)"
-  [ "$step" = build ] && [ $rc != 0 ] && { note "build failed: stopping"; exit 1; }
+  step_done "$step" $rc $t0
 done
 exit $status

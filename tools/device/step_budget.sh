@@ -1,0 +1,15 @@
+# Sourced by the device scripts whose steps share one time budget (a device command lasts at most 600 s):
+#   budget_init SECONDS STATUS_FILE   start the clock; status lines go to STATUS_FILE (and stdout)
+#   budget_spent MIN                  true when less than MIN seconds are left (the caller skips the step)
+#   left CAP                          a step's timeout: min(CAP, what is left), at least 5 s
+#   step_done STEP RC T0              record the step's exit code and time; a failed build stops the script
+# `status` ends 1 once any step failed or was skipped.
+budget_init() { budget=$1; status_file=$2; start=$SECONDS; status=0; }
+budget_spent() { [ $((budget - (SECONDS - start))) -lt "$1" ]; }
+left() { local l=$((budget - (SECONDS - start))); [ "$1" -lt "$l" ] && echo "$1" || echo $((l > 5 ? l : 5)); }
+note() { echo "$1" | tee -a "$status_file"; }
+step_done() {
+  [ "$2" = 0 ] || status=1
+  note "== $1: rc=$2, $((SECONDS - $3))s (elapsed $((SECONDS - start))s)"
+  if [ "$1" = build ] && [ "$2" != 0 ]; then note "build failed: stopping"; exit 1; fi
+}
