@@ -28,11 +28,7 @@ steps=${*:-build profile tests-dq sanitize bench tests}
 source tools/device/step_budget.sh
 budget_init "${DQ_BULK_BUDGET_S:-580}" "$OUT/status.txt"
 for step in $steps; do
-  t0=$SECONDS
-  rc=0
-  if [ "$step" != build ] && budget_spent 30; then
-    note "== $step: skipped (time budget spent; run it in another call)"; status=1; continue
-  fi
+  step_begin "$step" || continue
   case $step in
     build)
       export SPARGE_PROFILE_STAGES=ON

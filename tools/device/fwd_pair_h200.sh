@@ -25,11 +25,7 @@ source tools/device/step_budget.sh
 budget_init "${FWD_BUDGET_S:-560}" "$OUT/status_$variant.txt"
 note "== variant $variant: two kept key blocks per K/V stage (128-key GEMMs)"
 for step in $steps; do
-  t0=$SECONDS
-  rc=0
-  if [ "$step" != build ] && budget_spent 30; then
-    note "== $step: skipped (time budget spent; run it in another call)"; status=1; continue
-  fi
+  step_begin "$step" || continue
   case $step in
     build)
       source tools/device/setup.sh || rc=1

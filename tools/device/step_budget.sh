@@ -1,11 +1,22 @@
 # Sourced by the device scripts whose steps share one time budget (a device command lasts at most 600 s):
 #   budget_init SECONDS STATUS_FILE   start the clock; status lines go to STATUS_FILE (and stdout)
-#   budget_spent MIN                  true when less than MIN seconds are left (the caller skips the step)
+#   step_begin STEP                   t0, rc=0 for the step; false (and noted) when under 30 s are left for a step
+#                                     other than build: `step_begin "$step" || continue`
+#   budget_spent MIN                  true when less than MIN seconds are left
 #   left CAP                          a step's timeout: min(CAP, what is left), at least 5 s
 #   step_done STEP RC T0              record the step's exit code and time; a failed build stops the script
 # `status` ends 1 once any step failed or was skipped.
 budget_init() { budget=$1; status_file=$2; start=$SECONDS; status=0; }
 budget_spent() { [ $((budget - (SECONDS - start))) -lt "$1" ]; }
+step_begin() {
+  t0=$SECONDS
+  rc=0
+  if [ "$1" != build ] && budget_spent 30; then
+    note "== $1: skipped (time budget spent; run it in another call)"
+    status=1
+    return 1
+  fi
+}
 left() { local l=$((budget - (SECONDS - start))); [ "$1" -lt "$l" ] && echo "$1" || echo $((l > 5 ? l : 5)); }
 note() { echo "$1" | tee -a "$status_file"; }
 step_done() {
