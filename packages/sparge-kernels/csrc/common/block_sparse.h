@@ -44,6 +44,19 @@ __device__ __forceinline__ void mask_tail_cols(Acc& acc, Coord const& coord, int
   }
 }
 
+// The same for a tile of two kept blocks side by side (columns [0, kBlock) and [kBlock, 2 kBlock)): each half is
+// masked at or past its own valid count (valid_b = 0 masks the whole second half). Callers skip it when both
+// blocks are whole.
+template <int kBlock, class Acc, class Coord>
+__device__ __forceinline__ void mask_pair_tail_cols(Acc& acc, Coord const& coord, int valid_a, int valid_b,
+                                                    float fill) {
+  CUTE_UNROLL
+  for (int i = 0; i < cute::size(acc); ++i) {
+    const int col = cute::get<1>(coord(i));
+    if (col < kBlock ? col >= valid_a : col - kBlock >= valid_b) acc(i) = fill;
+  }
+}
+
 // The backward's form of the same tail mask, fused with the probabilities: P = exp2(S * scale_log2 - lse_log2[row])
 // in place, and P = 0 for keys at or past `valid_cols` (rows from coord's mode 0 index lse_log2).
 template <class Acc, class Coord>

@@ -73,36 +73,34 @@ struct OnlineSoftmax {
   }
 };
 
-// One kept key block between the forward's two GEMMs, the same in the SM80 and SM90 mainloops: keys past the
-// sequence end (valid_cols < kBlockN: the tail block) get -inf, the online softmax takes the block (rescaling
+// Between the forward's two GEMMs, once the score tile is masked: the online softmax takes the tile (rescaling
 // acc_o), and P comes back in the element type with the accumulator's layout (the caller views it as the A
 // operand of O += P·V).
-template <class Element, int kBlockN, class Softmax, class AccS, class Coord, class AccORowCol>
-__device__ __forceinline__ auto softmax_block(Softmax& softmax, AccS& acc_s, Coord const& tScS, int valid_cols,
-                                              AccORowCol& acc_o_rowcol) {
-  if (valid_cols < kBlockN) mask_tail_cols(acc_s, tScS, valid_cols, -INFINITY);
+template <class Element, class Softmax, class AccS, class AccORowCol>
+__device__ __forceinline__ auto softmax_probs(Softmax& softmax, AccS& acc_s, AccORowCol& acc_o_rowcol) {
   Tensor scores = make_tensor(acc_s.data(), accumulator_as_rowcol(acc_s.layout()));
   softmax.update(scores, acc_o_rowcol);
   return convert_fragment<Element>(acc_s);
 }
 
-// The Hopper form of softmax_block for a stage of two kept blocks (columns [0, kBlockN) and [kBlockN, 2 kBlockN)):
-// each half is masked past its own valid count (valid_b = 0: the stage has one block and its second half is a
-// repeat, all -inf). A stage's -inf entries then give p = 0, never NaN: the online softmax keeps a row's max
+// One kept key block (the SM80 mainloop): keys past the sequence end (valid_cols < kBlockN: the tail block) get
+// -inf, then softmax_probs.
+template <class Element, int kBlockN, class Softmax, class AccS, class Coord, class AccORowCol>
+__device__ __forceinline__ auto softmax_block(Softmax& softmax, AccS& acc_s, Coord const& tScS, int valid_cols,
+                                              AccORowCol& acc_o_rowcol) {
+  if (valid_cols < kBlockN) mask_tail_cols(acc_s, tScS, valid_cols, -INFINITY);
+  return softmax_probs<Element>(softmax, acc_s, acc_o_rowcol);
+}
+
+// A stage of two kept blocks (the SM90 mainloop; columns [0, kBlockN) and [kBlockN, 2 kBlockN)): each half is
+// masked past its own valid count (valid_b = 0: the stage has one block and its second half is a repeat, all
+// -inf), then softmax_probs. A stage's -inf entries give p = 0, never NaN: the online softmax keeps a row's max
 // finite once one key was valid, and offsets a row that has seen only -inf by 0.
 template <class Element, int kBlockN, class Softmax, class AccS, class Coord, class AccORowCol>
 __device__ __forceinline__ auto softmax_block_pair(Softmax& softmax, AccS& acc_s, Coord const& tScS, int valid_a,
                                                    int valid_b, AccORowCol& acc_o_rowcol) {
-  if (valid_a < kBlockN || valid_b < kBlockN) {
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) {
-      const int col = get<1>(tScS(i));
-      if (col < kBlockN ? col >= valid_a : col - kBlockN >= valid_b) acc_s(i) = -INFINITY;
-    }
-  }
-  Tensor scores = make_tensor(acc_s.data(), accumulator_as_rowcol(acc_s.layout()));
-  softmax.update(scores, acc_o_rowcol);
-  return convert_fragment<Element>(acc_s);
+  if (valid_a < kBlockN || valid_b < kBlockN) mask_pair_tail_cols<kBlockN>(acc_s, tScS, valid_a, valid_b, -INFINITY);
+  return softmax_probs<Element>(softmax, acc_s, acc_o_rowcol);
 }
 
 }  // namespace sparge::fwd
