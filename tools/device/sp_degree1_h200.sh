@@ -17,10 +17,8 @@ set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 sides=${*:-after before}
-budget=${SP_BUDGET_S:-560}
-start=$SECONDS
-left() { local l=$((budget - (SECONDS - start))); [ "$1" -lt "$l" ] && echo "$1" || echo $((l > 5 ? l : 5)); }
-note() { echo "$1" | tee -a "$OUT/status.txt"; }
+source tools/device/step_budget.sh
+budget_init "${SP_BUDGET_S:-560}" "$OUT/status.txt"
 source tools/device/setup.sh || exit 1
 note "== build and install: $((SECONDS - start))s"
 repo=$PWD
@@ -31,7 +29,6 @@ if [[ " $sides " == *" before "* ]]; then
       /tmp/sp-before/packages/sparge-pipelines /tmp/sp-before/packages/sparge-train >>"$OUT/build.log" 2>&1 \
     || { note "before side: could not unpack or install .carry/sp_before.tgz"; exit 1; }
 fi
-status=0
 for side in $sides; do
   case $side in
     after) dir=$repo; path=$PYTHONPATH ;;
