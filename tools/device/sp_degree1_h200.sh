@@ -6,6 +6,7 @@
 # change ("before", c2cf6d5~1), both on this tree's kernel build, so only the Python layers differ. Each side runs
 # its own benchmark scripts (the before side's configs must be ones its sparge-train accepts).
 #   bash tools/device/sp_degree1_h200.sh [after] [before]      (default: both; results and logs in $OUT)
+# SP_STEPS="pipeline train" (the default) picks the benchmarks.
 # Prepare the before side here first (pure Python, ~100 KB):
 #   git archive --format=tar.gz -o .carry/sp_before.tgz c2cf6d5~1 -- packages/sparge-pipelines/src \
 #     packages/sparge-pipelines/pyproject.toml packages/sparge-pipelines/README.md packages/sparge-train/src \
@@ -35,14 +36,18 @@ for side in $sides; do
     before) dir=/tmp/sp-before; path=/tmp/sp-before-site:$PYTHONPATH ;;
     *) note "unknown side $side"; status=1; continue ;;
   esac
-  t0=$SECONDS
-  (cd "$dir" && PYTHONPATH=$path timeout "$(left 240)" python3 tools/bench_pipeline.py --models 1.3b --iters 3 \
-    --warmup 1 --out "$OUT/pipeline_$side.md") >"$OUT/pipeline_$side.log" 2>&1
-  rc=$?; [ $rc = 0 ] || status=1; note "== pipeline $side: rc=$rc, $((SECONDS - t0))s (elapsed $((SECONDS - start))s)"
-  t0=$SECONDS
-  (cd "$dir" && PYTHONPATH=$path timeout "$(left 200)" python3 tools/bench_train.py --steps 4 --warmup 2 \
-    --workdir "/tmp/bt-$side" --timeout 90 --out "$OUT/train_$side.md") >"$OUT/train_$side.log" 2>&1
-  rc=$?; [ $rc = 0 ] || status=1; note "== train $side: rc=$rc, $((SECONDS - t0))s (elapsed $((SECONDS - start))s)"
+  if [[ " ${SP_STEPS:-pipeline train} " == *" pipeline "* ]]; then
+    t0=$SECONDS
+    (cd "$dir" && PYTHONPATH=$path timeout "$(left 240)" python3 tools/bench_pipeline.py --models 1.3b --iters 3 \
+      --warmup 1) >"$OUT/pipeline_$side.md" 2>"$OUT/pipeline_$side.log"  # the script prints its table
+    step_done "pipeline $side" $? $t0
+  fi
+  if [[ " ${SP_STEPS:-pipeline train} " == *" train "* ]]; then
+    t0=$SECONDS
+    (cd "$dir" && PYTHONPATH=$path timeout "$(left 200)" python3 tools/bench_train.py --steps 4 --warmup 2 \
+      --workdir "/tmp/bt-$side" --timeout 90 --out "$OUT/train_$side.md") >"$OUT/train_$side.log" 2>&1
+    step_done "train $side" $? $t0
+  fi
 done
 (cd "$OUT" && tar czf sp_degree1_logs.tgz --remove-files ./*.log)
 exit $status

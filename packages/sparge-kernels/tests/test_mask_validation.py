@@ -127,6 +127,17 @@ def test_in_place_edit_after_validation_is_caught_before_the_kernel():
         mask.to("cpu")
 
 
+def test_inference_mode_masks_work_inside_and_outside_inference_mode(good):
+    # Inference tensors have no version counter: the in-place check must not read one (it used to raise).
+    with torch.inference_mode():
+        out, mask = sk.sparge_attention(Q, K, V, return_mask=True)
+        user_mask = BlockMask(**good)
+        sk.block_sparse_attention(Q, K, V, user_mask)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(sk.block_sparse_attention(Q, K, V, mask), out)
+    sk.block_sparse_attention(Q, K, V, user_mask)
+
+
 def test_validation_syncs_once(good, monkeypatch):
     """The content check copies its flags to the host in one go (one sync on a GPU), not one per check."""
     copies = []

@@ -190,8 +190,12 @@ class BlockMask:
         return tuple(getattr(self, name)._version for name in _INDEX_NAMES)
 
     def _record_versions(self) -> None:
-        # Version counters are host-side ints bumped by every in-place op: reading them costs no sync.
-        versions = None if torch.compiler.is_compiling() else self._versions()
+        # Version counters are host-side ints bumped by every in-place op: reading them costs no sync. Tensors
+        # made under torch.inference_mode have none, so an in-place edit of such a mask cannot be detected.
+        tracked = not torch.compiler.is_compiling() and not any(
+            getattr(self, name).is_inference() for name in _INDEX_NAMES
+        )
+        versions = self._versions() if tracked else None
         object.__setattr__(self, "_checked_versions", versions)
 
     def check_unmodified(self) -> None:
