@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Device script (H200, one run call, carry=[".carry"]; prepare .carry with tools/device/prepare_carry.sh here) for
+# the mask selection's candidate list (csrc/mask/select_row.cuh: bisection over the list of entries near the cut
+# instead of the whole row). Everything lands in $OUT:
+#   bash tools/device/mask_select_h200.sh [build] [tests] [sanitize] [bench] ...   (no argument = all four)
+#   build      source tools/device/setup.sh -> build.log, gpu_mask.txt
+#   tests      test_cuda_mask.py (float64 rule, ties, compact=True against compact=False bitwise, tuning variants,
+#              poisoned workspace) -> gpu_mask_tests.log
+#   sanitize   compute-sanitizer memcheck, racecheck and synccheck of a small prediction with both selection paths
+#              -> sanitizer_mask_{memcheck,racecheck,synccheck}.log
+#   bench      tools/bench_mask.py --shapes 1.3b,14b -> bench_mask.md (per-launch times, graph and eager)
+# A step is cut off by `timeout` at min(its cap, what is left of MASK_BUDGET_S, default 560 s from the start);
+# status_mask.txt lists each step's exit code and time.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+steps=${*:-build tests sanitize bench}
+source tools/device/step_budget.sh
+budget_init "${MASK_BUDGET_S:-560}" "$OUT/status_mask.txt"
+smoke=/tmp/smoke_mask.py
+cat >"$smoke" <<'PY'
+import torch
+from sparge_kernels import cuda_mask
+gen = torch.Generator(device="cuda").manual_seed(0)
+for lk, topk, topp in ((3000, 0.03, 0.2), (1000, 0.0, 0.5), (20000, 0.03, 0.2), (600, 0.5, 0.9)):
+    q = torch.randn(1, 2, 1024, 64, generator=gen, device="cuda").to(torch.bfloat16)
+    k = torch.randn(1, 2, lk, 64, generator=gen, device="cuda").to(torch.bfloat16)
+    fast = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, compact=True)
+    plain = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, compact=False)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain)), (lk, topk, topp)
+torch.cuda.synchronize()
+print("smoke_mask: ok")
+PY
+for step in $steps; do
+  step_begin "$step" || continue
+  case $step in
+    build)
+      source tools/device/setup.sh >"$OUT/build.log" 2>&1 || rc=1
+      [ $rc = 0 ] && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu_mask.txt" ;;
+    tests)
+      timeout "$(left 240)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
+        packages/sparge-kernels/tests/test_cuda_mask.py 2>&1 | tee "$OUT/gpu_mask_tests.log" | tail -5 || rc=1 ;;
+    sanitize)
+      for tool in memcheck racecheck synccheck; do
+        timeout "$(left 100)" compute-sanitizer --tool $tool --error-exitcode 1 python3 "$smoke" \
+          >"$OUT/sanitizer_mask_$tool.log" 2>&1 || rc=1
+        tail -2 "$OUT/sanitizer_mask_$tool.log"
+      done ;;
+    bench)
+      timeout "$(left 200)" python3 tools/bench_mask.py --shapes 1.3b,14b >"$OUT/bench_mask.md" \
+        2>"$OUT/bench_mask.log" || rc=1 ;;
+    *) echo "unknown step $step"; rc=1 ;;
+  esac
+  step_done "$step" $rc $t0
+done
+(cd "$OUT" && tar czf mask_logs.tgz --remove-files ./*.log 2>/dev/null)
+exit $status
