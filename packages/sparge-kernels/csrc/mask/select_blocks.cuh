@@ -21,11 +21,11 @@ __host__ __device__ constexpr int padded_head_dim(int head_dim) { return (head_d
 template <int kRows>
 constexpr size_t select_smem_bytes(int head_dim, int num_k_blocks) {
   return sizeof(float) * (size_t(padded_head_dim(head_dim)) * kRows + size_t(kRows) * num_k_blocks +
-                          size_t(kSelectWarps) * kListCapacity);
+                          size_t(kSelectWarps) * kCandidates);
 }
 
 // Grid: (ceil(Nq / kRows), group heads, B). Shared memory: pooled queries transposed [D][kRows], scores
-// [kRows][Nk], per-warp candidate lists [warps][kListCapacity].
+// [kRows][Nk], per-warp candidate scratch [warps][kCandidates].
 template <int kRows>
 __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
   static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const Sel
     const int i = q0 + r;
     if (i >= nq) break;
     float* row = scores + r * nk;
-    uint32_t* scratch = reinterpret_cast<uint32_t*>(scores + kRows * nk) + warp * kListCapacity;
+    uint32_t* scratch = reinterpret_cast<uint32_t*>(scores + kRows * nk) + warp * kCandidates;
     const RowCut cut = select_row(row, nk, p.topk_count, p.topp, lane, p.compact != 0, scratch);
     const int64_t row_id = bh * nq + i;
     write_row(reinterpret_cast<const uint32_t*>(row), nk, cut, lane, p.kv_index + row_id * nk, p.kv_count + row_id,

@@ -10,11 +10,6 @@
 // Cumulative masses are fp32 sums (per lane in index order, then a butterfly), so the set can differ from the
 // reference only where a cumulative mass lies within fp32 rounding of topp, or where probabilities computed in a
 // different rounding order (fp32 pooling, FMA dot products, __expf, multiplication by 1/sum) swap near-ties.
-//
-// Each bisection step is a pass over the entries it searches. Most of a row lies far from the cut, so once at most
-// kListCapacity entries remain in the search interval they are copied (index order) to the warp's list, and the
-// steps after that scan the list only, adding the count and mass of the entries above the list (known from the
-// step that set hi); the list is compacted again whenever its interval holds at most half of it.
 #pragma once
 
 #include <cstdint>
@@ -32,51 +27,10 @@ struct RowCut {
 // Bisection stops once at most this many entries lie in the search interval; they are then gathered (one per
 // lane) and the cut among them is resolved in registers, saving the last ~log2(kCandidates) passes over the row.
 constexpr int kCandidates = 32;
-// Words of the warp's list of entries in the search interval (>= kCandidates).
-constexpr int kListCapacity = 256;
-static_assert(kListCapacity >= kCandidates && kListCapacity % 32 == 0, "the list ends the gathering too");
-
-// Warp-wide count and mass of the entries of src[0, n) that are >= mid (lane-strided; warp-uniform results).
-__device__ __forceinline__ void count_at_least(const uint32_t* src, int n, uint32_t mid, int lane, int& count,
-                                               float& mass) {
-  int c = 0;
-  float m = 0.f;
-  for (int j = lane; j < n; j += 32) {
-    const uint32_t b = src[j];
-    if (b >= mid) {
-      ++c;
-      m += __uint_as_float(b);
-    }
-  }
-  count = int(__reduce_add_sync(kFullWarp, uint32_t(c)));
-  mass = warp_sum(m);
-}
-
-// Copies the entries of src[0, n) in [lo, hi) to dst in index order, at most `capacity` of them, and returns how
-// many lie in the range. dst may be src: a slot written never lies past the entry being read, and each group of
-// 32 is read by the whole warp before any lane writes.
-__device__ __forceinline__ int gather_range(const uint32_t* src, int n, uint32_t lo, uint32_t hi, int lane,
-                                            uint32_t* dst, int capacity) {
-  const uint32_t below = lanes_below(lane);
-  int gathered = 0;
-  for (int c = 0; c * 32 < n; ++c) {
-    const int j = c * 32 + lane;
-    const uint32_t b = j < n ? src[j] : 0u;
-    const bool inside = j < n && b >= lo && b < hi;
-    const uint32_t inside_mask = __ballot_sync(kFullWarp, inside);
-    __syncwarp();  // every lane has read its entry of this group before the group's slots are written
-    const int slot = gathered + __popc(inside_mask & below);
-    if (inside && slot < capacity) dst[slot] = b;
-    gathered += __popc(inside_mask);
-  }
-  __syncwarp();
-  return gathered;
-}
 
 // row[0, n): the scaled logits of one row in shared memory; replaced in place by the bit patterns of the
 // softmax probabilities. Every lane touches only the entries j ≡ lane (mod 32), so no warp barrier is needed
-// except around `scratch` (kListCapacity words of this warp: the list). compact = false bisects over the whole
-// row to the end (no list, no gathering): the plain algorithm, kept as the check of the fast one.
+// except around `scratch` (kCandidates words of this warp). compact = false bisects to the end (no gathering).
 __device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, float topp, int lane, bool compact,
                                              uint32_t* scratch) {
   uint32_t* bits = reinterpret_cast<uint32_t*>(row);
@@ -115,30 +69,20 @@ __device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, 
   uint32_t lo = min_bits, hi = max_bits + 1u;
   int count_lo = n, count_hi = 0;
   float mass_hi = 0.f;
-  // The entries searched: the row, or the list of cand_n entries, all < list_hi, and list_count / list_mass
-  // entries >= list_hi outside it.
-  const uint32_t* cand = bits;
-  int cand_n = n;
-  int list_count = 0;
-  float list_mass = 0.f;
-  uint32_t* list = scratch;
   const int stop_at = compact ? kCandidates : 1;
   while (hi - lo > 1u && count_lo - count_hi > stop_at) {
-    const int in_range = count_lo - count_hi;
-    if (compact && (cand == bits ? in_range <= kListCapacity : 2 * in_range <= cand_n)) {
-      cand_n = gather_range(cand, cand_n, lo, hi, lane, list, kListCapacity);
-      cand = list;
-      list_count = count_hi;
-      list_mass = mass_hi;
-    }
     const uint32_t mid = lo + ((hi - lo) >> 1);
-    int count;
-    float mass;
-    count_at_least(cand, cand_n, mid, lane, count, mass);
-    if (cand != bits) {
-      count += list_count;
-      mass = list_mass + mass;
+    int count = 0;
+    float mass = 0.f;
+    for (int j = lane; j < n; j += 32) {
+      const uint32_t b = bits[j];
+      if (b >= mid) {
+        ++count;
+        mass += __uint_as_float(b);
+      }
     }
+    count = int(__reduce_add_sync(kFullWarp, uint32_t(count)));
+    mass = warp_sum(mass);
     if (holds(count, mass)) {
       lo = mid;
       count_lo = count;
@@ -149,15 +93,25 @@ __device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, 
     }
   }
   // [lo, hi) holds the cut value: hi = lo + 1, or one entry lies in [lo, hi) (the largest below hi), or 2 to
-  // kCandidates entries do: gather them one per lane and take the largest candidate u with P(u). Every entry in
-  // [lo, hi) is among the searched ones.
+  // kCandidates entries do: gather them one per lane and take the largest candidate u with P(u).
   uint32_t cut = lo;
   const int in_range = count_lo - count_hi;
   if (hi - lo > 1u && in_range > 1) {
-    gather_range(cand, cand_n, lo, hi, lane, list, kCandidates);
+    const uint32_t below = lanes_below(lane);
+    int gathered = 0;
+    for (int c = 0; c * 32 < n; ++c) {
+      const int j = c * 32 + lane;
+      const uint32_t b = j < n ? bits[j] : 0u;
+      const bool inside = j < n && b >= lo && b < hi;
+      const uint32_t inside_mask = __ballot_sync(kFullWarp, inside);
+      const int slot = gathered + __popc(inside_mask & below);
+      if (inside && slot < kCandidates) scratch[slot] = b;
+      gathered += __popc(inside_mask);
+    }
+    __syncwarp();
     const bool valid = lane < in_range;
-    const uint32_t mine = valid ? list[lane] : 0u;
-    __syncwarp();  // the list is rewritten by this warp's next row
+    const uint32_t mine = valid ? scratch[lane] : 0u;
+    __syncwarp();  // scratch is rewritten by this warp's next row
     int count = 0;
     float mass = 0.f;
     for (int i = 0; i < kCandidates; ++i) {
@@ -173,12 +127,11 @@ __device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, 
                                        : __reduce_min_sync(kFullWarp, valid ? mine : 0xffffffffu);
   } else if (hi - lo > 1u) {
     uint32_t below_hi = 0u;
-    for (int j = lane; j < cand_n; j += 32) {
-      const uint32_t b = cand[j];
+    for (int j = lane; j < n; j += 32) {
+      const uint32_t b = bits[j];
       if (b < hi) below_hi = max(below_hi, b);
     }
     cut = __reduce_max_sync(kFullWarp, below_hi);
-    __syncwarp();  // the list is rewritten by this warp's next row
   }
 
   int above = 0, ties = 0;

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Device script (H200, one run call, carry=[".carry"]; prepare .carry with tools/device/prepare_carry.sh here) for
-# the mask selection's candidate list (csrc/mask/select_row.cuh: bisection over the list of entries near the cut
-# instead of the whole row). Everything lands in $OUT:
-#   bash tools/device/mask_select_h200.sh [build] [tests] [sanitize] [bench] ...   (no argument = all four)
+# the mask-prediction kernels (csrc/mask): build, GPU tests, sanitizers, per-launch benchmark. Everything lands in
+# $OUT:
+#   bash tools/device/mask_h200.sh [build] [tests] [sanitize] [bench] ...   (no argument = all five)
 #   build      source tools/device/setup.sh -> build.log, gpu_mask.txt
 #   tests      test_cuda_mask.py (float64 rule, ties, compact=True against compact=False bitwise, tuning variants,
 #              poisoned workspace) -> gpu_mask_tests.log
 #   sanitize   compute-sanitizer memcheck, racecheck and synccheck of a small prediction with both selection paths
 #              -> sanitizer_mask_{memcheck,racecheck,synccheck}.log
 #   bench      tools/bench_mask.py --shapes 1.3b,14b -> bench_mask.md (per-launch times, graph and eager)
+#   ncu        Nsight Compute source counters (SASS) of one 14B selection launch -> ncu_select_14b_src.csv; the
+#              two BAR.SYNCs split it into query staging, scores and selection (stall samples, instructions)
 # A step is cut off by `timeout` at min(its cap, what is left of MASK_BUDGET_S, default 560 s from the start);
 # status_mask.txt lists each step's exit code and time.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-steps=${*:-build tests sanitize bench}
+steps=${*:-build tests sanitize bench ncu}
 source tools/device/step_budget.sh
 budget_init "${MASK_BUDGET_S:-560}" "$OUT/status_mask.txt"
 smoke=/tmp/smoke_mask.py
@@ -25,11 +27,22 @@ gen = torch.Generator(device="cuda").manual_seed(0)
 for lk, topk, topp in ((3000, 0.03, 0.2), (1000, 0.0, 0.5), (20000, 0.03, 0.2), (600, 0.5, 0.9)):
     q = torch.randn(1, 2, 1024, 64, generator=gen, device="cuda").to(torch.bfloat16)
     k = torch.randn(1, 2, lk, 64, generator=gen, device="cuda").to(torch.bfloat16)
-    fast = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, compact=True)
+    fast = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, compact=True)  # the two selection paths
     plain = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, compact=False)
     assert all(torch.equal(a, b) for a, b in zip(fast, plain)), (lk, topk, topp)
 torch.cuda.synchronize()
 print("smoke_mask: ok")
+PY
+cat >/tmp/select_14b.py <<'PY'
+import sys
+sys.path.insert(0, "tools")
+import torch
+from bench_mask import structured_qk
+from sparge_kernels import cuda_mask
+q, k = structured_qk(1, 40, (21, 45, 80), 128)
+for _ in range(2):
+    cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 128**-0.5, head_groups=1)
+torch.cuda.synchronize()
 PY
 for step in $steps; do
   step_begin "$step" || continue
@@ -49,6 +62,10 @@ for step in $steps; do
     bench)
       timeout "$(left 200)" python3 tools/bench_mask.py --shapes 1.3b,14b >"$OUT/bench_mask.md" \
         2>"$OUT/bench_mask.log" || rc=1 ;;
+    ncu)
+      timeout "$(left 150)" ncu --kernel-name regex:select_blocks --launch-skip 1 --launch-count 1 \
+        --section SourceCounters --section InstructionStats --page source --csv --print-source sass \
+        python3 /tmp/select_14b.py >"$OUT/ncu_select_14b_src.csv" 2>"$OUT/ncu_select.log" || rc=1 ;;
     *) echo "unknown step $step"; rc=1 ;;
   esac
   step_done "$step" $rc $t0
