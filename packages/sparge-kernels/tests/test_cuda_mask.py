@@ -1,8 +1,8 @@
 """CUDA mask prediction (csrc/mask, cuda_mask.py) against the float64 reference.
 
-The kernel pools in fp32, computes scores with fp32 FMAs and softmax with fp32 `__expf`, and sums cumulative
-masses in fp32, so its selected set may legitimately differ from the exact (float64) rule only where the
-decision is within rounding:
+The kernel pools in fp32, computes scores with fp32 FMAs (or 3xTF32 tensor-core MMAs, scores="mma") and softmax
+with fp32 `__expf`, and sums cumulative masses in fp32, so its selected set may legitimately differ from the exact
+(float64) rule only where the decision is within rounding:
   * Top-k: entries whose probability is within a relative 1e-4 (REL_TOL) of the k-th largest;
   * Top-p: entries whose exclusive cumulative mass (in sorted order, allowing reorderings of entries within
     REL_TOL of each other) is within MASS_TOL = 1.2e-4 of topp.
@@ -179,6 +179,15 @@ def test_mask_matches_float64_rule(case):
     print(case, stats)
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
+def test_mma_scores_match_float64_rule(case):
+    """Scores on tensor cores (3xTF32) stay inside the same rounding band of the float64 rule."""
+    b, h, lq, lk, d, bq, bk, layout, dtype, kind, topk, topp = case
+    q, k = make_qk(b, h, lq, lk, d, kind=kind, dtype=dtype, layout=layout)
+    stats = check_prediction(q, k, topk, topp, bq, bk, scores="mma")
+    print(case, stats)
+
+
 @pytest.mark.parametrize("layout", ["HND", "NHD"])
 def test_wan_1_3b_shape(layout):
     q, k = make_qk(1, 12, 32760, 32760, 128, kind="structured", layout=layout, seed=3)
@@ -219,6 +228,18 @@ def test_tuning_variants_agree(tuning):
     for x, y in zip(base, other):
         assert torch.equal(x, y)
     check_semantics(q, k, check_encoding(*other), 0.03, 0.2, 128, 64, scale)
+
+
+def test_mma_tuning_variants_agree():
+    """With tensor-core scores too, CTA sizes, head groups and candidate gathering never change the result."""
+    q, k = make_qk(2, 5, 3000, 5000, 128, seed=1, layout="NHD")
+    scale = 128 ** -0.5
+    base = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, head_groups=1, rows_per_cta=16, scores="mma")
+    for tuning in ({"rows_per_cta": 4}, {"rows_per_cta": 8}, {"rows_per_cta": 32}, {"compact": False},
+                   {"head_groups": 3, "rows_per_cta": 0, "tail_rows_per_cta": 4}):
+        other = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, scores="mma", **({"head_groups": 1} | tuning))
+        for x, y in zip(base, other):
+            assert torch.equal(x, y), tuning
 
 
 def test_side_stream_output_is_ordered_on_the_callers_stream():
@@ -341,3 +362,5 @@ def test_bad_inputs():
     with pytest.warns(UserWarning, match="reference"):
         result = cuda_mask.predict(q.double(), k.double(), 0.03, 0.2, 128, 64, 0.1)
     check_encoding(*result)
+    with pytest.raises(ValueError, match="scores must be one of"):
+        cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 0.1, scores="tf32")

@@ -1,12 +1,13 @@
 // Kernel 2 of mask prediction: for kRows query blocks of one (b, h), the scaled scores against all Nk pooled
-// key blocks (fp32 FMA, into shared memory), then per row (one warp each) the softmax and the hybrid
-// Top-k ∪ Top-p selection (select_row.cuh), written straight to kv_count / kv_index and a row bitmask that the
-// transpose kernel turns into q_count / q_index.
+// key blocks (fp32 FMA, or 3xTF32 tensor cores: scores_mma.cuh; into shared memory), then per row (one warp
+// each) the softmax and the hybrid Top-k ∪ Top-p selection (select_row.cuh), written straight to kv_count /
+// kv_index and a row bitmask that the transpose kernel turns into q_count / q_index.
 #pragma once
 
 #include <cstdint>
 
 #include "mask/mask_params.h"
+#include "mask/scores_mma.cuh"
 #include "mask/select_row.cuh"
 
 namespace sparge::mask {
@@ -26,7 +27,8 @@ constexpr size_t select_smem_bytes(int head_dim, int num_k_blocks) {
 
 // Grid: (ceil(Nq / kRows), group heads, B). Shared memory: pooled queries transposed [D][kRows], scores
 // [kRows][Nk], per-warp candidate scratch [warps][kCandidates].
-template <int kRows>
+// kMma: scores on tensor cores (scores_mma.cuh) instead of the FMA loop below (p.score_mma picks the instance).
+template <int kRows, bool kMma>
 __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
   static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");
   extern __shared__ float4 smem_f4[];
@@ -50,7 +52,10 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const Sel
 
   // Scores: each warp owns 64-key tiles; lane keys j and j + 32 read the transposed pooled K coalesced (L2).
   const float* k_src = p.k_pooled_t + bh * head_dim * p.k_ld;
-  for (int tile = warp * kWarpKeys; tile < nk; tile += kSelectWarps * kWarpKeys) {
+  if constexpr (kMma) {
+    scores_mma<kRows, kSelectWarps>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
+  }
+  for (int tile = warp * kWarpKeys; !kMma && tile < nk; tile += kSelectWarps * kWarpKeys) {
     const int j0 = tile + lane, j1 = j0 + 32;
     const bool has0 = j0 < nk, has1 = j1 < nk;
     float acc0[kRows], acc1[kRows];

@@ -27,6 +27,13 @@ __all__ = ["predict", "MaskWorkspace"]
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
+SCORE_PATHS = ("fma", "mma")  # fp32 FMA loop; 3xTF32 tensor cores (not yet measured: "fma" stays the default)
+
+
+def _score_mma(scores: str) -> int:
+    if scores not in SCORE_PATHS:
+        raise ValueError(f"scores must be one of {SCORE_PATHS}, got {scores!r}")
+    return int(scores == "mma")
 
 
 @dataclass
@@ -57,12 +64,13 @@ def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskW
 
 def select(
     ws: MaskWorkspace, nk: int, scale: float, kk: int, topp: float, kv_count: torch.Tensor, kv_index: torch.Tensor,
-    rows_per_cta: int = 0, compact: bool = True,
+    rows_per_cta: int = 0, compact: bool = True, scores: str = "fma",
 ) -> None:
     """Launch 2: scores, softmax and Top-k ∪ Top-p per query block into kv_count / kv_index / ws.row_bits."""
     _check_blocks("kv_index", kv_index, nk)
     _C.mask_select_blocks(
-        ws.q_pooled, ws.k_pooled_t, float(scale), int(kk), float(topp), int(compact), kv_count, kv_index,
+        ws.q_pooled, ws.k_pooled_t, float(scale), int(kk), float(topp), int(compact), _score_mma(scores), kv_count,
+        kv_index,
         ws.row_bits, int(rows_per_cta), current_stream(ws.q_pooled.device),
     )
 
@@ -115,6 +123,7 @@ def predict(
     rows_per_cta: int = 0,
     tail_rows_per_cta: int = 8,
     compact: bool = True,
+    scores: str = "fma",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
@@ -124,7 +133,10 @@ def predict(
     8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group (0: as
     rows_per_cta), and
     `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end).
+    `scores` picks how the pooled scores are computed: "fma" (fp32 FMAs) or "mma" (3xTF32 tensor cores, ~fp32
+    accuracy); the two may differ within the selection's rounding band.
     """
+    score_mma = _score_mma(scores)
     b, h, lq, d = q.shape
     lk = k.shape[2]
     nq, nk = num_blocks(lq, block_q), num_blocks(lk, block_k)
@@ -164,7 +176,7 @@ def predict(
     with torch.cuda.device(device):
         ws = MaskWorkspace.allocate(b, h, nq, nk, d, device)
         _C.mask_predict(
-            q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
+            q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact), score_mma,
             ws.q_pooled, ws.k_pooled_t, ws.row_bits, kv_count, kv_index, q_count, q_index,
             int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), current_stream(device),
         )
