@@ -42,6 +42,20 @@ def test_sparse_differs_but_stays_close(model, inputs):
     assert 1e-4 < rel < 0.5, rel
 
 
+@pytest.mark.parametrize("token_order", ["1d", "tiled"])
+def test_inference_mode_matches_no_grad(model, inputs, token_order):
+    # Pipelines and benchmarks run under torch.inference_mode: masks of inference tensors must work there.
+    state = apply_sparge(model, topk=0.5, topp=0.0, token_order=token_order, collect_stats=True, **BLOCKS)
+    try:
+        expected = run(model, inputs)
+        with torch.inference_mode():
+            got = model(*inputs, return_dict=False)[0]
+    finally:
+        remove_sparge(model)
+    assert state.stats.summary()["overall"] == pytest.approx(0.5)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_remove_restores_processors_exactly(model, inputs):
     before = [(b.attn1.processor, b.attn2.processor) for b in model.blocks]
     dense = run(model, inputs)
