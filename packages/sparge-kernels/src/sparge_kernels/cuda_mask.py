@@ -3,6 +3,7 @@
 Three kernels, launched by one call into the extension:
   1. pool      one pass over Q and K: block means in fp32 (q_pooled (B,H,Nq,D), k_pooled_t (B,H,D,Nk))
   2. select    per query block: scores · scale, softmax, hybrid Top-k ∪ Top-p -> kv_count, kv_index, row bitmask
+               (scores by fp32 FMAs, or with scores="mma" by 3xTF32 tensor-core MMAs: csrc/mask/scores_mma.cuh)
   3. transpose q_count, q_index from the row bitmask
 With head_groups > 1 the heads are processed in groups: pooling of group g+1 (memory-bound, caller's stream)
 overlaps selection of group g (compute-bound, a high-priority side stream joined back before returning).
