@@ -6,7 +6,8 @@ Shapes (1,12,32760,128) [Wan2.1-1.3B 480p] and (1,40,75600,128) [14B 720p], bf16
   sparge block_sparse_attention at random-mask densities 1.0 / 0.2 / 0.1 / 0.05 (default kernel: the
   Hopper wgmma/TMA one on sm_90), plus the portable mma.sync kernel at 1.0 and 0.05
   mask prediction alone (topk=0.03, topp=0.2) on structured video-like q, k (tools/structured_inputs.py),
-  sparge attention on that mask, and sparge_attention (prediction + attention) as the total
+  sparge attention on that mask, and sparge_attention (prediction + attention) as the total; the same two at a
+  predicted 5% mask (topk=0.05, topp=0: issue 14's "sparge_attention incl. mask vs cuDNN" row)
 Columns: ms (median, triton.testing.do_bench, else CUDA events), useful TFLOP/s (4·B·H·Lq·Lk·D × kept
 fraction: only the kept blocks count), speedup vs dense cuDNN.
 
@@ -177,7 +178,16 @@ def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...]
         rows.append(Row(f"**sparge total: prediction + attention** (density {kept:.3f})",
                         time_ms(lambda: sk.sparge_attention(sq, skk, sv, topk=TOPK, topp=TOPP, scale=scale)),
                         dense_flops * kept))
-        # The 5%-density random mask with prediction time added: the issue's 18x target row.
+        # Issue 14's row: sparge_attention on the same video-like inputs with a predicted 5% mask (Top-k alone pins
+        # the density), prediction included, timed end to end.
+        mask5 = sk.predict_block_mask(sq, skk, topk=0.05, topp=0.0, scale=scale)
+        rows.append(Row(f"sparge attention only, predicted 5% mask (topk=0.05, topp=0; density {mask5.density:.3f})",
+                        time_ms(lambda: sk.block_sparse_attention(sq, skk, sv, mask5, scale=scale)),
+                        dense_flops * mask5.density))
+        rows.append(Row(f"**sparge_attention, predicted 5% mask, prediction included** (density {mask5.density:.3f})",
+                        time_ms(lambda: sk.sparge_attention(sq, skk, sv, topk=0.05, topp=0.0, scale=scale)),
+                        dense_flops * mask5.density))
+        # The 5%-density random mask with prediction time added.
         if 0.05 in masks:
             t5 = next(r.ms for r in rows if r.label.startswith("**sparge**, random mask density 0.05"))
             rows.append(Row(f"sparge density 0.05 + mask prediction ({t5:.3f} + {t_pred:.3f} ms)", t5 + t_pred,
