@@ -1,6 +1,6 @@
 // Scores of the mask selection on tensor cores: S = Q̄ K̄ᵀ over pooled (fp32) rows, as 3xTF32 `mma.sync.m16n8k8`
 // (each fp32 operand split into a TF32 high part and a TF32 remainder; hi·hi + hi·lo + lo·hi keeps ~fp32
-// accuracy, well inside the selection's 1e-4 rounding band, where one TF32 product would not be). The FMA loop in
+// accuracy, well inside the selection's 1e-4 rounding band, where one TF32 product would not be). scores_fma in
 // select_blocks.cuh is the other path (`SelectParams::score_mma` = 0); both write the same [kRows][Nk] scores.
 #pragma once
 

@@ -25,37 +25,12 @@ constexpr size_t select_smem_bytes(int head_dim, int num_k_blocks) {
                           size_t(kSelectWarps) * kCandidates);
 }
 
-// Grid: (ceil(Nq / kRows), group heads, B). Shared memory: pooled queries transposed [D][kRows], scores
-// [kRows][Nk], per-warp candidate scratch [warps][kCandidates].
-// kMma: scores on tensor cores (scores_mma.cuh) instead of the FMA loop below (p.score_mma picks the instance).
-template <int kRows, bool kMma>
-__global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
-  static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");
-  extern __shared__ float4 smem_f4[];
-  float* q_t = reinterpret_cast<float*>(smem_f4);
-  const int head_dim = p.head_dim;
-  const int dp = padded_head_dim(head_dim);
-  const int nq = p.num_q_blocks, nk = p.num_k_blocks;
-  float* scores = q_t + dp * kRows;
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int q0 = blockIdx.x * kRows;
-  const int64_t bh = int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y;
-
-  // Pooled queries, transposed so one float4 broadcast gives 4 rows at one d; zero rows/columns pad.
-  const float* q_src = p.q_pooled + bh * nq * head_dim;
-  for (int idx = tid; idx < kRows * dp; idx += kSelectThreads) {
-    const int r = idx / dp, d = idx - r * dp;
-    q_t[d * kRows + r] = (q0 + r < nq && d < head_dim) ? q_src[int64_t(q0 + r) * head_dim + d] : 0.f;
-  }
-  __syncthreads();
-
-  // Scores: each warp owns 64-key tiles; lane keys j and j + 32 read the transposed pooled K coalesced (L2).
-  const float* k_src = p.k_pooled_t + bh * head_dim * p.k_ld;
-  if constexpr (kMma) {
-    scores_mma<kRows, kSelectWarps>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
-  }
-  for (int tile = warp * kWarpKeys; !kMma && tile < nk; tile += kSelectWarps * kWarpKeys) {
+// Scores by fp32 FMAs: each warp owns 64-key tiles; lane keys j and j + 32 read the transposed pooled K
+// coalesced (L2); one float4 broadcast of q_t gives 4 rows at one d.
+template <int kRows>
+__device__ __forceinline__ void scores_fma(const float* q_t, const float* k_src, int k_ld, int head_dim, int dp,
+                                           int nk, float scale, float* scores, int warp, int lane) {
+  for (int tile = warp * kWarpKeys; tile < nk; tile += kSelectWarps * kWarpKeys) {
     const int j0 = tile + lane, j1 = j0 + 32;
     const bool has0 = j0 < nk, has1 = j1 < nk;
     float acc0[kRows], acc1[kRows];
@@ -67,7 +42,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const Sel
 #pragma unroll
       for (int u = 0; u < kDChunk; ++u) {
         const int d = d0 + u;
-        const float* src = k_src + int64_t(d) * p.k_ld;
+        const float* src = k_src + int64_t(d) * k_ld;
         next0[u] = (has0 && d < head_dim) ? __ldg(src + j0) : 0.f;
         next1[u] = (has1 && d < head_dim) ? __ldg(src + j1) : 0.f;
       }
@@ -100,9 +75,43 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const Sel
     }
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      if (has0) scores[r * nk + j0] = acc0[r] * p.scale;
-      if (has1) scores[r * nk + j1] = acc1[r] * p.scale;
+      if (has0) scores[r * nk + j0] = acc0[r] * scale;
+      if (has1) scores[r * nk + j1] = acc1[r] * scale;
     }
+  }
+}
+
+// Grid: (ceil(Nq / kRows), group heads, B). Shared memory: pooled queries transposed [D][kRows], scores
+// [kRows][Nk], per-warp candidate scratch [warps][kCandidates]. kMma: scores on tensor cores (scores_mma.cuh)
+// instead of scores_fma (p.score_mma picks the instance).
+template <int kRows, bool kMma>
+__global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
+  static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");
+  extern __shared__ float4 smem_f4[];
+  float* q_t = reinterpret_cast<float*>(smem_f4);
+  const int head_dim = p.head_dim;
+  const int dp = padded_head_dim(head_dim);
+  const int nq = p.num_q_blocks, nk = p.num_k_blocks;
+  float* scores = q_t + dp * kRows;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int q0 = blockIdx.x * kRows;
+  const int64_t bh = int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y;
+
+  // Pooled queries, transposed so one float4 broadcast gives 4 rows at one d; zero rows/columns pad.
+  const float* q_src = p.q_pooled + bh * nq * head_dim;
+  for (int idx = tid; idx < kRows * dp; idx += kSelectThreads) {
+    const int r = idx / dp, d = idx - r * dp;
+    q_t[d * kRows + r] = (q0 + r < nq && d < head_dim) ? q_src[int64_t(q0 + r) * head_dim + d] : 0.f;
+  }
+  __syncthreads();
+
+  // Scores [kRows][Nk], scaled.
+  const float* k_src = p.k_pooled_t + bh * head_dim * p.k_ld;
+  if constexpr (kMma) {
+    scores_mma<kRows, kSelectWarps>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
+  } else {
+    scores_fma<kRows>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
   }
   __syncthreads();
 
