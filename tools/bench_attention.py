@@ -172,21 +172,18 @@ def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...]
         fbm = flex_block_mask(pmask)
         rows.append(Row(f"FlexAttention, predicted mask (density {kept:.3f})",
                         time_ms(lambda: flex(sq, skk, sv, block_mask=fbm, scale=scale)), dense_flops * kept))
-        rows.append(Row(f"sparge attention only, predicted mask (density {kept:.3f})",
-                        time_ms(lambda: sk.block_sparse_attention(sq, skk, sv, pmask, scale=scale)),
-                        dense_flops * kept))
-        rows.append(Row(f"**sparge total: prediction + attention** (density {kept:.3f})",
-                        time_ms(lambda: sk.sparge_attention(sq, skk, sv, topk=TOPK, topp=TOPP, scale=scale)),
-                        dense_flops * kept))
-        # Issue 14's row: sparge_attention on the same video-like inputs with a predicted 5% mask (Top-k alone pins
-        # the density), prediction included, timed end to end.
+        # Attention alone and sparge_attention end to end (prediction included) on that mask, and on a predicted
+        # 5% mask (Top-k alone pins the density: issue 14's "incl. mask vs cuDNN" row).
         mask5 = sk.predict_block_mask(sq, skk, topk=0.05, topp=0.0, scale=scale)
-        rows.append(Row(f"sparge attention only, predicted 5% mask (topk=0.05, topp=0; density {mask5.density:.3f})",
-                        time_ms(lambda: sk.block_sparse_attention(sq, skk, sv, mask5, scale=scale)),
-                        dense_flops * mask5.density))
-        rows.append(Row(f"**sparge_attention, predicted 5% mask, prediction included** (density {mask5.density:.3f})",
-                        time_ms(lambda: sk.sparge_attention(sq, skk, sv, topk=0.05, topp=0.0, scale=scale)),
-                        dense_flops * mask5.density))
+        for what, topk, topp, mask in (("predicted mask", TOPK, TOPP, pmask),
+                                       ("predicted 5% mask (topk=0.05, topp=0)", 0.05, 0.0, mask5)):
+            rows.append(Row(f"sparge attention only, {what} (density {mask.density:.3f})",
+                            time_ms(lambda m=mask: sk.block_sparse_attention(sq, skk, sv, m, scale=scale)),
+                            dense_flops * mask.density))
+            rows.append(Row(f"**sparge total: prediction + attention**, {what} (density {mask.density:.3f})",
+                            time_ms(lambda tk=topk, tp=topp: sk.sparge_attention(sq, skk, sv, topk=tk, topp=tp,
+                                                                                  scale=scale)),
+                            dense_flops * mask.density))
         # The 5%-density random mask with prediction time added.
         if 0.05 in masks:
             t5 = next(r.ms for r in rows if r.label.startswith("**sparge**, random mask density 0.05"))

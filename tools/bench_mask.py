@@ -155,11 +155,13 @@ def bench_shape(name: str, iters: int) -> list[str]:
 
     mine = cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale)
     ref = predict_block_mask_indices(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale)
-    dense_mine = BlockMask(*mine, BLOCK_Q, BLOCK_K, length, length).to_dense()
-    dense_ref = BlockMask(*ref, BLOCK_Q, BLOCK_K, length, length).to_dense()
+    def dense(indices: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return BlockMask(*indices, BLOCK_Q, BLOCK_K, length, length).to_dense()
+
+    dense_mine, dense_ref = dense(mine), dense(ref)
     agree = float((dense_mine == dense_ref).float().mean())
     mma = cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, scores="mma")
-    agree_mma = float((BlockMask(*mma, BLOCK_Q, BLOCK_K, length, length).to_dense() == dense_ref).float().mean())
+    agree_mma = float((dense(mma) == dense_ref).float().mean())
     density = float(dense_mine.float().mean())
 
     def row(label: str, ms: float, moved: float | None, speedup: bool = False) -> str:

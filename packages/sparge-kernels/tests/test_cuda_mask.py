@@ -171,20 +171,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("scores", ["fma", "mma"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
-def test_mask_matches_float64_rule(case):
+def test_mask_matches_float64_rule(case, scores):
+    """Both score paths (fp32 FMAs, 3xTF32 tensor cores) stay inside the rounding band of the float64 rule."""
     b, h, lq, lk, d, bq, bk, layout, dtype, kind, topk, topp = case
     q, k = make_qk(b, h, lq, lk, d, kind=kind, dtype=dtype, layout=layout)
-    stats = check_prediction(q, k, topk, topp, bq, bk)
-    print(case, stats)
-
-
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
-def test_mma_scores_match_float64_rule(case):
-    """Scores on tensor cores (3xTF32) stay inside the same rounding band of the float64 rule."""
-    b, h, lq, lk, d, bq, bk, layout, dtype, kind, topk, topp = case
-    q, k = make_qk(b, h, lq, lk, d, kind=kind, dtype=dtype, layout=layout)
-    stats = check_prediction(q, k, topk, topp, bq, bk, scores="mma")
+    stats = check_prediction(q, k, topk, topp, bq, bk, scores=scores)
     print(case, stats)
 
 
@@ -219,27 +212,17 @@ def test_keep_all(topk, topp):
     ],
     ids=str,
 )
-def test_tuning_variants_agree(tuning):
-    """Head groups (overlap on a side stream), CTA sizes and candidate gathering never change the result."""
+@pytest.mark.parametrize("scores", ["fma", "mma"])
+def test_tuning_variants_agree(tuning, scores):
+    """Head groups (overlap on a side stream), CTA sizes and candidate gathering never change the result, with
+    either score path."""
     q, k = make_qk(2, 5, 3000, 5000, 128, seed=1, layout="NHD")
     scale = 128 ** -0.5
-    base = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, head_groups=1, rows_per_cta=16)
-    other = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, **tuning)
+    base = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, head_groups=1, rows_per_cta=16, scores=scores)
+    other = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, scores=scores, **tuning)
     for x, y in zip(base, other):
         assert torch.equal(x, y)
     check_semantics(q, k, check_encoding(*other), 0.03, 0.2, 128, 64, scale)
-
-
-def test_mma_tuning_variants_agree():
-    """With tensor-core scores too, CTA sizes, head groups and candidate gathering never change the result."""
-    q, k = make_qk(2, 5, 3000, 5000, 128, seed=1, layout="NHD")
-    scale = 128 ** -0.5
-    base = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, head_groups=1, rows_per_cta=16, scores="mma")
-    for tuning in ({"rows_per_cta": 4}, {"rows_per_cta": 8}, {"rows_per_cta": 32}, {"compact": False},
-                   {"head_groups": 3, "rows_per_cta": 0, "tail_rows_per_cta": 4}):
-        other = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, scores="mma", **({"head_groups": 1} | tuning))
-        for x, y in zip(base, other):
-            assert torch.equal(x, y), tuning
 
 
 def test_side_stream_output_is_ordered_on_the_callers_stream():

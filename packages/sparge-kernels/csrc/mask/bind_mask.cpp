@@ -63,8 +63,8 @@ sparge::mask::PoolParams pool_params(TensorArg const& q, TensorArg const& k, int
 // q_pooled (B, H, Nq, D); kv_count (B, H, Nq); kv_index (B, H, Nq, Nk); row_bits (B, H, Nq, bits_ld).
 sparge::mask::SelectParams select_params(TensorArg const& q_pooled, TensorArg const& k_pooled_t, float scale,
                                          int topk_count, float topp, int compact, int score_mma,
-                                         TensorArg const& kv_count,
-                                         TensorArg const& kv_index, TensorArg const& row_bits) {
+                                         TensorArg const& kv_count, TensorArg const& kv_index,
+                                         TensorArg const& row_bits) {
   require_rank("q_pooled", q_pooled, 4);
   require_rank("k_pooled_t", k_pooled_t, 4);
   require_rank("kv_index", kv_index, 4);
@@ -114,9 +114,8 @@ void bind_mask_prediction(nb::module_& m) {
       "mask_predict",
       [](TensorArg const& q, TensorArg const& k, int block_q, int block_k, float scale, int topk_count, float topp,
          int compact, int score_mma, TensorArg const& q_pooled, TensorArg const& k_pooled_t,
-         TensorArg const& row_bits,
-         TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count, TensorArg const& q_index,
-         int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream) {
+         TensorArg const& row_bits, TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count,
+         TensorArg const& q_index, int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream) {
         sparge::mask::launch_predict(
             pool_params(q, k, block_q, block_k, q_pooled, k_pooled_t),
             select_params(q_pooled, k_pooled_t, scale, topk_count, topp, compact, score_mma, kv_count, kv_index,
@@ -125,9 +124,8 @@ void bind_mask_prediction(nb::module_& m) {
             stream);
       },
       "q"_a, "k"_a, "block_q"_a, "block_k"_a, "scale"_a, "topk_count"_a, "topp"_a, "compact"_a, "score_mma"_a,
-      "q_pooled"_a,
-      "k_pooled_t"_a, "row_bits"_a, "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "head_groups"_a,
-      "rows_per_cta"_a, "tail_rows_per_cta"_a, "stream"_a,
+      "q_pooled"_a, "k_pooled_t"_a, "row_bits"_a, "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a,
+      "head_groups"_a, "rows_per_cta"_a, "tail_rows_per_cta"_a, "stream"_a,
       "Whole mask prediction: pool, select, transpose; head_groups > 1 overlaps selection with pooling on a "
       "high-priority side stream. q, k: float16, bfloat16 or float32 (B, H, L, D) with unit stride along D.");
 
@@ -144,16 +142,14 @@ void bind_mask_prediction(nb::module_& m) {
       "mask_select_blocks",
       [](TensorArg const& q_pooled, TensorArg const& k_pooled_t, float scale, int topk_count, float topp, int compact,
          int score_mma, TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& row_bits,
-         int rows_per_cta,
-         std::uintptr_t stream) {
+         int rows_per_cta, std::uintptr_t stream) {
         sparge::mask::launch_select_blocks(
             select_params(q_pooled, k_pooled_t, scale, topk_count, topp, compact, score_mma, kv_count, kv_index,
                           row_bits),
             rows_per_cta, stream);
       },
       "q_pooled"_a, "k_pooled_t"_a, "scale"_a, "topk_count"_a, "topp"_a, "compact"_a, "score_mma"_a, "kv_count"_a,
-      "kv_index"_a,
-      "row_bits"_a, "rows_per_cta"_a, "stream"_a,
+      "kv_index"_a, "row_bits"_a, "rows_per_cta"_a, "stream"_a,
       "Stage 2: scores, softmax, hybrid Top-k/Top-p: kv_count (B,H,Nq), kv_index (B,H,Nq,Nk), row_bits.");
 
   m.def(

@@ -71,8 +71,7 @@ def select(
     _check_blocks("kv_index", kv_index, nk)
     _C.mask_select_blocks(
         ws.q_pooled, ws.k_pooled_t, float(scale), int(kk), float(topp), int(compact), _score_mma(scores), kv_count,
-        kv_index,
-        ws.row_bits, int(rows_per_cta), current_stream(ws.q_pooled.device),
+        kv_index, ws.row_bits, int(rows_per_cta), current_stream(ws.q_pooled.device),
     )
 
 
