@@ -11,6 +11,8 @@
 #   bench      tools/bench_mask.py --shapes 1.3b,14b -> bench_mask.md (per-launch times, graph and eager)
 #   ncu        Nsight Compute source counters (SASS) of one 14B selection launch -> ncu_select_14b_src.csv; the
 #              two BAR.SYNCs split it into query staging, scores and selection (stall samples, instructions)
+#   ncu-1p3b   Nsight Compute speed-of-light, occupancy, warp-state and scheduler sections of the 1.3B pooling and
+#              selection launches -> ncu_1p3b.txt
 # A step is cut off by `timeout` at min(its cap, what is left of MASK_BUDGET_S, default 560 s from the start);
 # status_mask.txt lists each step's exit code and time.
 set -o pipefail
@@ -33,6 +35,17 @@ for lk, topk, topp in ((3000, 0.03, 0.2), (1000, 0.0, 0.5), (20000, 0.03, 0.2), 
         assert all(torch.equal(a, b) for a, b in zip(fast, plain)), (lk, topk, topp, scores)
 torch.cuda.synchronize()
 print("smoke_mask: ok")
+PY
+cat >/tmp/predict_1p3b.py <<'PY'
+import sys
+sys.path.insert(0, "tools")
+import torch
+from bench_mask import structured_qk
+from sparge_kernels import cuda_mask
+q, k = structured_qk(1, 12, (21, 30, 52), 128)
+for _ in range(2):
+    cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 128**-0.5)
+torch.cuda.synchronize()
 PY
 cat >/tmp/select_14b.py <<'PY'
 import sys
@@ -67,6 +80,10 @@ for step in $steps; do
       timeout "$(left 150)" ncu --kernel-name regex:select_blocks --launch-skip 1 --launch-count 1 \
         --section SourceCounters --section InstructionStats --page source --csv --print-source sass \
         python3 /tmp/select_14b.py >"$OUT/ncu_select_14b_src.csv" 2>"$OUT/ncu_select.log" || rc=1 ;;
+    ncu-1p3b)
+      timeout "$(left 150)" ncu --kernel-name regex:"select_blocks|pool_blocks" --launch-skip 2 --launch-count 2 \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
+        --section LaunchStats python3 /tmp/predict_1p3b.py >"$OUT/ncu_1p3b.txt" 2>"$OUT/ncu_1p3b.log" || rc=1 ;;
     *) echo "unknown step $step"; rc=1 ;;
   esac
   step_done "$step" $rc $t0

@@ -37,20 +37,30 @@ int vector_width(const PoolParams& p, int elem_bytes) {
   return 1;
 }
 
+// Grid of the pooling kernel: one warp per block task, but no more CTAs than fit on the GPU at once (the kernel
+// strides over the rest), so that no partial last wave idles most SMs.
 template <typename Elem, int kVec>
-void launch_pool_typed(const PoolParams& p, dim3 grid, cudaStream_t stream) {
-  pool_blocks_kernel<Elem, kVec><<<grid, kPoolThreads, 0, stream>>>(p);
+void launch_pool_typed(const PoolParams& p, int64_t tasks, cudaStream_t stream) {
+  auto kernel = pool_blocks_kernel<Elem, kVec>;
+  int device = 0, sms = 0, per_sm = 0;
+  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
+  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  SPARGE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPoolThreads, 0));
+  const int64_t needed = (tasks + kPoolWarps - 1) / kPoolWarps;
+  const int64_t resident = int64_t(sms) * (per_sm > 0 ? per_sm : 1);
+  const dim3 grid(static_cast<unsigned>(needed < resident ? needed : resident));
+  kernel<<<grid, kPoolThreads, 0, stream>>>(p);
 }
 
 template <typename Elem>
-void dispatch_pool_width(const PoolParams& p, int vec, dim3 grid, cudaStream_t stream) {
+void dispatch_pool_width(const PoolParams& p, int vec, int64_t tasks, cudaStream_t stream) {
   constexpr int kMaxVec = int(16 / sizeof(typename Elem::Storage));
-  if (vec >= kMaxVec) return launch_pool_typed<Elem, kMaxVec>(p, grid, stream);
+  if (vec >= kMaxVec) return launch_pool_typed<Elem, kMaxVec>(p, tasks, stream);
   if constexpr (kMaxVec > 4) {
-    if (vec >= 4) return launch_pool_typed<Elem, 4>(p, grid, stream);
+    if (vec >= 4) return launch_pool_typed<Elem, 4>(p, tasks, stream);
   }
-  if (vec >= 2) return launch_pool_typed<Elem, 2>(p, grid, stream);
-  return launch_pool_typed<Elem, 1>(p, grid, stream);
+  if (vec >= 2) return launch_pool_typed<Elem, 2>(p, tasks, stream);
+  return launch_pool_typed<Elem, 1>(p, tasks, stream);
 }
 
 template <int kRows, bool kMma>
@@ -131,17 +141,16 @@ void launch_pool_blocks(const PoolParams& p, DType dtype, std::uintptr_t stream)
   SPARGE_REQUIRE(p.k_ld >= p.k.num_blocks, "mask pooling: k_ld < Nk");
   const int64_t tasks = int64_t(p.batch) * p.group_heads * (int64_t(p.q.num_blocks) + p.k.num_blocks);
   SPARGE_REQUIRE(tasks <= 0x7fffffff, "mask pooling: too many blocks for one launch");
-  const dim3 grid(static_cast<unsigned>(tasks));
   const cudaStream_t s = as_stream(stream);
   switch (dtype) {
     case DType::kBFloat16:
-      dispatch_pool_width<Bf16Elem>(p, vector_width(p, 2), grid, s);
+      dispatch_pool_width<Bf16Elem>(p, vector_width(p, 2), tasks, s);
       break;
     case DType::kFloat16:
-      dispatch_pool_width<Fp16Elem>(p, vector_width(p, 2), grid, s);
+      dispatch_pool_width<Fp16Elem>(p, vector_width(p, 2), tasks, s);
       break;
     case DType::kFloat32:
-      dispatch_pool_width<Fp32Elem>(p, vector_width(p, 4), grid, s);
+      dispatch_pool_width<Fp32Elem>(p, vector_width(p, 4), tasks, s);
       break;
     default:
       throw std::invalid_argument("mask pooling: dtype must be float16, bfloat16 or float32");
@@ -202,7 +211,7 @@ void launch_transpose_mask(const TransposeParams& p, std::uintptr_t stream) {
     SPARGE_CUDA_CHECK(
         cudaFuncSetAttribute(transpose_mask_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
-  const dim3 grid(p.bits_ld, p.group_heads, p.batch);
+  const dim3 grid(p.bits_ld * (32 / kTransposeBits), p.group_heads, p.batch);
   transpose_mask_kernel<<<grid, kTransposeThreads, smem, as_stream(stream)>>>(p);
   SPARGE_CHECK_LAUNCH("transpose_mask_kernel");
 }

@@ -1,6 +1,7 @@
 // Kernel 3 of mask prediction: q_count / q_index (for each key block, the query blocks that keep it, ascending,
-// then -1) from the row bitmask written by the selection kernel. One CTA per (32-key word column, h, b) stages
-// that column's Nq words in shared memory; each warp then emits whole q_index rows with coalesced stores.
+// then -1) from the row bitmask written by the selection kernel. One CTA per (half of a 32-key word column, h, b)
+// stages that column's Nq words in shared memory; each warp then emits whole q_index rows with coalesced stores.
+// Half columns: twice the CTAs of whole ones, so that the 1.3B shape (192 whole columns) fills the GPU.
 #pragma once
 
 #include <cstdint>
@@ -11,12 +12,14 @@
 namespace sparge::mask {
 
 constexpr int kTransposeThreads = 256;
+constexpr int kTransposeBits = 16;  // key blocks (bits of a word column) per CTA
 
-// Grid: (ceil(Nk / 32), group heads, B). Shared memory: Nq words.
+// Grid: (ceil(Nk / 32) * 32 / kTransposeBits, group heads, B). Shared memory: Nq words.
 __global__ void __launch_bounds__(kTransposeThreads) transpose_mask_kernel(const TransposeParams p) {
   extern __shared__ uint32_t column[];
   const int nq = p.num_q_blocks, nk = p.num_k_blocks;
-  const int word = blockIdx.x;
+  const int word = blockIdx.x / (32 / kTransposeBits);
+  const int first_bit = blockIdx.x % (32 / kTransposeBits) * kTransposeBits;
   const int64_t bh = int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
@@ -25,7 +28,7 @@ __global__ void __launch_bounds__(kTransposeThreads) transpose_mask_kernel(const
   __syncthreads();
 
   const uint32_t below = lanes_below(lane);
-  for (int bit = warp; bit < 32; bit += kTransposeThreads / 32) {
+  for (int bit = first_bit + warp; bit < first_bit + kTransposeBits; bit += kTransposeThreads / 32) {
     const int j = word * 32 + bit;
     if (j >= nk) break;
     int32_t* index_row = p.q_index + (bh * nk + j) * nq;
