@@ -203,17 +203,15 @@ __device__ __forceinline__ void pool_block(const PoolParams& p, uint32_t task, u
   }
 }
 
-// Grid-stride over the block tasks, one warp each: the launcher sizes the grid to the CTAs that fit on the GPU
-// at once (no partial last wave; 1.3B has 2.2 waves of one-task warps), capped at one task per warp.
+// One warp per block task: grid = ceil(tasks / kPoolWarps) CTAs of kPoolThreads. (A grid-stride loop over
+// the CTAs resident at once was slower on the H200: mask_h200_2026-12-03.md.)
 template <typename Elem, int kVec, int kUnroll = kPoolUnroll>
 __global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolParams p) {
   // 32-bit task arithmetic (no 64-bit division call): the launcher keeps B·G·(Nq + Nk) <= INT32_MAX.
   const uint32_t q_tasks = uint32_t(p.batch) * p.group_heads * p.q.num_blocks;
   const uint32_t tasks = q_tasks + uint32_t(p.batch) * p.group_heads * p.k.num_blocks;
-  const uint32_t stride = gridDim.x * kPoolWarps;
-  for (uint32_t task = blockIdx.x * kPoolWarps + (threadIdx.x >> 5); task < tasks; task += stride) {
-    pool_block<Elem, kVec, kUnroll>(p, task, q_tasks, int(threadIdx.x & 31));  // warp-uniform task
-  }
+  const uint32_t task = blockIdx.x * kPoolWarps + (threadIdx.x >> 5);
+  if (task < tasks) pool_block<Elem, kVec, kUnroll>(p, task, q_tasks, int(threadIdx.x & 31));  // warp-uniform
 }
 
 }  // namespace sparge::mask

@@ -97,6 +97,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const Sel
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int q0 = blockIdx.x * kRows;
   const int64_t bh = int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y;
+  wait_for_previous_kernel();  // the pooled blocks
 
   // Pooled queries, transposed so one float4 broadcast gives 4 rows at one d; zero rows/columns pad.
   const float* q_src = p.q_pooled + bh * nq * head_dim;

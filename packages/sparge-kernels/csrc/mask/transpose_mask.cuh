@@ -23,6 +23,7 @@ __global__ void __launch_bounds__(kTransposeThreads) transpose_mask_kernel(const
   const int64_t bh = int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
+  wait_for_previous_kernel();  // the row bitmask
   const uint32_t* src = p.row_bits + bh * nq * p.bits_ld + word;
   for (int i = tid; i < nq; i += kTransposeThreads) column[i] = src[int64_t(i) * p.bits_ld];
   __syncthreads();

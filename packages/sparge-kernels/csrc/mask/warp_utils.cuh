@@ -20,6 +20,15 @@ __device__ __forceinline__ float warp_max(float x) {
   return x;
 }
 
+// Programmatic dependent launch (sm_90+): a kernel launched with launch_after_previous (mask_launch.cu) may
+// start while the previous kernel on its stream drains; it waits here until that kernel's writes are visible.
+// Elsewhere, or launched normally, this is a no-op.
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // Bit mask of the lanes below this one.
 __device__ __forceinline__ uint32_t lanes_below(int lane) { return (1u << lane) - 1u; }
 
