@@ -137,8 +137,6 @@ def bench_shape(name: str, iters: int) -> list[str]:
         "4 head groups, 16 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=16, tail_rows_per_cta=8),
         "4 head groups, 32 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=32, tail_rows_per_cta=8),
         "auto, bisection to the end (compact=False)": predict(compact=False),
-        "auto, tensor-core scores (scores=mma)": predict(scores="mma"),
-        "4 head groups, 8 rows/CTA, tensor-core scores": predict(head_groups=4, rows_per_cta=8, scores="mma"),
     }
     t_graph = {label: graph_ms(fn, iters) for label, fn in graph_variants.items()}
 
@@ -147,21 +145,16 @@ def bench_shape(name: str, iters: int) -> list[str]:
     t_pool_nhd = graph_ms(lambda: cuda_mask.pool(q_nhd, k_nhd, BLOCK_Q, BLOCK_K, ws), iters)
     cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws)
     t_select = {
-        (r, c, sc): graph_ms(
-            lambda r=r, c=c, sc=sc: cuda_mask.select(ws, nk, scale, kk, TOPP, out[0], out[1], r, c, sc), iters)
-        for r in (4, 8, 16, 32) for c, sc in ((True, "fma"), (False, "fma"), (True, "mma"))
+        (r, c): graph_ms(lambda r=r, c=c: cuda_mask.select(ws, nk, scale, kk, TOPP, out[0], out[1], r, c), iters)
+        for r in (4, 8, 16, 32) for c in (True, False)
     }
     t_transpose = graph_ms(lambda: cuda_mask.transpose(ws, nk, out[2], out[3]), iters)
 
     mine = cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale)
     ref = predict_block_mask_indices(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale)
-    def dense(indices: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return BlockMask(*indices, BLOCK_Q, BLOCK_K, length, length).to_dense()
-
-    dense_mine, dense_ref = dense(mine), dense(ref)
+    dense_mine = BlockMask(*mine, BLOCK_Q, BLOCK_K, length, length).to_dense()
+    dense_ref = BlockMask(*ref, BLOCK_Q, BLOCK_K, length, length).to_dense()
     agree = float((dense_mine == dense_ref).float().mean())
-    mma = cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, scores="mma")
-    agree_mma = float((dense(mma) == dense_ref).float().mean())
     density = float(dense_mine.float().mean())
 
     def row(label: str, ms: float, moved: float | None, speedup: bool = False) -> str:
@@ -172,8 +165,7 @@ def bench_shape(name: str, iters: int) -> list[str]:
     lines = [
         f"### {name}: Q, K ({b}, {h}, {length}, {d}) bf16 HND contiguous, Nq={nq}, Nk={nk}, topk={TOPK}, topp={TOPP}",
         "",
-        f"density {density:.4f}; decisions equal to the eager reference: {agree:.6f} (tensor-core scores: "
-        f"{agree_mma:.6f}); Q+K = {gbytes * 1e3:.1f} MB; "
+        f"density {density:.4f}; decisions equal to the eager reference: {agree:.6f}; Q+K = {gbytes * 1e3:.1f} MB; "
         f"auto = {auto_groups} head group(s). Graph rows: {iters} calls captured in one CUDA graph (GPU time).",
         "",
         "| what | ms | GB/s (Q+K once) | speedup vs eager reference |",
@@ -182,9 +174,8 @@ def bench_shape(name: str, iters: int) -> list[str]:
         *(row(f"sparge CUDA predict, {label}, graph", t, gbytes, True) for label, t in t_graph.items()),
         row("launch 1: pool Q and K (HND), graph", t_pool, gbytes),
         row("launch 1: pool Q and K (NHD), graph", t_pool_nhd, gbytes),
-        *(row(f"launch 2: scores + softmax + Top-k/Top-p, {r} rows/CTA{'' if c else ', compact=False'}"
-              f"{', tensor-core scores' if sc == 'mma' else ''}, graph", t, None)
-          for (r, c, sc), t in t_select.items()),
+        *(row(f"launch 2: scores + softmax + Top-k/Top-p, {r} rows/CTA{'' if c else ', compact=False'}, graph",
+              t, None) for (r, c), t in t_select.items()),
         row("launch 3: transpose -> q_count, q_index, graph", t_transpose, None),
         row("eager PyTorch reference (block_probabilities + select_hybrid + indices)", t_ref, gbytes, True),
         "",

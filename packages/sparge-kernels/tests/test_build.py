@@ -97,11 +97,11 @@ def test_every_entry_takes_tensors_and_rejects_bad_arguments_before_touching_a_d
     with pytest.raises(ValueError, match="q must have 4 dims"):
         c.mask_pool_blocks(q[0], q, 128, 64, pooled, pooled, 0)
     with pytest.raises(ValueError, match="kv_index must have 4 dims"):
-        c.mask_select_blocks(pooled, pooled, 0.125, 1, 0.0, 1, 0, kv_count, kv_count, pooled, 0, 0)
+        c.mask_select_blocks(pooled, pooled, 0.125, 1, 0.0, 1, kv_count, kv_count, pooled, 0, 0)
     with pytest.raises(ValueError, match="q_count must have 3 dims"):
         c.mask_transpose(pooled, kv_index, kv_index, 0)
     with pytest.raises(ValueError, match="q must have 4 dims"):
-        c.mask_predict(q[0], q, 128, 64, 0.125, 1, 0.0, 1, 0, pooled, pooled, pooled, kv_count, kv_index, kv_count,
+        c.mask_predict(q[0], q, 128, 64, 0.125, 1, 0.0, 1, pooled, pooled, pooled, kv_count, kv_index, kv_count,
                        kv_index, 1, 0, 0, 0)
 
 

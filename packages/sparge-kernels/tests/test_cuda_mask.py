@@ -1,8 +1,8 @@
 """CUDA mask prediction (csrc/mask, cuda_mask.py) against the float64 reference.
 
-The kernel pools in fp32, computes scores with fp32 FMAs (or 3xTF32 tensor-core MMAs, scores="mma") and softmax
-with fp32 `__expf`, and sums cumulative masses in fp32, so its selected set may legitimately differ from the exact
-(float64) rule only where the decision is within rounding:
+The kernel pools in fp32, computes scores with fp32 FMAs and softmax with fp32 `__expf`, and sums cumulative
+masses in fp32, so its selected set may legitimately differ from the exact (float64) rule only where the
+decision is within rounding:
   * Top-k: entries whose probability is within a relative 1e-4 (REL_TOL) of the k-th largest;
   * Top-p: entries whose exclusive cumulative mass (in sorted order, allowing reorderings of entries within
     REL_TOL of each other) is within MASS_TOL = 1.2e-4 of topp.
@@ -171,13 +171,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("scores", ["fma", "mma"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
-def test_mask_matches_float64_rule(case, scores):
-    """Both score paths (fp32 FMAs, 3xTF32 tensor cores) stay inside the rounding band of the float64 rule."""
+def test_mask_matches_float64_rule(case):
     b, h, lq, lk, d, bq, bk, layout, dtype, kind, topk, topp = case
     q, k = make_qk(b, h, lq, lk, d, kind=kind, dtype=dtype, layout=layout)
-    stats = check_prediction(q, k, topk, topp, bq, bk, scores=scores)
+    stats = check_prediction(q, k, topk, topp, bq, bk)
     print(case, stats)
 
 
@@ -212,14 +210,12 @@ def test_keep_all(topk, topp):
     ],
     ids=str,
 )
-@pytest.mark.parametrize("scores", ["fma", "mma"])
-def test_tuning_variants_agree(tuning, scores):
-    """Head groups (overlap on a side stream), CTA sizes and candidate gathering never change the result, with
-    either score path."""
+def test_tuning_variants_agree(tuning):
+    """Head groups (overlap on a side stream), CTA sizes and candidate gathering never change the result."""
     q, k = make_qk(2, 5, 3000, 5000, 128, seed=1, layout="NHD")
     scale = 128 ** -0.5
-    base = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, head_groups=1, rows_per_cta=16, scores=scores)
-    other = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, scores=scores, **tuning)
+    base = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, head_groups=1, rows_per_cta=16)
+    other = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, **tuning)
     for x, y in zip(base, other):
         assert torch.equal(x, y)
     check_semantics(q, k, check_encoding(*other), 0.03, 0.2, 128, 64, scale)
@@ -345,5 +341,3 @@ def test_bad_inputs():
     with pytest.warns(UserWarning, match="reference"):
         result = cuda_mask.predict(q.double(), k.double(), 0.03, 0.2, 128, 64, 0.1)
     check_encoding(*result)
-    with pytest.raises(ValueError, match="scores must be one of"):
-        cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 0.1, scores="tf32")

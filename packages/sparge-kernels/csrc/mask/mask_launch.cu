@@ -76,21 +76,15 @@ void dispatch_pool_width(const PoolParams& p, int vec, int64_t tasks, cudaStream
   return launch_pool_typed<Elem, 1>(p, tasks, stream);
 }
 
-template <int kRows, bool kMma>
-void launch_select_instance(const SelectParams& p, cudaStream_t stream) {
+template <int kRows>
+void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
   const size_t smem = select_smem_bytes<kRows>(p.head_dim, p.num_k_blocks);
   if (smem > 48 * 1024) {
-    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks_kernel<kRows, kMma>,
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks_kernel<kRows>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
   const dim3 grid((p.num_q_blocks + kRows - 1) / kRows, p.group_heads, p.batch);
-  launch_after_previous(select_blocks_kernel<kRows, kMma>, grid, kSelectThreads, smem, stream, p);
-}
-
-template <int kRows>
-void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
-  if (p.score_mma) return launch_select_instance<kRows, true>(p, stream);
-  launch_select_instance<kRows, false>(p, stream);
+  launch_after_previous(select_blocks_kernel<kRows>, grid, kSelectThreads, smem, stream, p);
 }
 
 // Query blocks per selection CTA: 16, or 8 when that leaves fewer than two CTAs per SM. Measured on an H100
@@ -179,7 +173,6 @@ void launch_select_blocks(const SelectParams& p, int rows_per_cta, std::uintptr_
   SPARGE_REQUIRE(p.topk_count > 0 || p.topp > 0.f, "mask selection: topk_count and topp both disable selection");
   SPARGE_REQUIRE(p.bits_ld == (p.num_k_blocks + 31) / 32, "mask selection: bits_ld must be ceil(Nk / 32)");
   SPARGE_REQUIRE(p.k_ld >= p.num_k_blocks, "mask selection: k_ld < Nk");
-  SPARGE_REQUIRE(p.score_mma == 0 || p.score_mma == 1, "mask selection: score_mma must be 0 or 1");
   check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
   const size_t limit = size_t(max_dynamic_smem());
   auto smem_for = [&](int rows) {

@@ -1,13 +1,12 @@
 // Kernel 2 of mask prediction: for kRows query blocks of one (b, h), the scaled scores against all Nk pooled
-// key blocks (fp32 FMA, or 3xTF32 tensor cores: scores_mma.cuh; into shared memory), then per row (one warp
-// each) the softmax and the hybrid Top-k ∪ Top-p selection (select_row.cuh), written straight to kv_count /
-// kv_index and a row bitmask that the transpose kernel turns into q_count / q_index.
+// key blocks (fp32 FMA, into shared memory), then per row (one warp each) the softmax and the hybrid
+// Top-k ∪ Top-p selection (select_row.cuh), written straight to kv_count / kv_index and a row bitmask that the
+// transpose kernel turns into q_count / q_index.
 #pragma once
 
 #include <cstdint>
 
 #include "mask/mask_params.h"
-#include "mask/scores_mma.cuh"
 #include "mask/select_row.cuh"
 
 namespace sparge::mask {
@@ -82,9 +81,8 @@ __device__ __forceinline__ void scores_fma(const float* q_t, const float* k_src,
 }
 
 // Grid: (ceil(Nq / kRows), group heads, B). Shared memory: pooled queries transposed [D][kRows], scores
-// [kRows][Nk], per-warp candidate scratch [warps][kCandidates]. kMma: scores on tensor cores (scores_mma.cuh)
-// instead of scores_fma (p.score_mma picks the instance).
-template <int kRows, bool kMma>
+// [kRows][Nk], per-warp candidate scratch [warps][kCandidates].
+template <int kRows>
 __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
   static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");
   extern __shared__ float4 smem_f4[];
@@ -109,11 +107,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const Sel
 
   // Scores [kRows][Nk], scaled.
   const float* k_src = p.k_pooled_t + bh * head_dim * p.k_ld;
-  if constexpr (kMma) {
-    scores_mma<kRows, kSelectWarps>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
-  } else {
-    scores_fma<kRows>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
-  }
+  scores_fma<kRows>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
   __syncthreads();
 
   // Selection: one warp per query block row.

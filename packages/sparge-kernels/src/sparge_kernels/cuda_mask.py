@@ -3,7 +3,6 @@
 Three kernels, launched by one call into the extension:
   1. pool      one pass over Q and K: block means in fp32 (q_pooled (B,H,Nq,D), k_pooled_t (B,H,D,Nk))
   2. select    per query block: scores · scale, softmax, hybrid Top-k ∪ Top-p -> kv_count, kv_index, row bitmask
-               (scores by fp32 FMAs, or with scores="mma" by 3xTF32 tensor-core MMAs: csrc/mask/scores_mma.cuh)
   3. transpose q_count, q_index from the row bitmask
 With head_groups > 1 the heads are processed in groups: pooling of group g+1 (memory-bound, caller's stream)
 overlaps selection of group g (compute-bound, a high-priority side stream joined back before returning).
@@ -28,13 +27,6 @@ __all__ = ["predict", "MaskWorkspace"]
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
-SCORE_PATHS = ("fma", "mma")  # fp32 FMA loop; 3xTF32 tensor cores (not yet measured: "fma" stays the default)
-
-
-def _score_mma(scores: str) -> int:
-    if scores not in SCORE_PATHS:
-        raise ValueError(f"scores must be one of {SCORE_PATHS}, got {scores!r}")
-    return int(scores == "mma")
 
 
 @dataclass
@@ -65,13 +57,13 @@ def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskW
 
 def select(
     ws: MaskWorkspace, nk: int, scale: float, kk: int, topp: float, kv_count: torch.Tensor, kv_index: torch.Tensor,
-    rows_per_cta: int = 0, compact: bool = True, scores: str = "fma",
+    rows_per_cta: int = 0, compact: bool = True,
 ) -> None:
     """Launch 2: scores, softmax and Top-k ∪ Top-p per query block into kv_count / kv_index / ws.row_bits."""
     _check_blocks("kv_index", kv_index, nk)
     _C.mask_select_blocks(
-        ws.q_pooled, ws.k_pooled_t, float(scale), int(kk), float(topp), int(compact), _score_mma(scores), kv_count,
-        kv_index, ws.row_bits, int(rows_per_cta), current_stream(ws.q_pooled.device),
+        ws.q_pooled, ws.k_pooled_t, float(scale), int(kk), float(topp), int(compact), kv_count, kv_index,
+        ws.row_bits, int(rows_per_cta), current_stream(ws.q_pooled.device),
     )
 
 
@@ -123,7 +115,6 @@ def predict(
     rows_per_cta: int = 0,
     tail_rows_per_cta: int = 8,
     compact: bool = True,
-    scores: str = "fma",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
@@ -133,10 +124,7 @@ def predict(
     8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group (0: as
     rows_per_cta), and
     `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end).
-    `scores` picks how the pooled scores are computed: "fma" (fp32 FMAs) or "mma" (3xTF32 tensor cores, ~fp32
-    accuracy); the two may differ within the selection's rounding band.
     """
-    score_mma = _score_mma(scores)
     b, h, lq, d = q.shape
     lk = k.shape[2]
     nq, nk = num_blocks(lq, block_q), num_blocks(lk, block_k)
@@ -176,7 +164,7 @@ def predict(
     with torch.cuda.device(device):
         ws = MaskWorkspace.allocate(b, h, nq, nk, d, device)
         _C.mask_predict(
-            q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact), score_mma,
+            q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
             ws.q_pooled, ws.k_pooled_t, ws.row_bits, kv_count, kv_index, q_count, q_index,
             int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), current_stream(device),
         )
