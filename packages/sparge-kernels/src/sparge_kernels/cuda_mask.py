@@ -1,9 +1,12 @@
 """Torch glue of the CUDA mask prediction (csrc/mask): the `predict` entry point of the CUDA backend.
 
 Three kernels, launched by one call into the extension:
-  1. pool      one pass over Q and K: block means in fp32 (q_pooled (B,H,Nq,D), k_pooled_t (B,H,D,Nk))
+  1. pool      one pass over Q and K, one warp per block: block means in fp32 (q_pooled (B,H,Nq,D), k_pooled_t
+               (B,H,D,Nk))
   2. select    per query block: scores · scale, softmax, hybrid Top-k ∪ Top-p -> kv_count, kv_index, row bitmask
   3. transpose q_count, q_index from the row bitmask
+On sm_90 GPUs kernels 2 and 3 are launched with programmatic dependent launch: each is scheduled while the one
+before it drains and waits on the device for its results (hides the launch gaps; same results).
 With head_groups > 1 the heads are processed in groups: pooling of group g+1 (memory-bound, caller's stream)
 overlaps selection of group g (compute-bound, a high-priority side stream joined back before returning).
 Selection rule (select_row.cuh): exactly the reference's, with fp32 cumulative masses; exact float ties of the
