@@ -17,7 +17,7 @@ namespace sparge::mask {
 
 constexpr int kPoolThreads = 256;
 constexpr int kPoolWarps = kPoolThreads / 32;
-constexpr int kPoolUnroll = 4;  // loads in flight per lane (4 beat 8 and 16 on the H200: mask_h200_2026-12-03.md)
+constexpr int kPoolUnroll = 4;  // loads in flight per lane (4 beat 8 and 16: mask_pool_pdl_h200_2026-12-03.md)
 
 // Element types: raw storage and the conversion to fp32.
 struct Bf16Elem {
@@ -204,7 +204,7 @@ __device__ __forceinline__ void pool_block(const PoolParams& p, uint32_t task, u
 }
 
 // One warp per block task: grid = ceil(tasks / kPoolWarps) CTAs of kPoolThreads. (A grid-stride loop over
-// the CTAs resident at once was slower on the H200: mask_h200_2026-12-03.md.)
+// the CTAs resident at once was slower on the H200: mask_pool_pdl_h200_2026-12-03.md.)
 template <typename Elem, int kVec, int kUnroll = kPoolUnroll>
 __global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolParams p) {
   // 32-bit task arithmetic (no 64-bit division call): the launcher keeps B·G·(Nq + Nk) <= INT32_MAX.
