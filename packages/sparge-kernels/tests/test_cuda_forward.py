@@ -26,13 +26,14 @@ REL_BUDGET = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 LSE_BUDGET = 1e-3
 
 
-@pytest.fixture(autouse=True, params=["sm80", "sm90"])
+@pytest.fixture(autouse=True, params=["sm80", "sm90", "sm90-persistent"])
 def kernel_path(request, monkeypatch):
     """Every test runs on both kernels: the portable mma.sync one and the Hopper wgmma/TMA one (which skips
-    where the GPU or build has no sm_90 kernel)."""
+    where the GPU or build has no sm_90 kernel), the latter with both tile schedules. Yields the forward path."""
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
-    with sk.kernel_options(forward_path=request.param, debug_fill=float("nan")):
-        yield request.param
+    path, _, schedule = request.param.partition("-")
+    with sk.kernel_options(forward_path=path, forward_schedule=schedule or "tile", debug_fill=float("nan")):
+        yield path
 
 
 def make_qkv(b, h, lq, lk, d, dtype, layout="HND", seed=0, scale_v=1.0):
@@ -331,3 +332,25 @@ def test_cuda_graph_capture_of_sparge_attention():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, expected)
+
+
+def test_persistent_schedule_equals_tile_schedule(kernel_path):
+    """The Hopper kernel's persistent schedule (one CTA per SM, query blocks from an atomic counter, the next
+    block's loads overlapping the current one) gives the one-CTA-per-block schedule's out and lse bitwise: more
+    blocks than SMs, kept counts from 0 to most of the row, tails on both sides, fewer blocks than SMs."""
+    if kernel_path != "sm90" or sk.current_kernel_options().forward_schedule == "persistent":
+        pytest.skip("compares the Hopper kernel's two schedules once")
+    for b, h, lq, lk in ((2, 6, 20000 + 37, 9000 + 5), (1, 1, 300, 1000)):
+        q, k, v = make_qkv(b, h, lq, lk, 128, torch.bfloat16, seed=21)
+        g = torch.Generator(device="cuda").manual_seed(22)
+        nq, nk = num_blocks(lq, 128), num_blocks(lk, 64)
+        row_density = torch.rand(b, h, nq, 1, generator=g, device="cuda") ** 2  # many sparse rows, some dense
+        dense = torch.rand(b, h, nq, nk, generator=g, device="cuda") < row_density
+        mask = BlockMask.from_dense(dense, seq_len_q=lq, seq_len_k=lk)
+        results = {}
+        for schedule in ("tile", "persistent"):
+            with sk.kernel_options(forward_schedule=schedule):
+                results[schedule] = sk.block_sparse_attention(q, k, v, mask, return_lse=True)
+        for tile_result, persistent_result in zip(results["tile"], results["persistent"]):
+            assert torch.equal(tile_result, persistent_result)
+        check_against_reference(q, k, v, mask)

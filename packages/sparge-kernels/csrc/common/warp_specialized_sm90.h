@@ -32,9 +32,10 @@ __device__ __forceinline__ void arm_tile_barrier(uint64_t* barrier, uint32_t tra
   cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(barrier, transaction_bytes);
 }
 
-// A consumer: waits until the once-per-tile loads have landed (the barrier's first and only phase).
-__device__ __forceinline__ void wait_tile_barrier(uint64_t* barrier) {
-  cutlass::arch::ClusterTransactionBarrier::wait(barrier, 0);
+// A consumer: waits until the once-per-tile loads have landed: the barrier's phase `phase` (0 for a CTA that
+// loads one tile; a persistent CTA alternates 0, 1, ... per loaded tile).
+__device__ __forceinline__ void wait_tile_barrier(uint64_t* barrier, int phase = 0) {
+  cutlass::arch::ClusterTransactionBarrier::wait(barrier, phase);
 }
 
 // Parameters of a TMA-fed pipeline ring (`Traits::Pipeline`, a cutlass::PipelineTmaAsync): warpgroup 0 produces
@@ -51,8 +52,13 @@ __device__ __forceinline__ typename Traits::Pipeline::Params tma_pipeline_params
   return params;
 }
 
-// The role split (setmaxnreg): the producer warpgroup, which only issues TMA loads, gives registers back ...
-__device__ __forceinline__ void enter_producer_role() { cutlass::arch::warpgroup_reg_dealloc<24>(); }
+// The role split (setmaxnreg): the producer warpgroup, which only issues TMA loads, gives registers back (24;
+// the persistent forward's producer also schedules tiles and keeps 32: 32 + 2 x 240 fill the 512 per thread
+// slot of a 384-thread CTA) ...
+template <int kProducerRegisters = 24>
+__device__ __forceinline__ void enter_producer_role() {
+  cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
+}
 
 // ... and the consumer warpgroups take them; returns the thread's index among the consumers, [0, kNumMmaThreads).
 __device__ __forceinline__ int enter_consumer_role() {

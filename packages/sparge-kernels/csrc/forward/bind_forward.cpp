@@ -25,10 +25,12 @@ using sparge::TensorArg;
 
 void attention_forward(TensorArg const& q, TensorArg const& k, TensorArg const& v, TensorArg const& out,
                        TensorArg const& lse, TensorArg const& kv_count, TensorArg const& kv_index, int block_q,
-                       int block_k, double scale, uintptr_t stream, std::string const& path) {
+                       int block_k, double scale, uintptr_t stream, std::string const& path,
+                       uintptr_t tile_counter) {
   sparge::FwdParams p{};
   sparge::set_attention_params(p, "sparge attention_forward", q, k, v, out, lse, kv_count, kv_index, block_q,
                                block_k, scale);
+  p.tile_counter = reinterpret_cast<int*>(tile_counter);
   sparge::fwd::dispatch_attention_forward(p, q.dtype, sparge::parse_kernel_path(path, ""),
                                           reinterpret_cast<cudaStream_t>(stream));
 }
@@ -37,10 +39,12 @@ void attention_forward(TensorArg const& q, TensorArg const& k, TensorArg const& 
 
 void bind_attention_forward(nb::module_& m) {
   m.def("attention_forward", &attention_forward, "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a, "kv_count"_a, "kv_index"_a,
-        "block_q"_a, "block_k"_a, "scale"_a, "stream"_a, "path"_a = "auto",
+        "block_q"_a, "block_k"_a, "scale"_a, "stream"_a, "path"_a = "auto", "tile_counter"_a = 0,
         "Block-sparse attention forward over (B, H, L, D) strided device tensors (bf16/fp16; sizes and dtype are "
         "read from q and k). Writes out (q's dtype) and lse (float32, contiguous (B, H, Lq)); kv_count (B, H, Nq) "
         "and kv_index (B, H, Nq, Nk) are contiguous int32. Asynchronous on `stream` (a cudaStream_t as an "
         "integer). `path`: 'auto' (Hopper wgmma/TMA kernel on sm_90 when built for 90a, else the portable one), "
-        "'sm80' or 'sm90'.");
+        "'sm80' or 'sm90'. `tile_counter`: 0, or the device address of one int32 that the Hopper kernel may "
+        "use as its persistent schedule's tile counter (KernelOptions.forward_schedule='persistent'; zeroed on "
+        "`stream` before the launch; the portable kernel ignores it).");
 }

@@ -39,7 +39,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   if (warp_group == 0) {
     enter_producer_role();
-    if (threadIdx.x == 0 && walk.trip_count() > 0) Mainloop::load(kp, tile, ss, pipeline_k, pipeline_v, walk);
+    if (threadIdx.x == 0 && walk.trip_count() > 0) {
+      auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
+      Mainloop::load(kp, tile, ss, pipeline_k, pipeline_v, walk, write);
+    }
   } else {
     const int thread_idx = enter_consumer_role();
     typename Traits::TiledMmaPV mma_pv;
@@ -47,7 +50,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     clear(acc_o);
     constexpr int kRowsPerThread = decltype(size<0>(accumulator_as_rowcol(acc_o.layout())))::value;
     OnlineSoftmax<kRowsPerThread> softmax(p.scale_log2);
-    Mainloop::mma(p, ss, pipeline_k, pipeline_v, walk, acc_o, softmax, thread_idx);
+    typename Pipeline::PipelineState read;
+    Mainloop::mma(p, ss, pipeline_k, pipeline_v, walk, acc_o, softmax, thread_idx, read);
     Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
     auto lse = softmax.finalize(acc_o_rowcol, p.scale);
     EpilogueFwdSm90<Traits>::store(p, tile, acc_o, lse, thread_idx);

@@ -2,7 +2,8 @@
 // kept K/V blocks kv_index[b, h, i, :kv_count], two per smem stage (kept blocks 2s and 2s + 1 in the stage's key
 // rows [0, 64) and [64, 128)), into a ring of stages (mbarrier pipeline); the two consumer warpgroups run
 // S = Q·Kᵀ over the stage's 128 keys (wgmma, both operands in smem), the online softmax, and O += P·V (wgmma,
-// P from registers), releasing each stage as soon as its operand has been read.
+// P from registers), releasing each stage as soon as its operand has been read. Both sides take their ring
+// position by reference: a persistent CTA (kernel_fwd_persistent_sm90.h) carries it from tile to tile.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -30,9 +31,11 @@ struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
   using Pipeline = typename Traits::Pipeline;
   using SharedStorage = typename Traits::SharedStorage;
 
-  // Run by one thread of the producer warpgroup.
+  // Run by one thread of the producer warpgroup; `write` is the ring position of the tile's first stage (advanced
+  // past its last).
   __device__ static void load(KernelParamsSm90<Traits> const& kp, WorkTile const& tile, SharedStorage& ss,
-                              Pipeline& pipeline_k, Pipeline& pipeline_v, BlockSparseWalk<kBlockN> const& walk) {
+                              Pipeline& pipeline_k, Pipeline& pipeline_v, BlockSparseWalk<kBlockN> const& walk,
+                              typename Pipeline::PipelineState& write) {
     Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q);
     Tensor mK = kp.tma_k.get_tma_tensor(kp.shape_k);
     Tensor mV = kp.tma_v.get_tma_tensor(kp.shape_k);
@@ -50,7 +53,6 @@ struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
     // Rows past Lq / Lk are out of the TMA box's tensor bounds: the copy engine zero-fills them.
     arm_tile_barrier(&ss.barrier_q, Traits::kTmaBytesQ);
     copy(kp.tma_q.with(ss.barrier_q), tQgQ, tQsQ);
-    auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
     const int kv_count = walk.trip_count();  // a local bound: the loop keeps its former (not unrolled) shape
     for (int slot = 0; slot < kv_count; slot += Traits::kBlocksPerStage) {
       // An odd count's last stage loads its block into both halves: the stage's transaction bytes stay fixed,
@@ -70,11 +72,14 @@ struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
     }
   }
 
-  // Run by the consumer warpgroups; thread_idx in [0, kNumMmaThreads).
-  template <class AccO, class Softmax>
+  // Run by the consumer warpgroups; thread_idx in [0, kNumMmaThreads). `read`: the ring position of the tile's
+  // first stage (advanced past its last); q_phase: the phase of barrier_q that brings this tile's Q.
+  // kSignalQFree: every thread arrives on barrier_q_free once its last Q·Kᵀ of the tile has completed.
+  template <bool kSignalQFree = false, class AccO, class Softmax>
   __device__ static void mma(FwdParams const& p, SharedStorage& ss, Pipeline& pipeline_k,
                              Pipeline& pipeline_v, BlockSparseWalk<kBlockN> const& walk, AccO& acc_o,
-                             Softmax& softmax, int thread_idx) {
+                             Softmax& softmax, int thread_idx, typename Pipeline::PipelineState& read,
+                             int q_phase = 0) {
     typename Traits::TiledMmaQK mma_qk;
     typename Traits::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(thread_idx);
@@ -89,13 +94,15 @@ struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
     Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
 
     const int kv_count = walk.trip_count();
-    if (kv_count > 0) wait_tile_barrier(&ss.barrier_q);
-    typename Pipeline::PipelineState read;
+    if (kv_count > 0) wait_tile_barrier(&ss.barrier_q, q_phase);
     for (int slot = 0; slot < kv_count; slot += Traits::kBlocksPerStage) {
       Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<Traits::kStageKeys>>{});
       pipeline_k.consumer_wait(read);
       wgmma_gemm</*kZeroInit=*/true>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), acc_s);
       pipeline_k.consumer_release(read);
+      if constexpr (kSignalQFree) {
+        if (slot + Traits::kBlocksPerStage >= kv_count) cutlass::arch::ClusterBarrier::arrive(&ss.barrier_q_free);
+      }
 
       const int valid_b = slot + 1 < kv_count ? walk.valid(slot + 1) : 0;  // 0: the second half is a repeat
       Tensor probs =
