@@ -9,8 +9,8 @@
 #   tests      the forward GPU tests on both paths (test_cuda_forward.py: tails, strides, empty rows, kv_count 1
 #              to 5 with the tail block in either half of a stage, Lk < 64, dense, poisoned outputs vs the float64
 #              reference) and test_cuda_training.py -> gpu_forward_tests_fwd-pair.log
-#   sanitize   compute-sanitizer memcheck, racecheck and synccheck of tools/smoke_forward.py sm90 --edge-cases
-#              -> sanitizer_forward_fwd-pair_{memcheck,racecheck,synccheck}.log
+#   sanitize   compute-sanitizer memcheck, racecheck and synccheck of tools/smoke_forward.py sm90 --edge-cases,
+#              both tile schedules -> sanitizer_forward_fwd-pair_{tile,persistent}_{memcheck,racecheck,synccheck}.log
 #   bench      tools/bench_attention.py --shapes 1.3b --densities 1,0.05 (dense cuDNN and flash, Flex, sparge sm90
 #              and the portable kernel) -> bench_attention_fwd-pair_1p3b.md (+ .log)
 #   bench-14b  the same for the 14b shape -> bench_attention_fwd_14b.md (+ .log)
@@ -36,9 +36,12 @@ for step in $steps; do
         packages/sparge-kernels/tests/test_cuda_forward.py packages/sparge-kernels/tests/test_cuda_training.py \
         2>&1 | tee "$OUT/gpu_forward_tests_$variant.log" || rc=1 ;;
     sanitize)
-      for tool in memcheck racecheck synccheck; do
-        timeout "$(left 100)" compute-sanitizer --tool $tool --error-exitcode 1 \
-          python3 tools/smoke_forward.py sm90 --edge-cases 2>&1 | tee "$OUT/sanitizer_forward_${variant}_$tool.log" || rc=1
+      for schedule in tile persistent; do
+        for tool in memcheck racecheck synccheck; do
+          timeout "$(left 100)" compute-sanitizer --tool $tool --error-exitcode 1 \
+            python3 tools/smoke_forward.py sm90 --edge-cases --schedule $schedule 2>&1 \
+            | tee "$OUT/sanitizer_forward_${variant}_${schedule}_$tool.log" || rc=1
+        done
       done ;;
     bench|bench-14b)
       shape=1.3b; name=1p3b; [ "$step" = bench-14b ] && { shape=14b; name=14b; }
@@ -48,4 +51,5 @@ for step in $steps; do
   esac
   step_done "$step" $rc $t0
 done
+(cd "$OUT" && tar czf "fwd_logs_$variant.tgz" --remove-files ./*.log 2>/dev/null)  # at most 8 files come back
 exit $status
