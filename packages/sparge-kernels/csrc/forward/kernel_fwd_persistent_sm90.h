@@ -24,6 +24,10 @@ namespace sparge::fwd {
 
 using namespace cute;
 
+// The mailbox is read and written with ordinary shared-memory accesses, and CUTLASS's mbarrier asm declares no
+// memory effects: this keeps the compiler from moving them across the arrive / wait.
+__device__ __forceinline__ void compiler_fence() { asm volatile("" ::: "memory"); }
+
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     attention_forward_sm90_persistent_kernel(__grid_constant__ const KernelParamsSm90<Traits> kp) {
@@ -72,7 +76,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         // Mailbox slot i % 2; its previous content (tile i - 2) must have been read.
         const int slot = i & 1;
         if (i >= 2) Barrier::wait(&ss.tile_empty[slot], ((i >> 1) & 1) ^ 1);
+        compiler_fence();
         ss.next_tile[slot] = next;
+        compiler_fence();
         Barrier::arrive(&ss.tile_full[slot]);
         tile_id = next;
       }
@@ -97,7 +103,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       EpilogueFwdSm90<Traits>::store(p, tile, acc_o, lse, thread_idx);
       const int slot = i & 1;
       Barrier::wait(&ss.tile_full[slot], (i >> 1) & 1);
+      compiler_fence();
       tile_id = ss.next_tile[slot];
+      compiler_fence();
       Barrier::arrive(&ss.tile_empty[slot]);
     }
   }
