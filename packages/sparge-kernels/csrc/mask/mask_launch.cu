@@ -214,7 +214,6 @@ void launch_pool_blocks(const PoolParams& p, DType dtype, std::uintptr_t stream)
   SPARGE_CHECK_LAUNCH("pool_blocks_kernel");
 }
 
-
 void launch_select_blocks(const SelectParams& p, int rows_per_cta, std::uintptr_t stream) {
   SPARGE_REQUIRE(p.head_dim > 0 && p.head_dim <= kMaxHeadDim,
                  "mask selection: head dim must be in [1, " + std::to_string(kMaxHeadDim) + "]");

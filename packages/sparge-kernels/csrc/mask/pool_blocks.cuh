@@ -204,8 +204,8 @@ __device__ __forceinline__ void pool_block(const PoolParams& p, uint32_t task, u
 }
 
 // One warp per block task from p.first_task on: grid = ceil((tasks - first_task) / kPoolWarps) CTAs of
-// kPoolThreads. (A grid-stride loop over
-// the CTAs resident at once was slower on the H200: mask_pool_pdl_h200_2026-12-03.md.)
+// kPoolThreads. (A grid-stride loop over the CTAs resident at once was slower on the H200:
+// mask_pool_pdl_h200_2026-12-03.md.)
 template <typename Elem, int kVec, int kUnroll = kPoolUnroll>
 __global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
