@@ -32,7 +32,7 @@ for step in $steps; do
       [ $rc = 0 ] && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 \
         | tee "$OUT/gpu_$variant.txt" ;;
     tests)
-      timeout "$(left 240)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
+      timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
         packages/sparge-kernels/tests/test_cuda_forward.py packages/sparge-kernels/tests/test_cuda_training.py \
         2>&1 | tee "$OUT/gpu_forward_tests_$variant.log" || rc=1 ;;
     sanitize)
