@@ -14,6 +14,8 @@
 #   bench      tools/bench_attention.py --shapes 1.3b --densities 1,0.05 (dense cuDNN and flash, Flex, sparge sm90
 #              and the portable kernel) -> bench_attention_fwd-pair_1p3b.md (+ .log)
 #   bench-14b  the same for the 14b shape -> bench_attention_fwd_14b.md (+ .log)
+# Knobs: FWD_TESTS_K (a pytest -k expression for the tests step), FWD_SCHEDULES (the sanitize step's schedules,
+# default "tile persistent").
 # A step is cut off by `timeout` at min(its cap, what is left of FWD_BUDGET_S, default 560 s from the start), so one
 # 600 s call returns with whatever finished; status_fwd-pair.txt lists each step's exit code and time.
 set -o pipefail
@@ -32,11 +34,11 @@ for step in $steps; do
       [ $rc = 0 ] && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 \
         | tee "$OUT/gpu_$variant.txt" ;;
     tests)
-      timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
+      timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs ${FWD_TESTS_K:+-k "$FWD_TESTS_K"} \
         packages/sparge-kernels/tests/test_cuda_forward.py packages/sparge-kernels/tests/test_cuda_training.py \
         2>&1 | tee "$OUT/gpu_forward_tests_$variant.log" || rc=1 ;;
     sanitize)
-      for schedule in tile persistent; do
+      for schedule in ${FWD_SCHEDULES:-tile persistent}; do
         for tool in memcheck racecheck synccheck; do
           timeout "$(left 100)" compute-sanitizer --tool $tool --error-exitcode 1 \
             python3 tools/smoke_forward.py sm90 --edge-cases --schedule $schedule 2>&1 \

@@ -52,12 +52,11 @@ __device__ __forceinline__ typename Traits::Pipeline::Params tma_pipeline_params
   return params;
 }
 
-// The role split (setmaxnreg): the producer warpgroup, which only issues TMA loads, gives registers back (24;
-// the persistent forward's producer also schedules tiles and keeps 32: 32 + 2 x 240 fill the 512 per thread
-// slot of a 384-thread CTA) ...
-template <int kProducerRegisters = 24>
+// The role split (setmaxnreg): the producer warpgroup, which only issues TMA loads, gives registers back and the
+// consumers take them. 24 + 2 x 240 = 3 x 168, exactly what a 384-thread CTA holds from launch
+// (__launch_bounds__(384, 1)): setmaxnreg.inc cannot take more than the CTA gave back, and waits forever if asked.
 __device__ __forceinline__ void enter_producer_role() {
-  cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
+  cutlass::arch::warpgroup_reg_dealloc<24>();
 }
 
 // ... and the consumer warpgroups take them; returns the thread's index among the consumers, [0, kNumMmaThreads).

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   };
 
   if (warp_group == 0) {
-    enter_producer_role<32>();
+    enter_producer_role();
     if (threadIdx.x == 0) {
       auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
       int q_loads = 0;                                                // tiles whose Q this CTA has loaded
