@@ -137,10 +137,6 @@ def bench_shape(name: str, iters: int) -> list[str]:
         "4 head groups, 16 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=16, tail_rows_per_cta=8),
         "4 head groups, 32 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=32, tail_rows_per_cta=8),
         "auto, bisection to the end (compact=False)": predict(compact=False),
-        "auto, query pooling inside the selection (fuse_q_pool)": predict(fuse_q_pool=True),
-        "1 head group, 16 rows/CTA, fuse_q_pool": predict(head_groups=1, rows_per_cta=16, fuse_q_pool=True),
-        "1 head group, 8 rows/CTA, fuse_q_pool": predict(head_groups=1, rows_per_cta=8, fuse_q_pool=True),
-        "2 head groups, fuse_q_pool": predict(head_groups=2, fuse_q_pool=True),
     }
     t_graph = {label: graph_ms(fn, iters) for label, fn in graph_variants.items()}
 

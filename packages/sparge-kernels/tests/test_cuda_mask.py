@@ -207,16 +207,11 @@ def test_keep_all(topk, topp):
         {"head_groups": 2, "rows_per_cta": 16, "tail_rows_per_cta": 8},
         {"head_groups": 3, "rows_per_cta": 0, "tail_rows_per_cta": 4},
         {"head_groups": 5, "rows_per_cta": 8, "tail_rows_per_cta": 0},
-        {"head_groups": 1, "rows_per_cta": 16, "fuse_q_pool": True},
-        {"head_groups": 1, "rows_per_cta": 8, "fuse_q_pool": True},
-        {"head_groups": 1, "rows_per_cta": 32, "fuse_q_pool": True},  # not fusable: pooled by kernel 1
-        {"head_groups": 3, "rows_per_cta": 16, "tail_rows_per_cta": 8, "fuse_q_pool": True},
     ],
     ids=str,
 )
 def test_tuning_variants_agree(tuning):
-    """Head groups (overlap on a side stream), CTA sizes, candidate gathering and query pooling inside the
-    selection CTAs never change the result."""
+    """Head groups (overlap on a side stream), CTA sizes and candidate gathering never change the result."""
     q, k = make_qk(2, 5, 3000, 5000, 128, seed=1, layout="NHD")
     scale = 128 ** -0.5
     base = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, head_groups=1, rows_per_cta=16)
@@ -224,18 +219,6 @@ def test_tuning_variants_agree(tuning):
     for x, y in zip(base, other):
         assert torch.equal(x, y)
     check_semantics(q, k, check_encoding(*other), 0.03, 0.2, 128, 64, scale)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_fused_query_pooling_other_dtypes(dtype):
-    """Query pooling inside the selection CTAs (fp16 and fp32 instances; bf16 in test_tuning_variants_agree) gives
-    the two-launch result bitwise, with tails on both sides."""
-    q, k = make_qk(1, 3, 2000 + 77, 3000 + 5, 64, seed=4, dtype=dtype)
-    scale = 64 ** -0.5
-    base = run_kernel(q, k, 0.05, 0.3, 128, 64, scale, head_groups=1, rows_per_cta=8)
-    fused = run_kernel(q, k, 0.05, 0.3, 128, 64, scale, head_groups=1, rows_per_cta=8, fuse_q_pool=True)
-    for x, y in zip(base, fused):
-        assert torch.equal(x, y)
 
 
 def test_side_stream_output_is_ordered_on_the_callers_stream():
@@ -336,7 +319,6 @@ def test_misaligned_views_use_narrow_loads(dtype):
     base_k = torch.randn(1, 2, 900, 129, generator=gen, device="cuda").to(dtype)
     q, k = base_q[..., 1:], base_k[..., 1:]  # D=128, stride_l=129, pointer off by one element
     check_prediction(q, k, 0.05, 0.3)
-    check_prediction(q, k, 0.05, 0.3, fuse_q_pool=True)  # narrow loads: kernel 1 pools the queries too
 
 
 def test_public_api_uses_the_kernel():

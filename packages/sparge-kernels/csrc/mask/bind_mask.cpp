@@ -113,19 +113,18 @@ void bind_mask_prediction(nb::module_& m) {
       [](TensorArg const& q, TensorArg const& k, int block_q, int block_k, float scale, int topk_count, float topp,
          int compact, TensorArg const& q_pooled, TensorArg const& k_pooled_t, TensorArg const& row_bits,
          TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count, TensorArg const& q_index,
-         int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream, int fuse_q_pool) {
+         int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream) {
         sparge::mask::launch_predict(
             pool_params(q, k, block_q, block_k, q_pooled, k_pooled_t),
             select_params(q_pooled, k_pooled_t, scale, topk_count, topp, compact, kv_count, kv_index, row_bits),
             transpose_params(row_bits, q_count, q_index), q.dtype, head_groups, rows_per_cta, tail_rows_per_cta,
-            fuse_q_pool != 0, stream);
+            stream);
       },
       "q"_a, "k"_a, "block_q"_a, "block_k"_a, "scale"_a, "topk_count"_a, "topp"_a, "compact"_a, "q_pooled"_a,
       "k_pooled_t"_a, "row_bits"_a, "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "head_groups"_a,
-      "rows_per_cta"_a, "tail_rows_per_cta"_a, "stream"_a, "fuse_q_pool"_a = 0,
+      "rows_per_cta"_a, "tail_rows_per_cta"_a, "stream"_a,
       "Whole mask prediction: pool, select, transpose; head_groups > 1 overlaps selection with pooling on a "
-      "high-priority side stream; fuse_q_pool = 1 lets the selection CTAs pool their own query blocks. q, k: "
-      "float16, bfloat16 or float32 (B, H, L, D) with unit stride along D.");
+      "high-priority side stream. q, k: float16, bfloat16 or float32 (B, H, L, D) with unit stride along D.");
 
   m.def(
       "mask_pool_blocks",

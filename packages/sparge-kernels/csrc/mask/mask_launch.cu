@@ -61,8 +61,7 @@ void launch_after_previous(void (*kernel)(Params), dim3 grid, int block, size_t 
 
 template <typename Elem, int kVec>
 void launch_pool_typed(const PoolParams& p, int64_t tasks, cudaStream_t stream) {
-  const int64_t todo = tasks - p.first_task;
-  const dim3 grid(static_cast<unsigned>((todo + kPoolWarps - 1) / kPoolWarps));  // one warp per block task
+  const dim3 grid(static_cast<unsigned>((tasks + kPoolWarps - 1) / kPoolWarps));  // one warp per block task
   pool_blocks_kernel<Elem, kVec><<<grid, kPoolThreads, 0, stream>>>(p);
 }
 
@@ -77,38 +76,15 @@ void dispatch_pool_width(const PoolParams& p, int vec, int64_t tasks, cudaStream
   return launch_pool_typed<Elem, 1>(p, tasks, stream);
 }
 
-template <int kRows, class QPool>
-void launch_select_instance(const SelectParams& p, cudaStream_t stream) {
+template <int kRows>
+void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
   const size_t smem = select_smem_bytes<kRows>(p.head_dim, p.num_k_blocks);
   if (smem > 48 * 1024) {
-    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks_kernel<kRows, QPool>,
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks_kernel<kRows>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
   const dim3 grid((p.num_q_blocks + kRows - 1) / kRows, p.group_heads, p.batch);
-  launch_after_previous(select_blocks_kernel<kRows, QPool>, grid, kSelectThreads, smem, stream, p);
-}
-
-// Query pooling fused into the selection: only for the CTA sizes the defaults use (8 and 16 query blocks) and
-// 16-byte loads (launch_predict checks both before it pools only the key blocks).
-constexpr bool fusable_rows(int rows) { return rows == 8 || rows == 16; }
-
-template <int kRows>
-void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
-  if constexpr (fusable_rows(kRows)) {
-    if (p.fuse_q_pool) {
-      switch (p.pool_dtype) {
-        case DType::kBFloat16:
-          return launch_select_instance<kRows, FusedQPool<Bf16Elem>>(p, stream);
-        case DType::kFloat16:
-          return launch_select_instance<kRows, FusedQPool<Fp16Elem>>(p, stream);
-        case DType::kFloat32:
-          return launch_select_instance<kRows, FusedQPool<Fp32Elem>>(p, stream);
-        default:
-          throw std::invalid_argument("mask selection: dtype must be float16, bfloat16 or float32");
-      }
-    }
-  }
-  launch_select_instance<kRows, NoQPool>(p, stream);
+  launch_after_previous(select_blocks_kernel<kRows>, grid, kSelectThreads, smem, stream, p);
 }
 
 // Query blocks per selection CTA: 16, or 8 when that leaves fewer than two CTAs per SM. Measured on an H100
@@ -159,30 +135,6 @@ SideStream& side_stream_for_current_device(size_t num_events) {
   return side;
 }
 
-// The query blocks per selection CTA that launch_select_blocks runs with (0: the default, smaller where Nk needs
-// more shared memory than the GPU has); throws for a value it does not take or that does not fit.
-int resolve_rows_per_cta(const SelectParams& p, int rows_per_cta) {
-  const size_t limit = size_t(max_dynamic_smem());
-  auto smem_for = [&](int rows) {
-    return rows == 32   ? select_smem_bytes<32>(p.head_dim, p.num_k_blocks)
-           : rows == 16 ? select_smem_bytes<16>(p.head_dim, p.num_k_blocks)
-           : rows == 8  ? select_smem_bytes<8>(p.head_dim, p.num_k_blocks)
-                        : select_smem_bytes<4>(p.head_dim, p.num_k_blocks);
-  };
-  if (rows_per_cta == 0) {
-    rows_per_cta = default_rows_per_cta(p);
-    while (rows_per_cta > 4 && smem_for(rows_per_cta) > limit) rows_per_cta /= 2;
-  }
-  SPARGE_REQUIRE(rows_per_cta == 4 || rows_per_cta == 8 || rows_per_cta == 16 || rows_per_cta == 32,
-                 "mask selection: rows_per_cta must be 0, 4, 8, 16 or 32");
-  SPARGE_REQUIRE(smem_for(rows_per_cta) <= limit,
-                 "mask selection: " + std::to_string(p.num_k_blocks) +
-                     " key blocks need more shared memory than the GPU has (use larger block_k)");
-  return rows_per_cta;
-}
-
-int element_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
-
 }  // namespace
 
 void launch_pool_blocks(const PoolParams& p, DType dtype, std::uintptr_t stream) {
@@ -196,7 +148,6 @@ void launch_pool_blocks(const PoolParams& p, DType dtype, std::uintptr_t stream)
   SPARGE_REQUIRE(p.k_ld >= p.k.num_blocks, "mask pooling: k_ld < Nk");
   const int64_t tasks = int64_t(p.batch) * p.group_heads * (int64_t(p.q.num_blocks) + p.k.num_blocks);
   SPARGE_REQUIRE(tasks <= 0x7fffffff, "mask pooling: too many blocks for one launch");
-  SPARGE_REQUIRE(p.first_task >= 0 && p.first_task < tasks, "mask pooling: first_task outside the blocks");
   const cudaStream_t s = as_stream(stream);
   switch (dtype) {
     case DType::kBFloat16:
@@ -223,9 +174,22 @@ void launch_select_blocks(const SelectParams& p, int rows_per_cta, std::uintptr_
   SPARGE_REQUIRE(p.bits_ld == (p.num_k_blocks + 31) / 32, "mask selection: bits_ld must be ceil(Nk / 32)");
   SPARGE_REQUIRE(p.k_ld >= p.num_k_blocks, "mask selection: k_ld < Nk");
   check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
-  rows_per_cta = resolve_rows_per_cta(p, rows_per_cta);
-  SPARGE_REQUIRE(!p.fuse_q_pool || fusable_rows(rows_per_cta),
-                 "mask selection: query pooling is fused only into CTAs of 8 or 16 query blocks");
+  const size_t limit = size_t(max_dynamic_smem());
+  auto smem_for = [&](int rows) {
+    return rows == 32   ? select_smem_bytes<32>(p.head_dim, p.num_k_blocks)
+           : rows == 16 ? select_smem_bytes<16>(p.head_dim, p.num_k_blocks)
+           : rows == 8  ? select_smem_bytes<8>(p.head_dim, p.num_k_blocks)
+                        : select_smem_bytes<4>(p.head_dim, p.num_k_blocks);
+  };
+  if (rows_per_cta == 0) {
+    rows_per_cta = default_rows_per_cta(p);
+    while (rows_per_cta > 4 && smem_for(rows_per_cta) > limit) rows_per_cta /= 2;
+  }
+  SPARGE_REQUIRE(rows_per_cta == 4 || rows_per_cta == 8 || rows_per_cta == 16 || rows_per_cta == 32,
+                 "mask selection: rows_per_cta must be 0, 4, 8, 16 or 32");
+  SPARGE_REQUIRE(smem_for(rows_per_cta) <= limit,
+                 "mask selection: " + std::to_string(p.num_k_blocks) +
+                     " key blocks need more shared memory than the GPU has (use larger block_k)");
   const cudaStream_t s = as_stream(stream);
   switch (rows_per_cta) {
     case 32:
@@ -259,8 +223,7 @@ void launch_transpose_mask(const TransposeParams& p, std::uintptr_t stream) {
 }
 
 void launch_predict(PoolParams pool, SelectParams select, TransposeParams transpose, DType dtype,
-                    int head_groups, int rows_per_cta, int tail_rows_per_cta, bool fuse_q_pool,
-                    std::uintptr_t stream) {
+                    int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream) {
   const int heads = pool.heads;
   SPARGE_REQUIRE(select.heads == heads && transpose.heads == heads, "mask prediction: heads differ between stages");
   SPARGE_REQUIRE(head_groups >= 1, "mask prediction: head_groups must be >= 1");
@@ -270,26 +233,10 @@ void launch_predict(PoolParams pool, SelectParams select, TransposeParams transp
     pool.head_begin = select.head_begin = transpose.head_begin = begin;
     pool.group_heads = select.group_heads = transpose.group_heads = count;
   };
-  // Pooling of the group's blocks on the caller's stream, then its selection on select_stream: with fuse_q_pool
-  // (where the CTA size and 16-byte loads allow it) the pooling launch takes the key blocks only and each
-  // selection CTA pools its own query blocks, starting while the key pooling still runs when both share a stream.
-  const int bytes = element_bytes(dtype);
-  auto pool_and_select = [&](int rows, std::uintptr_t select_stream) {
-    rows = resolve_rows_per_cta(select, rows);
-    const bool fuse = fuse_q_pool && fusable_rows(rows) && vector_width(pool, bytes) * bytes == 16;
-    PoolParams pooling = pool;
-    pooling.first_task = fuse ? pool.batch * pool.group_heads * pool.q.num_blocks : 0;
-    pooling.trigger_dependents = fuse && select_stream == stream;
-    launch_pool_blocks(pooling, dtype, stream);
-    select.fuse_q_pool = fuse;
-    select.pool_dtype = dtype;
-    select.pool = pool;
-    return rows;
-  };
   if (head_groups == 1) {
     set_group(0, heads);
-    const int rows = pool_and_select(rows_per_cta, stream);
-    launch_select_blocks(select, rows, stream);
+    launch_pool_blocks(pool, dtype, stream);
+    launch_select_blocks(select, rows_per_cta, stream);
     launch_transpose_mask(transpose, stream);
     return;
   }
@@ -302,10 +249,10 @@ void launch_predict(PoolParams pool, SelectParams select, TransposeParams transp
     const int begin = int(int64_t(heads) * g / head_groups);
     const int end = int(int64_t(heads) * (g + 1) / head_groups);
     set_group(begin, end - begin);
-    const int rows = pool_and_select(g + 1 == head_groups ? tail_rows_per_cta : rows_per_cta, side_handle);
+    launch_pool_blocks(pool, dtype, stream);
     SPARGE_CUDA_CHECK(cudaEventRecord(side.events[size_t(g)], main_stream));
     SPARGE_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.events[size_t(g)], 0));
-    launch_select_blocks(select, rows, side_handle);
+    launch_select_blocks(select, g + 1 == head_groups ? tail_rows_per_cta : rows_per_cta, side_handle);
     launch_transpose_mask(transpose, side_handle);
   }
   cudaEvent_t done = side.events[size_t(head_groups)];

@@ -27,10 +27,8 @@ void launch_transpose_mask(const TransposeParams& params, std::uintptr_t stream)
 // pooling is done, overlapping the memory-bound pooling of the next groups. The caller's stream waits for the
 // side stream before returning, so outputs are ordered on the caller's stream. With several groups,
 // tail_rows_per_cta is used for the last one (smaller CTAs shorten the part that cannot overlap); 0 means
-// rows_per_cta. fuse_q_pool: the selection CTAs pool their own query blocks (where their size is 8 or 16 and
-// the loads are 16 bytes wide), the pooling launch only the key blocks; the results are the same bitwise.
+// rows_per_cta.
 void launch_predict(PoolParams pool, SelectParams select, TransposeParams transpose, DType dtype,
-                    int head_groups, int rows_per_cta, int tail_rows_per_cta, bool fuse_q_pool,
-                    std::uintptr_t stream);
+                    int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream);
 
 }  // namespace sparge::mask

@@ -28,19 +28,10 @@ struct PoolParams {
   float* q_pooled;    // (B, H, Nq, D) row-major
   float* k_pooled_t;  // (B, H, D, k_ld): transposed so that the score loop reads key blocks coalesced
   int k_ld;           // >= Nk
-  // Tasks (one per block: the B·G·Nq query blocks first, then the B·G·Nk key blocks) from this one on: B·G·Nq
-  // pools the key blocks only (the selection kernel pools its own query blocks: SelectParams::fuse_q_pool).
-  int first_task;
-  int trigger_dependents;  // 1: let the next kernel (launched after it with PDL) start while this one runs
 };
 
 // Kernel 2: scores, softmax and the hybrid Top-k ∪ Top-p selection per query block, writing kv_* directly.
 struct SelectParams {
-  // fuse_q_pool = 1: each CTA first pools its own query blocks (pool.q into q_pooled, as kernel 1 would), while
-  // the key blocks are pooled by a kernel-1 launch with first_task = B·G·Nq; pool_dtype is Q's element type.
-  int fuse_q_pool;
-  DType pool_dtype;
-  PoolParams pool;
   const float* q_pooled;
   const float* k_pooled_t;
   int k_ld;

@@ -203,18 +203,14 @@ __device__ __forceinline__ void pool_block(const PoolParams& p, uint32_t task, u
   }
 }
 
-// One warp per block task from p.first_task on: grid = ceil((tasks - first_task) / kPoolWarps) CTAs of
-// kPoolThreads. (A grid-stride loop over the CTAs resident at once was slower on the H200:
-// mask_pool_pdl_h200_2026-12-03.md.)
+// One warp per block task: grid = ceil(tasks / kPoolWarps) CTAs of kPoolThreads. (A grid-stride loop over
+// the CTAs resident at once was slower on the H200: mask_pool_pdl_h200_2026-12-03.md.)
 template <typename Elem, int kVec, int kUnroll = kPoolUnroll>
 __global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolParams p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (p.trigger_dependents) asm volatile("griddepcontrol.launch_dependents;");
-#endif
   // 32-bit task arithmetic (no 64-bit division call): the launcher keeps B·G·(Nq + Nk) <= INT32_MAX.
   const uint32_t q_tasks = uint32_t(p.batch) * p.group_heads * p.q.num_blocks;
   const uint32_t tasks = q_tasks + uint32_t(p.batch) * p.group_heads * p.k.num_blocks;
-  const uint32_t task = uint32_t(p.first_task) + blockIdx.x * kPoolWarps + (threadIdx.x >> 5);
+  const uint32_t task = blockIdx.x * kPoolWarps + (threadIdx.x >> 5);
   if (task < tasks) pool_block<Elem, kVec, kUnroll>(p, task, q_tasks, int(threadIdx.x & 31));  // warp-uniform
 }
 

@@ -5,10 +5,8 @@
 #pragma once
 
 #include <cstdint>
-#include <type_traits>
 
 #include "mask/mask_params.h"
-#include "mask/pool_blocks.cuh"
 #include "mask/select_row.cuh"
 
 namespace sparge::mask {
@@ -82,19 +80,9 @@ __device__ __forceinline__ void scores_fma(const float* q_t, const float* k_src,
   }
 }
 
-// How a selection CTA gets its pooled query blocks: from q_pooled, written by kernel 1 (NoQPool), or by pooling
-// them itself first (FusedQPool: one warp per query block with kernel 1's pool_block, 16-byte loads of Elem), so
-// that this memory-bound work overlaps the compute-bound selection of the other CTA on the SM.
-struct NoQPool {};
-template <typename Elem_>
-struct FusedQPool {
-  using Elem = Elem_;
-  static constexpr int kVec = int(16 / sizeof(typename Elem::Storage));
-};
-
 // Grid: (ceil(Nq / kRows), group heads, B). Shared memory: pooled queries transposed [D][kRows], scores
 // [kRows][Nk], per-warp candidate scratch [warps][kCandidates].
-template <int kRows, class QPool = NoQPool>
+template <int kRows>
 __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
   static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");
   extern __shared__ float4 smem_f4[];
@@ -107,15 +95,6 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const Sel
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int q0 = blockIdx.x * kRows;
   const int64_t bh = int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y;
-  if constexpr (!std::is_same_v<QPool, NoQPool>) {
-    // Q does not depend on the previous kernel (kernel 1 pooling the key blocks): pool before waiting for it.
-    const uint32_t q_tasks = uint32_t(p.pool.batch) * p.pool.group_heads * nq;
-    const uint32_t first = (blockIdx.z * uint32_t(p.pool.group_heads) + blockIdx.y) * uint32_t(nq);
-    for (int r = warp; r < kRows && q0 + r < nq; r += kSelectWarps) {
-      pool_block<typename QPool::Elem, QPool::kVec, kPoolUnroll>(p.pool, first + q0 + r, q_tasks, lane);
-    }
-    __syncthreads();  // this CTA's q_pooled rows (global memory) are visible to all of its threads
-  }
   wait_for_previous_kernel();  // the pooled blocks
 
   // Pooled queries, transposed so one float4 broadcast gives 4 rows at one d; zero rows/columns pad.

@@ -9,7 +9,6 @@ On sm_90 GPUs kernels 2 and 3 are launched with programmatic dependent launch: e
 before it drains and waits on the device for its results (hides the launch gaps; same results).
 With head_groups > 1 the heads are processed in groups: pooling of group g+1 (memory-bound, caller's stream)
 overlaps selection of group g (compute-bound, a high-priority side stream joined back before returning).
-With fuse_q_pool=True kernel 1 pools only the key blocks and every selection CTA pools its own query blocks first.
 Selection rule (select_row.cuh): exactly the reference's, with fp32 cumulative masses; exact float ties of the
 probabilities go to the lower key-block index (the reference's stable sort). The Top-k count and "keep every
 block" come from the reference (`topk_count`, `keeps_every_block`). float64 inputs and head dims above 256 are
@@ -119,7 +118,6 @@ def predict(
     rows_per_cta: int = 0,
     tail_rows_per_cta: int = 8,
     compact: bool = True,
-    fuse_q_pool: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
@@ -128,10 +126,7 @@ def predict(
     Tuning (results never depend on it): `head_groups` (0: automatic, 1: no overlap), `rows_per_cta` (0, 4,
     8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group (0: as
     rows_per_cta), and
-    `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end), and
-    `fuse_q_pool` (each selection CTA pools its own query blocks, the pooling launch only the key blocks, so
-    that query pooling overlaps selection; used where the CTA has 8 or 16 query blocks and the loads are 16 bytes
-    wide; not yet measured on a GPU).
+    `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end).
     """
     b, h, lq, d = q.shape
     lk = k.shape[2]
@@ -175,7 +170,6 @@ def predict(
             q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
             ws.q_pooled, ws.k_pooled_t, ws.row_bits, kv_count, kv_index, q_count, q_index,
             int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), current_stream(device),
-            fuse_q_pool=int(fuse_q_pool),
         )
     return kv_count, kv_index, q_count, q_index
 
