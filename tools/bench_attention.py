@@ -4,8 +4,7 @@ Shapes (1,12,32760,128) [Wan2.1-1.3B 480p] and (1,40,75600,128) [14B 720p], bf16
   dense SDPA (cuDNN), dense SDPA (flash)
   FlexAttention (torch.compile'd, BLOCK_SIZE=(128, 64)) with the identical block mask, per density
   sparge block_sparse_attention at random-mask densities 1.0 / 0.2 / 0.1 / 0.05 (default kernel: the
-  Hopper wgmma/TMA one on sm_90), the same with forward_schedule="persistent", plus the portable mma.sync
-  kernel at 1.0 and 0.05
+  Hopper wgmma/TMA one on sm_90), plus the portable mma.sync kernel at 1.0 and 0.05
   mask prediction alone (topk=0.03, topp=0.2) on structured video-like q, k (tools/structured_inputs.py),
   sparge attention on that mask, and sparge_attention (prediction + attention) as the total; the same two at a
   predicted 5% mask (topk=0.05, topp=0: issue 14's "sparge_attention incl. mask vs cuDNN" row), each total
@@ -157,14 +156,6 @@ def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...]
                             dense_flops * kept))
             t = time_ms(lambda m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale))
             rows.append(Row(f"**sparge**, random mask density {density:g} (kept {kept:.3f})", t, dense_flops * kept))
-
-        # The Hopper kernel's persistent tile schedule (KernelOptions.forward_schedule) on the same masks.
-        with sk.kernel_options(forward_schedule="persistent"):
-            for density in densities:
-                mask = masks[density]
-                t = time_ms(lambda m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale))
-                rows.append(Row(f"sparge, persistent schedule, random mask density {density:g}", t,
-                                dense_flops * mask.density))
 
         # The portable mma.sync kernel on the same masks, for comparison with the default (Hopper) kernel.
         with sk.kernel_options(forward_path="sm80"):

@@ -1,6 +1,6 @@
 """Quick check of one forward kernel path on the GPU (used by gpu_kernels.sh before the long steps).
 
-    python tools/smoke_forward.py sm90 [--edge-cases] [--schedule persistent]
+    python tools/smoke_forward.py sm90 [--edge-cases]
 
 --edge-cases adds small masks that exercise the ends of the mainloop's block pipeline (for compute-sanitizer runs):
 one kept block per query block (the Lk tail block alone, kv_count 1), two kept blocks, three (the Hopper kernel's
@@ -23,9 +23,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", nargs="?", default="auto")
     parser.add_argument("--edge-cases", action="store_true", help="also run the small pipeline-edge masks")
-    parser.add_argument("--schedule", default="tile", help="KernelOptions.forward_schedule (tile, persistent)")
     args = parser.parse_args()
-    with sk.kernel_options(forward_path=args.path, forward_schedule=args.schedule):
+    with sk.kernel_options(forward_path=args.path):
         check_path(args.path)
         if args.edge_cases:
             check_edge_cases(args.path)

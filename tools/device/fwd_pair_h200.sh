@@ -9,13 +9,12 @@
 #   tests      the forward GPU tests on both paths (test_cuda_forward.py: tails, strides, empty rows, kv_count 1
 #              to 5 with the tail block in either half of a stage, Lk < 64, dense, poisoned outputs vs the float64
 #              reference) and test_cuda_training.py -> gpu_forward_tests_fwd-pair.log
-#   sanitize   compute-sanitizer memcheck, racecheck and synccheck of tools/smoke_forward.py sm90 --edge-cases,
-#              both tile schedules -> sanitizer_forward_fwd-pair_{tile,persistent}_{memcheck,racecheck,synccheck}.log
+#   sanitize   compute-sanitizer memcheck, racecheck and synccheck of tools/smoke_forward.py sm90 --edge-cases
+#              -> sanitizer_forward_fwd-pair_{memcheck,racecheck,synccheck}.log
 #   bench      tools/bench_attention.py --shapes 1.3b --densities 1,0.05 (dense cuDNN and flash, Flex, sparge sm90
 #              and the portable kernel) -> bench_attention_fwd-pair_1p3b.md (+ .log)
 #   bench-14b  the same for the 14b shape -> bench_attention_fwd_14b.md (+ .log)
-# Knobs: FWD_TESTS_K (a pytest -k expression for the tests step), FWD_SCHEDULES (the sanitize step's schedules,
-# default "tile persistent").
+# Knob: FWD_TESTS_K (a pytest -k expression for the tests step).
 # A step is cut off by `timeout` at min(its cap, what is left of FWD_BUDGET_S, default 560 s from the start), so one
 # 600 s call returns with whatever finished; status_fwd-pair.txt lists each step's exit code and time.
 set -o pipefail
@@ -38,12 +37,10 @@ for step in $steps; do
         packages/sparge-kernels/tests/test_cuda_forward.py packages/sparge-kernels/tests/test_cuda_training.py \
         2>&1 | tee "$OUT/gpu_forward_tests_$variant.log" || rc=1 ;;
     sanitize)
-      for schedule in ${FWD_SCHEDULES:-tile persistent}; do
-        for tool in memcheck racecheck synccheck; do
-          timeout "$(left 100)" compute-sanitizer --tool $tool --error-exitcode 1 \
-            python3 tools/smoke_forward.py sm90 --edge-cases --schedule $schedule 2>&1 \
-            | tee "$OUT/sanitizer_forward_${variant}_${schedule}_$tool.log" || rc=1
-        done
+      for tool in memcheck racecheck synccheck; do
+        timeout "$(left 100)" compute-sanitizer --tool $tool --error-exitcode 1 \
+          python3 tools/smoke_forward.py sm90 --edge-cases 2>&1 \
+          | tee "$OUT/sanitizer_forward_${variant}_$tool.log" || rc=1
       done ;;
     bench|bench-14b)
       shape=1.3b; name=1p3b; [ "$step" = bench-14b ] && { shape=14b; name=14b; }

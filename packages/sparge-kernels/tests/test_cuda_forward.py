@@ -26,14 +26,13 @@ REL_BUDGET = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 LSE_BUDGET = 1e-3
 
 
-@pytest.fixture(autouse=True, params=["sm80", "sm90", "sm90-persistent"])
+@pytest.fixture(autouse=True, params=["sm80", "sm90"])
 def kernel_path(request, monkeypatch):
     """Every test runs on both kernels: the portable mma.sync one and the Hopper wgmma/TMA one (which skips
-    where the GPU or build has no sm_90 kernel), the latter with both tile schedules. Yields the forward path."""
+    where the GPU or build has no sm_90 kernel). Yields the forward path."""
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
-    path, _, schedule = request.param.partition("-")
-    with sk.kernel_options(forward_path=path, forward_schedule=schedule or "tile", debug_fill=float("nan")):
-        yield path
+    with sk.kernel_options(forward_path=request.param, debug_fill=float("nan")):
+        yield request.param
 
 
 def make_qkv(b, h, lq, lk, d, dtype, layout="HND", seed=0, scale_v=1.0):
@@ -334,23 +333,32 @@ def test_cuda_graph_capture_of_sparge_attention():
     assert torch.equal(out, expected)
 
 
-def test_persistent_schedule_equals_tile_schedule(kernel_path):
-    """The Hopper kernel's persistent schedule (one CTA per SM, query blocks from an atomic counter, the next
-    block's loads overlapping the current one) gives the one-CTA-per-block schedule's out and lse bitwise: more
-    blocks than SMs, kept counts from 0 to most of the row, tails on both sides, fewer blocks than SMs."""
-    if kernel_path != "sm90" or sk.current_kernel_options().forward_schedule == "persistent":
-        pytest.skip("compares the Hopper kernel's two schedules once")
+def test_many_more_query_blocks_than_sms(kernel_path):
+    """The Hopper kernel is persistent (one CTA per SM takes query blocks from an atomic counter and loads the
+    next one's Q and K/V while finishing the current one): thousands of blocks per launch, kept counts from 0 to
+    the whole row in any order, tails on both sides, and fewer blocks than SMs."""
     for b, h, lq, lk in ((2, 6, 20000 + 37, 9000 + 5), (1, 1, 300, 1000)):
         q, k, v = make_qkv(b, h, lq, lk, 128, torch.bfloat16, seed=21)
         g = torch.Generator(device="cuda").manual_seed(22)
         nq, nk = num_blocks(lq, 128), num_blocks(lk, 64)
         row_density = torch.rand(b, h, nq, 1, generator=g, device="cuda") ** 2  # many sparse rows, some dense
+        row_density[torch.rand(b, h, nq, 1, generator=g, device="cuda") < 0.1] = 0.0  # empty rows in between
+        row_density[..., :1, :] = 1.0
         dense = torch.rand(b, h, nq, nk, generator=g, device="cuda") < row_density
         mask = BlockMask.from_dense(dense, seq_len_q=lq, seq_len_k=lk)
-        results = {}
-        for schedule in ("tile", "persistent"):
-            with sk.kernel_options(forward_schedule=schedule):
-                results[schedule] = sk.block_sparse_attention(q, k, v, mask, return_lse=True)
-        for tile_result, persistent_result in zip(results["tile"], results["persistent"]):
-            assert torch.equal(tile_result, persistent_result)
         check_against_reference(q, k, v, mask)
+
+
+def test_hopper_kernel_requires_a_tile_counter(kernel_path):
+    """The binding refuses a Hopper launch without the persistent schedule's counter, naming the argument."""
+    if kernel_path != "sm90":
+        pytest.skip("the portable kernel takes no tile counter")
+    from sparge_kernels.cuda import _C, current_stream
+
+    q, k, v = make_qkv(1, 1, 256, 256, 128, torch.bfloat16)
+    out, lse = torch.empty_like(q), torch.empty(1, 1, 256, device="cuda")
+    kv_count = torch.full((1, 1, 2), 4, dtype=torch.int32, device="cuda")
+    kv_index = torch.arange(4, dtype=torch.int32, device="cuda").expand(1, 1, 2, 4).contiguous()
+    with pytest.raises(ValueError, match="tile_counter"):
+        _C.attention_forward(q, k, v, out, lse, kv_count, kv_index, block_q=128, block_k=64, scale=0.1,
+                             stream=current_stream(q.device), path="sm90", tile_counter=0)

@@ -28,8 +28,8 @@ struct FwdParams {
   float scale = 0.f;       // softmax scale applied to q·k
   float scale_log2 = 0.f;  // scale * log2(e): the kernels exponentiate with exp2
 
-  // Hopper forward only: nullptr runs one CTA per query block; else one CTA per SM taking query blocks from this
-  // counter (zeroed by the launcher on the stream before the kernel; forward/tile_scheduler.h).
+  // Hopper forward only (required there): one int32 from which its CTAs, one per SM, take query blocks (zeroed
+  // by the launcher on the stream before the kernel; forward/tile_scheduler.h).
   int* tile_counter = nullptr;
 };
 

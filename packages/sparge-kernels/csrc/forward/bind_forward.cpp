@@ -44,7 +44,7 @@ void bind_attention_forward(nb::module_& m) {
         "read from q and k). Writes out (q's dtype) and lse (float32, contiguous (B, H, Lq)); kv_count (B, H, Nq) "
         "and kv_index (B, H, Nq, Nk) are contiguous int32. Asynchronous on `stream` (a cudaStream_t as an "
         "integer). `path`: 'auto' (Hopper wgmma/TMA kernel on sm_90 when built for 90a, else the portable one), "
-        "'sm80' or 'sm90'. `tile_counter`: 0, or the device address of one int32 that the Hopper kernel may "
-        "use as its persistent schedule's tile counter (KernelOptions.forward_schedule='persistent'; zeroed on "
-        "`stream` before the launch; the portable kernel ignores it).");
+        "'sm80' or 'sm90'. `tile_counter`: the device address of one int32 on q's device, the Hopper kernel's "
+        "tile counter (zeroed on `stream` before its launch; it must not be shared with a launch running at the "
+        "same time); 0 is accepted only where the portable kernel runs.");
 }

@@ -1,6 +1,8 @@
 // Chooses the compiled forward kernel for a head dim, dtype and path (Hopper wgmma/TMA or portable mma.sync).
 #include <cuda_runtime_api.h>
 
+#include <stdexcept>
+
 #include "common/kernel_path.h"
 #include "forward/forward_api.h"
 
@@ -13,7 +15,12 @@ ForwardPath resolve_forward_path(FwdParams const& params, ForwardPath path) {
 }
 
 void dispatch_attention_forward(FwdParams const& params, DType dtype, ForwardPath path, cudaStream_t stream) {
-  launch_on_path("attention_forward", params, dtype, resolve_forward_path(params, path), stream);
+  const ForwardPath resolved = resolve_forward_path(params, path);
+  if (resolved == ForwardPath::kSm90 && params.tile_counter == nullptr)
+    throw std::invalid_argument(
+        "sparge attention_forward: tile_counter must be the device address of one int32 where the Hopper kernel "
+        "runs (its persistent tile counter); got 0");
+  launch_on_path("attention_forward", params, dtype, resolved, stream);
 }
 
 }  // namespace sparge::fwd

@@ -63,7 +63,7 @@ struct KernelTraitsSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Element
     alignas(16) typename Loads::Pipeline::SharedStorage pipeline_k;
     alignas(16) typename Loads::Pipeline::SharedStorage pipeline_v;
     alignas(16) uint64_t barrier_q;
-    // The persistent kernel's hand-offs (kernel_fwd_persistent_sm90.h); unused by the one-tile kernel.
+    // The persistent kernel's hand-offs between tiles (kernel_fwd_sm90.h).
     uint64_t barrier_q_free;  // the consumers have issued and finished their last Q·Kᵀ of a tile: Q may be reloaded
     uint64_t tile_full[2];    // the producer published the next tile in next_tile[slot]
     uint64_t tile_empty[2];   // the consumers have read next_tile[slot]

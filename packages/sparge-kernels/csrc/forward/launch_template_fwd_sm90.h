@@ -1,5 +1,5 @@
-// Launch template of the Hopper forward: builds the TMA descriptors on the host and launches the one-tile kernel,
-// or (p.tile_counter set) the persistent one after zeroing its tile counter on the stream.
+// Launch template of the Hopper forward: builds the TMA descriptors on the host, zeroes the tile counter on the
+// stream and launches the persistent kernel, one CTA per SM.
 // Included only by the generated csrc/instantiations/fwd_hdim<D>_<dtype>_sm90.cu files.
 #pragma once
 
@@ -8,7 +8,6 @@
 #include "common/cuda_check.h"
 #include "common/element_type.h"
 #include "forward/forward_api.h"
-#include "forward/kernel_fwd_persistent_sm90.h"
 #include "forward/kernel_fwd_sm90.h"
 #include "forward/kernel_traits_fwd_sm90.h"
 #include "forward/tile_scheduler.h"
@@ -38,20 +37,13 @@ void run_sm90(FwdParams const& p, cudaStream_t stream) {
       shape_k,
   };
   constexpr int kSmemBytes = Traits::kSmemBytes;
-  if (p.tile_counter != nullptr) {
-    auto kernel = &attention_forward_sm90_persistent_kernel<Traits>;
-    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    int device = 0, sms = 0;
-    SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-    SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    SPARGE_CUDA_CHECK(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream));
-    kernel<<<DynamicPersistentTileScheduler::grid(p, sms), Traits::kNThreads, kSmemBytes, stream>>>(kp);
-    SPARGE_CHECK_LAUNCH("attention_forward_sm90_persistent_kernel");
-    return;
-  }
   auto kernel = &attention_forward_sm90_kernel<Traits>;
   SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  kernel<<<StaticTileScheduler::grid(p), Traits::kNThreads, kSmemBytes, stream>>>(kp);
+  int device = 0, sms = 0;
+  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
+  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  SPARGE_CUDA_CHECK(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream));
+  kernel<<<DynamicPersistentTileScheduler::grid(p, sms), Traits::kNThreads, kSmemBytes, stream>>>(kp);
   SPARGE_CHECK_LAUNCH("attention_forward_sm90_kernel");
 }
 

@@ -3,7 +3,7 @@
 // rows [0, 64) and [64, 128)), into a ring of stages (mbarrier pipeline); the two consumer warpgroups run
 // S = Q·Kᵀ over the stage's 128 keys (wgmma, both operands in smem), the online softmax, and O += P·V (wgmma,
 // P from registers), releasing each stage as soon as its operand has been read. Both sides take their ring
-// position by reference: a persistent CTA (kernel_fwd_persistent_sm90.h) carries it from tile to tile.
+// position by reference: the persistent CTA (kernel_fwd_sm90.h) carries it from tile to tile.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -73,13 +73,13 @@ struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
   }
 
   // Run by the consumer warpgroups; thread_idx in [0, kNumMmaThreads). `read`: the ring position of the tile's
-  // first stage (advanced past its last); q_phase: the phase of barrier_q that brings this tile's Q.
-  // kSignalQFree: every thread arrives on barrier_q_free once its last Q·Kᵀ of the tile has completed.
-  template <bool kSignalQFree = false, class AccO, class Softmax>
+  // first stage (advanced past its last); q_phase: the phase of barrier_q that brings this tile's Q. Every thread
+  // arrives on barrier_q_free once its last Q·Kᵀ of the tile has completed: the producer may then load the next Q.
+  template <class AccO, class Softmax>
   __device__ static void mma(FwdParams const& p, SharedStorage& ss, Pipeline& pipeline_k,
                              Pipeline& pipeline_v, BlockSparseWalk<kBlockN> const& walk, AccO& acc_o,
                              Softmax& softmax, int thread_idx, typename Pipeline::PipelineState& read,
-                             int q_phase = 0) {
+                             int q_phase) {
     typename Traits::TiledMmaQK mma_qk;
     typename Traits::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(thread_idx);
@@ -100,9 +100,7 @@ struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
       pipeline_k.consumer_wait(read);
       wgmma_gemm</*kZeroInit=*/true>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), acc_s);
       pipeline_k.consumer_release(read);
-      if constexpr (kSignalQFree) {
-        if (slot + Traits::kBlocksPerStage >= kv_count) cutlass::arch::ClusterBarrier::arrive(&ss.barrier_q_free);
-      }
+      if (slot + Traits::kBlocksPerStage >= kv_count) cutlass::arch::ClusterBarrier::arrive(&ss.barrier_q_free);
 
       const int valid_b = slot + 1 < kv_count ? walk.valid(slot + 1) : 0;  // 0: the second half is a repeat
       Tensor probs =

@@ -1,10 +1,11 @@
 // Maps a CTA to its work tiles: (query block, head, batch). Query blocks of one head are adjacent in launch
-// (and claim) order so they share that head's K/V in L2. Two schedules (FwdParams::tile_counter picks):
-//   StaticTileScheduler             one CTA per tile; the hardware starts a CTA as another one exits.
+// (and claim) order so they share that head's K/V in L2.
+//   StaticTileScheduler             one CTA per tile; the hardware starts a CTA as another one exits (the
+//                                   portable kernel).
 //   DynamicPersistentTileScheduler  one CTA per SM; each takes tiles in order from an atomic counter (the
 //                                   first one: its blockIdx.x), so the producer can load the next tile's Q and
 //                                   K/V while the consumers finish the current one, and tiles of very different
-//                                   kept-block counts still balance (kernel_fwd_persistent_sm90.h).
+//                                   kept-block counts still balance (the Hopper kernel, kernel_fwd_sm90.h).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -41,14 +41,15 @@ def forward(
     if options.debug_fill is not None:
         out.fill_(options.debug_fill)
         lse.fill_(options.debug_fill)
-    # The persistent schedule's tile counter: the launcher zeroes it on the stream; it lives until the kernel is
-    # done because the caching allocator reuses it only for later work on the same stream.
-    counter = torch.empty(1, dtype=torch.int32, device=q.device) if options.forward_schedule == "persistent" else None
+    # The Hopper kernel's tile counter (the portable kernel ignores it): the launcher zeroes it on the stream; one
+    # per call, so concurrent launches on other streams never share it, and it lives until the kernel is done
+    # because the caching allocator reuses it only for later work on the same stream.
+    counter = torch.empty(1, dtype=torch.int32, device=q.device)
     with torch.cuda.device(q.device):
         _C.attention_forward(
             q, k, v, out, lse, kv_count, kv_index,
             block_q=m.block_q, block_k=m.block_k, scale=float(m.scale),
             stream=current_stream(q.device), path=options.forward_path,
-            tile_counter=counter.data_ptr() if counter is not None else 0,
+            tile_counter=counter.data_ptr(),
         )
     return out, lse

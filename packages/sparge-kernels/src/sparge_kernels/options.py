@@ -26,7 +26,6 @@ from dataclasses import dataclass
 __all__ = ["KernelOptions", "current_kernel_options", "kernel_options"]
 
 FORWARD_PATHS = ("auto", "sm80", "sm90")
-FORWARD_SCHEDULES = ("tile", "persistent")
 BACKWARD_PATHS = ("auto", "sm80", "sm90")
 DQ_ACCUMULATE = ("bulk", "atomic")
 
@@ -47,17 +46,12 @@ class KernelOptions:
         warp-specialised Hopper wgmma/TMA kernel: an sm_90 GPU and a build for 90a, else an error) or "auto".
         "auto" picks "sm90" where it can run (sm_90 GPU, 90a build, TMA-walkable strides), else "sm80".
         deterministic=True always runs the SM80 kernels. The default comes from SPARGE_BACKWARD_PATH, else "auto".
-    forward_schedule: how the Hopper forward spreads query blocks over the GPU: "tile" (one CTA per query block)
-        or "persistent" (one CTA per SM taking query blocks from an atomic counter, loading the next block's Q and
-        K/V while it finishes the current one). Same results bitwise; the portable kernel ignores it. Not yet
-        measured on a GPU: "tile" stays the default until tools/bench_attention.py says which is faster.
     """
 
     forward_path: str = "auto"
     dq_accumulate: str = "bulk"
     debug_fill: float | None = None
     backward_path: str = "auto"  # after the older fields: positional KernelOptions(forward_path, ...) still holds
-    forward_schedule: str = "tile"
 
     def __post_init__(self) -> None:
         if self.forward_path not in FORWARD_PATHS:
@@ -65,10 +59,6 @@ class KernelOptions:
         if self.backward_path not in BACKWARD_PATHS:
             raise ValueError(
                 f"KernelOptions.backward_path must be one of {BACKWARD_PATHS}, got {self.backward_path!r}"
-            )
-        if self.forward_schedule not in FORWARD_SCHEDULES:
-            raise ValueError(
-                f"KernelOptions.forward_schedule must be one of {FORWARD_SCHEDULES}, got {self.forward_schedule!r}"
             )
         if self.dq_accumulate not in DQ_ACCUMULATE:
             raise ValueError(
