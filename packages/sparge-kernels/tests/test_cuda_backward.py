@@ -25,6 +25,7 @@ import sparge_kernels as sk
 from sparge_kernels import KernelOptions, cuda, cuda_backward, cuda_forward, reference
 from sparge_kernels.backend import MaskArgs
 from sparge_kernels.block_mask import BlockMask
+from sparge_kernels.options import current_kernel_options
 from sparge_kernels.validation import KernelNotBuiltError, check_kernel_path, num_blocks
 
 pytestmark = pytest.mark.gpu
@@ -32,21 +33,29 @@ pytestmark = pytest.mark.gpu
 REL_BUDGET = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
-@pytest.fixture(autouse=True, params=["sm80", "sm90"])
+@pytest.fixture(autouse=True, params=["sm80", "sm90", "sm90-persistent"])
 def backward_path(request, monkeypatch):
-    """Runs each test on one dK/dV kernel, outputs poisoned with NaN. A deterministic=True case runs the SM80
-    kernels whatever backward_path says: its sm90 copy skips instead of repeating the sm80 one."""
+    """Runs each test on one dK/dV kernel, outputs poisoned with NaN; the Hopper one with both schedules (one CTA
+    per key block, persistent). A deterministic=True case runs the SM80 kernels whatever backward_path says: its
+    sm90 copies skip instead of repeating the sm80 one. Yields the backward path."""
+    path, _, schedule = request.param.partition("-")
     callspec = getattr(request.node, "callspec", None)
-    if request.param == "sm90" and callspec is not None and callspec.params.get("deterministic") is True:
+    if path == "sm90" and callspec is not None and callspec.params.get("deterministic") is True:
         pytest.skip("deterministic=True runs the SM80 kernels whatever backward_path says")
-    if request.param == "sm90":  # (conftest skipped the test already where there is no GPU or no build)
+    if path == "sm90":  # (conftest skipped the test already where there is no GPU or no build)
         try:
             check_kernel_path("backward_path", "sm90", cuda._C.build_archs, torch.cuda.get_device_capability())
         except KernelNotBuiltError as exc:
             pytest.skip(f"no Hopper backward here: {exc}")
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
-    with sk.kernel_options(backward_path=request.param, debug_fill=float("nan")):
-        yield request.param
+    with sk.kernel_options(backward_path=path, backward_schedule=schedule or "tile", debug_fill=float("nan")):
+        yield path
+
+
+def with_current_schedule(**fields) -> KernelOptions:
+    """KernelOptions with `fields`, keeping the backward schedule the fixture set (tests that pass options
+    explicitly run on both Hopper schedules too)."""
+    return KernelOptions(backward_schedule=current_kernel_options().backward_schedule, **fields)
 
 
 def sm80_only(backward_path):
@@ -269,7 +278,7 @@ def test_sm80_and_sm90_agree(backward_path, dtype, d, layout):
     grads = {
         path: cuda_backward.backward(
             dout, q, k, v, out, lse, dlse, m,
-            options=KernelOptions(backward_path=path, debug_fill=float("nan")),
+            options=with_current_schedule(backward_path=path, debug_fill=float("nan")),
         )
         for path in ("sm80", "sm90")
     }
@@ -328,7 +337,7 @@ def test_dq_bulk_and_atomic_agree(backward_path, dtype, d):
     m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale, deterministic=False)
     grads = {}
     for mode in ("bulk", "atomic"):
-        options = KernelOptions(backward_path=backward_path, dq_accumulate=mode, debug_fill=float("nan"))
+        options = with_current_schedule(backward_path=backward_path, dq_accumulate=mode, debug_fill=float("nan"))
         grads[mode] = cuda_backward.backward(dout, q, k, v, out, lse, dlse, m, options=options)
     budget = {torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     for name, x, y in zip(("dq", "dk", "dv"), grads["bulk"], grads["atomic"]):
@@ -338,6 +347,33 @@ def test_dq_bulk_and_atomic_agree(backward_path, dtype, d):
         assert (x[(y == 0).all(dim=-1)] == 0).all(), f"{name}: bulk nonzero where atomic is exactly zero"
         err = rel_err(x, y.double())
         assert err <= budget, f"{name}: bulk vs atomic relative difference {err:.2e} > {budget:.0e}"
+
+
+def test_persistent_schedule_matches_tile_schedule(backward_path):
+    """The Hopper dK/dV kernel's persistent schedule (one CTA per SM taking key blocks from an atomic counter, the
+    next block's loads overlapping the current one) against one CTA per key block: dK and dV bitwise (each is one
+    CTA's registers either way), dQ up to the fp32 order of its accumulation. Thousands of key blocks, kept counts
+    from 0 to the whole column, tails on both sides; then fewer key blocks than SMs."""
+    if backward_path != "sm90" or current_kernel_options().backward_schedule == "persistent":
+        pytest.skip("compares the Hopper kernel's two schedules once")
+    for b, h, lq, lk, density in ((2, 6, 9000 + 37, 20000 + 5, 0.15), (1, 1, 300, 1000, 0.6)):
+        q, k, v, dout = make_inputs(b, h, lq, lk, 128, torch.bfloat16, seed=31)
+        mask = random_mask(b, h, lq, lk, density=density, seed=31, empty_rows=0.1)
+        scale = 128**-0.5
+        out, lse = forward(q, k, v, mask, scale)
+        m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale, deterministic=False)
+        grads = {
+            schedule: cuda_backward.backward(
+                dout, q, k, v, out, lse, None, m,
+                options=KernelOptions(backward_path="sm90", backward_schedule=schedule, debug_fill=float("nan")),
+            )
+            for schedule in ("tile", "persistent")
+        }
+        (dq_t, dk_t, dv_t), (dq_p, dk_p, dv_p) = grads["tile"], grads["persistent"]
+        assert torch.equal(dk_t, dk_p) and torch.equal(dv_t, dv_p)
+        assert torch.isfinite(dq_p).all()
+        err = rel_err(dq_p, dq_t.double())
+        assert err <= 1e-2, f"dq: persistent vs tile relative difference {err:.2e} > 1e-2"
 
 
 @pytest.mark.parametrize("dq_accumulate", ["bulk", "atomic"])
@@ -350,7 +386,7 @@ def test_sm90_dq_mode_launches_its_convert_kernel(backward_path, dq_accumulate):
     mask = random_mask(1, 2, 300, 200, density=0.6)
     out, lse = forward(q, k, v, mask, 0.1)
     m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, deterministic=False)
-    options = KernelOptions(backward_path="sm90", dq_accumulate=dq_accumulate, debug_fill=float("nan"))
+    options = with_current_schedule(backward_path="sm90", dq_accumulate=dq_accumulate, debug_fill=float("nan"))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         cuda_backward.backward(dout, q, k, v, out, lse, None, m, options=options)
         torch.cuda.synchronize()

@@ -73,12 +73,13 @@ void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const&
                         TensorArg const& q_index, TensorArg const& dq, TensorArg const& dk, TensorArg const& dv,
                         TensorArg const& lse_log2, TensorArg const& delta, TensorArg const& dq_accum, int block_q,
                         int block_k, double scale, bool deterministic, bool dq_bulk_reduce, uintptr_t stream,
-                        std::string const& path) {
+                        std::string const& path, uintptr_t tile_counter) {
   constexpr const char* kWho = "sparge attention_backward";
-  const sparge::BwdParams p =
+  sparge::BwdParams p =
       sparge::bwd::backward_params(kWho, q, k, v, out, dout, lse, dlse, kv_count, kv_index, q_count, q_index, dq,
                                    dk, dv, lse_log2, delta, dq_accum, block_q, block_k, scale, deterministic,
                                    dq_bulk_reduce);
+  p.tile_counter = reinterpret_cast<int*>(tile_counter);
   sparge::bwd::dispatch_backward(p, q.dtype, sparge::parse_kernel_path(path, std::string(kWho) + ": "),
                                  reinterpret_cast<cudaStream_t>(stream));
 }
@@ -89,12 +90,15 @@ void bind_attention_backward(nb::module_& m) {
   m.def("attention_backward", &attention_backward, "q"_a, "k"_a, "v"_a, "out"_a, "dout"_a, "lse"_a, "dlse"_a.none(),
         "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "dq"_a, "dk"_a, "dv"_a, "lse_log2"_a, "delta"_a,
         "dq_accum"_a.none(), "block_q"_a, "block_k"_a, "scale"_a, "deterministic"_a, "dq_bulk_reduce"_a, "stream"_a,
-        "path"_a = "auto",
+        "path"_a = "auto", "tile_counter"_a = 0,
         "Block-sparse attention backward on (B, H, L, D) strided device tensors (bf16/fp16; sizes and dtype are "
         "read from q and k): writes dq, dk, dv. lse_log2/delta (B,H,Nq*128) and dq_accum (B,H,Nq*128,D, zeroed; "
         "None when deterministic) are float32 workspace; dlse may be None. dq_bulk_reduce: accumulate dQ with "
         "bulk async reduce-adds (SM >= 90) instead of 8-byte atomics (both the SM80 kernels and the Hopper "
         "kernel; dq_accum's layout then follows the kernel's fragments). path: 'auto' (the Hopper kernel where it "
         "can run, else SM80), 'sm80' or 'sm90' "
-        "(warp-specialised wgmma/TMA dK/dV kernel: sm_90 GPU, 90a build); deterministic=True always runs SM80.");
+        "(warp-specialised wgmma/TMA dK/dV kernel: sm_90 GPU, 90a build); deterministic=True always runs SM80. "
+        "tile_counter: 0 (one Hopper dK/dV CTA per key block), or the device address of one int32 on q's device "
+        "that the Hopper kernel then takes key blocks from, one CTA per SM (zeroed on `stream` before the "
+        "launch; not shared with a launch running at the same time); the SM80 kernels ignore it.");
 }

@@ -1,5 +1,6 @@
 // The Hopper backward kernel (dK, dV, and dQ accumulation): one CTA of 3 warpgroups per (key block of 64, head,
-// batch); warpgroup 0 loads (TMA), warpgroups 1-2 compute (wgmma) over the query blocks that kept the key block.
+// batch), or per SM taking such tiles in turn (the persistent schedule); warpgroup 0 loads (TMA), warpgroups 1-2
+// compute (wgmma) over the query blocks that kept the key block.
 // A key block kept by no query block gets dK = dV = 0 and adds nothing to dQ.
 #pragma once
 
@@ -11,6 +12,8 @@
 #include "backward/stage_skip_bwd_sm90.h"
 #include "backward/tile_bwd.h"
 #include "common/params.h"
+#include "common/tile_mailbox_sm90.h"
+#include "common/tile_scheduler.h"
 #include "common/warp_specialized_sm90.h"
 
 namespace sparge::bwd {
@@ -34,62 +37,124 @@ __device__ __forceinline__ void store_accumulator_pairs(Acc const& acc, Coords c
   }
 }
 
-template <class Traits>
-__global__ void __launch_bounds__(Traits::kNThreads, 1)
-    attention_backward_sm90_kernel(__grid_constant__ const KernelParamsBwdSm90<Traits> kp) {
+// The key blocks of every (batch, head), in the order a persistent schedule's CTAs claim them.
+__host__ __device__ inline DynamicPersistentTileScheduler bwd_tile_scheduler(BwdParams const& p) {
+  return DynamicPersistentTileScheduler{p.num_k_blocks, p.heads, p.batch, p.tile_counter};
+}
+
+// The consumers' share of one tile: dK, dV of its key block (zero when no query block kept it).
+template <class Traits, bool kSignalKvFree, class Tile>
+__device__ __forceinline__ void consume_tile(BwdParams const& p, Tile const& tile, typename Traits::SharedStorage& ss,
+                                             typename Traits::Pipeline& pipeline, int thread_idx,
+                                             typename Traits::Pipeline::PipelineState& read, int kv_phase) {
   using Element = typename Traits::Element;
-  using Pipeline = typename Traits::Pipeline;
   using Mainloop = MainloopBwdSm90<Traits>;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
   // Profiling variants only (stage_skip_bwd_sm90.h): no dK/dV global stores. They come after the mainloop and
   // its last barrier or pipeline operation, so no thread waits on them.
   constexpr bool kStoreDkv = !(Traits::kSkipStages & kSkipDkvStore);
+  Element* dk = tile.template at<Element>(p.dk, p.dk_stride, tile.row0);
+  Element* dv = tile.template at<Element>(p.dv, p.dv_stride, tile.row0);
+  if (tile.walk.trip_count() == 0) {  // no query attends to this key block: zero dK, dV (16 B stores)
+    if constexpr (kStoreDkv) {
+      constexpr int kChunks = kHeadDim / 8;
+      const uint4 zero = make_uint4(0, 0, 0, 0);
+      for (int i = thread_idx; i < tile.rows_valid * kChunks; i += Traits::kNumMmaThreads) {
+        const int row = i / kChunks, chunk = i % kChunks;
+        *reinterpret_cast<uint4*>(dk + row * p.dk_stride.row + chunk * 8) = zero;
+        *reinterpret_cast<uint4*>(dv + row * p.dv_stride.row + chunk * 8) = zero;
+      }
+    }
+    return;
+  }
+  typename Traits::TiledMmadKV mma_dkv;
+  Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+  Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+  clear(acc_dk);
+  clear(acc_dv);
+  Mainloop::template mma<kSignalKvFree>(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx, read, kv_phase);
+
+  if constexpr (!kStoreDkv) {  // the dK/dV GEMMs stay: their accumulators need a reader (keep_alive)
+    keep_alive(acc_dk, uint32_t(p.seqlen_k), reinterpret_cast<uint32_t*>(dk));
+    keep_alive(acc_dv, uint32_t(p.seqlen_k), reinterpret_cast<uint32_t*>(dv));
+  } else {
+    Tensor coords =
+        mma_dkv.get_thread_slice(thread_idx).partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+    store_accumulator_pairs(acc_dk, coords, dk, p.dk_stride.row, tile.rows_valid, p.scale);
+    store_accumulator_pairs(acc_dv, coords, dv, p.dv_stride.row, tile.rows_valid, 1.f);
+  }
+}
+
+// kPersistent false: one CTA per (key block, head, batch). true (opt-in, KernelOptions.backward_schedule): one CTA
+// per SM takes key blocks in order from p.tile_counter; the producer loads the next tile's Q/dO stages into the same
+// ring while the consumers finish the current one, and its K and V once barrier_kv_free says the last GEMM reading
+// the current ones is done. A tile without kept query blocks loads nothing: both sides count only the K/V loads
+// that happen, so the barrier phases stay in step.
+template <class Traits, bool kPersistent>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    attention_backward_sm90_kernel(__grid_constant__ const KernelParamsBwdSm90<Traits> kp) {
+  using Pipeline = typename Traits::Pipeline;
+  using Mainloop = MainloopBwdSm90<Traits>;
+  using Barrier = cutlass::arch::ClusterBarrier;
   extern __shared__ __align__(1024) char smem[];
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
   BwdParams const& p = kp.args;
-  const auto tile = key_block_tile<Traits>(p);
-  const bool any_query = tile.walk.trip_count() > 0;
   const int warp_group = warp_group_idx();
 
   init_tile_barrier_and_prefetch(&ss.barrier_kv, kp.tma_q, kp.tma_dout, kp.tma_k, kp.tma_v);
+  if constexpr (kPersistent) {
+    if (threadIdx.x == 0) {
+      Barrier::init(&ss.barrier_kv_free, Traits::kNumMmaThreads);
+      ss.mailbox.init(Traits::kNumMmaThreads);
+    }
+  }
   Pipeline pipeline(ss.pipeline, tma_pipeline_params<Traits>(warp_group, Traits::kStageBytes), Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised before anyone waits on them
 
-  Element* dk = tile.template at<Element>(p.dk, p.dk_stride, tile.row0);
-  Element* dv = tile.template at<Element>(p.dv, p.dv_stride, tile.row0);
-  if (warp_group == 0) {
-    enter_producer_role();
-    if (threadIdx.x == 0 && any_query) Mainloop::load(kp, tile, ss, pipeline);
+  if constexpr (!kPersistent) {
+    const auto tile = key_block_tile<Traits>(p);
+    if (warp_group == 0) {
+      enter_producer_role();
+      if (threadIdx.x == 0 && tile.walk.trip_count() > 0) {
+        auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
+        Mainloop::load(kp, tile, ss, pipeline, write);
+      }
+    } else {
+      const int thread_idx = enter_consumer_role();
+      typename Pipeline::PipelineState read;
+      consume_tile<Traits, false>(p, tile, ss, pipeline, thread_idx, read, 0);
+    }
   } else {
-    const int thread_idx = enter_consumer_role();
-    if (!any_query) {  // no query attends to this key block: zero dK, dV (16 B stores)
-      if constexpr (kStoreDkv) {
-        constexpr int kChunks = kHeadDim / 8;
-        const uint4 zero = make_uint4(0, 0, 0, 0);
-        for (int i = thread_idx; i < tile.rows_valid * kChunks; i += Traits::kNumMmaThreads) {
-          const int row = i / kChunks, chunk = i % kChunks;
-          *reinterpret_cast<uint4*>(dk + row * p.dk_stride.row + chunk * 8) = zero;
-          *reinterpret_cast<uint4*>(dv + row * p.dv_stride.row + chunk * 8) = zero;
+    const auto scheduler = bwd_tile_scheduler(p);
+    const int num_tiles = scheduler.num_tiles();
+    if (warp_group == 0) {
+      enter_producer_role();
+      if (threadIdx.x == 0) {
+        auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
+        int kv_loads = 0;                                               // tiles whose K, V this CTA has loaded
+        for (int tile_id = scheduler.first_tile(), i = 0; tile_id < num_tiles; ++i) {
+          const int next = scheduler.claim_next();  // in flight while this tile's loads are issued
+          const auto tile = key_block_tile<Traits>(p, scheduler.decode(tile_id));
+          if (tile.walk.trip_count() > 0) {
+            if (kv_loads > 0) Barrier::wait(&ss.barrier_kv_free, (kv_loads - 1) & 1);
+            Mainloop::load(kp, tile, ss, pipeline, write);
+            ++kv_loads;
+          }
+          ss.mailbox.publish(i, next);
+          tile_id = next;
         }
       }
-      return;
-    }
-    typename Traits::TiledMmadKV mma_dkv;
-    Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
-    Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
-    clear(acc_dk);
-    clear(acc_dv);
-    Mainloop::mma(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx);
-
-    if constexpr (!kStoreDkv) {  // the dK/dV GEMMs stay: their accumulators need a reader (keep_alive)
-      keep_alive(acc_dk, uint32_t(p.seqlen_k), reinterpret_cast<uint32_t*>(dk));
-      keep_alive(acc_dv, uint32_t(p.seqlen_k), reinterpret_cast<uint32_t*>(dv));
     } else {
-      Tensor coords = mma_dkv.get_thread_slice(thread_idx).partition_C(
-          make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
-      store_accumulator_pairs(acc_dk, coords, dk, p.dk_stride.row, tile.rows_valid, p.scale);
-      store_accumulator_pairs(acc_dv, coords, dv, p.dv_stride.row, tile.rows_valid, 1.f);
+      const int thread_idx = enter_consumer_role();
+      typename Pipeline::PipelineState read;
+      int kv_loads = 0;
+      for (int tile_id = scheduler.first_tile(), i = 0; tile_id < num_tiles; ++i) {
+        const auto tile = key_block_tile<Traits>(p, scheduler.decode(tile_id));
+        consume_tile<Traits, true>(p, tile, ss, pipeline, thread_idx, read, kv_loads & 1);
+        if (tile.walk.trip_count() > 0) ++kv_loads;
+        tile_id = ss.mailbox.take(i);
+      }
     }
   }
 }

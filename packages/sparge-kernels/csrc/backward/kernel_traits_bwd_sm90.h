@@ -13,6 +13,7 @@
 #include "backward/stage_skip_bwd_sm90.h"
 #include "common/kernel_traits_sm90.h"
 #include "common/params.h"
+#include "common/tile_mailbox_sm90.h"
 
 namespace sparge::bwd {
 
@@ -104,6 +105,10 @@ struct KernelTraitsBwdSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Elem
     alignas(16) uint64_t barrier_kv;
     // Last, so the atomic kernel's layout (NoDqStage: within the 1024 B rounding) is that of main's.
     alignas(128) DqStage dq_stage;
+    // The persistent schedule's hand-offs between tiles (kernel_bwd_sm90.h); after the rest, so the one-tile
+    // kernel's layout stays as it was.
+    alignas(16) uint64_t barrier_kv_free;  // the consumers' last GEMM reading K, V of a tile is done
+    TileMailbox mailbox;
 
     __device__ float* dq_stage_floats() {
       if constexpr (kDqBulk) {

@@ -1,6 +1,8 @@
 // Launch template of the Hopper backward: preprocess (the SM80 path's), the warp-specialised dK/dV kernel with
 // dQ accumulation into the fp32 buffer (TMA descriptors built here), then the dQ conversion: row-major after the
 // atomic mode, fragment order after the bulk mode (p.dq_bulk_reduce, KernelOptions.dq_accumulate == "bulk").
+// p.tile_counter set (KernelOptions.backward_schedule == "persistent"): the dK/dV kernel runs one CTA per SM, taking
+// key blocks from that counter, zeroed here on the stream.
 // Deterministic mode never comes here (dispatch_backward.cpp: it stays on the SM80 kernels).
 // Included only by the generated csrc/instantiations/bwd_hdim<D>_<dtype>_sm90.cu files.
 #pragma once
@@ -16,10 +18,38 @@
 #include "backward/preprocess_bwd.h"
 #include "backward/stage_skip_bwd_sm90.h"
 #include "common/cuda_check.h"
+#include "common/device_info.h"
 #include "common/element_type.h"
 #include "common/params.h"
+#include "common/tile_scheduler.h"
 
 namespace sparge::bwd {
+
+// The dK/dV kernel: one CTA per key block, or (p.tile_counter set) one per SM taking key blocks from that counter,
+// zeroed here on the stream. Profiling variants (kSkipStages != 0) are never given a counter, so only the
+// production kernels are instantiated persistent.
+template <class Traits>
+void launch_dkdv_sm90(KernelParamsBwdSm90<Traits> const& kp, cudaStream_t stream) {
+  BwdParams const& p = kp.args;
+  constexpr int kSmemBytes = Traits::kSmemBytes;
+  if constexpr (Traits::kSkipStages == 0) {
+    if (p.tile_counter != nullptr) {
+      auto kernel = &attention_backward_sm90_kernel<Traits, /*kPersistent=*/true>;
+      SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+      SPARGE_CUDA_CHECK(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream));
+      kernel<<<bwd_tile_scheduler(p).grid(current_device_sms()), Traits::kNThreads, kSmemBytes, stream>>>(kp);
+      SPARGE_CHECK_LAUNCH("sparge backward dK/dV (sm90, persistent)");
+      return;
+    }
+  } else if (p.tile_counter != nullptr) {
+    throw std::invalid_argument("sparge attention_backward: the profiling variants have no persistent schedule");
+  }
+  auto kernel = &attention_backward_sm90_kernel<Traits, /*kPersistent=*/false>;
+  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  const dim3 grid = StaticTileScheduler::grid(p.num_k_blocks, p.heads, p.batch);
+  kernel<<<grid, Traits::kNThreads, kSmemBytes, stream>>>(kp);
+  SPARGE_CHECK_LAUNCH("sparge backward dK/dV (sm90)");
+}
 
 // The three launches for one traits type (KernelTraitsBwdSm90, or a profiling KernelTraitsBwdSm90Stages);
 // launch_main = false leaves out the dK/dV kernel (profiling: the fixed cost of the other two).
@@ -50,14 +80,7 @@ void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main =
       shape_q,
       shape_k,
   };
-  auto kernel = &attention_backward_sm90_kernel<Traits>;
-  constexpr int kSmemBytes = Traits::kSmemBytes;
-  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  const dim3 grid(p.num_k_blocks, p.heads, p.batch);
-  if (launch_main) {
-    kernel<<<grid, Traits::kNThreads, kSmemBytes, stream>>>(kp);
-    SPARGE_CHECK_LAUNCH("sparge backward dK/dV (sm90)");
-  }
+  if (launch_main) launch_dkdv_sm90<Traits>(kp, stream);
 
   if constexpr (Traits::kDqBulk) {
     constexpr int kM = Traits::kBlockM;

@@ -15,6 +15,8 @@
 //       warpgroup 1 in sP/sdS (see kBarrierPdSRead below and kernel_traits_bwd_sm90.h for the smem budget).
 // P/dS are single-buffered: two named barriers per stage order the warpgroups' writes against the previous
 // stage's dK/dV reads (and, in bulk mode, the previous stage's bulk reads of warpgroup 1's staging).
+// Both sides take their ring position by reference: a persistent CTA carries it from tile to tile, and its
+// consumers say on barrier_kv_free when the tile's last GEMM reading K and V is done (kernel_bwd_sm90.h).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -95,9 +97,10 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
   static constexpr bool kDqBulk = Traits::kDqBulk;
   static_assert(!kDqBulk || Traits::kNumConsumerWarpgroups == 2, "bulk dQ staging: warpgroup 0 own, 1 in sP/sdS");
 
-  // Run by one thread of the producer warpgroup; the tile has at least one kept query block.
+  // Run by one thread of the producer warpgroup; the tile has at least one kept query block. `write`: the ring
+  // position of the tile's first stage (advanced past its last).
   __device__ static void load(KernelParamsBwdSm90<Traits> const& kp, Tile const& tile, SharedStorage& ss,
-                              Pipeline& pipeline) {
+                              Pipeline& pipeline, typename Pipeline::PipelineState& write) {
     BwdParams const& p = kp.args;
     Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q);
     Tensor mdO = kp.tma_dout.get_tma_tensor(kp.shape_q);
@@ -128,7 +131,6 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
     // and are 16 B aligned (what a bulk copy needs).
     const float* lse_log2 = p.lse_log2 + tile.bh * p.padded_q;
     const float* delta = p.delta + tile.bh * p.padded_q;
-    auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
     const int count = tile.walk.trip_count();
     for (int slot = 0; slot < count; ++slot) {
       const int m_block = tile.walk.block(slot);
@@ -146,10 +148,14 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
   }
 
   // Run by the consumer warpgroups, thread_idx in [0, kNumMmaThreads); acc_dk/acc_dv are TiledMmadKV accumulators
-  // of the (64 keys, D) tile, zeroed by the caller. The tile has at least one kept query block.
-  template <class AccdKV>
+  // of the (64 keys, D) tile, zeroed by the caller. The tile has at least one kept query block. `read`: the ring
+  // position of the tile's first stage (advanced past its last); kv_phase: the phase of barrier_kv that brings
+  // the tile's K and V. kSignalKvFree: every thread arrives on barrier_kv_free once the tile's last GEMM reading
+  // K or V (its last dQ GEMM) is done, so that the producer may load the next tile's.
+  template <bool kSignalKvFree = false, class AccdKV>
   __device__ static void mma(BwdParams const& p, Tile const& tile, SharedStorage& ss, Pipeline& pipeline,
-                             AccdKV& acc_dk, AccdKV& acc_dv, int thread_idx) {
+                             AccdKV& acc_dk, AccdKV& acc_dv, int thread_idx, typename Pipeline::PipelineState& read,
+                             int kv_phase = 0) {
     typename Traits::TiledMmaSdP mma_sdp;
     typename Traits::TiledMmadKV mma_dkv;
     typename Traits::TiledMmadQ mma_dq;
@@ -199,8 +205,7 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
     const int count = tile.walk.trip_count();
     float* dq_accum = p.dq_accum + tile.bh * p.padded_q * kHeadDim;
 
-    wait_tile_barrier(&ss.barrier_kv);
-    typename Pipeline::PipelineState read;
+    wait_tile_barrier(&ss.barrier_kv, kv_phase);
     for (int slot = 0; slot < count; ++slot) {
       const int m_block = tile.walk.block(slot);
       pipeline.consumer_wait(read);
@@ -274,6 +279,9 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
         if (warp < 4) cutlass::arch::NamedBarrier::arrive(kNumMmaThreads, kBarrierPdSRead);
       }
       if constexpr (kRunDq) warpgroup_wait<0>();
+      if constexpr (kSignalKvFree) {  // S, dP (waited above) and dQ were the GEMMs reading sK, sV
+        if (slot + 1 == count) cutlass::arch::ClusterBarrier::arrive(&ss.barrier_kv_free);
+      }
       if constexpr (kRunDkv) {
         wgmma_done(acc_dv);
         wgmma_done(acc_dk);

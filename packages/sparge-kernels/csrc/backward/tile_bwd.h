@@ -1,5 +1,5 @@
-// The tile a backward CTA owns, read once from its grid position (x: the tile's block, y: head, z: batch): its rows
-// of one sequence, the walk over the kept blocks of the other, and its (batch, head) in the (B, H, L, D) operands.
+// The tile a backward CTA owns, from its grid position (x: the tile's block, y: head, z: batch) or from a persistent
+// scheduler's TileCoord: its rows of one sequence, the walk over the kept blocks of the other, and its (batch, head) in the (B, H, L, D) operands.
 // The dK/dV kernel's tile is a key block walking the query blocks that kept it (q_index); the dQ kernel's is a query
 // block walking its kept key blocks (kv_index).
 #pragma once
@@ -9,6 +9,7 @@
 #include "common/block_sparse.h"
 #include "common/params.h"
 #include "common/tensor.h"
+#include "common/tile_scheduler.h"
 
 namespace sparge::bwd {
 
@@ -21,11 +22,11 @@ struct BwdTile {
   BlockSparseWalk<kVisitedRows> walk;
 
   // counts/indices: the kept-block lists by tile, (B, H, num_tiles) and (B, H, num_tiles, max_blocks).
-  __device__ __forceinline__ BwdTile(BwdParams const& p, int seqlen, const int32_t* counts, const int32_t* indices,
-                                     int num_tiles, int max_blocks, int seqlen_visited)
-      : block(blockIdx.x),
-        head(blockIdx.y),
-        batch(blockIdx.z),
+  __device__ __forceinline__ BwdTile(BwdParams const& p, TileCoord const& at, int seqlen, const int32_t* counts,
+                                     const int32_t* indices, int num_tiles, int max_blocks, int seqlen_visited)
+      : block(at.block),
+        head(at.head),
+        batch(at.batch),
         bh(int64_t(batch) * p.heads + head),
         row0(block * kTileRows),
         rows_valid(min(kTileRows, seqlen - row0)),
@@ -40,16 +41,17 @@ struct BwdTile {
 
 // The dK/dV kernel's tile: a key block and the query blocks that kept it.
 template <class Traits>
-__device__ __forceinline__ auto key_block_tile(BwdParams const& p) {
-  return BwdTile<Traits::kBlockN, Traits::kBlockM>(p, p.seqlen_k, p.q_count, p.q_index, p.num_k_blocks,
+__device__ __forceinline__ auto key_block_tile(BwdParams const& p,
+                                               TileCoord const& at = StaticTileScheduler::tile()) {
+  return BwdTile<Traits::kBlockN, Traits::kBlockM>(p, at, p.seqlen_k, p.q_count, p.q_index, p.num_k_blocks,
                                                    p.num_q_blocks, p.seqlen_q);
 }
 
 // The dQ kernel's tile: a query block and its kept key blocks.
 template <class Traits>
 __device__ __forceinline__ auto query_block_tile(BwdParams const& p) {
-  return BwdTile<Traits::kBlockM, Traits::kBlockN>(p, p.seqlen_q, p.kv_count, p.kv_index, p.num_q_blocks,
-                                                   p.num_k_blocks, p.seqlen_k);
+  return BwdTile<Traits::kBlockM, Traits::kBlockN>(p, StaticTileScheduler::tile(), p.seqlen_q, p.kv_count,
+                                                   p.kv_index, p.num_q_blocks, p.num_k_blocks, p.seqlen_k);
 }
 
 }  // namespace sparge::bwd

@@ -29,7 +29,7 @@ struct FwdParams {
   float scale_log2 = 0.f;  // scale * log2(e): the kernels exponentiate with exp2
 
   // Hopper forward only (required there): one int32 from which its CTAs, one per SM, take query blocks (zeroed
-  // by the launcher on the stream before the kernel; forward/tile_scheduler.h).
+  // by the launcher on the stream before the kernel; common/tile_scheduler.h).
   int* tile_counter = nullptr;
 };
 

@@ -5,7 +5,7 @@
 #include <cute/tensor.hpp>
 
 #include "common/params.h"
-#include "forward/tile_scheduler.h"
+#include "common/tile_scheduler.h"
 #include "common/utils.h"
 
 namespace sparge::fwd {
@@ -20,10 +20,10 @@ struct EpilogueFwd {
   using TileO = Shape<Int<kBlockM>, Int<kHeadDim>>;
 
   template <class AccO, class RowLse>
-  __device__ static void store(FwdParams const& p, WorkTile const& tile, char* smem, AccO const& acc_o,
+  __device__ static void store(FwdParams const& p, TileCoord const& tile, char* smem, AccO const& acc_o,
                                RowLse const& lse) {
     const int tid = threadIdx.x;
-    const int q_rows = min(kBlockM, p.seqlen_q - tile.m_block * kBlockM);
+    const int q_rows = min(kBlockM, p.seqlen_q - tile.block * kBlockM);
     typename Traits::TiledMma tiled_mma;
 
     // No cp.async may still target Q's buffer, and every warp must be done reading Q from it.
@@ -43,7 +43,7 @@ struct EpilogueFwd {
     Tensor tOc = thr_mma.partition_C(make_identity_tensor(TileO{}));
     Tensor tOc_rowcol = make_tensor(tOc.data(), accumulator_as_rowcol(tOc.layout()));
     const int64_t bh = int64_t(tile.batch) * p.heads + tile.head;
-    float* lse_ptr = p.lse + bh * p.seqlen_q + int64_t(tile.m_block) * kBlockM;
+    float* lse_ptr = p.lse + bh * p.seqlen_q + int64_t(tile.block) * kBlockM;
     if (get<1>(tOc_rowcol(0, 0)) == 0) {
       CUTE_UNROLL
       for (int mi = 0; mi < size<0>(tOc_rowcol); ++mi) {
@@ -54,7 +54,7 @@ struct EpilogueFwd {
     __syncthreads();
 
     Element* o_ptr = static_cast<Element*>(p.out) + tile.batch * p.out_stride.batch + tile.head * p.out_stride.head +
-                     int64_t(tile.m_block) * kBlockM * p.out_stride.row;
+                     int64_t(tile.block) * kBlockM * p.out_stride.row;
     Tensor gO = make_tensor(make_gmem_ptr(o_ptr), TileO{}, make_stride(p.out_stride.row, _1{}));
     typename Traits::GmemTiledCopyO gmem_copy_o;
     auto gmem_thr_o = gmem_copy_o.get_thread_slice(tid);

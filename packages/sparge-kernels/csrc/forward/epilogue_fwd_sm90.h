@@ -5,7 +5,7 @@
 #include <cute/tensor.hpp>
 
 #include "common/params.h"
-#include "forward/tile_scheduler.h"
+#include "common/tile_scheduler.h"
 #include "common/utils.h"
 
 namespace sparge::fwd {
@@ -19,7 +19,7 @@ struct EpilogueFwdSm90 {
   static constexpr int kHeadDim = Traits::kHeadDim;
 
   template <class AccO, class RowLse>
-  __device__ static void store(FwdParams const& p, WorkTile const& tile, AccO const& acc_o,
+  __device__ static void store(FwdParams const& p, TileCoord const& tile, AccO const& acc_o,
                                RowLse const& lse, int thread_idx) {
     typename Traits::TiledMmaPV mma_pv;
     auto thr_pv = mma_pv.get_thread_slice(thread_idx);
@@ -27,10 +27,10 @@ struct EpilogueFwdSm90 {
     Tensor tOc_rowcol = make_tensor(tOc.data(), accumulator_as_rowcol(tOc.layout()));
     Tensor o_reg = convert_fragment<Element>(acc_o);
     Tensor o_rowcol = make_tensor(o_reg.data(), accumulator_as_rowcol(o_reg.layout()));
-    const int q_rows = min(kBlockM, p.seqlen_q - tile.m_block * kBlockM);
+    const int q_rows = min(kBlockM, p.seqlen_q - tile.block * kBlockM);
 
     Element* o_ptr = static_cast<Element*>(p.out) + tile.batch * p.out_stride.batch + tile.head * p.out_stride.head +
-                     int64_t(tile.m_block) * kBlockM * p.out_stride.row;
+                     int64_t(tile.block) * kBlockM * p.out_stride.row;
     CUTE_UNROLL
     for (int mi = 0; mi < size<0>(o_rowcol); ++mi) {
       const int row = get<0>(tOc_rowcol(mi, 0));
@@ -49,7 +49,7 @@ struct EpilogueFwdSm90 {
     }
     if (get<1>(tOc_rowcol(0, 0)) == 0) {
       const int64_t bh = int64_t(tile.batch) * p.heads + tile.head;
-      float* lse_ptr = p.lse + bh * p.seqlen_q + int64_t(tile.m_block) * kBlockM;
+      float* lse_ptr = p.lse + bh * p.seqlen_q + int64_t(tile.block) * kBlockM;
       CUTE_UNROLL
       for (int mi = 0; mi < size<0>(tOc_rowcol); ++mi) {
         const int row = get<0>(tOc_rowcol(mi, 0));

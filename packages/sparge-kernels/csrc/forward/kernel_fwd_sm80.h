@@ -4,12 +4,12 @@
 
 #include <cute/tensor.hpp>
 
+#include "common/params.h"
+#include "common/tile_scheduler.h"
+#include "common/utils.h"
 #include "forward/epilogue_fwd_sm80.h"
 #include "forward/mainloop_fwd_sm80.h"
-#include "common/params.h"
 #include "forward/softmax.h"
-#include "forward/tile_scheduler.h"
-#include "common/utils.h"
 
 namespace sparge::fwd {
 
@@ -19,7 +19,7 @@ template <class Traits>
 __global__ void __launch_bounds__(Traits::kNThreads, 2)
     attention_forward_sm80_kernel(__grid_constant__ const FwdParams params) {
   extern __shared__ __align__(128) char smem[];
-  const WorkTile tile = StaticTileScheduler::tile();
+  const TileCoord tile = StaticTileScheduler::tile();
 
   typename Traits::TiledMma tiled_mma;
   Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{});

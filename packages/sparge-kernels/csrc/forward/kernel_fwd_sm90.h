@@ -3,7 +3,7 @@
 // equal dense: tools/results/fwd_persistent_h200_2026-12-04.md). The producer thread loads tile after tile into
 // the same K/V ring, so the next tile's first stages land while the consumers finish the current one, reloads Q
 // once the consumers' last Q·Kᵀ of the previous tile has completed (barrier_q_free), and publishes each next tile
-// in a two-slot mailbox (tile_full / tile_empty). Mainloop, softmax and epilogue: mainloop_fwd_sm90.h,
+// in a two-slot mailbox (common/tile_mailbox_sm90.h). Mainloop, softmax and epilogue: mainloop_fwd_sm90.h,
 // softmax.h, epilogue_fwd_sm90.h.
 // A tile without kept blocks loads nothing (no Q either): both sides count only the Q loads that happen, so the
 // barrier phases stay in step.
@@ -14,51 +14,50 @@
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include "common/params.h"
+#include "common/tile_mailbox_sm90.h"
+#include "common/tile_scheduler.h"
 #include "common/utils.h"
 #include "common/warp_specialized_sm90.h"
 #include "forward/epilogue_fwd_sm90.h"
 #include "forward/kernel_traits_fwd_sm90.h"
 #include "forward/mainloop_fwd_sm90.h"
 #include "forward/softmax.h"
-#include "forward/tile_scheduler.h"
 
 namespace sparge::fwd {
 
 using namespace cute;
 
-// The mailbox is read and written with ordinary shared-memory accesses, and CUTLASS's mbarrier asm declares no
-// memory effects: this keeps the compiler from moving them across the arrive / wait.
-__device__ __forceinline__ void compiler_fence() { asm volatile("" ::: "memory"); }
+// The query blocks of every (batch, head), in the order the CTAs claim them.
+__host__ __device__ inline DynamicPersistentTileScheduler fwd_tile_scheduler(FwdParams const& p) {
+  return DynamicPersistentTileScheduler{p.num_q_blocks, p.heads, p.batch, p.tile_counter};
+}
 
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     attention_forward_sm90_kernel(__grid_constant__ const KernelParamsSm90<Traits> kp) {
   using Pipeline = typename Traits::Pipeline;
   using Mainloop = MainloopFwdSm90<Traits>;
-  using Scheduler = DynamicPersistentTileScheduler;
   using Barrier = cutlass::arch::ClusterBarrier;
   extern __shared__ __align__(1024) char smem[];
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
   FwdParams const& p = kp.args;
-  const int num_tiles = Scheduler::num_tiles(p);
+  const auto scheduler = fwd_tile_scheduler(p);
+  const int num_tiles = scheduler.num_tiles();
   const int warp_group = warp_group_idx();
 
   init_tile_barrier_and_prefetch(&ss.barrier_q, kp.tma_q, kp.tma_k, kp.tma_v);
   if (threadIdx.x == 0) {
     Barrier::init(&ss.barrier_q_free, Traits::kNumMmaThreads);
-    for (int slot = 0; slot < 2; ++slot) {
-      Barrier::init(&ss.tile_full[slot], 1);
-      Barrier::init(&ss.tile_empty[slot], Traits::kNumMmaThreads);
-    }
+    ss.mailbox.init(Traits::kNumMmaThreads);
   }
   auto pipeline_params = tma_pipeline_params<Traits>(warp_group, Traits::kTmaBytesKVStage);
   Pipeline pipeline_k(ss.pipeline_k, pipeline_params, Shape<_1, _1, _1>{});
   Pipeline pipeline_v(ss.pipeline_v, pipeline_params, Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised before anyone waits on them
 
-  auto walk_of = [&](WorkTile const& tile) {
+  auto walk_of = [&](TileCoord const& tile) {
     return BlockSparseWalk<Traits::kBlockN>(p.kv_count, p.kv_index, int64_t(tile.batch) * p.heads + tile.head,
-                                            p.num_q_blocks, tile.m_block, p.num_k_blocks, p.seqlen_k);
+                                            p.num_q_blocks, tile.block, p.num_k_blocks, p.seqlen_k);
   };
 
   if (warp_group == 0) {
@@ -66,22 +65,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     if (threadIdx.x == 0) {
       auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
       int q_loads = 0;                                                // tiles whose Q this CTA has loaded
-      for (int tile_id = Scheduler::first_tile(), i = 0; tile_id < num_tiles; ++i) {
-        const int next = Scheduler::claim_next(p);  // in flight while this tile's loads are issued
-        const WorkTile tile = Scheduler::decode(p, tile_id);
+      for (int tile_id = scheduler.first_tile(), i = 0; tile_id < num_tiles; ++i) {
+        const int next = scheduler.claim_next();  // in flight while this tile's loads are issued
+        const TileCoord tile = scheduler.decode(tile_id);
         const auto walk = walk_of(tile);
         if (walk.trip_count() > 0) {
           if (q_loads > 0) Barrier::wait(&ss.barrier_q_free, (q_loads - 1) & 1);
           Mainloop::load(kp, tile, ss, pipeline_k, pipeline_v, walk, write);
           ++q_loads;
         }
-        // Mailbox slot i % 2; its previous content (tile i - 2) must have been read.
-        const int slot = i & 1;
-        if (i >= 2) Barrier::wait(&ss.tile_empty[slot], ((i >> 1) & 1) ^ 1);
-        compiler_fence();
-        ss.next_tile[slot] = next;
-        compiler_fence();
-        Barrier::arrive(&ss.tile_full[slot]);
+        ss.mailbox.publish(i, next);
         tile_id = next;
       }
     }
@@ -89,26 +82,20 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     const int thread_idx = enter_consumer_role();
     typename Pipeline::PipelineState read;
     int q_loads = 0;
-    for (int tile_id = Scheduler::first_tile(), i = 0; tile_id < num_tiles; ++i) {
-      const WorkTile tile = Scheduler::decode(p, tile_id);
+    for (int tile_id = scheduler.first_tile(), i = 0; tile_id < num_tiles; ++i) {
+      const TileCoord tile = scheduler.decode(tile_id);
       const auto walk = walk_of(tile);
       typename Traits::TiledMmaPV mma_pv;
       Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{});
       clear(acc_o);
       constexpr int kRowsPerThread = decltype(size<0>(accumulator_as_rowcol(acc_o.layout())))::value;
       OnlineSoftmax<kRowsPerThread> softmax(p.scale_log2);
-      Mainloop::mma(p, ss, pipeline_k, pipeline_v, walk, acc_o, softmax, thread_idx,
-                                                    read, q_loads & 1);
+      Mainloop::mma(p, ss, pipeline_k, pipeline_v, walk, acc_o, softmax, thread_idx, read, q_loads & 1);
       if (walk.trip_count() > 0) ++q_loads;
       Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
       auto lse = softmax.finalize(acc_o_rowcol, p.scale);
       EpilogueFwdSm90<Traits>::store(p, tile, acc_o, lse, thread_idx);
-      const int slot = i & 1;
-      Barrier::wait(&ss.tile_full[slot], (i >> 1) & 1);
-      compiler_fence();
-      tile_id = ss.next_tile[slot];
-      compiler_fence();
-      Barrier::arrive(&ss.tile_empty[slot]);
+      tile_id = ss.mailbox.take(i);
     }
   }
 }

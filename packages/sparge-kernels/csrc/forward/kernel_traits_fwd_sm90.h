@@ -7,6 +7,7 @@
 
 #include "common/kernel_traits_sm90.h"
 #include "common/params.h"
+#include "common/tile_mailbox_sm90.h"
 
 namespace sparge::fwd {
 
@@ -65,9 +66,7 @@ struct KernelTraitsSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Element
     alignas(16) uint64_t barrier_q;
     // The persistent kernel's hand-offs between tiles (kernel_fwd_sm90.h).
     uint64_t barrier_q_free;  // the consumers have issued and finished their last Q·Kᵀ of a tile: Q may be reloaded
-    uint64_t tile_full[2];    // the producer published the next tile in next_tile[slot]
-    uint64_t tile_empty[2];   // the consumers have read next_tile[slot]
-    int next_tile[2];
+    TileMailbox mailbox;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
 };

@@ -7,10 +7,10 @@
 
 #include "common/cuda_check.h"
 #include "common/element_type.h"
+#include "common/tile_scheduler.h"
 #include "forward/forward_api.h"
 #include "forward/kernel_fwd_sm80.h"
 #include "forward/kernel_traits_fwd_sm80.h"
-#include "forward/tile_scheduler.h"
 
 namespace sparge::fwd {
 
@@ -22,7 +22,7 @@ void run_sm80(FwdParams const& params, cudaStream_t stream) {
   if constexpr (kSmemBytes > 48 * 1024) {
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   }
-  kernel<<<StaticTileScheduler::grid(params), Traits::kNThreads, kSmemBytes, stream>>>(params);
+  kernel<<<StaticTileScheduler::grid(params.num_q_blocks, params.heads, params.batch), Traits::kNThreads, kSmemBytes, stream>>>(params);
   SPARGE_CHECK_LAUNCH("attention_forward_sm80_kernel");
 }
 

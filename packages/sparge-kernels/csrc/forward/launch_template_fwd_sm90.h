@@ -6,11 +6,12 @@
 #include <cuda_runtime.h>
 
 #include "common/cuda_check.h"
+#include "common/device_info.h"
 #include "common/element_type.h"
+#include "common/tile_scheduler.h"
 #include "forward/forward_api.h"
 #include "forward/kernel_fwd_sm90.h"
 #include "forward/kernel_traits_fwd_sm90.h"
-#include "forward/tile_scheduler.h"
 
 namespace sparge::fwd {
 
@@ -39,11 +40,8 @@ void run_sm90(FwdParams const& p, cudaStream_t stream) {
   constexpr int kSmemBytes = Traits::kSmemBytes;
   auto kernel = &attention_forward_sm90_kernel<Traits>;
   SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  int device = 0, sms = 0;
-  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   SPARGE_CUDA_CHECK(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream));
-  kernel<<<DynamicPersistentTileScheduler::grid(p, sms), Traits::kNThreads, kSmemBytes, stream>>>(kp);
+  kernel<<<fwd_tile_scheduler(p).grid(current_device_sms()), Traits::kNThreads, kSmemBytes, stream>>>(kp);
   SPARGE_CHECK_LAUNCH("attention_forward_sm90_kernel");
 }
 

@@ -9,9 +9,9 @@
 
 #include "common/block_sparse.h"
 #include "common/params.h"
+#include "common/tile_scheduler.h"
 #include "common/utils.h"
 #include "forward/softmax.h"
-#include "forward/tile_scheduler.h"
 
 namespace sparge::fwd {
 
@@ -28,17 +28,17 @@ struct MainloopFwdSm80 {
 
   // Accumulates the unnormalised output of the tile into acc_o and the softmax statistics into softmax.
   template <class AccO, class Softmax>
-  __device__ static void run(FwdParams const& p, WorkTile const& tile, char* smem, AccO& acc_o,
+  __device__ static void run(FwdParams const& p, TileCoord const& tile, char* smem, AccO& acc_o,
                              Softmax& softmax) {
     const int tid = threadIdx.x;
     const int64_t bh = int64_t(tile.batch) * p.heads + tile.head;
-    const BlockSparseWalk<kBlockN> walk(p.kv_count, p.kv_index, bh, p.num_q_blocks, tile.m_block, p.num_k_blocks,
+    const BlockSparseWalk<kBlockN> walk(p.kv_count, p.kv_index, bh, p.num_q_blocks, tile.block, p.num_k_blocks,
                                         p.seqlen_k);
     const int kv_count = walk.trip_count();
-    const int q_rows = min(kBlockM, p.seqlen_q - tile.m_block * kBlockM);
+    const int q_rows = min(kBlockM, p.seqlen_q - tile.block * kBlockM);
 
     const Element* q_ptr = static_cast<const Element*>(p.q) + tile.batch * p.q_stride.batch +
-                           tile.head * p.q_stride.head + int64_t(tile.m_block) * kBlockM * p.q_stride.row;
+                           tile.head * p.q_stride.head + int64_t(tile.block) * kBlockM * p.q_stride.row;
     const Element* k_base = static_cast<const Element*>(p.k) + tile.batch * p.k_stride.batch + tile.head * p.k_stride.head;
     const Element* v_base = static_cast<const Element*>(p.v) + tile.batch * p.v_stride.batch + tile.head * p.v_stride.head;
     Tensor gQ = make_tensor(make_gmem_ptr(q_ptr), TileQ{}, make_stride(p.q_stride.row, _1{}));

@@ -11,14 +11,14 @@
 
 #include <cmath>
 
-#include "forward/kernel_traits_fwd_sm90.h"
 #include "common/block_sparse.h"
 #include "common/params.h"
-#include "forward/softmax.h"
-#include "forward/tile_scheduler.h"
+#include "common/tile_scheduler.h"
 #include "common/utils.h"
 #include "common/warp_specialized_sm90.h"
 #include "common/wgmma_sm90.h"
+#include "forward/kernel_traits_fwd_sm90.h"
+#include "forward/softmax.h"
 
 namespace sparge::fwd {
 
@@ -33,13 +33,13 @@ struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
 
   // Run by one thread of the producer warpgroup; `write` is the ring position of the tile's first stage (advanced
   // past its last).
-  __device__ static void load(KernelParamsSm90<Traits> const& kp, WorkTile const& tile, SharedStorage& ss,
+  __device__ static void load(KernelParamsSm90<Traits> const& kp, TileCoord const& tile, SharedStorage& ss,
                               Pipeline& pipeline_k, Pipeline& pipeline_v, BlockSparseWalk<kBlockN> const& walk,
                               typename Pipeline::PipelineState& write) {
     Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q);
     Tensor mK = kp.tma_k.get_tma_tensor(kp.shape_k);
     Tensor mV = kp.tma_v.get_tma_tensor(kp.shape_k);
-    Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch), typename Traits::TileQ{}, make_coord(tile.m_block, _0{}));
+    Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch), typename Traits::TileQ{}, make_coord(tile.block, _0{}));
     Tensor gK = local_tile(mK(_, _, tile.head, tile.batch), typename Traits::TileKV{}, make_coord(_, _0{}));
     Tensor gV = local_tile(mV(_, _, tile.head, tile.batch), typename Traits::TileKV{}, make_coord(_, _0{}));
     Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});

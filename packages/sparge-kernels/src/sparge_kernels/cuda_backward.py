@@ -75,6 +75,10 @@ def backward(
     if options.debug_fill is not None:
         for t in (dq, dk, dv):
             t.fill_(options.debug_fill)
+    # The persistent schedule's tile counter: one per call (never shared between streams); the caching allocator
+    # reuses it only for later work on this stream, so it outlives the kernel.
+    persistent = options.backward_schedule == "persistent" and not deterministic
+    counter = torch.empty(1, dtype=torch.int32, device=q.device) if persistent else None
     with torch.cuda.device(q.device):
         _C.attention_backward(
             q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse,
@@ -83,5 +87,6 @@ def backward(
             block_q=block_q, block_k=block_k, scale=float(scale), deterministic=bool(deterministic),
             dq_bulk_reduce=options.dq_accumulate == "bulk", stream=current_stream(q.device),
             path=options.backward_path,
+            tile_counter=counter.data_ptr() if counter is not None else 0,
         )
     return dq, dk, dv

@@ -28,6 +28,7 @@ __all__ = ["KernelOptions", "current_kernel_options", "kernel_options"]
 FORWARD_PATHS = ("auto", "sm80", "sm90")
 BACKWARD_PATHS = ("auto", "sm80", "sm90")
 DQ_ACCUMULATE = ("bulk", "atomic")
+BACKWARD_SCHEDULES = ("tile", "persistent")
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,18 @@ class KernelOptions:
         warp-specialised Hopper wgmma/TMA kernel: an sm_90 GPU and a build for 90a, else an error) or "auto".
         "auto" picks "sm90" where it can run (sm_90 GPU, 90a build, TMA-walkable strides), else "sm80".
         deterministic=True always runs the SM80 kernels. The default comes from SPARGE_BACKWARD_PATH, else "auto".
+    backward_schedule: how the Hopper dK/dV kernel spreads key blocks over the GPU: "tile" (one CTA per key block)
+        or "persistent" (one CTA per SM taking key blocks from an atomic counter, loading the next block's operands
+        while it finishes the current one). The same gradients up to the fp32 order of dQ's accumulation; the SM80
+        kernels ignore it. Not yet measured on a GPU: "tile" stays the default until tools/bench_attention.py
+        says which is faster.
     """
 
     forward_path: str = "auto"
     dq_accumulate: str = "bulk"
     debug_fill: float | None = None
     backward_path: str = "auto"  # after the older fields: positional KernelOptions(forward_path, ...) still holds
+    backward_schedule: str = "tile"
 
     def __post_init__(self) -> None:
         if self.forward_path not in FORWARD_PATHS:
@@ -59,6 +66,10 @@ class KernelOptions:
         if self.backward_path not in BACKWARD_PATHS:
             raise ValueError(
                 f"KernelOptions.backward_path must be one of {BACKWARD_PATHS}, got {self.backward_path!r}"
+            )
+        if self.backward_schedule not in BACKWARD_SCHEDULES:
+            raise ValueError(
+                f"KernelOptions.backward_schedule must be one of {BACKWARD_SCHEDULES}, got {self.backward_schedule!r}"
             )
         if self.dq_accumulate not in DQ_ACCUMULATE:
             raise ValueError(

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Device script (H200, one run call, carry=[".carry"]; prepare .carry with tools/device/prepare_carry.sh here) for
+# the Hopper backward's persistent schedule (KernelOptions.backward_schedule="persistent": one dK/dV CTA per SM
+# taking key blocks from an atomic counter) against one CTA per key block. Everything lands in $OUT:
+#   bash tools/device/bwd_persistent_h200.sh [build] [smoke] [tests] [sanitize] [bench] ...
+#   (no argument = all five, in this order, until the time budget runs out)
+#   build     source tools/device/setup.sh (all head dims and dtypes, 90a) -> build.log, gpu_bwd.txt
+#   smoke     tools/sanitize_backward.py --paths sm90-persistent without a sanitizer under a 60 s cap: a hang (a
+#             barrier phase out of step) shows here cheaply; a failure ends the run -> smoke_bwd.log
+#   tests     the backward GPU tests (test_cuda_backward.py: every test on sm80, sm90 and sm90-persistent, and
+#             test_persistent_schedule_matches_tile_schedule) and test_cuda_training.py -> gpu_backward_tests.log
+#   sanitize  compute-sanitizer memcheck, racecheck and synccheck of tools/sanitize_backward.py --paths sm90
+#             sm90-persistent -> sanitizer_backward_{memcheck,racecheck,synccheck}.log
+#   bench     tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 --backward-densities 1.3b=0.05
+#             (fwd+bwd and "backward alone" rows for both schedules, Flex 128x64 and 128x128, cuDNN)
+#             -> bench_bwd_persistent_1p3b.md (+ .log)
+# A step is cut off by `timeout` at min(its cap, what is left of BWD_BUDGET_S, default 560 s from the start);
+# status_bwd.txt lists each step's exit code and time; the logs come back in one tarball.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+steps=${*:-build smoke tests sanitize bench}
+source tools/device/step_budget.sh
+budget_init "${BWD_BUDGET_S:-560}" "$OUT/status_bwd.txt"
+for step in $steps; do
+  step_begin "$step" || continue
+  case $step in
+    build)
+      source tools/device/setup.sh >"$OUT/build.log" 2>&1 || rc=1
+      [ $rc = 0 ] && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 \
+        | tee "$OUT/gpu_bwd.txt" ;;
+    smoke)
+      timeout "$(left 60)" python3 tools/sanitize_backward.py --paths sm90-persistent 2>&1 \
+        | tee "$OUT/smoke_bwd.log" || rc=1 ;;
+    tests)
+      timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
+        packages/sparge-kernels/tests/test_cuda_backward.py packages/sparge-kernels/tests/test_cuda_training.py \
+        2>&1 | tee "$OUT/gpu_backward_tests.log" | tail -5 || rc=1 ;;
+    sanitize)
+      for tool in memcheck racecheck synccheck; do
+        timeout "$(left 120)" compute-sanitizer --tool $tool --error-exitcode 1 \
+          python3 tools/sanitize_backward.py --paths sm90 sm90-persistent >"$OUT/sanitizer_backward_$tool.log" 2>&1 \
+          || rc=1
+        tail -1 "$OUT/sanitizer_backward_$tool.log"
+      done ;;
+    bench)
+      timeout "$(left 300)" python3 tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 \
+        --backward-densities 1.3b=0.05 --out "$OUT/bench_bwd_persistent_1p3b.md" \
+        >"$OUT/bench_bwd_persistent_1p3b.log" 2>&1 || rc=1 ;;
+    *) echo "unknown step $step"; rc=1 ;;
+  esac
+  step_done "$step" $rc $t0
+  if [ "$step" = smoke ] && [ $rc != 0 ]; then note "smoke failed: stopping"; break; fi
+done
+(cd "$OUT" && tar czf bwd_logs.tgz --remove-files ./*.log 2>/dev/null)  # at most 8 files come back
+exit $status
