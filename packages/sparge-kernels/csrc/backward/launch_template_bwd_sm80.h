@@ -13,6 +13,7 @@
 #include "backward/mainloop_bwd_dq_sm80.h"
 #include "backward/preprocess_bwd.h"
 #include "common/cuda_check.h"
+#include "common/device_info.h"
 #include "common/element_type.h"
 #include "common/params.h"
 
@@ -43,10 +44,7 @@ void run_sm80(BwdParams const& p, cudaStream_t stream) {
     SPARGE_CHECK_LAUNCH("sparge backward dQ (deterministic)");
     return;
   }
-  int device = 0, sm_major = 0;
-  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sm_major, cudaDevAttrComputeCapabilityMajor, device));
-  if (p.dq_bulk_reduce && sm_major >= 9) {
+  if (p.dq_bulk_reduce && current_device_attribute(cudaDevAttrComputeCapabilityMajor) >= 9) {
     launch_dkdv<Traits, DqMode::kBulkReduce>(p, grid_kv, Traits::kSmemBytesKV + Traits::kSmemBytesDqStage, stream);
     const dim3 grid_convert(2 * p.num_q_blocks, p.heads, p.batch);  // 64-row step chunks
     dq_convert_fragments_kernel<Traits><<<grid_convert, Traits::kNThreads, 0, stream>>>(p);

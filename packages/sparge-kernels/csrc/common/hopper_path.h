@@ -7,17 +7,15 @@
 #include <initializer_list>
 
 #include "common/cuda_check.h"
+#include "common/device_info.h"
 #include "common/params.h"
 #include "common/tensor.h"
 
 namespace sparge {
 
 inline bool current_device_is_sm90() {
-  int device = 0, major = 0, minor = 0;
-  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return major == 9 && minor == 0;
+  return current_device_attribute(cudaDevAttrComputeCapabilityMajor) == 9 &&
+         current_device_attribute(cudaDevAttrComputeCapabilityMinor) == 0;
 }
 
 // TMA steps over rows, heads and batch: each stride it steps with must be non-zero (16-byte multiples are the

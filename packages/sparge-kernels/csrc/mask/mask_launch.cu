@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/cuda_check.h"
+#include "common/device_info.h"
 #include "mask/mask_launch.h"
 #include "mask/pool_blocks.cuh"
 #include "mask/select_blocks.cuh"
@@ -17,12 +18,7 @@ namespace {
 
 cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
-int max_dynamic_smem() {
-  int device = 0, bytes = 0;
-  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
-}
+int max_dynamic_smem() { return current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin); }
 
 // Widest load (in elements) that every row start of Q and K allows: aligned pointer, strides and D multiples.
 int vector_width(const PoolParams& p, int elem_bytes) {
@@ -43,9 +39,7 @@ int vector_width(const PoolParams& p, int elem_bytes) {
 template <class Params>
 void launch_after_previous(void (*kernel)(Params), dim3 grid, int block, size_t smem, cudaStream_t stream,
                            const Params& p) {
-  int device = 0, major = 0;
-  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  const int major = current_device_attribute(cudaDevAttrComputeCapabilityMajor);
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = dim3(block);
@@ -91,9 +85,7 @@ void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
 // (tools/results/mask_2026-11-23.md): 8 is best for the 1.3B shape (192 vs 384 CTAs), 16 for 14B; 32 (one
 // CTA per SM) and 4 (more L2 traffic for the pooled keys) are slower on both.
 int default_rows_per_cta(const SelectParams& p) {
-  int device = 0, sms = 0;
-  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-  SPARGE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = current_device_sms();
   const int64_t row_groups = int64_t(p.batch) * p.group_heads;
   int rows = 16;
   while (rows > 8 && row_groups * ((p.num_q_blocks + rows - 1) / rows) < 2 * int64_t(sms)) rows /= 2;
