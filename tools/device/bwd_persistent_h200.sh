@@ -2,8 +2,8 @@
 # Device script (H200, one run call, carry=[".carry"]; prepare .carry with tools/device/prepare_carry.sh here) for
 # the Hopper backward's persistent schedule (KernelOptions.backward_schedule="persistent": one dK/dV CTA per SM
 # taking key blocks from an atomic counter) against one CTA per key block. Everything lands in $OUT:
-#   bash tools/device/bwd_persistent_h200.sh [build] [smoke] [tests] [sanitize] [bench] ...
-#   (no argument = all five, in this order, until the time budget runs out)
+#   bash tools/device/bwd_persistent_h200.sh [build] [smoke] [tests] [sanitize] [bench] [l2-reduce] ...
+#   (no argument = all six, in this order, until the time budget runs out)
 #   build     source tools/device/setup.sh (all head dims and dtypes, 90a) -> build.log, gpu_bwd.txt
 #   smoke     tools/sanitize_backward.py --paths sm90-persistent without a sanitizer under a 60 s cap: a hang (a
 #             barrier phase out of step) shows here cheaply; a failure ends the run -> smoke_bwd.log
@@ -14,12 +14,14 @@
 #   bench     tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 --backward-densities 1.3b=0.05
 #             (fwd+bwd and "backward alone" rows for both schedules, Flex 128x64 and 128x128, cuDNN)
 #             -> bench_bwd_persistent_1p3b.md (+ .log)
+#   l2-reduce tools/microbench/l2_reduce_sm90.cu: the rate of fp32 bulk reduce-adds of 64 KB tiles (the backward's
+#             dQ accumulation) into 16, 64 and 256 MB buffers -> l2_reduce.md
 # A step is cut off by `timeout` at min(its cap, what is left of BWD_BUDGET_S, default 560 s from the start);
 # status_bwd.txt lists each step's exit code and time; the logs come back in one tarball.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-steps=${*:-build smoke tests sanitize bench}
+steps=${*:-build smoke tests sanitize bench l2-reduce}
 source tools/device/step_budget.sh
 budget_init "${BWD_BUDGET_S:-560}" "$OUT/status_bwd.txt"
 for step in $steps; do
@@ -47,6 +49,9 @@ for step in $steps; do
       timeout "$(left 300)" python3 tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 \
         --backward-densities 1.3b=0.05 --out "$OUT/bench_bwd_persistent_1p3b.md" \
         >"$OUT/bench_bwd_persistent_1p3b.log" 2>&1 || rc=1 ;;
+    l2-reduce)
+      nvcc -O3 -arch=sm_90a -o /tmp/l2_reduce tools/microbench/l2_reduce_sm90.cu \
+        && timeout "$(left 60)" /tmp/l2_reduce | tee "$OUT/l2_reduce.md" || rc=1 ;;
     *) echo "unknown step $step"; rc=1 ;;
   esac
   step_done "$step" $rc $t0
