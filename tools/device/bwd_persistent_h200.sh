@@ -8,7 +8,8 @@
 #   smoke     tools/sanitize_backward.py --paths sm90-persistent without a sanitizer under a 60 s cap: a hang (a
 #             barrier phase out of step) shows here cheaply; a failure ends the run -> smoke_bwd.log
 #   tests     the backward GPU tests (test_cuda_backward.py: every test on sm80, sm90 and sm90-persistent, and
-#             test_persistent_schedule_matches_tile_schedule) and test_cuda_training.py -> gpu_backward_tests.log
+#             test_persistent_schedule_matches_tile_schedule), test_cuda_training.py and test_cuda_forward.py (the
+#             forward's scheduler moved to common/ with the backward's) -> gpu_backward_tests.log
 #   sanitize  compute-sanitizer memcheck, racecheck and synccheck of tools/sanitize_backward.py --paths sm90
 #             sm90-persistent -> sanitizer_backward_{memcheck,racecheck,synccheck}.log
 #   bench     tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 --backward-densities 1.3b=0.05
@@ -37,6 +38,7 @@ for step in $steps; do
     tests)
       timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
         packages/sparge-kernels/tests/test_cuda_backward.py packages/sparge-kernels/tests/test_cuda_training.py \
+        packages/sparge-kernels/tests/test_cuda_forward.py \
         2>&1 | tee "$OUT/gpu_backward_tests.log" | tail -5 || rc=1 ;;
     sanitize)
       for tool in memcheck racecheck synccheck; do
