@@ -12,7 +12,7 @@
 #include "backward/stage_skip_bwd_sm90.h"
 #include "backward/tile_bwd.h"
 #include "common/params.h"
-#include "common/tile_mailbox_sm90.h"
+#include "common/persistent_tiles_sm90.h"
 #include "common/tile_scheduler.h"
 #include "common/warp_specialized_sm90.h"
 
@@ -89,8 +89,7 @@ __device__ __forceinline__ void consume_tile(BwdParams const& p, Tile const& til
 // kPersistent false: one CTA per (key block, head, batch). true (opt-in, KernelOptions.backward_schedule): one CTA
 // per SM takes key blocks in order from p.tile_counter; the producer loads the next tile's Q/dO stages into the same
 // ring while the consumers finish the current one, and its K and V once barrier_kv_free says the last GEMM reading
-// the current ones is done. A tile without kept query blocks loads nothing: both sides count only the K/V loads
-// that happen, so the barrier phases stay in step.
+// the current ones is done (the tile loops: common/persistent_tiles_sm90.h).
 template <class Traits, bool kPersistent>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
     attention_backward_sm90_kernel(__grid_constant__ const KernelParamsBwdSm90<Traits> kp) {
@@ -127,34 +126,26 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     }
   } else {
     const auto scheduler = bwd_tile_scheduler(p);
-    const int num_tiles = scheduler.num_tiles();
     if (warp_group == 0) {
       enter_producer_role();
       if (threadIdx.x == 0) {
         auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
-        int kv_loads = 0;                                               // tiles whose K, V this CTA has loaded
-        for (int tile_id = scheduler.first_tile(), i = 0; tile_id < num_tiles; ++i) {
-          const int next = scheduler.claim_next();  // in flight while this tile's loads are issued
-          const auto tile = key_block_tile<Traits>(p, scheduler.decode(tile_id));
-          if (tile.walk.trip_count() > 0) {
-            if (kv_loads > 0) Barrier::wait(&ss.barrier_kv_free, (kv_loads - 1) & 1);
-            Mainloop::load(kp, tile, ss, pipeline, write);
-            ++kv_loads;
-          }
-          ss.mailbox.publish(i, next);
-          tile_id = next;
-        }
+        produce_tiles(scheduler, ss.mailbox, &ss.barrier_kv_free, [&](TileCoord const& at, auto&& wait_kv_free) {
+          const auto tile = key_block_tile<Traits>(p, at);
+          if (tile.walk.trip_count() == 0) return false;
+          wait_kv_free();
+          Mainloop::load(kp, tile, ss, pipeline, write);
+          return true;
+        });
       }
     } else {
       const int thread_idx = enter_consumer_role();
       typename Pipeline::PipelineState read;
-      int kv_loads = 0;
-      for (int tile_id = scheduler.first_tile(), i = 0; tile_id < num_tiles; ++i) {
-        const auto tile = key_block_tile<Traits>(p, scheduler.decode(tile_id));
-        consume_tile<Traits, true>(p, tile, ss, pipeline, thread_idx, read, kv_loads & 1);
-        if (tile.walk.trip_count() > 0) ++kv_loads;
-        tile_id = ss.mailbox.take(i);
-      }
+      consume_tiles(scheduler, ss.mailbox, [&](TileCoord const& at, int kv_phase) {
+        const auto tile = key_block_tile<Traits>(p, at);
+        consume_tile<Traits, true>(p, tile, ss, pipeline, thread_idx, read, kv_phase);
+        return tile.walk.trip_count() > 0;
+      });
     }
   }
 }

@@ -18,7 +18,6 @@
 #include "backward/preprocess_bwd.h"
 #include "backward/stage_skip_bwd_sm90.h"
 #include "common/cuda_check.h"
-#include "common/device_info.h"
 #include "common/element_type.h"
 #include "common/params.h"
 #include "common/tile_scheduler.h"
@@ -36,8 +35,7 @@ void launch_dkdv_sm90(KernelParamsBwdSm90<Traits> const& kp, cudaStream_t stream
     if (p.tile_counter != nullptr) {
       auto kernel = &attention_backward_sm90_kernel<Traits, /*kPersistent=*/true>;
       SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-      SPARGE_CUDA_CHECK(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream));
-      kernel<<<bwd_tile_scheduler(p).grid(current_device_sms()), Traits::kNThreads, kSmemBytes, stream>>>(kp);
+      kernel<<<bwd_tile_scheduler(p).prepare_launch(stream), Traits::kNThreads, kSmemBytes, stream>>>(kp);
       SPARGE_CHECK_LAUNCH("sparge backward dK/dV (sm90, persistent)");
       return;
     }

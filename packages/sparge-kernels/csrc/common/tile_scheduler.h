@@ -13,7 +13,8 @@
 
 #include <cuda_runtime.h>
 
-#include "common/params.h"
+#include "common/cuda_check.h"
+#include "common/device_info.h"
 
 namespace sparge {
 
@@ -39,10 +40,12 @@ struct DynamicPersistentTileScheduler {
   int* counter;  // zeroed on the stream before the launch
 
   __host__ __device__ int num_tiles() const { return blocks * heads * batch; }
-  // One CTA per SM (the kernels' shared memory allows one), never more than there are tiles.
-  dim3 grid(int num_sms) const {
-    const int tiles = num_tiles();
-    return dim3(static_cast<unsigned>(tiles < num_sms ? tiles : num_sms));
+  // Host, before each launch: zeroes the counter on `stream` and returns the grid, one CTA per SM of the current
+  // device (the kernels' shared memory allows one), never more than there are tiles.
+  dim3 prepare_launch(cudaStream_t stream) const {
+    SPARGE_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(int), stream));
+    const int tiles = num_tiles(), sms = current_device_sms();
+    return dim3(static_cast<unsigned>(tiles < sms ? tiles : sms));
   }
   // Tile t in claim order: blocks fastest, then heads, then batches (the static grid's order).
   __device__ TileCoord decode(int t) const {

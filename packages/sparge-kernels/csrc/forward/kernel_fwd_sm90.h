@@ -2,11 +2,9 @@
 // order from an atomic counter (DynamicPersistentTileScheduler; faster than one CTA per tile at 5% density and
 // equal dense: tools/results/fwd_persistent_h200_2026-12-04.md). The producer thread loads tile after tile into
 // the same K/V ring, so the next tile's first stages land while the consumers finish the current one, reloads Q
-// once the consumers' last Q·Kᵀ of the previous tile has completed (barrier_q_free), and publishes each next tile
-// in a two-slot mailbox (common/tile_mailbox_sm90.h). Mainloop, softmax and epilogue: mainloop_fwd_sm90.h,
+// once the consumers' last Q·Kᵀ of the previous tile has completed (barrier_q_free); the tile loops and their
+// hand-offs are common/persistent_tiles_sm90.h's. Mainloop, softmax and epilogue: mainloop_fwd_sm90.h,
 // softmax.h, epilogue_fwd_sm90.h.
-// A tile without kept blocks loads nothing (no Q either): both sides count only the Q loads that happen, so the
-// barrier phases stay in step.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -14,7 +12,7 @@
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include "common/params.h"
-#include "common/tile_mailbox_sm90.h"
+#include "common/persistent_tiles_sm90.h"
 #include "common/tile_scheduler.h"
 #include "common/utils.h"
 #include "common/warp_specialized_sm90.h"
@@ -42,7 +40,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem);
   FwdParams const& p = kp.args;
   const auto scheduler = fwd_tile_scheduler(p);
-  const int num_tiles = scheduler.num_tiles();
   const int warp_group = warp_group_idx();
 
   init_tile_barrier_and_prefetch(&ss.barrier_q, kp.tma_q, kp.tma_k, kp.tma_v);
@@ -64,39 +61,30 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     enter_producer_role();
     if (threadIdx.x == 0) {
       auto write = cutlass::make_producer_start_state<Pipeline>();  // every stage starts empty
-      int q_loads = 0;                                                // tiles whose Q this CTA has loaded
-      for (int tile_id = scheduler.first_tile(), i = 0; tile_id < num_tiles; ++i) {
-        const int next = scheduler.claim_next();  // in flight while this tile's loads are issued
-        const TileCoord tile = scheduler.decode(tile_id);
+      produce_tiles(scheduler, ss.mailbox, &ss.barrier_q_free, [&](TileCoord const& tile, auto&& wait_q_free) {
         const auto walk = walk_of(tile);
-        if (walk.trip_count() > 0) {
-          if (q_loads > 0) Barrier::wait(&ss.barrier_q_free, (q_loads - 1) & 1);
-          Mainloop::load(kp, tile, ss, pipeline_k, pipeline_v, walk, write);
-          ++q_loads;
-        }
-        ss.mailbox.publish(i, next);
-        tile_id = next;
-      }
+        if (walk.trip_count() == 0) return false;
+        wait_q_free();
+        Mainloop::load(kp, tile, ss, pipeline_k, pipeline_v, walk, write);
+        return true;
+      });
     }
   } else {
     const int thread_idx = enter_consumer_role();
     typename Pipeline::PipelineState read;
-    int q_loads = 0;
-    for (int tile_id = scheduler.first_tile(), i = 0; tile_id < num_tiles; ++i) {
-      const TileCoord tile = scheduler.decode(tile_id);
+    consume_tiles(scheduler, ss.mailbox, [&](TileCoord const& tile, int q_phase) {
       const auto walk = walk_of(tile);
       typename Traits::TiledMmaPV mma_pv;
       Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{});
       clear(acc_o);
       constexpr int kRowsPerThread = decltype(size<0>(accumulator_as_rowcol(acc_o.layout())))::value;
       OnlineSoftmax<kRowsPerThread> softmax(p.scale_log2);
-      Mainloop::mma(p, ss, pipeline_k, pipeline_v, walk, acc_o, softmax, thread_idx, read, q_loads & 1);
-      if (walk.trip_count() > 0) ++q_loads;
+      Mainloop::mma(p, ss, pipeline_k, pipeline_v, walk, acc_o, softmax, thread_idx, read, q_phase);
       Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
       auto lse = softmax.finalize(acc_o_rowcol, p.scale);
       EpilogueFwdSm90<Traits>::store(p, tile, acc_o, lse, thread_idx);
-      tile_id = ss.mailbox.take(i);
-    }
+      return walk.trip_count() > 0;
+    });
   }
 }
 

@@ -6,9 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "common/cuda_check.h"
-#include "common/device_info.h"
 #include "common/element_type.h"
-#include "common/tile_scheduler.h"
 #include "forward/forward_api.h"
 #include "forward/kernel_fwd_sm90.h"
 #include "forward/kernel_traits_fwd_sm90.h"
@@ -40,8 +38,7 @@ void run_sm90(FwdParams const& p, cudaStream_t stream) {
   constexpr int kSmemBytes = Traits::kSmemBytes;
   auto kernel = &attention_forward_sm90_kernel<Traits>;
   SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  SPARGE_CUDA_CHECK(cudaMemsetAsync(p.tile_counter, 0, sizeof(int), stream));
-  kernel<<<fwd_tile_scheduler(p).grid(current_device_sms()), Traits::kNThreads, kSmemBytes, stream>>>(kp);
+  kernel<<<fwd_tile_scheduler(p).prepare_launch(stream), Traits::kNThreads, kSmemBytes, stream>>>(kp);
   SPARGE_CHECK_LAUNCH("attention_forward_sm90_kernel");
 }
 
