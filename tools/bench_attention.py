@@ -17,7 +17,8 @@ fraction: only the kept blocks count), speedup vs dense cuDNN.
 `--backward` adds the rows of BACKWARD_ROWS (functions (ctx) -> list[Row]), a hook for fwd+bwd rows.
 `--dq-accumulate bulk|atomic` sets KernelOptions.dq_accumulate for every row that takes the default options (the
 fwd+bwd rows; the "backward alone" rows name their mode: SM80 bulk/atomic/deterministic, sm90 atomic and bulk, sm90
-bulk with the persistent schedule, KernelOptions.backward_schedule; a fwd+bwd row runs that schedule too).
+bulk with the persistent schedule (the default) and with one CTA per key block, KernelOptions.backward_schedule;
+a fwd+bwd row runs the one-CTA-per-block schedule too).
 """
 
 from __future__ import annotations
@@ -274,8 +275,8 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
         attend = lambda q, k, v: sk.block_sparse_attention(q, k, v, mask, scale=scale)  # noqa: E731
         add(f"**sparge fwd+bwd**, {what}", time_ms(fwd_bwd(attend)), 3.5 * ctx.dense_flops * kept)
         if hopper_backward:
-            with sk.kernel_options(backward_schedule="persistent"):  # read when autograd launches the backward
-                add(f"sparge fwd+bwd (sm90 backward, persistent schedule), {what}", time_ms(fwd_bwd(attend)),
+            with sk.kernel_options(backward_schedule="tile"):  # read when autograd launches the backward
+                add(f"sparge fwd+bwd (sm90 backward, one CTA per key block), {what}", time_ms(fwd_bwd(attend)),
                     3.5 * ctx.dense_flops * kept)
             with sk.kernel_options(backward_path="sm80"):
                 add(f"sparge fwd+bwd (SM80 backward), {what}", time_ms(fwd_bwd(attend)), 3.5 * ctx.dense_flops * kept)
@@ -298,8 +299,8 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
                  ("SM80, atomic dQ", "atomic", False, "sm80", "tile"),
                  ("SM80, deterministic dQ", "bulk", True, "sm80", "tile")]
         if hopper_backward:
-            modes += [("sm90 wgmma, atomic dQ", "atomic", False, "sm90", "tile"),
-                      ("sm90 wgmma, bulk-reduce dQ", "bulk", False, "sm90", "tile"),
+            modes += [("sm90 wgmma, atomic dQ", "atomic", False, "sm90", "persistent"),
+                      ("sm90 wgmma, bulk-reduce dQ, one CTA per key block", "bulk", False, "sm90", "tile"),
                       ("sm90 wgmma, bulk-reduce dQ, persistent schedule", "bulk", False, "sm90", "persistent")]
         for mode, accumulate, det, path, schedule in modes:
             options = sk.KernelOptions(dq_accumulate=accumulate, backward_path=path, backward_schedule=schedule)

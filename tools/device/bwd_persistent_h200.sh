@@ -2,8 +2,8 @@
 # Device script (H200, one run call, carry=[".carry"]; prepare .carry with tools/device/prepare_carry.sh here) for
 # the Hopper backward's persistent schedule (KernelOptions.backward_schedule="persistent": one dK/dV CTA per SM
 # taking key blocks from an atomic counter) against one CTA per key block. Everything lands in $OUT:
-#   bash tools/device/bwd_persistent_h200.sh [build] [smoke] [tests] [sanitize] [bench] [l2-reduce] ...
-#   (no argument = all six, in this order, until the time budget runs out)
+#   bash tools/device/bwd_persistent_h200.sh [build] [smoke] [tests] [sanitize] [bench] [l2-reduce] [base-build] [ab]
+#   (no argument = the first six, in this order, until the time budget runs out)
 #   build     source tools/device/setup.sh (all head dims and dtypes, 90a) -> build.log, gpu_bwd.txt
 #   smoke     tools/sanitize_backward.py --paths sm90-persistent without a sanitizer under a 60 s cap: a hang (a
 #             barrier phase out of step) shows here cheaply; a failure ends the run -> smoke_bwd.log
@@ -17,6 +17,11 @@
 #             -> bench_bwd_persistent_1p3b.md (+ .log)
 #   l2-reduce tools/microbench/l2_reduce_sm90.cu: the rate of fp32 bulk reduce-adds of 64 KB tiles (the backward's
 #             dQ accumulation) into 16, 64 and 256 MB buffers -> l2_reduce.md
+#   base-build  a second sparge-kernels (D=128 bf16 only) into /tmp/base-site from a copy of packages/sparge-kernels
+#             with the files under $BWD_BASE_DIR (default .carry/base, same relative paths) put over it: the base
+#             of an A/B comparison (e.g. `git show REV:path > .carry/base/path` here) -> base_build.log
+#   ab        tools/device/bwd_ab.py with the build under test, the base build, and the build under test again
+#             (backward alone per schedule and fwd+bwd, 1.3B, densities 0.05/0.2/1) -> bwd_ab.md
 # A step is cut off by `timeout` at min(its cap, what is left of BWD_BUDGET_S, default 560 s from the start);
 # status_bwd.txt lists each step's exit code and time; the logs come back in one tarball.
 set -o pipefail
@@ -54,6 +59,18 @@ for step in $steps; do
     l2-reduce)
       nvcc -O3 -arch=sm_90a -o /tmp/l2_reduce tools/microbench/l2_reduce_sm90.cu \
         && timeout "$(left 60)" /tmp/l2_reduce | tee "$OUT/l2_reduce.md" || rc=1 ;;
+    base-build)
+      rm -rf /tmp/base-src && cp -r packages/sparge-kernels /tmp/base-src && cp -r "${BWD_BASE_DIR:-.carry/base}/." \
+        /tmp/base-src/ && SPARGE_HEAD_DIMS=128 SPARGE_DTYPES=bf16 timeout "$(left 200)" python3 -m pip install -q \
+        --no-build-isolation --no-deps --no-index --target /tmp/base-site /tmp/base-src \
+        -C cmake.define.CUTLASS_INCLUDE_DIR=/tmp/cutlass/include -C build-dir=/tmp/sparge-base-build \
+        >"$OUT/base_build.log" 2>&1 || rc=1 ;;
+    ab)
+      for label in new base new; do
+        site=; [ $label = base ] && site=/tmp/base-site:
+        PYTHONPATH=$site$PYTHONPATH timeout "$(left 150)" python3 tools/device/bwd_ab.py --label $label \
+          ${BWD_AB_ARGS:-} 2>&1 | tee -a "$OUT/bwd_ab.md" || rc=1
+      done ;;
     *) echo "unknown step $step"; rc=1 ;;
   esac
   step_done "$step" $rc $t0

@@ -33,11 +33,11 @@ pytestmark = pytest.mark.gpu
 REL_BUDGET = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
-@pytest.fixture(autouse=True, params=["sm80", "sm90", "sm90-persistent"])
+@pytest.fixture(autouse=True, params=["sm80", "sm90-tile", "sm90-persistent"])
 def backward_path(request, monkeypatch):
     """Runs each test on one dK/dV kernel, outputs poisoned with NaN; the Hopper one with both schedules (one CTA
-    per key block, persistent). A deterministic=True case runs the SM80 kernels whatever backward_path says: its
-    sm90 copies skip instead of repeating the sm80 one. Yields the backward path."""
+    per key block; persistent, the default). A deterministic=True case runs the SM80 kernels whatever
+    backward_path says: its sm90 copies skip instead of repeating the sm80 one. Yields the backward path."""
     path, _, schedule = request.param.partition("-")
     callspec = getattr(request.node, "callspec", None)
     if path == "sm90" and callspec is not None and callspec.params.get("deterministic") is True:
@@ -48,7 +48,8 @@ def backward_path(request, monkeypatch):
         except KernelNotBuiltError as exc:
             pytest.skip(f"no Hopper backward here: {exc}")
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
-    with sk.kernel_options(backward_path=path, backward_schedule=schedule or "tile", debug_fill=float("nan")):
+    schedule = schedule or KernelOptions().backward_schedule  # sm80 ignores it
+    with sk.kernel_options(backward_path=path, backward_schedule=schedule, debug_fill=float("nan")):
         yield path
 
 

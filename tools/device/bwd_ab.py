@@ -1,0 +1,78 @@
+"""A/B timing of the Hopper backward between two builds (run once per build, same GPU, same inputs).
+
+Times, per shape and random-mask density, `cuda_backward.backward` alone (sm90, bulk dQ) for each schedule and the
+fwd+bwd of `block_sparse_attention` (default options), with bench_attention.py's inputs, masks and timer, and
+prints one markdown row per measurement, labelled with --label (e.g. the build's git revision):
+
+    python3 tools/device/bwd_ab.py --label new [--shapes 1.3b] [--densities 0.05,0.2,1]
+
+tools/device/bwd_pipelined_h200.sh runs it against a base build installed under another PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import bench_attention as ba  # noqa: E402
+
+
+def time_density(label: str, name: str, tensors, density: float, schedules: list[str]) -> None:
+    import sparge_kernels as sk
+    from sparge_kernels import cuda_backward
+    from sparge_kernels.backend import MaskArgs
+
+    q, k, v, dout = tensors
+    b, h, length, d = q.shape
+    scale = d**-0.5
+    dense_flops = 4.0 * b * h * length * length * d
+    mask = ba.random_mask(b, h, length, length, density)
+    with torch.no_grad():
+        out, lse = sk.block_sparse_attention(q, k, v, mask, scale=scale, return_lse=True)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, ba.BLOCK_Q, ba.BLOCK_K, scale)
+
+    def row(what: str, ms: float, flops: float) -> None:
+        print(f"| {label} | {name} | {mask.density:.3f} | {what} | {ms:.3f} | {flops / ms * 1e-9:.0f} |", flush=True)
+
+    for schedule in schedules:
+        options = sk.KernelOptions(dq_accumulate="bulk", backward_path="sm90", backward_schedule=schedule)
+
+        def bwd(options=options):
+            return cuda_backward.backward(dout, q, k, v, out, lse, None, m, options=options)
+
+        row(f"backward alone, {schedule}", ba.time_ms(bwd), 2.5 * dense_flops * mask.density)
+    qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
+
+    def fwd_bwd():
+        return torch.autograd.grad(sk.block_sparse_attention(qq, kk, vv, mask, scale=scale), (qq, kk, vv), dout)
+
+    row("fwd+bwd", ba.time_ms(fwd_bwd), 3.5 * dense_flops * mask.density)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--shapes", default="1.3b")
+    parser.add_argument("--densities", default="0.05,0.2,1")
+    parser.add_argument("--schedules", default="tile,persistent")
+    args = parser.parse_args()
+    print("| build | shape | density | what | ms | useful TFLOP/s |\n|---|---|---:|---|---:|---:|", flush=True)
+    for name in args.shapes.split(","):
+        shape, _ = ba.SHAPES[name]
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(*shape, generator=g, device="cuda").to(torch.bfloat16) for _ in range(3))
+        dout = torch.randn(shape, generator=torch.Generator(device="cuda").manual_seed(2), device="cuda")
+        tensors = (q, k, v, dout.to(q.dtype))
+        for density in (float(x) for x in args.densities.split(",")):
+            time_density(args.label, name, tensors, density, args.schedules.split(","))
+        del q, k, v, dout, tensors
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
