@@ -50,6 +50,10 @@ class Row:
     ms: float
     useful_flops: float  # 0 for rows that are not attention (mask prediction)
 
+    def __post_init__(self) -> None:
+        # Each row also goes to stderr when measured: a run cut off by a device time limit keeps what it had.
+        print(f"[row] {self.label}: {self.ms:.3f} ms", file=sys.stderr, flush=True)
+
 
 @dataclass
 class ShapeContext:
