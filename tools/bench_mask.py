@@ -137,6 +137,9 @@ def bench_shape(name: str, iters: int) -> list[str]:
         "4 head groups, 16 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=16, tail_rows_per_cta=8),
         "4 head groups, 32 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=32, tail_rows_per_cta=8),
         "auto, bisection to the end (compact=False)": predict(compact=False),
+        "auto, 3xTF32 tensor-core scores": predict(tensor_scores=True),
+        "1 head group, 16 rows/CTA, 3xTF32 tensor-core scores": predict(head_groups=1, rows_per_cta=16,
+                                                                         tensor_scores=True),
     }
     t_graph = {label: graph_ms(fn, iters) for label, fn in graph_variants.items()}
 
@@ -145,8 +148,9 @@ def bench_shape(name: str, iters: int) -> list[str]:
     t_pool_nhd = graph_ms(lambda: cuda_mask.pool(q_nhd, k_nhd, BLOCK_Q, BLOCK_K, ws), iters)
     cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws)
     t_select = {
-        (r, c): graph_ms(lambda r=r, c=c: cuda_mask.select(ws, nk, scale, kk, TOPP, out[0], out[1], r, c), iters)
-        for r in (4, 8, 16, 32) for c in (True, False)
+        (r, c, ts): graph_ms(lambda r=r, c=c, ts=ts: cuda_mask.select(ws, nk, scale, kk, TOPP, out[0], out[1], r, c,
+                                                                      tensor_scores=ts), iters)
+        for r in (4, 8, 16, 32) for c, ts in ((True, False), (False, False), (True, True))
     }
     t_transpose = graph_ms(lambda: cuda_mask.transpose(ws, nk, out[2], out[3]), iters)
 
@@ -174,8 +178,8 @@ def bench_shape(name: str, iters: int) -> list[str]:
         *(row(f"sparge CUDA predict, {label}, graph", t, gbytes, True) for label, t in t_graph.items()),
         row("launch 1: pool Q and K (HND), graph", t_pool, gbytes),
         row("launch 1: pool Q and K (NHD), graph", t_pool_nhd, gbytes),
-        *(row(f"launch 2: scores + softmax + Top-k/Top-p, {r} rows/CTA{'' if c else ', compact=False'}, graph",
-              t, None) for (r, c), t in t_select.items()),
+        *(row(f"launch 2: scores + softmax + Top-k/Top-p, {r} rows/CTA{'' if c else ', compact=False'}"
+              f"{', 3xTF32 tensor-core scores' if ts else ''}, graph", t, None) for (r, c, ts), t in t_select.items()),
         row("launch 3: transpose -> q_count, q_index, graph", t_transpose, None),
         row("eager PyTorch reference (block_probabilities + select_hybrid + indices)", t_ref, gbytes, True),
         "",

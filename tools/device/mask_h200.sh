@@ -4,8 +4,8 @@
 # $OUT:
 #   bash tools/device/mask_h200.sh [build] [tests] [sanitize] [bench] ...   (no argument = all five)
 #   build      source tools/device/setup.sh -> build.log, gpu_mask.txt
-#   tests      test_cuda_mask.py (float64 rule, ties, compact=True against compact=False bitwise, tuning variants,
-#              poisoned workspace) -> gpu_mask_tests.log
+#   tests      test_cuda_mask.py (float64 rule with FMA and 3xTF32 scores, ties, compact=True against compact=False
+#              bitwise, tuning variants, poisoned workspace) -> gpu_mask_tests.log
 #   sanitize   compute-sanitizer memcheck, racecheck and synccheck of small predictions
 #              -> sanitizer_mask_{memcheck,racecheck,synccheck}.log
 #   bench      tools/bench_mask.py --shapes 1.3b,14b -> bench_mask.md (per-launch times, graph and eager)
@@ -32,6 +32,9 @@ for lk, topk, topp in ((3000, 0.03, 0.2), (1000, 0.0, 0.5), (20000, 0.03, 0.2), 
     fast = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, compact=True)  # both bisection endings
     plain = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, compact=False)
     assert all(torch.equal(a, b) for a, b in zip(fast, plain)), (lk, topk, topp)
+    for rows in (4, 16, 32):  # the opt-in 3xTF32 scores (decisions may differ from FMA within rounding)
+        mma = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, rows_per_cta=rows, tensor_scores=True)
+        assert (mma[0] >= 0).all() and (mma[2] >= 0).all(), (lk, topk, topp, rows)
 torch.cuda.synchronize()
 print("smoke_mask: ok")
 PY

@@ -171,12 +171,26 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("tensor_scores", [False, True], ids=["fma-scores", "tf32x3-scores"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
-def test_mask_matches_float64_rule(case):
+def test_mask_matches_float64_rule(case, tensor_scores):
+    """Both ways of computing the pooled scores (fp32 FMAs; 3xTF32 tensor-core MMAs, opt-in) decide every pair
+    outside the rounding band as the float64 rule does."""
     b, h, lq, lk, d, bq, bk, layout, dtype, kind, topk, topp = case
     q, k = make_qk(b, h, lq, lk, d, kind=kind, dtype=dtype, layout=layout)
-    stats = check_prediction(q, k, topk, topp, bq, bk)
-    print(case, stats)
+    stats = check_prediction(q, k, topk, topp, bq, bk, tensor_scores=tensor_scores)
+    print(case, tensor_scores, stats)
+
+
+@pytest.mark.parametrize("rows_per_cta", [4, 8, 16, 32])
+def test_tensor_scores_every_cta_size(rows_per_cta):
+    """The 3xTF32 scores pad the CTA's rows to 16-row MMA tiles (4 and 8 rows: half or more of a tile is zero; 32:
+    two tiles) and key blocks to 8-key tiles: every CTA size, Nq and Nk not multiples of either, stays in the band
+    and agrees with the FMA scores on all but a few pairs."""
+    q, k = make_qk(1, 3, 2900, 4100, 128, kind="structured", seed=5)
+    fma = check_prediction(q, k, 0.03, 0.2, rows_per_cta=rows_per_cta, head_groups=1)
+    mma = check_prediction(q, k, 0.03, 0.2, rows_per_cta=rows_per_cta, head_groups=1, tensor_scores=True)
+    assert mma["agree_ref32"] >= fma["agree_ref32"] - 1e-3, (fma, mma)
 
 
 @pytest.mark.parametrize("layout", ["HND", "NHD"])

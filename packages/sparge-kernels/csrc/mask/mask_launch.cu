@@ -70,15 +70,21 @@ void dispatch_pool_width(const PoolParams& p, int vec, int64_t tasks, cudaStream
   return launch_pool_typed<Elem, 1>(p, tasks, stream);
 }
 
-template <int kRows>
-void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
+template <int kRows, bool kTensorScores>
+void launch_select_kernel(const SelectParams& p, cudaStream_t stream) {
   const size_t smem = select_smem_bytes<kRows>(p.head_dim, p.num_k_blocks);
   if (smem > 48 * 1024) {
-    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks_kernel<kRows>,
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks_kernel<kRows, kTensorScores>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
   const dim3 grid((p.num_q_blocks + kRows - 1) / kRows, p.group_heads, p.batch);
-  launch_after_previous(select_blocks_kernel<kRows>, grid, kSelectThreads, smem, stream, p);
+  launch_after_previous(select_blocks_kernel<kRows, kTensorScores>, grid, kSelectThreads, smem, stream, p);
+}
+
+template <int kRows>
+void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
+  if (p.tensor_scores) return launch_select_kernel<kRows, true>(p, stream);
+  launch_select_kernel<kRows, false>(p, stream);
 }
 
 // Query blocks per selection CTA: 16, or 8 when that leaves fewer than two CTAs per SM. Measured on an H100

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "mask/mask_params.h"
+#include "mask/scores_mma.cuh"
 #include "mask/select_row.cuh"
 
 namespace sparge::mask {
@@ -81,8 +82,9 @@ __device__ __forceinline__ void scores_fma(const float* q_t, const float* k_src,
 }
 
 // Grid: (ceil(Nq / kRows), group heads, B). Shared memory: pooled queries transposed [D][kRows], scores
-// [kRows][Nk], per-warp candidate scratch [warps][kCandidates].
-template <int kRows>
+// [kRows][Nk], per-warp candidate scratch [warps][kCandidates]. kTensorScores: the scores by 3xTF32 mma.sync
+// (scores_mma.cuh) instead of fp32 FMAs.
+template <int kRows, bool kTensorScores>
 __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
   static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");
   extern __shared__ float4 smem_f4[];
@@ -107,7 +109,12 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const Sel
 
   // Scores [kRows][Nk], scaled.
   const float* k_src = p.k_pooled_t + bh * head_dim * p.k_ld;
-  scores_fma<kRows>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
+  if constexpr (kTensorScores) {
+    scores_mma_tf32x3<kRows, kSelectWarps, kWarpKeys>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp,
+                                                      lane);
+  } else {
+    scores_fma<kRows>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
+  }
   __syncthreads();
 
   // Selection: one warp per query block row.

@@ -60,13 +60,13 @@ def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskW
 
 def select(
     ws: MaskWorkspace, nk: int, scale: float, kk: int, topp: float, kv_count: torch.Tensor, kv_index: torch.Tensor,
-    rows_per_cta: int = 0, compact: bool = True,
+    rows_per_cta: int = 0, compact: bool = True, tensor_scores: bool = False,
 ) -> None:
     """Launch 2: scores, softmax and Top-k ∪ Top-p per query block into kv_count / kv_index / ws.row_bits."""
     _check_blocks("kv_index", kv_index, nk)
     _C.mask_select_blocks(
         ws.q_pooled, ws.k_pooled_t, float(scale), int(kk), float(topp), int(compact), kv_count, kv_index,
-        ws.row_bits, int(rows_per_cta), current_stream(ws.q_pooled.device),
+        ws.row_bits, int(rows_per_cta), current_stream(ws.q_pooled.device), tensor_scores=int(tensor_scores),
     )
 
 
@@ -118,6 +118,7 @@ def predict(
     rows_per_cta: int = 0,
     tail_rows_per_cta: int = 8,
     compact: bool = True,
+    tensor_scores: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
@@ -127,6 +128,9 @@ def predict(
     8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group (0: as
     rows_per_cta), and
     `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end).
+    `tensor_scores` (opt-in, not yet measured on a GPU): the pooled scores by 3xTF32 tensor-core MMAs instead of
+    fp32 FMAs. Not a pure tuning knob: the scores round differently, so decisions may differ from the FMA path
+    where they lie within the rounding band that tests/test_cuda_mask.py allows.
     """
     b, h, lq, d = q.shape
     lk = k.shape[2]
@@ -170,6 +174,7 @@ def predict(
             q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
             ws.q_pooled, ws.k_pooled_t, ws.row_bits, kv_count, kv_index, q_count, q_index,
             int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), current_stream(device),
+            tensor_scores=int(tensor_scores),
         )
     return kv_count, kv_index, q_count, q_index
 
