@@ -7,6 +7,8 @@ Each mode runs `python -m sparge_train fit` in its own process (clean memory acc
 
   sparse   student = apply_sparge(topk, topp) on every self-attention; teacher dense (--backend)
   dense    student = the same model with dense self-attention (--backend); teacher dense (--backend)
+  sparse-<path>  sparse with the backward's dK/dV kernel pinned (SPARGE_BACKWARD_PATH=<path>: sm80, sm90, auto)
+                 in that run's process, e.g. sparse-sm80 against sparse (auto: the Hopper kernel on sm_90)
 
 The teacher forward is dense in both, so the step can gain at most about (teacher + student) / teacher-only
 over the student's share. Phase times come from CUDA events (train.time_phases). Random weights give
@@ -15,7 +17,16 @@ topk 0.05, topp 0: ~95% sparsity, as tools/bench_pipeline.py).
 
     python tools/bench_train.py [--model wan2.1-1.3b] [--steps 4] [--warmup 2] [--modes sparse,dense]
                                 [--backend _native_cudnn] [--out results.md]
-CPU smoke test: DS_ACCELERATOR=cpu python tools/bench_train.py --model tiny --frames 13 --height 128 --width 128
+CPU smoke test (no cuDNN there, so SDPA's default backend):
+    DS_ACCELERATOR=cpu python tools/bench_train.py --model tiny --frames 13 --height 128 --width 128 --backend ""
+
+Loss curves of two backward kernels (issue 13: the Hopper backward against SM80 over a 200-step distillation): run
+each mode with `--losses-out DIR` (one mode per device call fits: ~2.3 s a step), which keeps every mode's
+metrics.jsonl as DIR/<mode>.metrics.jsonl, then compare them anywhere:
+
+    python tools/bench_train.py --modes sparse --warmup 0 --steps 200 --timeout 560 --losses-out $OUT
+    python tools/bench_train.py --modes sparse-sm80 --warmup 0 --steps 200 --timeout 560 --losses-out $OUT
+    python tools/bench_train.py --compare-losses DIR/sparse.metrics.jsonl DIR/sparse-sm80.metrics.jsonl
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +46,7 @@ from pathlib import Path
 import yaml
 
 TARGET_RATIO = 1.6
+BACKWARD_PATHS = ("sm80", "sm90", "auto")  # sparge_kernels.options.BACKWARD_PATHS
 
 
 def run_config(args, mode: str, out_dir: Path) -> dict:
@@ -43,7 +56,7 @@ def run_config(args, mode: str, out_dir: Path) -> dict:
     frames, height, width = latent_shape(VideoShape(args.frames, args.height, args.width))
     return {
         "model": {"preset": args.model, "gradient_checkpointing": True, "attention_backend": args.backend or None},
-        "sparge": {"enabled": mode == "sparse", "topk": args.topk, "topp": args.topp},
+        "sparge": {"enabled": mode.startswith("sparse"), "topk": args.topk, "topp": args.topp},
         "loss": {"kind": "velocity"},
         "flow": {"shift": 3.0},
         "data": {"source": "synthetic", "text_len": 512, "synthetic": {
@@ -63,6 +76,8 @@ def run_mode(args, mode: str, workdir: Path) -> dict:
     cfg_path = workdir / f"{mode}.yaml"
     cfg_path.write_text(yaml.safe_dump(run_config(args, mode, out), sort_keys=False))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if mode.startswith("sparse-"):
+        env["SPARGE_BACKWARD_PATH"] = mode.removeprefix("sparse-")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "sparge_train", "fit", "--config", str(cfg_path)], env=env,
                           capture_output=True, text=True, timeout=args.timeout)
@@ -71,7 +86,10 @@ def run_mode(args, mode: str, workdir: Path) -> dict:
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-5000:], sep="\n", file=sys.stderr)
         return {"mode": mode, "error": f"exit {proc.returncode}", "wall_s": wall}
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(out / "metrics.jsonl")
+    if args.losses_out:
+        args.losses_out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "metrics.jsonl", args.losses_out / f"{mode}.metrics.jsonl")
     timed = [r for r in records if r["step"] > args.warmup and "step_time_s" in r]
     med = lambda key: statistics.median(r[key] for r in timed) if timed and key in timed[0] else float("nan")
     return {
@@ -82,6 +100,35 @@ def run_mode(args, mode: str, workdir: Path) -> dict:
         "peak_gib": max(r.get("peak_mem_gib", float("nan")) for r in records if "step_time_s" in r),
         "loss": timed[-1]["loss"] if timed else float("nan"),
     }
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def step_losses(path: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(path) if "loss" in r and "step" in r}
+
+
+def compare_losses(a: Path, b: Path, every: int = 20) -> str:
+    """Markdown: the two runs' per-step losses side by side (every `every`-th step and the last) and how far
+    apart the curves are over the steps both logged."""
+    la, lb = step_losses(a), step_losses(b)
+    steps = sorted(set(la) & set(lb))
+    if not steps:
+        raise SystemExit(f"--compare-losses: no step logged a loss in both {a} and {b}")
+    name_a, name_b = (p.name.removesuffix(".metrics.jsonl") for p in (a, b))
+    rel = [abs(la[s] - lb[s]) / max(abs(la[s]), abs(lb[s]), 1e-12) for s in steps]
+    lines = [f"| step | {name_a} loss | {name_b} loss | relative difference |", "|---:|---:|---:|---:|"]
+    for i, s in enumerate(steps):
+        if s % every == 0 or s == steps[0] or s == steps[-1]:
+            lines.append(f"| {s} | {la[s]:.6g} | {lb[s]:.6g} | {rel[i]:.2e} |")
+    tail = steps[len(steps) // 2:]
+    mean = lambda d: statistics.fmean(d[s] for s in tail)  # noqa: E731
+    lines += ["", f"- {len(steps)} steps logged by both; per-step relative difference: median "
+              f"{statistics.median(rel):.2e}, max {max(rel):.2e}; mean loss over the last {len(tail)} steps: "
+              f"{name_a} {mean(la):.6g}, {name_b} {mean(lb):.6g}"]
+    return "\n".join(lines)
 
 
 def planned_gib(args) -> tuple[float, float]:
@@ -154,7 +201,17 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=240, help="seconds per mode")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--losses-out", type=Path, default=None,
+                        help="keep each mode's metrics.jsonl here as <mode>.metrics.jsonl")
+    parser.add_argument("--compare-losses", type=Path, nargs=2, default=None, metavar=("A", "B"),
+                        help="only compare the loss curves of two kept metrics.jsonl files (no run)")
     args = parser.parse_args()
+    if args.compare_losses:
+        print(compare_losses(*args.compare_losses))
+        return 0
+    for mode in args.modes.split(","):
+        if mode not in ("sparse", "dense") and mode.removeprefix("sparse-") not in BACKWARD_PATHS:
+            parser.error(f"--modes: {mode!r} is not sparse, dense or sparse-<{'|'.join(BACKWARD_PATHS)}>")
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_train_"))
     workdir.mkdir(parents=True, exist_ok=True)
