@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dkdv_kernel(const BwdPar
     Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
     clear(acc_s);
     gemm_ss(acc_s, tSrQ, tSrK, cp.thr_a.partition_S(sQ), tSsK, tiled_mma, cp.a, cp.b, cp.thr_a, cp.thr_b);
-    probs_with_tail_mask(acc_s, tScS, keys_valid, p.scale_log2, step_lse);
+    probs_with_tail_mask<kN>(acc_s, tScS, keys_valid, p.scale_log2, step_lse);
     Tensor rP = make_tensor<Element>(acc_s.layout());
     convert_fragment(acc_s, rP);
     cute::copy(copy_c, thr_copy_c.retile_S(rP), tPsP);

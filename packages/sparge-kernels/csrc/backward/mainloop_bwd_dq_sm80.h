@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dq_kernel(const BwdParam
     Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
     clear(acc_s);
     gemm_ss(acc_s, tSrQ, tSrK, tSsQ, cp.thr_b.partition_S(sK), tiled_mma, cp.a, cp.b, cp.thr_a, cp.thr_b);
-    probs_with_tail_mask(acc_s, tScS, keys_valid, p.scale_log2, smem_lse);
+    probs_with_tail_mask<kN>(acc_s, tScS, keys_valid, p.scale_log2, smem_lse);
 
     Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kM>, Int<kN>>{});
     clear(acc_dp);

@@ -223,7 +223,7 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
         wgmma_done(acc_s);
         // Rows past Lq have lse·log2e = +inf in the workspace, so their P is 0 like the masked keys'.
         // No softmax: registers only (the stage's lse·log2e and delta are loaded but not read).
-        if constexpr (kRunSoftmax) probs_with_tail_mask(acc_s, tScS, keys_valid, p.scale_log2, lse_log2);
+        if constexpr (kRunSoftmax) probs_with_tail_mask<kBlockN>(acc_s, tScS, keys_valid, p.scale_log2, lse_log2);
         warpgroup_wait<0>();
         wgmma_done(acc_dp);
         if constexpr (kRunSoftmax) {
