@@ -125,9 +125,21 @@ def flex_block_mask(mask):
     )
 
 
+def predicted_inputs(name: str) -> tuple:
+    """(q, k, v, mask): video-like bf16 inputs of the shape (tools/structured_inputs.py) and their predicted mask
+    (topk=TOPK, topp=TOPP), what the predicted-mask rows of both directions use."""
+    from structured_inputs import video_qkv
+
+    import sparge_kernels as sk
+
+    (b, h, _, d), grid = SHAPES[name]
+    sq, skk, sv = video_qkv(b, h, grid, d, dtype=torch.bfloat16, device="cuda",
+                            generator=torch.Generator(device="cuda").manual_seed(1))
+    return sq, skk, sv, sk.predict_block_mask(sq, skk, topk=TOPK, topp=TOPP, scale=d**-0.5)
+
+
 def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...] = DENSITIES,
                 densities: tuple[float, ...] = DENSITIES) -> list[Row]:
-    from structured_inputs import video_qkv
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -172,9 +184,7 @@ def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...]
                                 dense_flops * mask.density))
 
         # Masks predicted from structured (video-like) inputs.
-        sq, skk, sv = video_qkv(b, h, grid, d, dtype=torch.bfloat16, device="cuda",
-                                generator=torch.Generator(device="cuda").manual_seed(1))
-        pmask = sk.predict_block_mask(sq, skk, topk=TOPK, topp=TOPP, scale=scale)
+        sq, skk, sv, pmask = predicted_inputs(name)
         kept = pmask.density
         t_pred = time_ms(lambda: sk.predict_block_mask(sq, skk, topk=TOPK, topp=TOPP, scale=scale))
         rows.append(Row(f"mask prediction alone (topk={TOPK}, topp={TOPP}; density {kept:.3f})", t_pred, 0.0))
