@@ -145,7 +145,7 @@ def bench_shape(name: str, backward: bool, backward_densities: tuple[float, ...]
 
     import sparge_kernels as sk
 
-    (b, h, length, d), grid = SHAPES[name]
+    (b, h, length, d), _ = SHAPES[name]
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(b, h, length, d, generator=g, device="cuda").to(torch.bfloat16) for _ in range(3))
     dense_flops = 4.0 * b * h * length * length * d
