@@ -50,8 +50,8 @@ class KernelOptions:
     backward_schedule: how the Hopper dK/dV kernel spreads key blocks over the GPU: "tile" (one CTA per key block)
         or "persistent" (one CTA per SM taking key blocks from an atomic counter, loading the next block's operands
         while it finishes the current one). The same gradients up to the fp32 order of dQ's accumulation; the SM80
-        kernels ignore it. "persistent" is the default: on an H200 it was 1-8% faster on the 1.3B shape at
-        densities 0.05-1 and within 1.5% either way on the 14B shape (tools/results/bwd_schedules_h200_2026-12-04.md).
+        kernels ignore it. "persistent" is the default: on an H200 it won or tied 7 of 9 comparisons (up to 8%
+        faster on the 1.3B shape, within 3% either way elsewhere; tools/results/bwd_schedules_h200_2026-12-04.md).
     """
 
     forward_path: str = "auto"
