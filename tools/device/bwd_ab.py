@@ -1,8 +1,8 @@
-"""A/B timing of the Hopper backward between two builds (run once per build, same GPU, same inputs).
+"""A/B timing of the Hopper kernels between two builds (run once per build, same GPU, same inputs).
 
-Times, per shape and random-mask density, `cuda_backward.backward` alone (sm90, bulk dQ) for each schedule and the
-fwd+bwd of `block_sparse_attention` (default options), with bench_attention.py's inputs, masks and timer, and
-prints one markdown row per measurement, labelled with --label (e.g. the build's git revision):
+Times, per shape and random-mask density, `cuda_backward.backward` alone (sm90, bulk dQ) for each schedule, the
+forward and the fwd+bwd of `block_sparse_attention` (default options), with bench_attention.py's inputs, masks
+and timer, and prints one markdown row per measurement, labelled with --label (e.g. the build's git revision):
 
     python3 tools/device/bwd_ab.py --label new [--shapes 1.3b] [--densities 0.05,0.2,1]
 
@@ -46,6 +46,9 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
             return cuda_backward.backward(dout, q, k, v, out, lse, None, m, options=options)
 
         row(f"backward alone, {schedule}", ba.time_ms(bwd), 2.5 * dense_flops * mask.density)
+    with torch.no_grad():
+        row("forward", ba.time_ms(lambda: sk.block_sparse_attention(q, k, v, mask, scale=scale)),
+            dense_flops * mask.density)
     qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
 
     def fwd_bwd():

@@ -53,15 +53,24 @@ __device__ __forceinline__ typename Traits::Pipeline::Params tma_pipeline_params
 }
 
 // The role split (setmaxnreg): the producer warpgroup, which only issues TMA loads, gives registers back and the
-// consumers take them. 24 + 2 x 240 = 3 x 168, exactly what a 384-thread CTA holds from launch
+// consumers take them. 40 + 2 x 232 = 3 x 168, exactly what a 384-thread CTA holds from launch
 // (__launch_bounds__(384, 1)): setmaxnreg.inc cannot take more than the CTA gave back, and waits forever if asked.
+// The producer keeps 40, not 24: at 24 ptxas spilled its tile loop around every TMA issue (112 B in the forward,
+// 68 B in the persistent backward); no consumer needs more than 232 (the largest, the persistent backward's, uses
+// 195 registers).
+inline constexpr int kProducerRegisters = 40;
+inline constexpr int kConsumerRegisters = 232;
+static_assert(kProducerRegisters + 2 * kConsumerRegisters == 3 * 168 && kProducerRegisters % 8 == 0 &&
+                  kConsumerRegisters % 8 == 0,
+              "setmaxnreg: the three warpgroups share the 3 x 168 registers of a (384, 1) CTA, in steps of 8");
+
 __device__ __forceinline__ void enter_producer_role() {
-  cutlass::arch::warpgroup_reg_dealloc<24>();
+  cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
 }
 
 // ... and the consumer warpgroups take them; returns the thread's index among the consumers, [0, kNumMmaThreads).
 __device__ __forceinline__ int enter_consumer_role() {
-  cutlass::arch::warpgroup_reg_alloc<240>();
+  cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
   return int(threadIdx.x) - 128;
 }
 
