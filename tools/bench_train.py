@@ -46,7 +46,6 @@ from pathlib import Path
 import yaml
 
 TARGET_RATIO = 1.6
-BACKWARD_PATHS = ("sm80", "sm90", "auto")  # sparge_kernels.options.BACKWARD_PATHS
 
 
 def run_config(args, mode: str, out_dir: Path) -> dict:
@@ -209,6 +208,8 @@ def main() -> int:
     if args.compare_losses:
         print(compare_losses(*args.compare_losses))
         return 0
+    from sparge_kernels.options import BACKWARD_PATHS
+
     for mode in args.modes.split(","):
         if mode not in ("sparse", "dense") and mode.removeprefix("sparse-") not in BACKWARD_PATHS:
             parser.error(f"--modes: {mode!r} is not sparse, dense or sparse-<{'|'.join(BACKWARD_PATHS)}>")

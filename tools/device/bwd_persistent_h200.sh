@@ -21,7 +21,7 @@
 #             with the files under $BWD_BASE_DIR (default .carry/base, same relative paths) put over it: the base
 #             of an A/B comparison (e.g. `git show REV:path > .carry/base/path` here) -> base_build.log
 #   ab        tools/device/bwd_ab.py with the build under test, the base build, and the build under test again
-#             (backward alone per schedule and fwd+bwd, 1.3B, densities 0.05/0.2/1) -> bwd_ab.md
+#             (backward alone per schedule, forward, fwd+bwd; 1.3B, densities 0.05/0.2/1) -> bwd_ab.md
 # A step is cut off by `timeout` at min(its cap, what is left of BWD_BUDGET_S, default 560 s from the start);
 # status_bwd.txt lists each step's exit code and time; the logs come back in one tarball.
 set -o pipefail
