@@ -137,7 +137,10 @@ def bench_shape(name: str, iters: int) -> list[str]:
         "4 head groups, 16 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=16, tail_rows_per_cta=8),
         "4 head groups, 32 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=32, tail_rows_per_cta=8),
         "auto, bisection to the end (compact=False)": predict(compact=False),
+        "auto, fp32 FMA scores": predict(tensor_scores=False),
         "auto, 3xTF32 tensor-core scores": predict(tensor_scores=True),
+        "auto, 3xTF32 tensor-core scores, last group's CTAs as the others'": predict(tensor_scores=True,
+                                                                                   tail_rows_per_cta=0),
         "1 head group, 16 rows/CTA, 3xTF32 tensor-core scores": predict(head_groups=1, rows_per_cta=16,
                                                                          tensor_scores=True),
     }
@@ -166,11 +169,13 @@ def bench_shape(name: str, iters: int) -> list[str]:
         return f"| {label} | {ms:.4f} | {gbs} | {f'{t_ref / ms:.1f}x' if speedup else '-'} |"
 
     auto_groups = cuda_mask.default_head_groups(h, int(gbytes * 1e9))
+    auto_scores = "3xTF32 tensor-core" if cuda_mask.default_tensor_scores(int(gbytes * 1e9)) else "fp32 FMA"
     lines = [
         f"### {name}: Q, K ({b}, {h}, {length}, {d}) bf16 HND contiguous, Nq={nq}, Nk={nk}, topk={TOPK}, topp={TOPP}",
         "",
         f"density {density:.4f}; decisions equal to the eager reference: {agree:.6f}; Q+K = {gbytes * 1e3:.1f} MB; "
-        f"auto = {auto_groups} head group(s). Graph rows: {iters} calls captured in one CUDA graph (GPU time).",
+        f"auto = {auto_groups} head group(s), {auto_scores} scores. "
+        f"Graph rows: {iters} calls captured in one CUDA graph (GPU time).",
         "",
         "| what | ms | GB/s (Q+K once) | speedup vs eager reference |",
         "| --- | --- | --- | --- |",

@@ -6,7 +6,8 @@ and timer, and prints one markdown row per measurement, labelled with --label (e
 
     python3 tools/device/bwd_ab.py --label new [--shapes 1.3b] [--densities 0.05,0.2,1]
 
-tools/device/bwd_pipelined_h200.sh runs it against a base build installed under another PYTHONPATH.
+tools/device/bwd_persistent_h200.sh (steps base-build, ab) runs it against a base build installed under another
+PYTHONPATH.
 """
 
 from __future__ import annotations

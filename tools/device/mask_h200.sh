@@ -32,7 +32,7 @@ for lk, topk, topp in ((3000, 0.03, 0.2), (1000, 0.0, 0.5), (20000, 0.03, 0.2), 
     fast = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, compact=True)  # both bisection endings
     plain = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, compact=False)
     assert all(torch.equal(a, b) for a, b in zip(fast, plain)), (lk, topk, topp)
-    for rows in (4, 16, 32):  # the opt-in 3xTF32 scores (decisions may differ from FMA within rounding)
+    for rows in (4, 16, 32):  # the 3xTF32 scores at every CTA size (decisions may differ from FMA within rounding)
         mma = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, rows_per_cta=rows, tensor_scores=True)
         assert (mma[0] >= 0).all() and (mma[2] >= 0).all(), (lk, topk, topp, rows)
 torch.cuda.synchronize()

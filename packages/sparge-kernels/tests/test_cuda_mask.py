@@ -174,8 +174,8 @@ CASES = [
 @pytest.mark.parametrize("tensor_scores", [False, True], ids=["fma-scores", "tf32x3-scores"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
 def test_mask_matches_float64_rule(case, tensor_scores):
-    """Both ways of computing the pooled scores (fp32 FMAs; 3xTF32 tensor-core MMAs, opt-in) decide every pair
-    outside the rounding band as the float64 rule does."""
+    """Both ways of computing the pooled scores (fp32 FMAs; 3xTF32 tensor-core MMAs, the automatic choice for
+    Q+K >= 1 GiB) decide every pair outside the rounding band as the float64 rule does."""
     b, h, lq, lk, d, bq, bk, layout, dtype, kind, topk, topp = case
     q, k = make_qk(b, h, lq, lk, d, kind=kind, dtype=dtype, layout=layout)
     stats = check_prediction(q, k, topk, topp, bq, bk, tensor_scores=tensor_scores)

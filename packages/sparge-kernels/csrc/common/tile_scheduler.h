@@ -6,7 +6,7 @@
 //   DynamicPersistentTileScheduler  one CTA per SM; each takes tiles in order from an atomic counter (the first
 //                                   one: its blockIdx.x), so the producer can load the next tile's operands while
 //                                   the consumers finish the current one, and tiles of very different kept-block
-//                                   counts still balance (the Hopper forward; the Hopper backward's opt-in
+//                                   counts still balance (the Hopper forward; the Hopper backward's default
 //                                   persistent schedule). The producer hands each next tile to the consumers
 //                                   through a TileMailbox (common/tile_mailbox_sm90.h).
 #pragma once

@@ -1,9 +1,11 @@
-// The selection kernel's scores on tensor cores (SelectParams::tensor_scores, opt-in): S = Q̄·K̄ᵀ·scale for the
-// CTA's kRows pooled query blocks against all Nk pooled key blocks, by mma.sync m16n8k8 TF32 in the "3xTF32"
-// split: x = hi + lo with hi = tf32(x), lo = tf32(x − hi), and a·b ≈ hi_a·hi_b + hi_a·lo_b + lo_a·hi_b (the
-// lo·lo term is below fp32 rounding of the sum). The error per product is a few fp32 ulps of |a·b|: the
-// selection's REL_TOL budget (1e-4 on probabilities, tests/test_cuda_mask.py) holds, where plain TF32 (2^-11)
-// would not. The fp32-FMA loop (scores_fma) stays the default until the GPU says which is faster.
+// The selection kernel's scores on tensor cores (SelectParams::tensor_scores; cuda_mask.predict picks them for
+// Q+K >= 1 GiB): S = Q̄·K̄ᵀ·scale for the CTA's kRows pooled query blocks against all Nk pooled key blocks, by
+// mma.sync m16n8k8 TF32 in the "3xTF32" split: x = hi + lo with hi = tf32(x), lo = tf32(x − hi), and
+// a·b ≈ hi_a·hi_b + hi_a·lo_b + lo_a·hi_b (the lo·lo term is below fp32 rounding of the sum). The error per
+// product is a few fp32 ulps of |a·b|: the selection's REL_TOL budget (1e-4 on probabilities,
+// tests/test_cuda_mask.py) holds, where plain TF32 (2^-11) would not. Faster than the fp32-FMA loop (scores_fma)
+// with 16-row CTAs, slower with 8 (most of each 16-row tile empty):
+// tools/results/mask_tensor_scores_h200_2026-12-04.md.
 #pragma once
 
 #include <cstdint>

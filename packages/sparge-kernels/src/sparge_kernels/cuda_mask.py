@@ -118,7 +118,7 @@ def predict(
     rows_per_cta: int = 0,
     tail_rows_per_cta: int = 8,
     compact: bool = True,
-    tensor_scores: bool = False,
+    tensor_scores: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
@@ -128,9 +128,10 @@ def predict(
     8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group (0: as
     rows_per_cta), and
     `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end).
-    `tensor_scores` (opt-in, not yet measured on a GPU): the pooled scores by 3xTF32 tensor-core MMAs instead of
-    fp32 FMAs. Not a pure tuning knob: the scores round differently, so decisions may differ from the FMA path
-    where they lie within the rounding band that tests/test_cuda_mask.py allows.
+    `tensor_scores`: the pooled scores by 3xTF32 tensor-core MMAs (True) or fp32 FMAs (False); None picks by size
+    (`default_tensor_scores`). Not a pure tuning knob: the scores round differently, so decisions may differ
+    between the two where they lie within the rounding band that tests/test_cuda_mask.py allows. Within one
+    choice, results never depend on the tuning arguments above.
     """
     b, h, lq, d = q.shape
     lk = k.shape[2]
@@ -166,8 +167,11 @@ def predict(
             torch.empty(b, h, nk, nq, dtype=torch.int32, device=device),
         )
     kv_count, kv_index, q_count, q_index = out
+    qk_bytes = (q.numel() + k.numel()) * q.element_size()
     if head_groups <= 0:
-        head_groups = default_head_groups(h, (q.numel() + k.numel()) * q.element_size())
+        head_groups = default_head_groups(h, qk_bytes)
+    if tensor_scores is None:
+        tensor_scores = default_tensor_scores(qk_bytes)
     with torch.cuda.device(device):
         ws = MaskWorkspace.allocate(b, h, nq, nk, d, device)
         _C.mask_predict(
@@ -183,3 +187,11 @@ def default_head_groups(heads: int, qk_bytes: int) -> int:
     """Head groups that overlap selection with pooling. Measured on an H100 (tools/results/mask_2026-11-23.md):
     4 groups save 5% on the 14B shape (1.5 GB of Q+K) but cost 30% on the 1.3B shape (0.2 GB)."""
     return min(heads, 4) if qk_bytes >= 1 << 30 else 1
+
+
+def default_tensor_scores(qk_bytes: int) -> bool:
+    """Tensor-core scores for large inputs (Q+K >= 1 GiB), fp32 FMAs below. Measured on an H200
+    (tools/results/mask_tensor_scores_h200_2026-12-04.md): with the automatic tuning, the 14B shape (1.5 GB)
+    predicts in 0.958 ms with tensor-core scores against 0.984 ms, the 1.3B shape (0.2 GB) in 0.108 against
+    0.100 ms (its 8-row selection CTAs leave most of each 16-row MMA tile empty)."""
+    return qk_bytes >= 1 << 30
