@@ -141,6 +141,9 @@ def bench_shape(name: str, iters: int) -> list[str]:
         "auto, 3xTF32 tensor-core scores": predict(tensor_scores=True),
         "auto, 3xTF32 tensor-core scores, last group's CTAs as the others'": predict(tensor_scores=True,
                                                                                    tail_rows_per_cta=0),
+        "auto, rows in registers": predict(register_rows=True),
+        "auto, rows in registers, last group's CTAs as the others'": predict(register_rows=True,
+                                                                           tail_rows_per_cta=0),
         "1 head group, 16 rows/CTA, 3xTF32 tensor-core scores": predict(head_groups=1, rows_per_cta=16,
                                                                          tensor_scores=True),
     }
@@ -151,9 +154,11 @@ def bench_shape(name: str, iters: int) -> list[str]:
     t_pool_nhd = graph_ms(lambda: cuda_mask.pool(q_nhd, k_nhd, BLOCK_Q, BLOCK_K, ws), iters)
     cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws)
     t_select = {
-        (r, c, ts): graph_ms(lambda r=r, c=c, ts=ts: cuda_mask.select(ws, nk, scale, kk, TOPP, out[0], out[1], r, c,
-                                                                      tensor_scores=ts), iters)
-        for r in (4, 8, 16, 32) for c, ts in ((True, False), (False, False), (True, True))
+        (r, c, ts, rr): graph_ms(lambda r=r, c=c, ts=ts, rr=rr: cuda_mask.select(
+            ws, nk, scale, kk, TOPP, out[0], out[1], r, c, tensor_scores=ts, register_rows=rr), iters)
+        for r in (4, 8, 16, 32)
+        for c, ts, rr in ((True, False, False), (False, False, False), (True, True, False), (True, False, True),
+                          (True, True, True))
     }
     t_transpose = graph_ms(lambda: cuda_mask.transpose(ws, nk, out[2], out[3]), iters)
 
@@ -184,7 +189,8 @@ def bench_shape(name: str, iters: int) -> list[str]:
         row("launch 1: pool Q and K (HND), graph", t_pool, gbytes),
         row("launch 1: pool Q and K (NHD), graph", t_pool_nhd, gbytes),
         *(row(f"launch 2: scores + softmax + Top-k/Top-p, {r} rows/CTA{'' if c else ', compact=False'}"
-              f"{', 3xTF32 tensor-core scores' if ts else ''}, graph", t, None) for (r, c, ts), t in t_select.items()),
+              f"{', 3xTF32 tensor-core scores' if ts else ''}{', rows in registers' if rr else ''}, graph", t, None)
+          for (r, c, ts, rr), t in t_select.items()),
         row("launch 3: transpose -> q_count, q_index, graph", t_transpose, None),
         row("eager PyTorch reference (block_probabilities + select_hybrid + indices)", t_ref, gbytes, True),
         "",

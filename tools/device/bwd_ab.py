@@ -4,7 +4,7 @@ Times, per shape and random-mask density, `cuda_backward.backward` alone (sm90, 
 forward and the fwd+bwd of `block_sparse_attention` (default options), with bench_attention.py's inputs, masks
 and timer, and prints one markdown row per measurement, labelled with --label (e.g. the build's git revision):
 
-    python3 tools/device/bwd_ab.py --label new [--shapes 1.3b] [--densities 0.05,0.2,1]
+    python3 tools/device/bwd_ab.py --label new [--shapes 1.3b] [--densities 0.05,0.2,1] [--profile]
 
 tools/device/bwd_persistent_h200.sh (steps base-build, ab) runs it against a base build installed under another
 PYTHONPATH.
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import bench_attention as ba  # noqa: E402
 
 
-def time_density(label: str, name: str, tensors, density: float, schedules: list[str]) -> None:
+def time_density(label: str, name: str, tensors, density: float, schedules: list[str], profile: bool) -> None:
     import sparge_kernels as sk
     from sparge_kernels import cuda_backward
     from sparge_kernels.backend import MaskArgs
@@ -56,6 +56,16 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
         return torch.autograd.grad(sk.block_sparse_attention(qq, kk, vv, mask, scale=scale), (qq, kk, vv), dout)
 
     row("fwd+bwd", ba.time_ms(fwd_bwd), 3.5 * dense_flops * mask.density)
+    if profile:  # where fwd+bwd spends what forward + backward alone do not (CUDA time per kernel, stderr)
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                fwd_bwd()
+            torch.cuda.synchronize()
+        print(f"{label} {name} density {density:g}: 5 x fwd+bwd\n"
+              + prof.key_averages().table(sort_by="cuda_time_total", row_limit=20), file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -64,6 +74,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="1.3b")
     parser.add_argument("--densities", default="0.05,0.2,1")
     parser.add_argument("--schedules", default="tile,persistent")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print a torch.profiler table of 5 fwd+bwd per density to stderr")
     args = parser.parse_args()
     print("| build | shape | density | what | ms | useful TFLOP/s |\n|---|---|---:|---|---:|---:|", flush=True)
     for name in args.shapes.split(","):
@@ -73,7 +85,7 @@ def main() -> None:
         dout = torch.randn(shape, generator=torch.Generator(device="cuda").manual_seed(2), device="cuda")
         tensors = (q, k, v, dout.to(q.dtype))
         for density in (float(x) for x in args.densities.split(",")):
-            time_density(args.label, name, tensors, density, args.schedules.split(","))
+            time_density(args.label, name, tensors, density, args.schedules.split(","), args.profile)
         del q, k, v, dout, tensors
         torch.cuda.empty_cache()
 

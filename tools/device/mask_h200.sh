@@ -5,7 +5,8 @@
 #   bash tools/device/mask_h200.sh [build] [tests] [sanitize] [bench] ...   (no argument = all five)
 #   build      source tools/device/setup.sh -> build.log, gpu_mask.txt
 #   tests      test_cuda_mask.py (float64 rule with FMA and 3xTF32 scores, ties, compact=True against compact=False
-#              bitwise, tuning variants, poisoned workspace) -> gpu_mask_tests.log
+#              and rows in registers against rows in shared memory bitwise, tuning variants, poisoned workspace)
+#              -> gpu_mask_tests.log
 #   sanitize   compute-sanitizer memcheck, racecheck and synccheck of small predictions
 #              -> sanitizer_mask_{memcheck,racecheck,synccheck}.log
 #   bench      tools/bench_mask.py --shapes 1.3b,14b -> bench_mask.md (per-launch times, graph and eager)
@@ -26,12 +27,15 @@ cat >"$smoke" <<'PY'
 import torch
 from sparge_kernels import cuda_mask
 gen = torch.Generator(device="cuda").manual_seed(0)
-for lk, topk, topp in ((3000, 0.03, 0.2), (1000, 0.0, 0.5), (20000, 0.03, 0.2), (600, 0.5, 0.9)):
+for lk, topk, topp in ((3000, 0.03, 0.2), (1000, 0.0, 0.5), (20000, 0.03, 0.2), (600, 0.5, 0.9), (50000, 0.03, 0.2)):
     q = torch.randn(1, 2, 1024, 64, generator=gen, device="cuda").to(torch.bfloat16)
     k = torch.randn(1, 2, lk, 64, generator=gen, device="cuda").to(torch.bfloat16)
     fast = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, compact=True)  # both bisection endings
     plain = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, compact=False)
     assert all(torch.equal(a, b) for a, b in zip(fast, plain)), (lk, topk, topp)
+    for rows in (8, 16):  # rows in registers (Nk 782 at lk 50000: the 40-word kernel), same result
+        regs = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, rows_per_cta=rows, register_rows=True)
+        assert all(torch.equal(a, b) for a, b in zip(fast, regs)), (lk, topk, topp, rows)
     for rows in (4, 16, 32):  # the 3xTF32 scores at every CTA size (decisions may differ from FMA within rounding)
         mma = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, rows_per_cta=rows, tensor_scores=True)
         assert (mma[0] >= 0).all() and (mma[2] >= 0).all(), (lk, topk, topp, rows)

@@ -220,6 +220,8 @@ def test_keep_all(topk, topp):
         {"head_groups": 2, "rows_per_cta": 16, "tail_rows_per_cta": 8},
         {"head_groups": 3, "rows_per_cta": 0, "tail_rows_per_cta": 4},
         {"head_groups": 5, "rows_per_cta": 8, "tail_rows_per_cta": 0},
+        {"head_groups": 1, "rows_per_cta": 8, "register_rows": True},
+        {"head_groups": 3, "rows_per_cta": 16, "register_rows": True, "compact": False},
     ],
     ids=str,
 )
@@ -232,6 +234,26 @@ def test_tuning_variants_agree(tuning):
     for x, y in zip(base, other):
         assert torch.equal(x, y)
     check_semantics(q, k, check_encoding(*other), 0.03, 0.2, 128, 64, scale)
+
+
+@pytest.mark.parametrize("tensor_scores", [False, True], ids=["fma-scores", "tf32x3-scores"])
+@pytest.mark.parametrize("nk", [79, 512, 513, 700, 1182, 1280, 1281])
+def test_register_rows_match_shared_rows(nk, tensor_scores):
+    """Score rows kept in registers during the selection (16 words per lane up to Nk = 512, 40 words up to 1280
+    with at most 16 rows per CTA, shared memory beyond) decide bitwise as rows in shared memory: at every CTA
+    size, with both bisection endings, and where most probabilities underflow to exactly 0, so that the cut falls
+    on a tie at 0 next to the register rows' padding (which holds probability 0 too)."""
+    q, k = make_qk(1, 2, 1100, nk * 64, 128, kind="structured", seed=11)
+    for scale, topk, topp in ((128**-0.5, 0.03, 0.2), (1000.0, 0.5, 0.0), (1000.0, 0.0, 0.99)):
+        for rows in (4, 8, 16, 32):
+            for compact in (True, False):
+                tuning = dict(rows_per_cta=rows, head_groups=1, compact=compact, tensor_scores=tensor_scores)
+                shared = run_kernel(q, k, topk, topp, 128, 64, scale, register_rows=False, **tuning)
+                registers = run_kernel(q, k, topk, topp, 128, 64, scale, register_rows=True, **tuning)
+                assert all(torch.equal(x, y) for x, y in zip(shared, registers)), (scale, topk, topp, rows, compact)
+        check_encoding(*registers)
+    p32 = reference.block_probabilities(q.float(), k.float(), 128, 64, 1000.0)
+    assert (p32 == 0).float().mean() > 0.5, "the large scale was meant to underflow most probabilities to 0"
 
 
 def test_side_stream_output_is_ordered_on_the_callers_stream():

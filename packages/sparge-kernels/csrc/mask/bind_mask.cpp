@@ -63,7 +63,7 @@ sparge::mask::PoolParams pool_params(TensorArg const& q, TensorArg const& k, int
 // q_pooled (B, H, Nq, D); kv_count (B, H, Nq); kv_index (B, H, Nq, Nk); row_bits (B, H, Nq, bits_ld).
 sparge::mask::SelectParams select_params(TensorArg const& q_pooled, TensorArg const& k_pooled_t, float scale,
                                          int topk_count, float topp, int compact, int tensor_scores,
-                                         TensorArg const& kv_count, TensorArg const& kv_index,
+                                         int register_rows, TensorArg const& kv_count, TensorArg const& kv_index,
                                          TensorArg const& row_bits) {
   require_rank("q_pooled", q_pooled, 4);
   require_rank("k_pooled_t", k_pooled_t, 4);
@@ -82,6 +82,7 @@ sparge::mask::SelectParams select_params(TensorArg const& q_pooled, TensorArg co
   p.topp = topp;
   p.compact = compact;
   p.tensor_scores = tensor_scores;
+  p.register_rows = register_rows;
   p.kv_count = kv_count.ptr<int32_t>();
   p.kv_index = kv_index.ptr<int32_t>();
   p.row_bits = row_bits.ptr<uint32_t>();
@@ -115,17 +116,18 @@ void bind_mask_prediction(nb::module_& m) {
       [](TensorArg const& q, TensorArg const& k, int block_q, int block_k, float scale, int topk_count, float topp,
          int compact, TensorArg const& q_pooled, TensorArg const& k_pooled_t, TensorArg const& row_bits,
          TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count, TensorArg const& q_index,
-         int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream, int tensor_scores) {
+         int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream, int tensor_scores,
+         int register_rows) {
         sparge::mask::launch_predict(
             pool_params(q, k, block_q, block_k, q_pooled, k_pooled_t),
-            select_params(q_pooled, k_pooled_t, scale, topk_count, topp, compact, tensor_scores, kv_count, kv_index,
-                          row_bits),
+            select_params(q_pooled, k_pooled_t, scale, topk_count, topp, compact, tensor_scores, register_rows,
+                          kv_count, kv_index, row_bits),
             transpose_params(row_bits, q_count, q_index), q.dtype, head_groups, rows_per_cta, tail_rows_per_cta,
             stream);
       },
       "q"_a, "k"_a, "block_q"_a, "block_k"_a, "scale"_a, "topk_count"_a, "topp"_a, "compact"_a, "q_pooled"_a,
       "k_pooled_t"_a, "row_bits"_a, "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "head_groups"_a,
-      "rows_per_cta"_a, "tail_rows_per_cta"_a, "stream"_a, "tensor_scores"_a = 0,
+      "rows_per_cta"_a, "tail_rows_per_cta"_a, "stream"_a, "tensor_scores"_a = 0, "register_rows"_a = 0,
       "Whole mask prediction: pool, select, transpose; head_groups > 1 overlaps selection with pooling on a "
       "high-priority side stream. q, k: float16, bfloat16 or float32 (B, H, L, D) with unit stride along D.");
 
@@ -142,13 +144,13 @@ void bind_mask_prediction(nb::module_& m) {
       "mask_select_blocks",
       [](TensorArg const& q_pooled, TensorArg const& k_pooled_t, float scale, int topk_count, float topp, int compact,
          TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& row_bits, int rows_per_cta,
-         std::uintptr_t stream, int tensor_scores) {
+         std::uintptr_t stream, int tensor_scores, int register_rows) {
         sparge::mask::launch_select_blocks(select_params(q_pooled, k_pooled_t, scale, topk_count, topp, compact,
-                                                         tensor_scores, kv_count, kv_index, row_bits),
+                                                         tensor_scores, register_rows, kv_count, kv_index, row_bits),
                                            rows_per_cta, stream);
       },
       "q_pooled"_a, "k_pooled_t"_a, "scale"_a, "topk_count"_a, "topp"_a, "compact"_a, "kv_count"_a, "kv_index"_a,
-      "row_bits"_a, "rows_per_cta"_a, "stream"_a, "tensor_scores"_a = 0,
+      "row_bits"_a, "rows_per_cta"_a, "stream"_a, "tensor_scores"_a = 0, "register_rows"_a = 0,
       "Stage 2: scores, softmax, hybrid Top-k/Top-p: kv_count (B,H,Nq), kv_index (B,H,Nq,Nk), row_bits.");
 
   m.def(

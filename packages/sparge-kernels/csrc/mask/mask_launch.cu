@@ -70,21 +70,39 @@ void dispatch_pool_width(const PoolParams& p, int vec, int64_t tasks, cudaStream
   return launch_pool_typed<Elem, 1>(p, tasks, stream);
 }
 
-template <int kRows, bool kTensorScores>
-void launch_select_kernel(const SelectParams& p, cudaStream_t stream) {
+template <int kRows, class Kernel>
+void launch_select_kernel(Kernel kernel, const SelectParams& p, cudaStream_t stream) {
   const size_t smem = select_smem_bytes<kRows>(p.head_dim, p.num_k_blocks);
   if (smem > 48 * 1024) {
-    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(select_blocks_kernel<kRows, kTensorScores>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
   const dim3 grid((p.num_q_blocks + kRows - 1) / kRows, p.group_heads, p.batch);
-  launch_after_previous(select_blocks_kernel<kRows, kTensorScores>, grid, kSelectThreads, smem, stream, p);
+  launch_after_previous(kernel, grid, kSelectThreads, smem, stream, p);
+}
+
+// Rows in registers where they fit (SelectParams::register_rows): 16 words per lane cover Nk <= 512 (the 1.3B
+// shape), 40 words Nk <= 1280 (14B: 1182) with at most 16 rows per CTA; other rows stay in shared memory.
+constexpr int kRowWordsShort = 16, kRowWordsLong = 40;
+
+template <int kRows, bool kTensorScores>
+void launch_select_row_storage(const SelectParams& p, cudaStream_t stream) {
+  const int words = (p.num_k_blocks + 31) / 32;
+  if (p.register_rows && words <= kRowWordsShort) {
+    return launch_select_kernel<kRows>(select_blocks_kernel<kRows, kTensorScores, kRowWordsShort>, p, stream);
+  }
+  if constexpr (kRows <= 16) {
+    if (p.register_rows && words <= kRowWordsLong) {
+      return launch_select_kernel<kRows>(select_blocks_long_rows_kernel<kRows, kTensorScores, kRowWordsLong>, p,
+                                         stream);
+    }
+  }
+  launch_select_kernel<kRows>(select_blocks_kernel<kRows, kTensorScores, 0>, p, stream);
 }
 
 template <int kRows>
 void launch_select_rows(const SelectParams& p, cudaStream_t stream) {
-  if (p.tensor_scores) return launch_select_kernel<kRows, true>(p, stream);
-  launch_select_kernel<kRows, false>(p, stream);
+  if (p.tensor_scores) return launch_select_row_storage<kRows, true>(p, stream);
+  launch_select_row_storage<kRows, false>(p, stream);
 }
 
 // Query blocks per selection CTA: 16, or 8 when that leaves fewer than two CTAs per SM. Measured on an H100

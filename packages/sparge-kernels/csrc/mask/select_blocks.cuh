@@ -81,11 +81,12 @@ __device__ __forceinline__ void scores_fma(const float* q_t, const float* k_src,
   }
 }
 
-// Grid: (ceil(Nq / kRows), group heads, B). Shared memory: pooled queries transposed [D][kRows], scores
+// One CTA: kRows query blocks of one (b, h). Shared memory: pooled queries transposed [D][kRows], scores
 // [kRows][Nk], per-warp candidate scratch [warps][kCandidates]. kTensorScores: the scores by 3xTF32 mma.sync
-// (scores_mma.cuh) instead of fp32 FMAs.
-template <int kRows, bool kTensorScores>
-__global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
+// (scores_mma.cuh) instead of fp32 FMAs. kRowWords > 0: each warp loads its row into kRowWords registers per lane
+// (Nk <= 32 kRowWords) for the selection's passes; 0: the passes read and rewrite it in shared memory. Same result.
+template <int kRows, bool kTensorScores, int kRowWords>
+__device__ __forceinline__ void select_blocks(const SelectParams& p) {
   static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");
   extern __shared__ float4 smem_f4[];
   float* q_t = reinterpret_cast<float*>(smem_f4);
@@ -121,13 +122,35 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const Sel
   for (int r = warp; r < kRows; r += kSelectWarps) {
     const int i = q0 + r;
     if (i >= nq) break;
-    float* row = scores + r * nk;
+    uint32_t* row_logits = reinterpret_cast<uint32_t*>(scores + r * nk);
     uint32_t* scratch = reinterpret_cast<uint32_t*>(scores + kRows * nk) + warp * kCandidates;
-    const RowCut cut = select_row(row, nk, p.topk_count, p.topp, lane, p.compact != 0, scratch);
     const int64_t row_id = bh * nq + i;
-    write_row(reinterpret_cast<const uint32_t*>(row), nk, cut, lane, p.kv_index + row_id * nk, p.kv_count + row_id,
-              p.row_bits + row_id * p.bits_ld);
+    auto select_and_write = [&](auto& row) {
+      const RowCut cut = select_row(row, p.topk_count, p.topp, lane, p.compact != 0, scratch);
+      write_row(row, cut, lane, p.kv_index + row_id * nk, p.kv_count + row_id, p.row_bits + row_id * p.bits_ld);
+    };
+    if constexpr (kRowWords > 0) {
+      RegisterRow<kRowWords> row(row_logits, nk, lane);
+      select_and_write(row);
+    } else {
+      SharedRow row{row_logits, nk, lane};
+      select_and_write(row);
+    }
   }
+}
+
+// Grid: (ceil(Nq / kRows), group heads, B). Rows in shared memory, or in registers up to Nk = 512.
+template <int kRows, bool kTensorScores, int kRowWords>
+__global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
+  select_blocks<kRows, kTensorScores, kRowWords>(p);
+}
+
+// Rows of up to 32 kRowWords key blocks in registers, held to 128 registers per thread: two 16-row CTAs per SM,
+// as many as their shared memory allows at Nk ~1200, stay resident (unbounded, ptxas takes up to 175).
+template <int kRows, bool kTensorScores, int kRowWords>
+__global__ void __launch_bounds__(kSelectThreads, 2) select_blocks_long_rows_kernel(const SelectParams p) {
+  static_assert(kRows <= 16 && kRowWords > 0, "long register rows: at most 16 rows per CTA");
+  select_blocks<kRows, kTensorScores, kRowWords>(p);
 }
 
 }  // namespace sparge::mask

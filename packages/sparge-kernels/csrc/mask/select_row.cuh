@@ -28,34 +28,117 @@ struct RowCut {
 // lane) and the cut among them is resolved in registers, saving the last ~log2(kCandidates) passes over the row.
 constexpr int kCandidates = 32;
 
-// row[0, n): the scaled logits of one row in shared memory; replaced in place by the bit patterns of the
-// softmax probabilities. Every lane touches only the entries j ≡ lane (mod 32), so no warp barrier is needed
-// except around `scratch` (kCandidates words of this warp). compact = false bisects to the end (no gathering).
-__device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, float topp, int lane, bool compact,
-                                             uint32_t* scratch) {
-  uint32_t* bits = reinterpret_cast<uint32_t*>(row);
+// Where a warp keeps its row during the selection. Lane `lane` owns the entries j = 32c + lane (word c); every
+// pass visits them in index order, so both storages give bitwise the same sums and decisions.
+//   SharedRow          the row in shared memory, rewritten in place (any n).
+//   RegisterRow<kW>    loaded once into kW registers per lane (n <= 32 kW): the passes are register-only.
+// for_each(f): f(value) for each entry this lane owns; update(f): value = f(value); for_each_word(f): all lanes,
+// every word c < ceil(n / 32), f(c, j, value (0 past n), j < n). The *_padded forms may also visit padding
+// entries past n (RegisterRow: no per-entry bounds test in the hot passes): they hold a -inf logit, which the
+// exp pass turns into probability 0 (bits 0). Use them only where such an entry changes nothing: a max, a sum of
+// +0, a count of entries >= a bit pattern >= 1.
+struct SharedRow {
+  uint32_t* bits;
+  int n, lane;
 
+  template <class F>
+  __device__ __forceinline__ void for_each(F&& f) const {
+    for (int j = lane; j < n; j += 32) f(bits[j]);
+  }
+  template <class F>
+  __device__ __forceinline__ void update(F&& f) {
+    for (int j = lane; j < n; j += 32) bits[j] = f(bits[j]);
+  }
+  template <class F>
+  __device__ __forceinline__ void for_each_padded(F&& f) const {
+    for_each(f);
+  }
+  template <class F>
+  __device__ __forceinline__ void update_padded(F&& f) {
+    update(f);
+  }
+  template <class F>
+  __device__ __forceinline__ void for_each_word(F&& f) const {
+    for (int c = 0; c * 32 < n; ++c) {
+      const int j = c * 32 + lane;
+      f(c, j, j < n ? bits[j] : 0u, j < n);
+    }
+  }
+};
+
+template <int kWords>
+struct RegisterRow {
+  uint32_t value[kWords];
+  int n, lane;
+
+  __device__ __forceinline__ RegisterRow(const uint32_t* src, int n_, int lane_) : n(n_), lane(lane_) {
+#pragma unroll
+    for (int c = 0; c < kWords; ++c) {
+      const int j = c * 32 + lane;
+      value[c] = j < n ? src[j] : __float_as_uint(-INFINITY);
+    }
+  }
+  template <class F>
+  __device__ __forceinline__ void for_each(F&& f) const {
+#pragma unroll
+    for (int c = 0; c < kWords; ++c) {
+      if (c * 32 + lane < n) f(value[c]);
+    }
+  }
+  template <class F>
+  __device__ __forceinline__ void update(F&& f) {
+#pragma unroll
+    for (int c = 0; c < kWords; ++c) {
+      if (c * 32 + lane < n) value[c] = f(value[c]);
+    }
+  }
+  template <class F>
+  __device__ __forceinline__ void for_each_padded(F&& f) const {
+#pragma unroll
+    for (int c = 0; c < kWords; ++c) f(value[c]);
+  }
+  template <class F>
+  __device__ __forceinline__ void update_padded(F&& f) {
+#pragma unroll
+    for (int c = 0; c < kWords; ++c) value[c] = f(value[c]);
+  }
+  template <class F>
+  __device__ __forceinline__ void for_each_word(F&& f) const {
+#pragma unroll
+    for (int c = 0; c < kWords; ++c) {
+      if (c * 32 < n) f(c, c * 32 + lane, c * 32 + lane < n ? value[c] : 0u, c * 32 + lane < n);
+    }
+  }
+};
+
+// `row` holds the n scaled logits of one row as float bit patterns (SharedRow or RegisterRow); they are replaced by the
+// bit patterns of the softmax probabilities, which write_row then reads. Only `scratch` (kCandidates words of
+// this warp) needs warp barriers. compact = false bisects to the end (no gathering).
+template <class Row>
+__device__ __forceinline__ RowCut select_row(Row& row, int topk_count, float topp, int lane, bool compact,
+                                             uint32_t* scratch) {
+  const int n = row.n;
   float row_max = -INFINITY;
-  for (int j = lane; j < n; j += 32) row_max = fmaxf(row_max, row[j]);
+  row.for_each_padded([&](uint32_t x) { row_max = fmaxf(row_max, __uint_as_float(x)); });
   row_max = warp_max(row_max);
   float denom = 0.f;
-  for (int j = lane; j < n; j += 32) {
-    const float e = __expf(row[j] - row_max);
-    row[j] = e;
+  row.update_padded([&](uint32_t x) {  // padding: exp(-inf) = +0
+    const float e = __expf(__uint_as_float(x) - row_max);
     denom += e;
-  }
+    return __float_as_uint(e);
+  });
   denom = warp_sum(denom);
   const float inv_denom = __frcp_rn(denom);
   float total = 0.f;
   uint32_t min_bits = 0xffffffffu, max_bits = 0u;
-  for (int j = lane; j < n; j += 32) {
-    const float prob = row[j] * inv_denom;
+  row.update([&](uint32_t x) {
+    const float prob = __fmul_rn(__uint_as_float(x), inv_denom);  // rounded on its own: never fused into total
     const uint32_t b = __float_as_uint(prob);
-    bits[j] = b;
     total += prob;
     min_bits = min(min_bits, b);
     max_bits = max(max_bits, b);
-  }
+    return b;
+  });
   total = warp_sum(total);
   min_bits = __reduce_min_sync(kFullWarp, min_bits);
   max_bits = __reduce_max_sync(kFullWarp, max_bits);
@@ -74,13 +157,11 @@ __device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, 
     const uint32_t mid = lo + ((hi - lo) >> 1);
     int count = 0;
     float mass = 0.f;
-    for (int j = lane; j < n; j += 32) {
-      const uint32_t b = bits[j];
-      if (b >= mid) {
-        ++count;
-        mass += __uint_as_float(b);
-      }
-    }
+    row.for_each_padded([&](uint32_t b) {  // mid > lo >= 0: padding (bits 0) never counts
+      const bool counts = b >= mid;
+      count += int(counts);
+      mass += counts ? __uint_as_float(b) : 0.f;
+    });
     count = int(__reduce_add_sync(kFullWarp, uint32_t(count)));
     mass = warp_sum(mass);
     if (holds(count, mass)) {
@@ -99,15 +180,13 @@ __device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, 
   if (hi - lo > 1u && in_range > 1) {
     const uint32_t below = lanes_below(lane);
     int gathered = 0;
-    for (int c = 0; c * 32 < n; ++c) {
-      const int j = c * 32 + lane;
-      const uint32_t b = j < n ? bits[j] : 0u;
-      const bool inside = j < n && b >= lo && b < hi;
+    row.for_each_word([&](int, int, uint32_t b, bool valid) {
+      const bool inside = valid && b >= lo && b < hi;
       const uint32_t inside_mask = __ballot_sync(kFullWarp, inside);
       const int slot = gathered + __popc(inside_mask & below);
       if (inside && slot < kCandidates) scratch[slot] = b;
       gathered += __popc(inside_mask);
-    }
+    });
     __syncwarp();
     const bool valid = lane < in_range;
     const uint32_t mine = valid ? scratch[lane] : 0u;
@@ -127,24 +206,22 @@ __device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, 
                                        : __reduce_min_sync(kFullWarp, valid ? mine : 0xffffffffu);
   } else if (hi - lo > 1u) {
     uint32_t below_hi = 0u;
-    for (int j = lane; j < n; j += 32) {
-      const uint32_t b = bits[j];
+    row.for_each_padded([&](uint32_t b) {  // padding: max with 0
       if (b < hi) below_hi = max(below_hi, b);
-    }
+    });
     cut = __reduce_max_sync(kFullWarp, below_hi);
   }
 
   int above = 0, ties = 0;
   float mass_above = 0.f;
-  for (int j = lane; j < n; j += 32) {
-    const uint32_t b = bits[j];
+  row.for_each([&](uint32_t b) {
     if (b > cut) {
       ++above;
       mass_above += __uint_as_float(b);
     } else if (b == cut) {
       ++ties;
     }
-  }
+  });
   above = int(__reduce_add_sync(kFullWarp, uint32_t(above)));
   ties = int(__reduce_add_sync(kFullWarp, uint32_t(ties)));
   mass_above = warp_sum(mass_above);
@@ -164,17 +241,17 @@ __device__ __forceinline__ RowCut select_row(float* row, int n, int topk_count, 
   return RowCut{cut, max(take_k, take_p)};
 }
 
-// Writes one row of kv_index (kept key blocks ascending, then -1), its kv_count and its bitmask words.
-__device__ __forceinline__ void write_row(const uint32_t* bits, int n, RowCut cut, int lane, int32_t* index_row,
+// Writes one row of kv_index (kept key blocks ascending, then -1), its kv_count and its bitmask words, from the
+// probabilities select_row left in `row`.
+template <class Row>
+__device__ __forceinline__ void write_row(Row const& row, RowCut cut, int lane, int32_t* index_row,
                                           int32_t* count_out, uint32_t* bits_row) {
-  const uint32_t below = lanes_below(lane);
+  const int n = row.n;
   const int words = (n + 31) / 32;
+  const uint32_t below = lanes_below(lane);
   int kept = 0, ties_before = 0;
   uint32_t held_word = 0u;  // lane w holds word (c & ~31) + w until the group of 32 words is stored
-  for (int c = 0; c < words; ++c) {
-    const int j = c * 32 + lane;
-    const bool valid = j < n;
-    const uint32_t b = valid ? bits[j] : 0u;
+  row.for_each_word([&](int c, int j, uint32_t b, bool valid) {
     const bool tie = valid && b == cut.threshold;
     const uint32_t tie_mask = __ballot_sync(kFullWarp, tie);
     const bool keep = (valid && b > cut.threshold) || (tie && ties_before + __popc(tie_mask & below) < cut.take);
@@ -187,7 +264,7 @@ __device__ __forceinline__ void write_row(const uint32_t* bits, int n, RowCut cu
       const int w = (c & ~31) + lane;
       if (w <= c) bits_row[w] = held_word;
     }
-  }
+  });
   for (int j = kept + lane; j < n; j += 32) index_row[j] = -1;
   if (lane == 0) *count_out = kept;
 }

@@ -60,13 +60,14 @@ def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskW
 
 def select(
     ws: MaskWorkspace, nk: int, scale: float, kk: int, topp: float, kv_count: torch.Tensor, kv_index: torch.Tensor,
-    rows_per_cta: int = 0, compact: bool = True, tensor_scores: bool = False,
+    rows_per_cta: int = 0, compact: bool = True, tensor_scores: bool = False, register_rows: bool = False,
 ) -> None:
     """Launch 2: scores, softmax and Top-k ∪ Top-p per query block into kv_count / kv_index / ws.row_bits."""
     _check_blocks("kv_index", kv_index, nk)
     _C.mask_select_blocks(
         ws.q_pooled, ws.k_pooled_t, float(scale), int(kk), float(topp), int(compact), kv_count, kv_index,
         ws.row_bits, int(rows_per_cta), current_stream(ws.q_pooled.device), tensor_scores=int(tensor_scores),
+        register_rows=int(register_rows),
     )
 
 
@@ -119,6 +120,7 @@ def predict(
     tail_rows_per_cta: int = 8,
     compact: bool = True,
     tensor_scores: bool | None = None,
+    register_rows: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
@@ -126,8 +128,10 @@ def predict(
     `BlockMask` convention (indices ascending, then -1). `out` supplies those four buffers (contiguous).
     Tuning (results never depend on it): `head_groups` (0: automatic, 1: no overlap), `rows_per_cta` (0, 4,
     8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group (0: as
-    rows_per_cta), and
-    `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end).
+    rows_per_cta),
+    `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end) and
+    `register_rows` (opt-in, not yet run on a GPU: each warp keeps its score row in registers during the
+    selection where Nk <= 512, or Nk <= 1280 with at most 16 rows per CTA; else in shared memory).
     `tensor_scores`: the pooled scores by 3xTF32 tensor-core MMAs (True) or fp32 FMAs (False); None picks by size
     (`default_tensor_scores`). Not a pure tuning knob: the scores round differently, so decisions may differ
     between the two where they lie within the rounding band that tests/test_cuda_mask.py allows. Within one
@@ -178,7 +182,7 @@ def predict(
             q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
             ws.q_pooled, ws.k_pooled_t, ws.row_bits, kv_count, kv_index, q_count, q_index,
             int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), current_stream(device),
-            tensor_scores=int(tensor_scores),
+            tensor_scores=int(tensor_scores), register_rows=int(register_rows),
         )
     return kv_count, kv_index, q_count, q_index
 
