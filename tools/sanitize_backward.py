@@ -1,7 +1,8 @@
 """Tiny backward cases for compute-sanitizer (memcheck/racecheck): tails on both sides, Lq != Lk, an empty query
 block, a key block nobody keeps, HND and NHD strides, every backward kernel (SM80 with bulk or atomic dQ, SM80
-deterministic, the Hopper backward with bulk or atomic dQ where this build and GPU have it, and with its persistent
-schedule: sm90-persistent, which adds a case with more key blocks than SMs so that CTAs take several in turn).
+deterministic, the Hopper backward with bulk or atomic dQ where this build and GPU have it, its deterministic pair
+(Hopper dK/dV without dQ, then the SM80 dQ kernel), and with its persistent schedule: sm90-persistent, which adds a
+case with more key blocks than SMs so that CTAs take several in turn).
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/sanitize_backward.py \
         [--paths sm80 sm90 sm90-persistent]
@@ -19,7 +20,7 @@ from sparge_kernels.block_mask import BlockMask
 
 # (backward_path, dq_accumulate, deterministic, backward_schedule)
 MODES = {"sm80": [("sm80", "bulk", False, "tile"), ("sm80", "atomic", False, "tile"), ("sm80", "bulk", True, "tile")],
-         "sm90": [("sm90", "bulk", False, "tile"), ("sm90", "atomic", False, "tile")],
+         "sm90": [("sm90", "bulk", False, "tile"), ("sm90", "atomic", False, "tile"), ("sm90", "bulk", True, "tile")],
          "sm90-persistent": [("sm90", "bulk", False, "persistent"), ("sm90", "atomic", False, "persistent")]}
 
 

@@ -9,9 +9,10 @@ reference): bf16 ≤ 2e-2, fp16 ≤ 5e-3 — the kernels round P and dS to the i
 (bf16 keeps 8 mantissa bits, fp16 11), accumulate in fp32. Where the reference gradient is exactly zero (query
 blocks that kept no key, key blocks no query kept) the kernel's must be exactly zero.
 Outputs are poisoned with NaN before every launch (KernelOptions.debug_fill) and must come back finite.
-Every test runs on both dK/dV kernels (KernelOptions.backward_path "sm80" and "sm90"; deterministic=True always
-runs the SM80 kernels, so its sm90 copies skip). Variants this build or GPU lacks skip (conftest.py), the sm90
-path too where the GPU is not sm_90 or the build has no 90a.
+Every test runs on both dK/dV kernels (KernelOptions.backward_path "sm80" and "sm90"). deterministic=True with
+"sm90" runs the Hopper dK/dV kernel without dQ, then the SM80 per-query-block dQ kernel (one CTA per key block
+whatever the schedule, so its sm90-persistent copies skip). Variants this build or GPU lacks skip (conftest.py),
+the sm90 path too where the GPU is not sm_90 or the build has no 90a.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ REL_BUDGET = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
 @pytest.fixture(autouse=True, params=["sm80", "sm90-tile", "sm90-persistent"])
 def backward_path(request, monkeypatch):
     """Runs each test on one dK/dV kernel, outputs poisoned with NaN; the Hopper one with both schedules (one CTA
-    per key block; persistent, the default). A deterministic=True case runs the SM80 kernels whatever
-    backward_path says: its sm90 copies skip instead of repeating the sm80 one. Yields the backward path."""
+    per key block; persistent, the default). A deterministic=True case on the Hopper path runs one CTA per key
+    block whatever the schedule: its sm90-persistent copy skips instead of repeating sm90-tile. Yields the path."""
     path, _, schedule = request.param.partition("-")
     callspec = getattr(request.node, "callspec", None)
-    if path == "sm90" and callspec is not None and callspec.params.get("deterministic") is True:
-        pytest.skip("deterministic=True runs the SM80 kernels whatever backward_path says")
+    if schedule == "persistent" and callspec is not None and callspec.params.get("deterministic") is True:
+        pytest.skip(DETERMINISTIC_ONCE)
     if path == "sm90":  # (conftest skipped the test already where there is no GPU or no build)
         try:
             check_kernel_path("backward_path", "sm90", cuda._C.build_archs, torch.cuda.get_device_capability())
@@ -59,10 +60,13 @@ def with_current_schedule(**fields) -> KernelOptions:
     return KernelOptions(backward_schedule=current_kernel_options().backward_schedule, **fields)
 
 
-def sm80_only(backward_path):
-    """For tests that only run deterministic=True (the SM80 kernels whatever backward_path says)."""
-    if backward_path == "sm90":
-        pytest.skip("deterministic=True runs the SM80 kernels whatever backward_path says")
+DETERMINISTIC_ONCE = "deterministic=True runs one CTA per key block on the Hopper path: sm90-tile covers it"
+
+
+def deterministic_once(backward_path):
+    """For tests that only run deterministic=True: their sm90-persistent copy would repeat sm90-tile."""
+    if backward_path == "sm90" and current_kernel_options().backward_schedule == "persistent":
+        pytest.skip(DETERMINISTIC_ONCE)
 
 
 def forward(q, k, v, mask, scale):
@@ -195,7 +199,7 @@ def test_empty_mask_gives_exact_zeros():
 
 
 def test_dlse_none_equals_zero_dlse(backward_path):
-    sm80_only(backward_path)
+    deterministic_once(backward_path)
     b, h, lq, lk, d = 1, 2, 600, 600, 64
     q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.float16)
     mask = random_mask(b, h, lq, lk, density=0.4)
@@ -208,7 +212,9 @@ def test_dlse_none_equals_zero_dlse(backward_path):
 
 
 def test_deterministic_is_bitwise_reproducible(backward_path):
-    sm80_only(backward_path)
+    """Twice the same bits; dK, dV also those of the same path's default mode (no atomics in either: the Hopper
+    dK/dV kernel without dQ runs the same dK/dV arithmetic as the one with it)."""
+    deterministic_once(backward_path)
     b, h, lq, lk, d = 2, 4, 1500, 1500, 128
     q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.bfloat16, seed=11)
     mask = random_mask(b, h, lq, lk, density=0.5, seed=11)
@@ -222,7 +228,7 @@ def test_deterministic_is_bitwise_reproducible(backward_path):
     # The atomic mode differs only in dQ's summation order; dK and dV never use atomics. (Options passed explicitly.)
     atomic = cuda_backward.backward(
         dout, q, k, v, out, lse, dlse, MaskArgs(*args, deterministic=False),
-        options=KernelOptions(dq_accumulate="atomic", debug_fill=float("nan"), backward_path="sm80"),
+        options=KernelOptions(dq_accumulate="atomic", debug_fill=float("nan"), backward_path=backward_path),
     )
     assert torch.equal(atomic[1], first[1]) and torch.equal(atomic[2], first[2])
     assert rel_err(atomic[0], first[0].double()) <= 1e-2
@@ -398,6 +404,28 @@ def test_sm90_dq_mode_launches_its_convert_kernel(backward_path, dq_accumulate):
     if dq_accumulate == "atomic":
         want, other = other, want
     assert any(want in n for n in names) and not any(other in n for n in names), sorted(set(names))
+
+
+def test_sm90_deterministic_launches_dkdv_without_dq_then_the_dq_kernel(backward_path):
+    """deterministic=True with backward_path="sm90": the Hopper dK/dV kernel without dQ (the KernelTraitsBwdSm90Stages
+    instance that skips the dS·K GEMM), then the SM80 per-query-block dQ kernel; no dQ conversion, no SM80 dK/dV
+    kernel (CUDA kernel names from torch.profiler)."""
+    if backward_path != "sm90":
+        pytest.skip("checks the sm90 kernels' names")
+    deterministic_once(backward_path)
+    q, k, v, dout = make_inputs(1, 2, 300, 200, 128, torch.bfloat16)
+    mask = random_mask(1, 2, 300, 200, density=0.6)
+    out, lse = forward(q, k, v, mask, 0.1)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, deterministic=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        cuda_backward.backward(dout, q, k, v, out, lse, None, m)
+        torch.cuda.synchronize()
+    names = sorted({e.name for e in prof.events()})
+    if not any("attention_backward_sm90_kernel" in n for n in names):
+        pytest.skip(f"torch.profiler recorded no sm90 kernel names here ({len(names)} events)")
+    assert any("attention_backward_sm90_kernel" in n and "KernelTraitsBwdSm90Stages" in n for n in names), names
+    assert any("dq_kernel" in n for n in names), names
+    assert not any("dq_convert" in n or "dkdv_kernel" in n for n in names), names
 
 
 # ------------------------------------------------------------------------------ through the autograd of the ops

@@ -12,17 +12,25 @@
 
 namespace sparge::bwd {
 
-// Which dK/dV kernel runs in the default (non-deterministic) mode: kAuto is the SM80 mma.sync kernel until the
-// Hopper one has passed on a GPU; kSm90 the warp-specialised wgmma/TMA kernel (sm_90 GPU and a 90a build).
-// Deterministic mode always runs the SM80 kernels.
+// Which dK/dV kernel runs: kAuto the Hopper warp-specialised wgmma/TMA kernel where it can run (sm_90 GPU, 90a
+// build, TMA-walkable strides), else the SM80 mma.sync kernel; kSm80 / kSm90 pin one. Deterministic mode runs the
+// SM80 kernels unless kSm90 is asked for explicitly: then the Hopper dK/dV kernel without dQ, then the SM80
+// per-query-block dQ kernel (opt-in until it has run on a GPU).
 using BackwardPath = KernelPath;
 
 // Runs the whole backward on `stream`. Throws std::invalid_argument for a (head dim, dtype) this build has no
 // kernels for or kSm90 where it cannot run, std::runtime_error for a CUDA failure.
 void dispatch_backward(BwdParams const& params, DType dtype, BackwardPath path, cudaStream_t stream);
 
-// The path that runs for these params on the current device (kAuto resolved; kSm80 when deterministic).
+// The path that runs for these params on the current device (kAuto resolved; kSm80 when deterministic, unless
+// kSm90 was asked for).
 BackwardPath resolve_backward_path(BwdParams const& params, BackwardPath path);
+
+// The SM80 per-query-block dQ kernel alone (the preprocess must have run): instantiated with run_sm80 in
+// csrc/instantiations/bwd_hdim<D>_<dtype>_sm80.cu (compiled for every arch), called by the Hopper path's
+// deterministic mode after its dK/dV kernel.
+template <int kHeadDim, DType kDType>
+void run_sm80_dq(BwdParams const& p, cudaStream_t stream);
 
 // The params of one backward call from the binding's tensors, every argument checked (std::invalid_argument led
 // by `who`); bind_backward.cpp, shared with the profiling entry of csrc/profile/.

@@ -1,7 +1,8 @@
 // Picks the backward for a head dim, dtype and path: the SM80 mma.sync kernels, or the Hopper warp-specialised
-// dK/dV kernel (wgmma + TMA) in the non-deterministic mode. The instantiations live in csrc/instantiations/ and
-// are compiled only for the head dims and dtypes selected at build time (SPARGE_HDIM_*, SPARGE_DTYPE_*), the
-// Hopper ones only for a 90a build (SPARGE_ARCH_90A).
+// dK/dV kernel (wgmma + TMA; in deterministic mode only when path is kSm90, then without dQ and followed by the
+// SM80 dQ kernel). The instantiations live in csrc/instantiations/ and are compiled only for the head dims and
+// dtypes selected at build time (SPARGE_HDIM_*, SPARGE_DTYPE_*), the Hopper ones only for a 90a build
+// (SPARGE_ARCH_90A).
 #include <cuda_runtime_api.h>
 
 #include "backward/backward_api.h"
@@ -10,7 +11,8 @@
 namespace sparge::bwd {
 
 BackwardPath resolve_backward_path(BwdParams const& params, BackwardPath path) {
-  if (params.deterministic) return BackwardPath::kSm80;  // the Hopper kernel accumulates dQ with atomics
+  // Deterministic on Hopper (dK/dV by wgmma, dQ by the SM80 kernel) is opt-in until it has run on a GPU.
+  if (params.deterministic && path != BackwardPath::kSm90) return BackwardPath::kSm80;
   return resolve_kernel_path(path, sm90_possible(params),
                              "sparge attention_backward: path='sm90' (the Hopper backward) needs a build with "
                              "SPARGE_CUDA_ARCHS containing 90a, an sm_90 GPU and non-zero strides for q, k, v, "

@@ -137,6 +137,12 @@ struct KernelTraitsBwdSm90Stages : KernelTraitsBwdSm90<kHeadDim, Element, (kSkip
   static constexpr uint32_t kSkipStages = kSkip;
 };
 
+// The deterministic mode's dK/dV kernel: the Hopper kernel without the dS·K GEMM and the dQ accumulation, dQ being
+// the SM80 per-query-block kernel's (a fixed order, no atomics). The code of the profiling variant `no_dq`; here
+// its dK, dV are the product. One CTA per key block (the persistent schedule is instantiated for kSkipStages 0).
+template <int kHeadDim, typename Element>
+using KernelTraitsBwdSm90DkvOnly = KernelTraitsBwdSm90Stages<kHeadDim, Element, kSkipDqGemm>;
+
 // What the Hopper backward kernel receives (a __grid_constant__ parameter: the TMA descriptors live in it).
 template <class Traits>
 struct KernelParamsBwdSm90 {

@@ -1,7 +1,7 @@
 // The one launch template of the backward (mma.sync, SM80+; also what runs on Hopper): preprocess, then either
 // dK/dV with dQ accumulation + the dQ conversion, or (deterministic) dK/dV without it + the dQ kernel.
 // Instantiated per (head dim, dtype) in csrc/instantiations/bwd_hdim<D>_<dtype>_sm80.cu
-// (csrc/generate_instantiations.py).
+// (csrc/generate_instantiations.py), with run_sm80_dq: the dQ kernel alone, for the Hopper deterministic mode.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -27,6 +27,21 @@ void launch_dkdv(BwdParams const& p, dim3 grid, size_t smem_bytes, cudaStream_t 
   SPARGE_CHECK_LAUNCH("sparge backward dK/dV");
 }
 
+// Deterministic dQ: one CTA per query block over its kept key blocks (kv_index), no atomics; needs the
+// preprocess's delta and lse·log2e.
+template <class Traits>
+void launch_dq_per_query_block(BwdParams const& p, cudaStream_t stream) {
+  auto dq = dq_kernel<Traits>;
+  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytesQ)));
+  dq<<<dim3(p.num_q_blocks, p.heads, p.batch), Traits::kNThreads, Traits::kSmemBytesQ, stream>>>(p);
+  SPARGE_CHECK_LAUNCH("sparge backward dQ (deterministic)");
+}
+
+template <int kHeadDim, DType kDType>
+void run_sm80_dq(BwdParams const& p, cudaStream_t stream) {
+  launch_dq_per_query_block<BackwardTraits<kHeadDim, ElementOf<kDType>>>(p, stream);
+}
+
 template <int kHeadDim, DType kDType>
 void run_sm80(BwdParams const& p, cudaStream_t stream) {
   using Element = ElementOf<kDType>;
@@ -35,13 +50,9 @@ void run_sm80(BwdParams const& p, cudaStream_t stream) {
   launch_preprocess<kHeadDim, Element>(p, stream);
 
   const dim3 grid_kv(p.num_k_blocks, p.heads, p.batch);
-  const dim3 grid_q(p.num_q_blocks, p.heads, p.batch);
   if (p.deterministic) {
     launch_dkdv<Traits, DqMode::kNone>(p, grid_kv, Traits::kSmemBytesKV, stream);
-    auto dq = dq_kernel<Traits>;
-    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytesQ)));
-    dq<<<grid_q, Traits::kNThreads, Traits::kSmemBytesQ, stream>>>(p);
-    SPARGE_CHECK_LAUNCH("sparge backward dQ (deterministic)");
+    launch_dq_per_query_block<Traits>(p, stream);
     return;
   }
   if (p.dq_bulk_reduce && current_device_attribute(cudaDevAttrComputeCapabilityMajor) >= 9) {

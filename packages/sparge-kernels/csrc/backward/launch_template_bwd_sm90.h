@@ -3,7 +3,8 @@
 // atomic mode, fragment order after the bulk mode (p.dq_bulk_reduce, KernelOptions.dq_accumulate == "bulk").
 // p.tile_counter set (KernelOptions.backward_schedule == "persistent"): the dK/dV kernel runs one CTA per SM, taking
 // key blocks from that counter, zeroed here on the stream.
-// Deterministic mode never comes here (dispatch_backward.cpp: it stays on the SM80 kernels).
+// Deterministic mode (only with path kSm90, dispatch_backward.cpp): preprocess, the dK/dV kernel without dQ (one
+// CTA per key block), then the SM80 per-query-block dQ kernel (run_sm80_dq, from the sm80 instantiation file).
 // Included only by the generated csrc/instantiations/bwd_hdim<D>_<dtype>_sm90.cu files.
 #pragma once
 
@@ -51,13 +52,17 @@ void launch_dkdv_sm90(KernelParamsBwdSm90<Traits> const& kp, cudaStream_t stream
 
 // The three launches for one traits type (KernelTraitsBwdSm90, or a profiling KernelTraitsBwdSm90Stages);
 // launch_main = false leaves out the dK/dV kernel (profiling: the fixed cost of the other two).
+// Deterministic (p.deterministic, Traits without the dQ GEMM): no dQ accumulator and no conversion.
 template <class Traits>
 void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main = true) {
   using Element = typename Traits::Element;
   constexpr int kHeadDim = Traits::kHeadDim;
   using Shape4 = typename Traits::ShapeQKV;
-  if (p.deterministic || p.dq_accum == nullptr) {
-    throw std::invalid_argument("sparge attention_backward: the Hopper backward has no deterministic mode");
+  constexpr bool kComputesDq = !(Traits::kSkipStages & kSkipDqGemm);
+  if (p.deterministic ? kComputesDq : p.dq_accum == nullptr) {
+    throw std::invalid_argument(
+        "sparge attention_backward: the Hopper deterministic mode runs the dK/dV kernel without dQ, the default "
+        "mode the one with dQ into dq_accum");
   }
   launch_preprocess<kHeadDim, Element>(p, stream);
 
@@ -79,6 +84,7 @@ void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main =
       shape_k,
   };
   if (launch_main) launch_dkdv_sm90<Traits>(kp, stream);
+  if (p.deterministic) return;
 
   if constexpr (Traits::kDqBulk) {
     constexpr int kM = Traits::kBlockM;
@@ -92,9 +98,16 @@ void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main =
 }
 
 // dq_bulk_reduce (the default, KernelOptions.dq_accumulate == "bulk") picks the bulk reduce-add dQ kernel,
-// otherwise the 8-byte atomics; both non-deterministic.
+// otherwise the 8-byte atomics; both non-deterministic. Deterministic: dK/dV here, dQ by the SM80 kernel.
 template <int kHeadDim, DType kDType>
 void run_sm90(BwdParams const& p, cudaStream_t stream) {
+  if (p.deterministic) {
+    BwdParams one_cta_per_key_block = p;
+    one_cta_per_key_block.tile_counter = nullptr;
+    launch_bwd_sm90<KernelTraitsBwdSm90DkvOnly<kHeadDim, ElementOf<kDType>>>(one_cta_per_key_block, stream);
+    run_sm80_dq<kHeadDim, kDType>(p, stream);
+    return;
+  }
   if (p.dq_bulk_reduce) {
     launch_bwd_sm90<KernelTraitsBwdSm90<kHeadDim, ElementOf<kDType>, /*kDqBulk=*/true>>(p, stream);
   } else {

@@ -3,4 +3,5 @@
 
 namespace sparge::bwd {
 template void run_sm80<64, DType::kFloat16>(BwdParams const&, cudaStream_t);
+template void run_sm80_dq<64, DType::kFloat16>(BwdParams const&, cudaStream_t);
 }  // namespace sparge::bwd
