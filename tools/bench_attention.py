@@ -315,7 +315,8 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
         if hopper_backward:
             modes += [("sm90 wgmma, atomic dQ", "atomic", False, "sm90", "persistent"),
                       ("sm90 wgmma, bulk-reduce dQ, one CTA per key block", "bulk", False, "sm90", "tile"),
-                      ("sm90 wgmma, bulk-reduce dQ, persistent schedule", "bulk", False, "sm90", "persistent")]
+                      ("sm90 wgmma, bulk-reduce dQ, persistent schedule", "bulk", False, "sm90", "persistent"),
+                      ("sm90 wgmma dK/dV + SM80 dQ, deterministic", "bulk", True, "sm90", "tile")]
         for mode, accumulate, det, path, schedule in modes:
             options = sk.KernelOptions(dq_accumulate=accumulate, backward_path=path, backward_schedule=schedule)
 

@@ -4,7 +4,8 @@ Times, per shape and random-mask density, `cuda_backward.backward` alone (sm90, 
 forward and the fwd+bwd of `block_sparse_attention` (default options), with bench_attention.py's inputs, masks
 and timer, and prints one markdown row per measurement, labelled with --label (e.g. the build's git revision):
 
-    python3 tools/device/bwd_ab.py --label new [--shapes 1.3b] [--densities 0.05,0.2,1] [--profile]
+    python3 tools/device/bwd_ab.py --label new [--shapes 1.3b] [--densities 0.05,0.2,1] [--deterministic]
+                                   [--profile]
 
 tools/device/bwd_persistent_h200.sh (steps base-build, ab) runs it against a base build installed under another
 PYTHONPATH.
@@ -23,7 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import bench_attention as ba  # noqa: E402
 
 
-def time_density(label: str, name: str, tensors, density: float, schedules: list[str], profile: bool) -> None:
+def time_density(label: str, name: str, tensors, density: float, schedules: list[str], profile: bool,
+                 deterministic: bool) -> None:
     import sparge_kernels as sk
     from sparge_kernels import cuda_backward
     from sparge_kernels.backend import MaskArgs
@@ -47,6 +49,16 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
             return cuda_backward.backward(dout, q, k, v, out, lse, None, m, options=options)
 
         row(f"backward alone, {schedule}", ba.time_ms(bwd), 2.5 * dense_flops * mask.density)
+    if deterministic:  # SM80 dK/dV + dQ kernels against the Hopper dK/dV kernel + the SM80 dQ kernel
+        m_deterministic = m._replace(deterministic=True)
+        for path in ("sm80", "sm90"):
+            options = sk.KernelOptions(backward_path=path)
+
+            def bwd_deterministic(options=options):
+                return cuda_backward.backward(dout, q, k, v, out, lse, None, m_deterministic, options=options)
+
+            row(f"backward alone, deterministic, {path}", ba.time_ms(bwd_deterministic),
+                2.5 * dense_flops * mask.density)
     with torch.no_grad():
         row("forward", ba.time_ms(lambda: sk.block_sparse_attention(q, k, v, mask, scale=scale)),
             dense_flops * mask.density)
@@ -74,6 +86,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="1.3b")
     parser.add_argument("--densities", default="0.05,0.2,1")
     parser.add_argument("--schedules", default="tile,persistent")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="also time the deterministic backward on both paths")
     parser.add_argument("--profile", action="store_true",
                         help="also print a torch.profiler table of 5 fwd+bwd per density to stderr")
     args = parser.parse_args()
@@ -85,7 +99,8 @@ def main() -> None:
         dout = torch.randn(shape, generator=torch.Generator(device="cuda").manual_seed(2), device="cuda")
         tensors = (q, k, v, dout.to(q.dtype))
         for density in (float(x) for x in args.densities.split(",")):
-            time_density(args.label, name, tensors, density, args.schedules.split(","), args.profile)
+            time_density(args.label, name, tensors, density, args.schedules.split(","), args.profile,
+                         args.deterministic)
         del q, k, v, dout, tensors
         torch.cuda.empty_cache()
 
