@@ -68,6 +68,12 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
         return torch.autograd.grad(sk.block_sparse_attention(qq, kk, vv, mask, scale=scale), (qq, kk, vv), dout)
 
     row("fwd+bwd", ba.time_ms(fwd_bwd), 3.5 * dense_flops * mask.density)
+    # The same from a CUDA graph: GPU time only. Far below forward + backward alone, the host's launches (Python,
+    # autograd) were what the eager row measured.
+    try:
+        row("fwd+bwd, 5 in one CUDA graph", ba.graph_ms(fwd_bwd, 5), 3.5 * dense_flops * mask.density)
+    except RuntimeError as exc:
+        print(f"fwd+bwd CUDA graph: capture failed: {exc}", file=sys.stderr, flush=True)
     if profile:  # where fwd+bwd spends what forward + backward alone do not (CUDA time per kernel, stderr)
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
