@@ -145,8 +145,8 @@ __global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const Sel
   select_blocks<kRows, kTensorScores, kRowWords>(p);
 }
 
-// Rows of up to 32 kRowWords key blocks in registers, held to 128 registers per thread: two 16-row CTAs per SM,
-// as many as their shared memory allows at Nk ~1200, stay resident (unbounded, ptxas takes up to 175).
+// Rows of up to 32 kRowWords key blocks in registers, held to 128 registers per thread so that two 16-row CTAs per
+// SM (as many as their shared memory allows at Nk ~1200) stay resident; unbounded, ptxas would leave room for one.
 template <int kRows, bool kTensorScores, int kRowWords>
 __global__ void __launch_bounds__(kSelectThreads, 2) select_blocks_long_rows_kernel(const SelectParams p) {
   static_assert(kRows <= 16 && kRowWords > 0, "long register rows: at most 16 rows per CTA");
