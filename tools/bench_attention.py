@@ -18,7 +18,8 @@ fraction: only the kept blocks count), speedup vs dense cuDNN.
 `--dq-accumulate bulk|atomic` sets KernelOptions.dq_accumulate for every row that takes the default options (the
 fwd+bwd rows; the "backward alone" rows name their mode: SM80 bulk/atomic/deterministic, sm90 atomic and bulk, sm90
 bulk with the persistent schedule (the default) and with one CTA per key block, KernelOptions.backward_schedule;
-a fwd+bwd row runs the one-CTA-per-block schedule too).
+a fwd+bwd row runs the one-CTA-per-block schedule too). cuDNN, Flex 128x128 and sparge fwd+bwd are also timed as
+GPU work only (GRAPH_FWD_BWD calls in one CUDA graph), next to the eager rows, which count the host's gaps.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ DENSITIES = (1.0, 0.2, 0.1, 0.05)
 BLOCK_Q, BLOCK_K = 128, 64
 TOPK, TOPP = 0.03, 0.2
 GRAPH_CALLS = 20  # sparge_attention calls captured in one CUDA graph for the graph-replay rows
+GRAPH_FWD_BWD = 3  # fwd+bwd calls captured in one CUDA graph (each holds its gradients and workspaces)
 
 
 @dataclass
@@ -267,7 +269,28 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
     def add(label: str, ms: float, flops: float) -> None:
         rows.append(Row(f"{label} ({t_ref / ms:.2f}x vs cuDNN fwd+bwd)", ms, flops))
 
-    add("dense SDPA (cuDNN) fwd+bwd", t_ref, 3.5 * ctx.dense_flops)
+    # The eager rows time from an event recorded before the host enqueues the call, so Python and autograd gaps
+    # between a call's kernels count. The graph rows time the same fwd+bwd as GPU work only, every peer alike:
+    # GRAPH_FWD_BWD calls captured in one CUDA graph, against cuDNN's the same way.
+    def graph_time(label: str, run: Callable[[], object]) -> float | None:
+        try:
+            return graph_ms(run, GRAPH_FWD_BWD)
+        except RuntimeError as exc:  # a capture failure is reported; the other rows still run
+            print(f"{label}: CUDA graph capture failed: {str(exc)[:300]}", file=sys.stderr, flush=True)
+            return None
+
+    cudnn_label = "dense SDPA (cuDNN) fwd+bwd"
+    t_ref_graph = graph_time(cudnn_label, fwd_bwd(sdpa(SDPBackend.CUDNN_ATTENTION)))
+
+    def add_graph(label: str, run: Callable[[], object], flops: float) -> None:
+        ms = graph_time(label, run) if t_ref_graph is not None else None
+        if ms is not None:
+            rows.append(Row(f"{label}, {GRAPH_FWD_BWD} in one CUDA graph ({t_ref_graph / ms:.2f}x vs cuDNN the "
+                            "same way)", ms, flops))
+
+    add(cudnn_label, t_ref, 3.5 * ctx.dense_flops)
+    if t_ref_graph is not None:
+        rows.append(Row(f"{cudnn_label}, {GRAPH_FWD_BWD} in one CUDA graph", t_ref_graph, 3.5 * ctx.dense_flops))
     if with_flash:
         add("dense SDPA (flash) fwd+bwd", time_ms(fwd_bwd(sdpa(SDPBackend.FLASH_ATTENTION))), 3.5 * ctx.dense_flops)
     # Flex autotunes its tiles: its default backward tile on sm90 (BLOCK_N1 = 128) does not divide 64-key blocks,
@@ -303,9 +326,17 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
                  3.5 * ctx.dense_flops * kept)
         if density < 1:
             native = random_mask(b, h, length, length, density, block_k=128)
-            flex_row(f"FlexAttention fwd+bwd, 128x128 blocks, density {density:g} (kept {native.density:.3f})",
-                     flex_block_mask(native), 3.5 * ctx.dense_flops * native.density)
+            native_label = f"FlexAttention fwd+bwd, 128x128 blocks, density {density:g} (kept {native.density:.3f})"
+            native_fbm = flex_block_mask(native)
+            flex_row(native_label, native_fbm, 3.5 * ctx.dense_flops * native.density)
+            if with_flex:
+                add_graph(native_label, fwd_bwd(lambda q, k, v, fbm=native_fbm: flex(q, k, v, block_mask=fbm,
+                                                                                       scale=scale)),
+                          3.5 * ctx.dense_flops * native.density)
         sparge_rows(what, mask, kept)
+        add_graph(f"**sparge fwd+bwd**, {what}",
+                  fwd_bwd(lambda q, k, v, m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale)),
+                  3.5 * ctx.dense_flops * kept)
         with torch.no_grad():
             out, lse = sk.block_sparse_attention(ctx.q, ctx.k, ctx.v, mask, scale=scale, return_lse=True)
         idx = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, BLOCK_Q, BLOCK_K, scale)
