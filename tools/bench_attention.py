@@ -275,8 +275,9 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
     def graph_time(label: str, run: Callable[[], object]) -> float | None:
         try:
             return graph_ms(run, GRAPH_FWD_BWD)
-        except RuntimeError as exc:  # a capture failure is reported; the other rows still run
-            print(f"{label}: CUDA graph capture failed: {str(exc)[:300]}", file=sys.stderr, flush=True)
+        except Exception as exc:  # a capture failure is reported; the other rows still run
+            print(f"{label}: CUDA graph capture failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr,
+                  flush=True)
             return None
 
     cudnn_label = "dense SDPA (cuDNN) fwd+bwd"

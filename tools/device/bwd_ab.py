@@ -72,8 +72,8 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
     # autograd) were what the eager row measured.
     try:
         row("fwd+bwd, 5 in one CUDA graph", ba.graph_ms(fwd_bwd, 5), 3.5 * dense_flops * mask.density)
-    except RuntimeError as exc:
-        print(f"fwd+bwd CUDA graph: capture failed: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:  # reported; the other rows still run
+        print(f"fwd+bwd CUDA graph: capture failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     if profile:  # where fwd+bwd spends what forward + backward alone do not (CUDA time per kernel, stderr)
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
