@@ -312,6 +312,7 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
     def sparge_rows(what: str, mask, kept: float) -> None:
         attend = lambda q, k, v: sk.block_sparse_attention(q, k, v, mask, scale=scale)  # noqa: E731
         add(f"**sparge fwd+bwd**, {what}", time_ms(fwd_bwd(attend)), 3.5 * ctx.dense_flops * kept)
+        add_graph(f"**sparge fwd+bwd**, {what}", fwd_bwd(attend), 3.5 * ctx.dense_flops * kept)
         if hopper_backward:
             with sk.kernel_options(backward_schedule="tile"):  # read when autograd launches the backward
                 add(f"sparge fwd+bwd (sm90 backward, one CTA per key block), {what}", time_ms(fwd_bwd(attend)),
@@ -335,9 +336,6 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
                                                                                        scale=scale)),
                           3.5 * ctx.dense_flops * native.density)
         sparge_rows(what, mask, kept)
-        add_graph(f"**sparge fwd+bwd**, {what}",
-                  fwd_bwd(lambda q, k, v, m=mask: sk.block_sparse_attention(q, k, v, m, scale=scale)),
-                  3.5 * ctx.dense_flops * kept)
         with torch.no_grad():
             out, lse = sk.block_sparse_attention(ctx.q, ctx.k, ctx.v, mask, scale=scale, return_lse=True)
         idx = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, BLOCK_Q, BLOCK_K, scale)

@@ -42,23 +42,20 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
     def row(what: str, ms: float, flops: float) -> None:
         print(f"| {label} | {name} | {mask.density:.3f} | {what} | {ms:.3f} | {flops / ms * 1e-9:.0f} |", flush=True)
 
-    for schedule in schedules:
-        options = sk.KernelOptions(dq_accumulate="bulk", backward_path="sm90", backward_schedule=schedule)
+    # (what, options, mask args): the Hopper backward per schedule; with --deterministic also the SM80 dK/dV + dQ
+    # kernels against the Hopper dK/dV kernel + the SM80 dQ kernel.
+    runs = [(f"backward alone, {schedule}",
+             sk.KernelOptions(dq_accumulate="bulk", backward_path="sm90", backward_schedule=schedule), m)
+            for schedule in schedules]
+    if deterministic:
+        runs += [(f"backward alone, deterministic, {path}", sk.KernelOptions(backward_path=path),
+                  m._replace(deterministic=True)) for path in ("sm80", "sm90")]
+    for what, options, args in runs:
 
-        def bwd(options=options):
-            return cuda_backward.backward(dout, q, k, v, out, lse, None, m, options=options)
+        def bwd(options=options, args=args):
+            return cuda_backward.backward(dout, q, k, v, out, lse, None, args, options=options)
 
-        row(f"backward alone, {schedule}", ba.time_ms(bwd), 2.5 * dense_flops * mask.density)
-    if deterministic:  # SM80 dK/dV + dQ kernels against the Hopper dK/dV kernel + the SM80 dQ kernel
-        m_deterministic = m._replace(deterministic=True)
-        for path in ("sm80", "sm90"):
-            options = sk.KernelOptions(backward_path=path)
-
-            def bwd_deterministic(options=options):
-                return cuda_backward.backward(dout, q, k, v, out, lse, None, m_deterministic, options=options)
-
-            row(f"backward alone, deterministic, {path}", ba.time_ms(bwd_deterministic),
-                2.5 * dense_flops * mask.density)
+        row(what, ba.time_ms(bwd), 2.5 * dense_flops * mask.density)
     with torch.no_grad():
         row("forward", ba.time_ms(lambda: sk.block_sparse_attention(q, k, v, mask, scale=scale)),
             dense_flops * mask.density)
@@ -68,10 +65,11 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
         return torch.autograd.grad(sk.block_sparse_attention(qq, kk, vv, mask, scale=scale), (qq, kk, vv), dout)
 
     row("fwd+bwd", ba.time_ms(fwd_bwd), 3.5 * dense_flops * mask.density)
-    # The same from a CUDA graph: GPU time only. Far below forward + backward alone, the host's launches (Python,
-    # autograd) were what the eager row measured.
+    # The same from a CUDA graph, GPU time only: where it is well below the eager row, that row counted the host's
+    # gaps (Python, autograd) between the kernels.
     try:
-        row("fwd+bwd, 5 in one CUDA graph", ba.graph_ms(fwd_bwd, 5), 3.5 * dense_flops * mask.density)
+        row(f"fwd+bwd, {ba.GRAPH_FWD_BWD} in one CUDA graph", ba.graph_ms(fwd_bwd, ba.GRAPH_FWD_BWD),
+            3.5 * dense_flops * mask.density)
     except Exception as exc:  # reported; the other rows still run
         print(f"fwd+bwd CUDA graph: capture failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     if profile:  # where fwd+bwd spends what forward + backward alone do not (CUDA time per kernel, stderr)

@@ -42,7 +42,8 @@ struct SelectParams {
   float topp;      // Top-p mass; <= 0 disables Top-p
   int compact;     // 1: gather the last <= 32 candidates instead of bisecting to the end (same result)
   int tensor_scores;  // 1: scores by 3xTF32 mma.sync (scores_mma.cuh), 0: fp32 FMAs; within the same rounding band
-  int register_rows;  // 1: each warp's row in registers where Nk allows (mask_launch.cu), 0: in shared memory; same result
+  int register_rows;  // 1: each warp's row in registers where Nk allows (mask_launch.cu), 0: in shared memory;
+                      // the same result
   int32_t* kv_count;   // (B, H, Nq)
   int32_t* kv_index;   // (B, H, Nq, Nk)
   uint32_t* row_bits;  // (B, H, Nq, bits_ld): bit j%32 of word j/32 set iff key block j is kept

@@ -126,8 +126,8 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
     uint32_t* scratch = reinterpret_cast<uint32_t*>(scores + kRows * nk) + warp * kCandidates;
     const int64_t row_id = bh * nq + i;
     auto select_and_write = [&](auto& row) {
-      const RowCut cut = select_row(row, p.topk_count, p.topp, lane, p.compact != 0, scratch);
-      write_row(row, cut, lane, p.kv_index + row_id * nk, p.kv_count + row_id, p.row_bits + row_id * p.bits_ld);
+      const RowCut cut = select_row(row, p.topk_count, p.topp, p.compact != 0, scratch);
+      write_row(row, cut, p.kv_index + row_id * nk, p.kv_count + row_id, p.row_bits + row_id * p.bits_ld);
     };
     if constexpr (kRowWords > 0) {
       RegisterRow<kRowWords> row(row_logits, nk, lane);

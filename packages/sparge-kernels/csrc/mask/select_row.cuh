@@ -111,13 +111,12 @@ struct RegisterRow {
   }
 };
 
-// `row` holds the n scaled logits of one row as float bit patterns (SharedRow or RegisterRow); they are replaced by the
-// bit patterns of the softmax probabilities, which write_row then reads. Only `scratch` (kCandidates words of
-// this warp) needs warp barriers. compact = false bisects to the end (no gathering).
+// `row` holds the n scaled logits of one row as float bit patterns (SharedRow or RegisterRow, whose lane runs
+// this); they are replaced by the bit patterns of the softmax probabilities, which write_row then reads. Only
+// `scratch` (kCandidates words of this warp) needs warp barriers. compact = false bisects to the end.
 template <class Row>
-__device__ __forceinline__ RowCut select_row(Row& row, int topk_count, float topp, int lane, bool compact,
-                                             uint32_t* scratch) {
-  const int n = row.n;
+__device__ __forceinline__ RowCut select_row(Row& row, int topk_count, float topp, bool compact, uint32_t* scratch) {
+  const int n = row.n, lane = row.lane;
   float row_max = -INFINITY;
   row.for_each_padded([&](uint32_t x) { row_max = fmaxf(row_max, __uint_as_float(x)); });
   row_max = warp_max(row_max);
@@ -244,9 +243,9 @@ __device__ __forceinline__ RowCut select_row(Row& row, int topk_count, float top
 // Writes one row of kv_index (kept key blocks ascending, then -1), its kv_count and its bitmask words, from the
 // probabilities select_row left in `row`.
 template <class Row>
-__device__ __forceinline__ void write_row(Row const& row, RowCut cut, int lane, int32_t* index_row,
-                                          int32_t* count_out, uint32_t* bits_row) {
-  const int n = row.n;
+__device__ __forceinline__ void write_row(Row const& row, RowCut cut, int32_t* index_row, int32_t* count_out,
+                                          uint32_t* bits_row) {
+  const int n = row.n, lane = row.lane;
   const int words = (n + 31) / 32;
   const uint32_t below = lanes_below(lane);
   int kept = 0, ties_before = 0;
