@@ -139,11 +139,9 @@ def bench_shape(name: str, iters: int) -> list[str]:
         "auto, bisection to the end (compact=False)": predict(compact=False),
         "auto, fp32 FMA scores": predict(tensor_scores=False),
         "auto, 3xTF32 tensor-core scores": predict(tensor_scores=True),
-        "auto, 3xTF32 tensor-core scores, last group's CTAs as the others'": predict(tensor_scores=True,
-                                                                                   tail_rows_per_cta=0),
+        "auto, 3xTF32 tensor-core scores, 8-row tail": predict(tensor_scores=True, tail_rows_per_cta=8),
         "auto, rows in registers": predict(register_rows=True),
-        "auto, rows in registers, last group's CTAs as the others'": predict(register_rows=True,
-                                                                           tail_rows_per_cta=0),
+        "auto, rows in shared memory": predict(register_rows=False),
         "1 head group, 16 rows/CTA, 3xTF32 tensor-core scores": predict(head_groups=1, rows_per_cta=16,
                                                                          tensor_scores=True),
     }

@@ -56,12 +56,15 @@ def test_the_cuda_backend_is_the_glue():
 def test_mask_defaults_are_the_measured_choices_for_the_wan_shapes():
     """cuda_mask.predict's automatic tuning (tools/results/mask_tensor_scores_h200_2026-12-04.md): the 1.3B shape
     (0.2 GB of Q+K) without head-group overlap and with fp32 FMA scores, the 14B shape (1.5 GB) with 4 head
-    groups and tensor-core scores."""
+    groups, tensor-core scores and the last group's CTAs as the others'; rows in registers where Nk <= 512
+    (tools/results/mask_defaults_h200_2026-12-04.md)."""
     from sparge_kernels import cuda_mask
 
     qk_1p3b, qk_14b = 2 * 12 * 32760 * 128 * 2, 2 * 40 * 75600 * 128 * 2  # bf16 bytes
     assert cuda_mask.default_head_groups(12, qk_1p3b) == 1 and not cuda_mask.default_tensor_scores(qk_1p3b)
     assert cuda_mask.default_head_groups(40, qk_14b) == 4 and cuda_mask.default_tensor_scores(qk_14b)
+    assert cuda_mask.default_tail_rows_per_cta(True) == 0 and cuda_mask.default_tail_rows_per_cta(False) == 8
+    assert cuda_mask.default_register_rows(512) and not cuda_mask.default_register_rows(1182)
 
 
 @pytest.mark.skipif(cuda_mod._C is None, reason="sparge_kernels._C not built")

@@ -13,17 +13,15 @@
 namespace sparge::bwd {
 
 // Which dK/dV kernel runs: kAuto the Hopper warp-specialised wgmma/TMA kernel where it can run (sm_90 GPU, 90a
-// build, TMA-walkable strides), else the SM80 mma.sync kernel; kSm80 / kSm90 pin one. Deterministic mode runs the
-// SM80 kernels unless kSm90 is asked for explicitly: then the Hopper dK/dV kernel without dQ, then the SM80
-// per-query-block dQ kernel (opt-in until it has run on a GPU).
+// build, TMA-walkable strides), else the SM80 mma.sync kernel; kSm80 / kSm90 pin one. Deterministic mode on the
+// Hopper path runs the Hopper dK/dV kernel without dQ, then the SM80 per-query-block dQ kernel (no atomics).
 using BackwardPath = KernelPath;
 
 // Runs the whole backward on `stream`. Throws std::invalid_argument for a (head dim, dtype) this build has no
 // kernels for or kSm90 where it cannot run, std::runtime_error for a CUDA failure.
 void dispatch_backward(BwdParams const& params, DType dtype, BackwardPath path, cudaStream_t stream);
 
-// The path that runs for these params on the current device (kAuto resolved; kSm80 when deterministic, unless
-// kSm90 was asked for).
+// The path that runs for these params on the current device (kAuto resolved).
 BackwardPath resolve_backward_path(BwdParams const& params, BackwardPath path);
 
 // The SM80 per-query-block dQ kernel alone (the preprocess must have run): instantiated with run_sm80 in

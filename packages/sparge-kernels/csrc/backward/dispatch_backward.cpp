@@ -11,8 +11,6 @@
 namespace sparge::bwd {
 
 BackwardPath resolve_backward_path(BwdParams const& params, BackwardPath path) {
-  // Deterministic on Hopper (dK/dV by wgmma, dQ by the SM80 kernel) is opt-in until it has run on a GPU.
-  if (params.deterministic && path != BackwardPath::kSm90) return BackwardPath::kSm80;
   return resolve_kernel_path(path, sm90_possible(params),
                              "sparge attention_backward: path='sm90' (the Hopper backward) needs a build with "
                              "SPARGE_CUDA_ARCHS containing 90a, an sm_90 GPU and non-zero strides for q, k, v, "

@@ -11,8 +11,8 @@ csrc/common/tensor_caster.h; None for an absent dlse / dq_accum). Kernels (csrc/
                KernelOptions.backward_path="sm90") the warp-specialised Hopper kernel runs instead (wgmma + TMA,
                dQ by 8-byte atomics)
   dQ           deterministic=True: one CTA per query block over its kept key blocks (kv_index), no atomics,
-               bitwise reproducible (recomputes P and dS); the dK/dV kernel then skips dQ. The SM80 dK/dV kernel,
-               or with KernelOptions.backward_path="sm90" (opt-in, not yet run on a GPU) the Hopper one
+               bitwise reproducible (recomputes P and dS); the dK/dV kernel then skips dQ. The Hopper dK/dV
+               kernel where the Hopper path runs ("auto" or "sm90"), else the SM80 one
 An operand whose head dim is not unit-stride, or whose pointer/strides are not 16-byte aligned, is copied to a
 contiguous tensor first (rare: sliced or odd-strided inputs).
 """
@@ -48,7 +48,7 @@ def backward(
 
     `m` gives the kept-block lists in both directions, the block sizes, the scale and the dQ mode. `options`
     (default: `current_kernel_options()`, read here, at launch) picks the dK/dV kernel (`backward_path`;
-    deterministic=True runs the SM80 kernels unless it is "sm90"), the dQ accumulation and the debug fill.
+    deterministic=True adds the SM80 dQ kernel after it), the dQ accumulation and the debug fill.
     Shapes were checked by the public API; out and dout come from the forward and autograd.
     """
     options = options if options is not None else current_kernel_options()

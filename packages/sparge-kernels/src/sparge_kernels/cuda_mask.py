@@ -60,10 +60,12 @@ def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskW
 
 def select(
     ws: MaskWorkspace, nk: int, scale: float, kk: int, topp: float, kv_count: torch.Tensor, kv_index: torch.Tensor,
-    rows_per_cta: int = 0, compact: bool = True, tensor_scores: bool = False, register_rows: bool = False,
+    rows_per_cta: int = 0, compact: bool = True, tensor_scores: bool = False, register_rows: bool | None = None,
 ) -> None:
     """Launch 2: scores, softmax and Top-k ∪ Top-p per query block into kv_count / kv_index / ws.row_bits."""
     _check_blocks("kv_index", kv_index, nk)
+    if register_rows is None:
+        register_rows = default_register_rows(nk)
     _C.mask_select_blocks(
         ws.q_pooled, ws.k_pooled_t, float(scale), int(kk), float(topp), int(compact), kv_count, kv_index,
         ws.row_bits, int(rows_per_cta), current_stream(ws.q_pooled.device), tensor_scores=int(tensor_scores),
@@ -117,10 +119,10 @@ def predict(
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     head_groups: int = 0,
     rows_per_cta: int = 0,
-    tail_rows_per_cta: int = 8,
+    tail_rows_per_cta: int | None = None,
     compact: bool = True,
     tensor_scores: bool | None = None,
-    register_rows: bool = False,
+    register_rows: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
@@ -128,10 +130,10 @@ def predict(
     `BlockMask` convention (indices ascending, then -1). `out` supplies those four buffers (contiguous).
     Tuning (results never depend on it): `head_groups` (0: automatic, 1: no overlap), `rows_per_cta` (0, 4,
     8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group (0: as
-    rows_per_cta),
+    rows_per_cta; None: `default_tail_rows_per_cta`),
     `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end) and
-    `register_rows` (opt-in, not yet run on a GPU: each warp keeps its score row in registers during the
-    selection where Nk <= 512, or Nk <= 1280 with at most 16 rows per CTA; else in shared memory).
+    `register_rows` (each warp keeps its score row in registers during the selection where Nk <= 512, or
+    Nk <= 1280 with at most 16 rows per CTA; else in shared memory; None: `default_register_rows`).
     `tensor_scores`: the pooled scores by 3xTF32 tensor-core MMAs (True) or fp32 FMAs (False); None picks by size
     (`default_tensor_scores`). Not a pure tuning knob: the scores round differently, so decisions may differ
     between the two where they lie within the rounding band that tests/test_cuda_mask.py allows. Within one
@@ -176,6 +178,10 @@ def predict(
         head_groups = default_head_groups(h, qk_bytes)
     if tensor_scores is None:
         tensor_scores = default_tensor_scores(qk_bytes)
+    if tail_rows_per_cta is None:
+        tail_rows_per_cta = default_tail_rows_per_cta(tensor_scores)
+    if register_rows is None:
+        register_rows = default_register_rows(nk)
     with torch.cuda.device(device):
         ws = MaskWorkspace.allocate(b, h, nq, nk, d, device)
         _C.mask_predict(
@@ -199,3 +205,19 @@ def default_tensor_scores(qk_bytes: int) -> bool:
     predicts in 0.958 ms with tensor-core scores against 0.984 ms, the 1.3B shape (0.2 GB) in 0.108 against
     0.100 ms (its 8-row selection CTAs leave most of each 16-row MMA tile empty)."""
     return qk_bytes >= 1 << 30
+
+
+def default_tail_rows_per_cta(tensor_scores: bool) -> int:
+    """The last head group's query blocks per selection CTA: as the other groups' with tensor-core scores (their
+    MMA tiles are 16 rows; the 14B prediction took 0.913 ms against 0.958 with an 8-row tail on an H200,
+    tools/results/mask_defaults_h200_2026-12-04.md), 8 with fp32 FMA scores (smaller CTAs shorten the part of the
+    last group that cannot overlap; H100, tools/results/mask_2026-11-23.md)."""
+    return 0 if tensor_scores else 8
+
+
+def default_register_rows(nk: int) -> bool:
+    """Rows in registers where 16 words per lane hold them (Nk <= 512: the 1.3B shape's selection 0.0351 against
+    0.0382 ms, the whole prediction 0.0972 against 0.0990 ms on an H200); longer rows in shared memory (the
+    14B shape's 40-word rows lost with tensor-core scores: 0.554 against 0.497 ms;
+    tools/results/mask_defaults_h200_2026-12-04.md)."""
+    return nk <= 512
