@@ -3,7 +3,8 @@
 # shape lose its last persistent round to idle SMs? On a predicted 5% mask (topk=0.05, topp=0: every row keeps the
 # same number of key blocks) all 3072 tiles take the same time, and 132 CTAs need 24 rounds for 23.27 rounds of
 # work. Nsight Compute's per-SM active cycles of one forward launch answer it: avg / max near 23.27 / 24 = 0.97
-# says the tail costs ~3%; a random 5% mask (unequal tiles, claimed longest-first) is the comparison.
+# says the tail costs ~3%; a random 5% mask (unequal tiles, claimed in launch order) is the comparison.
+# Knob: FWD_TAIL_SPLITS (KernelOptions.forward_tail_splits for the profiled launches; default 1, no split).
 #   bash tools/device/fwd_tail_h200.sh
 # Results in $OUT: fwd_tail.txt (the ratio per mask, then ncu's raw metrics), ncu_tail.log.
 set -o pipefail
@@ -13,6 +14,7 @@ source tools/device/setup.sh >/dev/null 2>&1 || exit 1
 driver=$(mktemp --suffix=.py)
 cat >"$driver" <<'EOF'
 # Forward-only block_sparse_attention on the 1.3B video-like inputs, `runs` launches (ncu profiles the last).
+import os
 import sys
 
 import torch
@@ -29,7 +31,7 @@ if kind == "predicted":
     mask = sk.predict_block_mask(q, k, topk=0.05, topp=0.0, scale=scale)
 else:
     mask = random_mask(b, h, length, length, 0.05)
-with torch.no_grad():
+with torch.no_grad(), sk.kernel_options(forward_tail_splits=int(os.environ.get("FWD_TAIL_SPLITS", "1"))):
     for _ in range(runs):
         sk.block_sparse_attention(q, k, v, mask, scale=scale)
 torch.cuda.synchronize()
