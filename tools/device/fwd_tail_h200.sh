@@ -4,9 +4,11 @@
 # same number of key blocks) all 3072 tiles take the same time, and 132 CTAs need 24 rounds for 23.27 rounds of
 # work. Nsight Compute's per-SM active cycles of one forward launch answer it: avg / max near 23.27 / 24 = 0.97
 # says the tail costs ~3%; a random 5% mask (unequal tiles, claimed in launch order) is the comparison.
-# Knob: FWD_TAIL_SPLITS (KernelOptions.forward_tail_splits for the profiled launches; default 1, no split).
+# Knobs: FWD_TAIL_SPLITS (a list of KernelOptions.forward_tail_splits values to profile; default "1", no split),
+# NCU_LAUNCHES (launches profiled per run, default 1), NCU_CLOCKS (ncu --clock-control: none, or base to lock the
+# clocks for an A/B).
 #   bash tools/device/fwd_tail_h200.sh
-# Results in $OUT: fwd_tail.txt (the ratio per mask, then ncu's raw metrics), ncu_tail.log.
+# Results in $OUT: fwd_tail.txt (a markdown row per mask and split: durations, active-cycle ratio), ncu_tail.log.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -40,17 +42,37 @@ sms = torch.cuda.get_device_properties(0).multi_processor_count
 print(f"{kind}: density {mask.density:.4f}, {counts.numel()} tiles over {sms} SMs = {counts.numel() / sms:.2f} "
       f"rounds of equal tiles; kept blocks per tile min {counts.min():.0f} max {counts.max():.0f}")
 EOF
+launches=${NCU_LAUNCHES:-1}
 metrics=sm__cycles_active.avg,sm__cycles_active.max,sm__cycles_active.min,gpu__time_duration.sum
+summary=$(mktemp --suffix=.py)
+cat >"$summary" <<'EOF'
+# ncu --csv rows on stdin -> per launch avg/max of the SMs' active cycles and the duration, then their medians.
+import csv
+import statistics
+import sys
+
+label = sys.argv[1]
+launches = {}
+for row in csv.DictReader(line for line in sys.stdin if line.startswith('"')):
+    launches.setdefault(row["ID"], {})[row["Metric Name"]] = float(row["Metric Value"].replace(",", ""))
+ratios = [m["sm__cycles_active.avg"] / m["sm__cycles_active.max"] for m in launches.values()]
+micros = [m["gpu__time_duration.sum"] / 1e3 for m in launches.values()]
+print(f"| {label} | {len(micros)} | {' / '.join(f'{t:.1f}' for t in micros)} | {statistics.median(micros):.1f} | "
+      f"{statistics.median(ratios):.4f} |")
+EOF
 status=0
-: >"$OUT/fwd_tail.txt"
-for kind in predicted random; do
-  raw=$(timeout 200 ncu --clock-control none --kernel-name "regex:attention_forward_sm90_kernel" --launch-skip 2 \
-    --launch-count 1 --metrics "$metrics" --print-units base python3 "$driver" "$kind" 3 2>>"$OUT/ncu_tail.log") \
-    || { status=1; echo "ncu $kind failed"; continue; }
-  avg=$(echo "$raw" | awk '/sm__cycles_active.avg/ {print $NF}' | tr -d ,)
-  max=$(echo "$raw" | awk '/sm__cycles_active.max/ {print $NF}' | tr -d ,)
-  { echo "$raw" | grep -E "^$kind:"
-    echo "$kind: sm__cycles_active avg / max = $(python3 -c "print(f'{$avg / $max:.4f}')")"
-    echo "$raw" | grep -E "sm__cycles_active|gpu__time_duration"; echo; } | tee -a "$OUT/fwd_tail.txt"
+{ echo "ncu --clock-control ${NCU_CLOCKS:-none}; the last $launches of $((launches + 2)) launches per run"
+  echo
+  echo "| mask, forward_tail_splits | launches | µs per launch | median µs | SM active cycles avg / max (median) |"
+  echo "|---|---:|---|---:|---:|"; } >"$OUT/fwd_tail.txt"
+for splits in ${FWD_TAIL_SPLITS:-1}; do
+  for kind in predicted random; do
+    raw=$(FWD_TAIL_SPLITS=$splits timeout 200 ncu --clock-control "${NCU_CLOCKS:-none}" --csv \
+      --kernel-name "regex:attention_forward_sm90_kernel" --launch-skip 2 --launch-count "$launches" \
+      --metrics "$metrics" --print-units base python3 "$driver" "$kind" $((launches + 2)) \
+      2>>"$OUT/ncu_tail.log") || { status=1; echo "ncu $kind $splits failed"; continue; }
+    echo "$raw" | grep -E "^$kind:" >>"$OUT/ncu_tail.log"
+    echo "$raw" | python3 "$summary" "$kind, $splits" | tee -a "$OUT/fwd_tail.txt"
+  done
 done
 exit $status
