@@ -14,8 +14,6 @@
 #   bench      tools/bench_attention.py --shapes 1.3b --densities 1,0.05 (dense cuDNN and flash, Flex, sparge sm90
 #              and the portable kernel) -> bench_attention_fwd-pair_1p3b.md (+ .log)
 #   bench-14b  the same for the 14b shape -> bench_attention_fwd_14b.md (+ .log)
-#   split-ab   tools/device/fwd_split_ab.py --shapes $SPLIT_SHAPES (default 1.3b): the forward and
-#              sparge_attention with the tail split off and automatic, interleaved -> fwd_split_ab.md
 # Knob: FWD_TESTS_K (a pytest -k expression for the tests step).
 # A step is cut off by `timeout` at min(its cap, what is left of FWD_BUDGET_S, default 560 s from the start), so one
 # 600 s call returns with whatever finished; status_fwd-pair.txt lists each step's exit code and time.
@@ -48,10 +46,6 @@ for step in $steps; do
       shape=1.3b; name=1p3b; [ "$step" = bench-14b ] && { shape=14b; name=14b; }
       timeout "$(left 240)" python3 tools/bench_attention.py --shapes $shape --densities 1,0.05 \
         --out "$OUT/bench_attention_${variant}_$name.md" 2>&1 | tee "$OUT/bench_attention_${variant}_$name.log" || rc=1 ;;
-    split-ab)
-      timeout "$(left 240)" python3 tools/device/fwd_split_ab.py --shapes "${SPLIT_SHAPES:-1.3b}" \
-        > "$OUT/fwd_split_ab.md" 2> "$OUT/fwd_split_ab.log" || rc=1
-      cat "$OUT/fwd_split_ab.md" ;;
     *) echo "unknown step $step"; rc=1 ;;
   esac
   step_done "$step" $rc $t0

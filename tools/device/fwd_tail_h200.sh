@@ -4,11 +4,10 @@
 # same number of key blocks) all 3072 tiles take the same time, and 132 CTAs need 24 rounds for 23.27 rounds of
 # work. Nsight Compute's per-SM active cycles of one forward launch answer it: avg / max near 23.27 / 24 = 0.97
 # says the tail costs ~3%; a random 5% mask (unequal tiles, claimed in launch order) is the comparison.
-# Knobs: FWD_TAIL_SPLITS (a list of KernelOptions.forward_tail_splits values to profile; default "1", no split),
-# NCU_LAUNCHES (launches profiled per run, default 1), NCU_CLOCKS (ncu --clock-control: none, or base to lock the
-# clocks for an A/B).
+# Knobs: NCU_LAUNCHES (launches profiled per run, default 1), NCU_CLOCKS (ncu --clock-control: none, or base to
+# lock the clocks for an A/B).
 #   bash tools/device/fwd_tail_h200.sh
-# Results in $OUT: fwd_tail.txt (a markdown row per mask and split: durations, active-cycle ratio), ncu_tail.log.
+# Results in $OUT: fwd_tail.txt (a markdown row per mask: durations, active-cycle ratio), ncu_tail.log.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -16,7 +15,6 @@ source tools/device/setup.sh >/dev/null 2>&1 || exit 1
 driver=$(mktemp --suffix=.py)
 cat >"$driver" <<'EOF'
 # Forward-only block_sparse_attention on the 1.3B video-like inputs, `runs` launches (ncu profiles the last).
-import os
 import sys
 
 import torch
@@ -33,7 +31,7 @@ if kind == "predicted":
     mask = sk.predict_block_mask(q, k, topk=0.05, topp=0.0, scale=scale)
 else:
     mask = random_mask(b, h, length, length, 0.05)
-with torch.no_grad(), sk.kernel_options(forward_tail_splits=int(os.environ.get("FWD_TAIL_SPLITS", "1"))):
+with torch.no_grad():
     for _ in range(runs):
         sk.block_sparse_attention(q, k, v, mask, scale=scale)
 torch.cuda.synchronize()
@@ -63,16 +61,14 @@ EOF
 status=0
 { echo "ncu --clock-control ${NCU_CLOCKS:-none}; the last $launches of $((launches + 2)) launches per run"
   echo
-  echo "| mask, forward_tail_splits | launches | µs per launch | median µs | SM active cycles avg / max (median) |"
+  echo "| mask | launches | µs per launch | median µs | SM active cycles avg / max (median) |"
   echo "|---|---:|---|---:|---:|"; } >"$OUT/fwd_tail.txt"
-for splits in ${FWD_TAIL_SPLITS:-1}; do
-  for kind in predicted random; do
-    raw=$(FWD_TAIL_SPLITS=$splits timeout 200 ncu --clock-control "${NCU_CLOCKS:-none}" --csv \
-      --kernel-name "regex:attention_forward_sm90_kernel" --launch-skip 2 --launch-count "$launches" \
-      --metrics "$metrics" --print-units base python3 "$driver" "$kind" $((launches + 2)) \
-      2>>"$OUT/ncu_tail.log") || { status=1; echo "ncu $kind $splits failed"; continue; }
-    echo "$raw" | grep -E "^$kind:" >>"$OUT/ncu_tail.log"
-    echo "$raw" | python3 "$summary" "$kind, $splits" | tee -a "$OUT/fwd_tail.txt"
-  done
+for kind in predicted random; do
+  raw=$(timeout 200 ncu --clock-control "${NCU_CLOCKS:-none}" --csv \
+    --kernel-name "regex:attention_forward_sm90_kernel" --launch-skip 2 --launch-count "$launches" \
+    --metrics "$metrics" --print-units base python3 "$driver" "$kind" $((launches + 2)) \
+    2>>"$OUT/ncu_tail.log") || { status=1; echo "ncu $kind failed"; continue; }
+  echo "$raw" | grep -E "^$kind:" >>"$OUT/ncu_tail.log"
+  echo "$raw" | python3 "$summary" "$kind" | tee -a "$OUT/fwd_tail.txt"
 done
 exit $status

@@ -76,23 +76,6 @@ def test_extension_exposes_kernels():
 
 
 @pytest.mark.skipif(cuda_mod._C is None, reason="sparge_kernels._C not built")
-def test_forward_tail_split_plan():
-    """The Hopper forward splits its last round of tiles by key range where fewer than half the CTAs would be busy
-    there (tools/results/fwd_tail_h200_2026-12-04.md): (split_from, parts) for tiles over 132 CTAs."""
-    plan = cuda_mod._C.forward_tail_split
-    assert plan(3072, 132) == (3036, 3)  # 1.3B: 36 tiles in the last round, 96 SMs idle
-    assert plan(23640, 132) == (23628, 4)  # 14B: 12 tiles, at most 4 parts each
-    assert plan(660, 132) == (660, 1)  # whole rounds
-    assert plan(200, 132) == (200, 1)  # 68 of 132 busy in the last round: not worth it
-    assert plan(60, 132) == (0, 2) and plan(6, 132) == (0, 4)  # fewer tiles than CTAs: every tile is split
-    assert plan(3072, 132, 1) == (3072, 1) and plan(3072, 132, 7) == (3036, 7) and plan(660, 132, 3) == (660, 1)
-    with pytest.raises(ValueError, match="forward_tail_splits"):
-        sparge_kernels.KernelOptions(forward_tail_splits=17)
-    with pytest.raises(ValueError, match="forward_tail_splits"):
-        sparge_kernels.KernelOptions(forward_tail_splits=True)
-
-
-@pytest.mark.skipif(cuda_mod._C is None, reason="sparge_kernels._C not built")
 def test_every_entry_takes_tensors_and_rejects_bad_arguments_before_touching_a_device():
     """All three families take tensors through the one caster (pointer, dtype, shape, strides). Each call below
     fails on its arguments, before any CUDA call, so it runs on a CPU machine too."""

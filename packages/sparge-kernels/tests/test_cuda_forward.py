@@ -349,49 +349,6 @@ def test_many_more_query_blocks_than_sms(kernel_path):
         check_against_reference(q, k, v, mask)
 
 
-@pytest.mark.parametrize("splits", [1, 2, 3, 5, 16])
-def test_tail_split_parts_combine_to_the_reference(kernel_path, splits):
-    """KernelOptions.forward_tail_splits: the Hopper kernel runs the last round's tiles (here every tile: fewer
-    tiles than SMs) as `splits` key ranges, stored as partial results and combined by the part that finishes last.
-    Rows keeping fewer blocks than there are parts (empty parts), empty rows, tails on both sides; the result is
-    deterministic (summed in part order whatever the arrival order) and matches the unsplit kernel's."""
-    b, h, lq, lk = 2, 3, 1000 + 29, 1500 + 7
-    q, k, v = make_qkv(b, h, lq, lk, 128, torch.bfloat16, seed=31)
-    g = torch.Generator(device="cuda").manual_seed(32)
-    nq, nk = num_blocks(lq, 128), num_blocks(lk, 64)
-    row_density = torch.rand(b, h, nq, 1, generator=g, device="cuda")
-    row_density[..., :2, :] = 2.0 / nk  # about two kept blocks: parts without any
-    row_density[..., 2:3, :] = 0.0  # empty rows
-    dense = torch.rand(b, h, nq, nk, generator=g, device="cuda") < row_density
-    dense[..., -1, -1] = True  # the tail key block in the tail query block
-    mask = BlockMask.from_dense(dense, seq_len_q=lq, seq_len_k=lk)
-    with sk.kernel_options(forward_tail_splits=splits):
-        out, lse = check_against_reference(q, k, v, mask)
-        again, again_lse = sk.block_sparse_attention(q, k, v, mask, return_lse=True)
-    assert torch.equal(out, again) and torch.equal(lse, again_lse)
-    with sk.kernel_options(forward_tail_splits=1):
-        whole, whole_lse = sk.block_sparse_attention(q, k, v, mask, return_lse=True)
-    torch.testing.assert_close(out, whole, atol=2e-2, rtol=2e-2)
-    torch.testing.assert_close(lse, whole_lse, atol=1e-4, rtol=1e-5)
-
-
-def test_hopper_workspace_too_small_is_refused(kernel_path):
-    """A split launch needs room for its partial results: the binding names workspace_words when it is short."""
-    if kernel_path != "sm90":
-        pytest.skip("the portable kernel takes no workspace")
-    from sparge_kernels.cuda import _C, current_stream
-
-    q, k, v = make_qkv(1, 1, 256, 256, 128, torch.bfloat16)
-    out, lse = torch.empty_like(q), torch.empty(1, 1, 256, device="cuda")
-    kv_count = torch.full((1, 1, 2), 4, dtype=torch.int32, device="cuda")
-    kv_index = torch.arange(4, dtype=torch.int32, device="cuda").expand(1, 1, 2, 4).contiguous()
-    workspace = torch.zeros(4, dtype=torch.int32, device="cuda")
-    with pytest.raises(ValueError, match="workspace_words"):
-        _C.attention_forward(q, k, v, out, lse, kv_count, kv_index, block_q=128, block_k=64, scale=0.1,
-                             stream=current_stream(q.device), path="sm90", tile_counter=workspace.data_ptr(),
-                             workspace_words=4, tail_splits=2)
-
-
 def test_hopper_kernel_requires_a_tile_counter(kernel_path):
     """The binding refuses a Hopper launch without the persistent schedule's counter, naming the argument."""
     if kernel_path != "sm90":

@@ -25,19 +25,6 @@ struct BlockSparseWalk {
         count(counts[bh * num_tiles + tile]),
         seqlen(seqlen_visited) {}
 
-  // Part `part` of `parts` of the list (a split tile, common/tile_scheduler.h): a contiguous run of it, cut at
-  // multiples of `granule` blocks (what one pipeline stage holds), as even as that allows; parts may be empty.
-  __device__ __forceinline__ BlockSparseWalk part_of(int part, int parts, int granule) const {
-    if (parts <= 1) return *this;
-    const int granules = (count + granule - 1) / granule;
-    const int begin = min(count, granule * int(int64_t(granules) * part / parts));
-    const int end = min(count, granule * int(int64_t(granules) * (part + 1) / parts));
-    BlockSparseWalk walk = *this;
-    walk.index += begin;
-    walk.count = end - begin;
-    return walk;
-  }
-
   __device__ __forceinline__ int trip_count() const { return count; }
   // Block id visited at slot `slot` (< trip_count()).
   __device__ __forceinline__ int block(int slot) const { return index[slot]; }

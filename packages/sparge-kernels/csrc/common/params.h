@@ -31,14 +31,6 @@ struct FwdParams {
   // Hopper forward only (required there): one int32 from which its CTAs, one per SM, take query blocks (zeroed
   // by the launcher on the stream before the kernel; common/tile_scheduler.h).
   int* tile_counter = nullptr;
-  // Hopper forward only: the split of the last round's tiles (TailSplit, common/tile_scheduler.h). The caller sets
-  // tail_splits (0 auto, 1 none, k parts) and workspace_words, the int32 words at tile_counter
-  // (fwd::forward_workspace_words); the dispatch plans the split and sets the three fields after them.
-  int tail_splits = 0;
-  int64_t workspace_words = 1;
-  int tail_split_from = 0;
-  int tail_parts = 1;
-  float* split_partials = nullptr;  // per part of a split tile: lse (128 floats), then out (128 x D), fp32
 };
 
 struct BwdParams : FwdParams {

@@ -3,9 +3,8 @@
 // equal dense: tools/results/fwd_persistent_h200_2026-12-04.md). The producer thread loads tile after tile into
 // the same K/V ring, so the next tile's first stages land while the consumers finish the current one, reloads Q
 // once the consumers' last Q·Kᵀ of the previous tile has completed (barrier_q_free); the tile loops and their
-// hand-offs are common/persistent_tiles_sm90.h's. The last round's tiles, when it would leave most SMs idle, run
-// as key-range parts that the last one to finish combines (TailSplit). Mainloop, softmax and epilogue:
-// mainloop_fwd_sm90.h, softmax.h, epilogue_fwd_sm90.h.
+// hand-offs are common/persistent_tiles_sm90.h's. Mainloop, softmax and epilogue: mainloop_fwd_sm90.h,
+// softmax.h, epilogue_fwd_sm90.h.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -26,10 +25,9 @@ namespace sparge::fwd {
 
 using namespace cute;
 
-// The query blocks of every (batch, head), in the order the CTAs claim them, the split ones last.
+// The query blocks of every (batch, head), in the order the CTAs claim them.
 __host__ __device__ inline DynamicPersistentTileScheduler fwd_tile_scheduler(FwdParams const& p) {
-  return DynamicPersistentTileScheduler{p.num_q_blocks, p.heads, p.batch, p.tile_counter,
-                                        TailSplit{p.tail_split_from, p.tail_parts}};
+  return DynamicPersistentTileScheduler{p.num_q_blocks, p.heads, p.batch, p.tile_counter};
 }
 
 template <class Traits>
@@ -56,8 +54,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   auto walk_of = [&](TileCoord const& tile) {
     return BlockSparseWalk<Traits::kBlockN>(p.kv_count, p.kv_index, int64_t(tile.batch) * p.heads + tile.head,
-                                            p.num_q_blocks, tile.block, p.num_k_blocks, p.seqlen_k)
-        .part_of(tile.part, tile.parts, Traits::kBlocksPerStage);
+                                            p.num_q_blocks, tile.block, p.num_k_blocks, p.seqlen_k);
   };
 
   if (warp_group == 0) {
@@ -85,9 +82,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       Mainloop::mma(p, ss, pipeline_k, pipeline_v, walk, acc_o, softmax, thread_idx, read, q_phase);
       Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
       auto lse = softmax.finalize(acc_o_rowcol, p.scale);
-      if (tile.parts == 1 || EpilogueFwdSm90<Traits>::combine_parts(p, tile, acc_o, lse, thread_idx, ss.split_last)) {
-        EpilogueFwdSm90<Traits>::store(p, tile, acc_o, lse, thread_idx);
-      }
+      EpilogueFwdSm90<Traits>::store(p, tile, acc_o, lse, thread_idx);
       return walk.trip_count() > 0;
     });
   }

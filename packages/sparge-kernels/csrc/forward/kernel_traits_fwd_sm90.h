@@ -67,7 +67,6 @@ struct KernelTraitsSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Element
     // The persistent kernel's hand-offs between tiles (kernel_fwd_sm90.h).
     uint64_t barrier_q_free;  // the consumers have issued and finished their last Q·Kᵀ of a tile: Q may be reloaded
     TileMailbox mailbox;
-    int split_last;  // a split tile's part: whether it arrived last (epilogue_fwd_sm90.h combine_parts)
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
 };

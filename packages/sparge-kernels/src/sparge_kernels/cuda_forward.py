@@ -15,7 +15,7 @@ import torch
 
 from .cuda import _C, current_stream, empty_like_layout, kernel_ready
 from .options import KernelOptions, current_kernel_options
-from .validation import check_attention_kernel_args, check_kernel_path, num_blocks
+from .validation import check_attention_kernel_args, check_kernel_path
 
 if TYPE_CHECKING:  # backend.py imports this module
     from .backend import MaskArgs
@@ -27,7 +27,7 @@ def forward(
     """Backend.forward on HND views: returns (out (B, H, Lq, D) in q's dtype and layout, lse float32 (B, H, Lq)).
 
     `m` gives the kept-block lists, the block sizes and the scale. `options` (default: `current_kernel_options()`,
-    read here, at launch) picks the kernel, the Hopper kernel's tail split and the debug fill.
+    read here, at launch) picks the kernel and the debug fill.
     """
     options = options if options is not None else current_kernel_options()
     b, h, lq, d = q.shape
@@ -41,17 +41,15 @@ def forward(
     if options.debug_fill is not None:
         out.fill_(options.debug_fill)
         lse.fill_(options.debug_fill)
-    # The Hopper kernel's workspace (the portable kernel ignores it): its tile counter, which the launcher zeroes on
-    # the stream, and the split tail's partial results. One per call, so concurrent launches on other streams never
-    # share it, and it lives until the kernel is done because the caching allocator reuses it only for later work
-    # on the same stream.
+    # The Hopper kernel's tile counter (the portable kernel ignores it): the launcher zeroes it on the stream; one
+    # per call, so concurrent launches on other streams never share it, and it lives until the kernel is done
+    # because the caching allocator reuses it only for later work on the same stream.
+    counter = torch.empty(1, dtype=torch.int32, device=q.device)
     with torch.cuda.device(q.device):
-        words = _C.forward_workspace_words(b * h * num_blocks(lq, m.block_q), d, options.forward_tail_splits)
-        workspace = torch.empty(words, dtype=torch.int32, device=q.device)
         _C.attention_forward(
             q, k, v, out, lse, kv_count, kv_index,
             block_q=m.block_q, block_k=m.block_k, scale=float(m.scale),
             stream=current_stream(q.device), path=options.forward_path,
-            tile_counter=workspace.data_ptr(), workspace_words=words, tail_splits=options.forward_tail_splits,
+            tile_counter=counter.data_ptr(),
         )
     return out, lse

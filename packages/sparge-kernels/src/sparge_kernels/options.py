@@ -29,7 +29,6 @@ FORWARD_PATHS = ("auto", "sm80", "sm90")
 BACKWARD_PATHS = ("auto", "sm80", "sm90")
 DQ_ACCUMULATE = ("bulk", "atomic")
 BACKWARD_SCHEDULES = ("tile", "persistent")
-MAX_TAIL_SPLITS = 16  # TailSplit::kMaxParts (csrc/common/tail_split.h)
 
 
 @dataclass(frozen=True)
@@ -56,11 +55,6 @@ class KernelOptions:
         while it finishes the current one). The same gradients up to the fp32 order of dQ's accumulation; the SM80
         kernels ignore it. "persistent" is the default: on an H200 it won or tied 7 of 9 comparisons (up to 8%
         faster on the 1.3B shape, within 3% either way elsewhere; tools/results/bwd_schedules_h200_2026-12-04.md).
-    forward_tail_splits: the Hopper forward's split of its last round of tiles (one CTA per SM takes query blocks in
-        order; the last round may leave most SMs idle): 0 automatic (where fewer than half the SMs would be busy,
-        each of those tiles runs as up to 4 key ranges on the idle SMs, combined by their LSEs), 1 never, k in
-        [2, 16] always k ranges per tile of the last round. Same result up to fp32 rounding, deterministic either
-        way; the portable kernel ignores it.
     """
 
     forward_path: str = "auto"
@@ -68,7 +62,6 @@ class KernelOptions:
     debug_fill: float | None = None
     backward_path: str = "auto"  # after the older fields: positional KernelOptions(forward_path, ...) still holds
     backward_schedule: str = "persistent"
-    forward_tail_splits: int = 0
 
     def __post_init__(self) -> None:
         if self.forward_path not in FORWARD_PATHS:
@@ -84,12 +77,6 @@ class KernelOptions:
         if self.dq_accumulate not in DQ_ACCUMULATE:
             raise ValueError(
                 f"KernelOptions.dq_accumulate must be one of {DQ_ACCUMULATE}, got {self.dq_accumulate!r}"
-            )
-        splits = self.forward_tail_splits
-        if isinstance(splits, bool) or not isinstance(splits, int) or not 0 <= splits <= MAX_TAIL_SPLITS:
-            raise ValueError(
-                f"KernelOptions.forward_tail_splits must be an int in [0, {MAX_TAIL_SPLITS}] (0 automatic, 1 none), "
-                f"got {splits!r}"
             )
         fill = self.debug_fill
         if fill is not None:
