@@ -406,10 +406,12 @@ def test_sm90_dq_mode_launches_its_convert_kernel(backward_path, dq_accumulate):
     assert any(want in n for n in names) and not any(other in n for n in names), sorted(set(names))
 
 
-def test_sm90_deterministic_launches_dkdv_without_dq_then_the_dq_kernel(backward_path):
-    """deterministic=True with backward_path="sm90": the Hopper dK/dV kernel without dQ (the KernelTraitsBwdSm90Stages
-    instance that skips the dS·K GEMM), then the SM80 per-query-block dQ kernel; no dQ conversion, no SM80 dK/dV
-    kernel (CUDA kernel names from torch.profiler)."""
+@pytest.mark.parametrize("path", ["sm90", "auto"])
+def test_sm90_deterministic_launches_dkdv_without_dq_then_the_dq_kernel(backward_path, path):
+    """deterministic=True with backward_path "sm90", and with "auto" on sm_90 (its default there since it ran
+    1.58x the SM80 pair, tools/results/bwd_deterministic_h200_2026-12-04.md): the Hopper dK/dV kernel without dQ
+    (the KernelTraitsBwdSm90Stages instance that skips the dS·K GEMM), then the SM80 per-query-block dQ kernel; no
+    dQ conversion, no SM80 dK/dV kernel (CUDA kernel names from torch.profiler)."""
     if backward_path != "sm90":
         pytest.skip("checks the sm90 kernels' names")
     deterministic_once(backward_path)
@@ -418,7 +420,7 @@ def test_sm90_deterministic_launches_dkdv_without_dq_then_the_dq_kernel(backward
     out, lse = forward(q, k, v, mask, 0.1)
     m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, deterministic=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        cuda_backward.backward(dout, q, k, v, out, lse, None, m)
+        cuda_backward.backward(dout, q, k, v, out, lse, None, m, options=with_current_schedule(backward_path=path))
         torch.cuda.synchronize()
     names = sorted({e.name for e in prof.events()})
     if not any("attention_backward_sm90_kernel" in n for n in names):
