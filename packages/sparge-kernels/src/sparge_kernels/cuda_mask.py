@@ -17,6 +17,7 @@ outside the kernels and go to the PyTorch reference, with a warning. Arguments w
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -42,12 +43,15 @@ class MaskWorkspace:
 
     @classmethod
     def allocate(cls, b: int, h: int, nq: int, nk: int, d: int, device: torch.device) -> MaskWorkspace:
-        k_ld = -(-nk // 32) * 32
-        return cls(
-            torch.empty(b, h, nq, d, dtype=torch.float32, device=device),
-            torch.empty(b, h, d, k_ld, dtype=torch.float32, device=device),
-            torch.empty(b, h, nq, -(-nk // 32), dtype=torch.int32, device=device),
-        )
+        # One allocation, three views (each 512-byte aligned, like the caching allocator's blocks): the host time of
+        # a call is about its GPU time on the 1.3B shape, so every allocation counts.
+        words = -(-nk // 32)
+        shapes = ((b, h, nq, d), (b, h, d, words * 32), (b, h, nq, words))
+        sizes = [b * h * math.prod(shape[2:]) for shape in shapes]
+        starts = [sum(-(-s // 128) * 128 for s in sizes[:i]) for i in range(len(sizes) + 1)]
+        flat = torch.empty(starts[-1], dtype=torch.float32, device=device)
+        q_pooled, k_pooled_t, row_bits = (flat[starts[i]:starts[i] + sizes[i]] for i in range(len(sizes)))
+        return cls(q_pooled.view(shapes[0]), k_pooled_t.view(shapes[1]), row_bits.view(torch.int32).view(shapes[2]))
 
 
 def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskWorkspace) -> None:

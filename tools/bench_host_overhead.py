@@ -1,0 +1,69 @@
+"""Host time per call of the sparge entry points (GPU; the Python and launch work that a CUDA graph removes).
+
+On a tiny problem (B=1, H=1, L=1024, D=128 bf16: a few microseconds of GPU work per call) the GPU waits for the
+host, so the wall time of `calls` back-to-back calls divided by `calls` is the host's time per call. Prints a
+markdown table, then (stderr) cProfile's top functions for `sparge_attention`:
+
+    python3 tools/bench_host_overhead.py [--calls 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def per_call_us(fn: Callable[[], object], calls: int) -> float:
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def main() -> None:
+    import sparge_kernels as sk
+    from sparge_kernels import cuda_mask
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    args = parser.parse_args()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 1024, 128, generator=g, device="cuda").to(torch.bfloat16) for _ in range(3))
+    scale = 128**-0.5
+    mask = sk.predict_block_mask(q, k, topk=0.05, topp=0.0, scale=scale)
+    rows = {
+        "cuda_mask.predict (the CUDA glue)": lambda: cuda_mask.predict(q, k, 0.05, 0.0, 128, 64, scale),
+        "predict_block_mask (public API)": lambda: sk.predict_block_mask(q, k, topk=0.05, topp=0.0, scale=scale),
+        "block_sparse_attention (public API)": lambda: sk.block_sparse_attention(q, k, v, mask, scale=scale),
+        "sparge_attention (public API)": lambda: sk.sparge_attention(q, k, v, topk=0.05, topp=0.0, scale=scale),
+    }
+    print(f"Device: {torch.cuda.get_device_name()}, torch {torch.__version__}; {args.calls} calls each, "
+          "(1, 1, 1024, 128) bf16\n")
+    print("| entry point | host µs per call |\n|---|---:|")
+    with torch.no_grad():
+        for label, fn in rows.items():
+            print(f"| {label} | {per_call_us(fn, args.calls):.1f} |", flush=True)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(args.calls):
+            rows["sparge_attention (public API)"]()
+        profiler.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    print(text.getvalue(), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
