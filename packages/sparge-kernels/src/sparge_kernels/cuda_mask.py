@@ -54,12 +54,13 @@ class MaskWorkspace:
         return cls(q_pooled.view(shapes[0]), k_pooled_t.view(shapes[1]), row_bits.view(torch.int32).view(shapes[2]))
 
 
-def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskWorkspace) -> None:
+def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskWorkspace, ctas_per_sm: int = 0) -> None:
     """Launch 1: block means of q and k (HND views, D stride 1) into ws.q_pooled / ws.k_pooled_t."""
     for name, t in (("q", q), ("k", k)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must have unit stride along D for the pooling kernel, got {t.stride()}")
-    _C.mask_pool_blocks(q, k, block_q, block_k, ws.q_pooled, ws.k_pooled_t, current_stream(q.device))
+    _C.mask_pool_blocks(q, k, block_q, block_k, ws.q_pooled, ws.k_pooled_t, current_stream(q.device),
+                        ctas_per_sm=int(ctas_per_sm))
 
 
 def select(
@@ -127,6 +128,7 @@ def predict(
     compact: bool = True,
     tensor_scores: bool | None = None,
     register_rows: bool | None = None,
+    pool_ctas_per_sm: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
@@ -137,7 +139,10 @@ def predict(
     rows_per_cta; None: `default_tail_rows_per_cta`),
     `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end) and
     `register_rows` (each warp keeps its score row in registers during the selection where Nk <= 512, or
-    Nk <= 1280 with at most 16 rows per CTA; else in shared memory; None: `default_register_rows`).
+    Nk <= 1280 with at most 16 rows per CTA; else in shared memory; None: `default_register_rows`) and
+    `pool_ctas_per_sm` (0: the pooling launch has one warp per block; 1..8: at most that many pooling CTAs per SM,
+    a footprint that leaves room beside them for the previous head group's selection CTAs; opt-in, not yet run
+    on a GPU).
     `tensor_scores`: the pooled scores by 3xTF32 tensor-core MMAs (True) or fp32 FMAs (False); None picks by size
     (`default_tensor_scores`). Not a pure tuning knob: the scores round differently, so decisions may differ
     between the two where they lie within the rounding band that tests/test_cuda_mask.py allows. Within one
@@ -192,7 +197,7 @@ def predict(
             q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
             ws.q_pooled, ws.k_pooled_t, ws.row_bits, kv_count, kv_index, q_count, q_index,
             int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), current_stream(device),
-            tensor_scores=int(tensor_scores), register_rows=int(register_rows),
+            tensor_scores=int(tensor_scores), register_rows=int(register_rows), pool_ctas_per_sm=int(pool_ctas_per_sm),
         )
     return kv_count, kv_index, q_count, q_index
 
