@@ -2,7 +2,8 @@
 
 On a tiny problem (B=1, H=1, L=1024, D=128 bf16: a few microseconds of GPU work per call) the GPU waits for the
 host, so the wall time of `calls` back-to-back calls divided by `calls` is the host's time per call. Prints a
-markdown table, then (stderr) cProfile's top functions for `sparge_attention`:
+markdown table of the entry points and of the pieces of the mask glue (`cuda_mask.predict`), then (stderr)
+cProfile's top functions for `sparge_attention`:
 
     python3 tools/bench_host_overhead.py [--calls 2000]
 """
@@ -33,7 +34,8 @@ def per_call_us(fn: Callable[[], object], calls: int) -> float:
 
 def main() -> None:
     import sparge_kernels as sk
-    from sparge_kernels import cuda_mask
+    from sparge_kernels import cuda_mask, reference
+    from sparge_kernels.cuda import _C, current_stream
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
@@ -48,11 +50,35 @@ def main() -> None:
         "block_sparse_attention (public API)": lambda: sk.block_sparse_attention(q, k, v, mask, scale=scale),
         "sparge_attention (public API)": lambda: sk.sparge_attention(q, k, v, topk=0.05, topp=0.0, scale=scale),
     }
+    # The glue's pieces, each alone (`predict` does them once per call).
+    device = q.device
+    nq, nk = 8, 16
+    out = tuple(torch.empty(s, dtype=torch.int32, device=device) for s in ((1, 1, nq), (1, 1, nq, nk), (1, 1, nk),
+                                                                         (1, 1, nk, nq)))
+    ws = cuda_mask.MaskWorkspace.allocate(1, 1, nq, nk, 128, device)
+
+    def launch_only():
+        _C.mask_predict(q, k, 128, 64, scale, reference.topk_count(0.05, nk), 0.0, 1, ws.q_pooled, ws.k_pooled_t,
+                        ws.row_bits, *out, 1, 0, 0, current_stream(device), tensor_scores=0, register_rows=1)
+
+    def device_scope():
+        with torch.cuda.device(device):
+            pass
+
+    pieces = {
+        "piece: `_C.mask_predict` alone (9 tensor casts, 3 launches), buffers preallocated": launch_only,
+        "piece: `_C.mask_pool_blocks` alone (6 casts, 1 launch)": lambda: _C.mask_pool_blocks(
+            q, k, 128, 64, ws.q_pooled, ws.k_pooled_t, current_stream(device)),
+        "piece: one `torch.empty` on the GPU": lambda: torch.empty(1, 1, nq, nk, dtype=torch.int32, device=device),
+        "piece: `MaskWorkspace.allocate`": lambda: cuda_mask.MaskWorkspace.allocate(1, 1, nq, nk, 128, device),
+        "piece: `with torch.cuda.device(device)`": device_scope,
+        "piece: `current_stream(device)`": lambda: current_stream(device),
+    }
     print(f"Device: {torch.cuda.get_device_name()}, torch {torch.__version__}; {args.calls} calls each, "
           "(1, 1, 1024, 128) bf16\n")
     print("| entry point | host µs per call |\n|---|---:|")
     with torch.no_grad():
-        for label, fn in rows.items():
+        for label, fn in {**rows, **pieces}.items():
             print(f"| {label} | {per_call_us(fn, args.calls):.1f} |", flush=True)
         profiler = cProfile.Profile()
         profiler.enable()
