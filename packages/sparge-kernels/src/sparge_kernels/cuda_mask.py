@@ -47,11 +47,15 @@ class MaskWorkspace:
         # a call is about its GPU time on the 1.3B shape, so every allocation counts.
         words = -(-nk // 32)
         shapes = ((b, h, nq, d), (b, h, d, words * 32), (b, h, nq, words))
-        sizes = [b * h * math.prod(shape[2:]) for shape in shapes]
-        starts = [sum(-(-s // 128) * 128 for s in sizes[:i]) for i in range(len(sizes) + 1)]
-        flat = torch.empty(starts[-1], dtype=torch.float32, device=device)
-        q_pooled, k_pooled_t, row_bits = (flat[starts[i]:starts[i] + sizes[i]] for i in range(len(sizes)))
-        return cls(q_pooled.view(shapes[0]), k_pooled_t.view(shapes[1]), row_bits.view(torch.int32).view(shapes[2]))
+        sizes = [math.prod(shape) for shape in shapes]
+        padded = [-(-size // 128) * 128 for size in sizes]
+        flat = torch.empty(sum(padded), dtype=torch.float32, device=device)
+        views, start = [], 0
+        for shape, size, step in zip(shapes, sizes, padded):
+            views.append(flat[start:start + size].view(shape))
+            start += step
+        q_pooled, k_pooled_t, row_bits = views
+        return cls(q_pooled, k_pooled_t, row_bits.view(torch.int32))
 
 
 def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskWorkspace, ctas_per_sm: int = 0) -> None:
@@ -137,7 +141,7 @@ def predict(
     Tuning (results never depend on it): `head_groups` (0: automatic, 1: no overlap), `rows_per_cta` (0, 4,
     8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group (0: as
     rows_per_cta; None: `default_tail_rows_per_cta`),
-    `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end) and
+    `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end),
     `register_rows` (each warp keeps its score row in registers during the selection where Nk <= 512, or
     Nk <= 1280 with at most 16 rows per CTA; else in shared memory; None: `default_register_rows`) and
     `pool_ctas_per_sm` (0: the pooling launch has one warp per block; 1..8: at most that many pooling CTAs per SM,

@@ -48,8 +48,7 @@ class KernelOptions:
         "auto" picks "sm90" where it can run (sm_90 GPU, 90a build, TMA-walkable strides), else "sm80".
         deterministic=True on the Hopper path runs the Hopper dK/dV kernel without dQ, then the SM80
         per-query-block dQ kernel (1.58x the SM80 pair at 1.3B 5% on an H200); on "sm80" both SM80 kernels. The
-        default comes from
-        SPARGE_BACKWARD_PATH, else "auto".
+        default comes from SPARGE_BACKWARD_PATH, else "auto".
     backward_schedule: how the Hopper dK/dV kernel spreads key blocks over the GPU: "tile" (one CTA per key block)
         or "persistent" (one CTA per SM taking key blocks from an atomic counter, loading the next block's operands
         while it finishes the current one). The same gradients up to the fp32 order of dQ's accumulation; the SM80
