@@ -142,10 +142,6 @@ def bench_shape(name: str, iters: int) -> list[str]:
         "auto, 3xTF32 tensor-core scores, 8-row tail": predict(tensor_scores=True, tail_rows_per_cta=8),
         "auto, rows in registers": predict(register_rows=True),
         "auto, rows in shared memory": predict(register_rows=False),
-        "auto, pooling in 1 CTA per SM": predict(pool_ctas_per_sm=1),
-        "auto, pooling in 2 CTAs per SM": predict(pool_ctas_per_sm=2),
-        "auto, pooling in 3 CTAs per SM": predict(pool_ctas_per_sm=3),
-        "8 head groups, pooling in 2 CTAs per SM": predict(head_groups=8, pool_ctas_per_sm=2),
         "1 head group, 16 rows/CTA, 3xTF32 tensor-core scores": predict(head_groups=1, rows_per_cta=16,
                                                                          tensor_scores=True),
     }
@@ -154,8 +150,6 @@ def bench_shape(name: str, iters: int) -> list[str]:
     cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws)
     t_pool = graph_ms(lambda: cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws), iters)
     t_pool_nhd = graph_ms(lambda: cuda_mask.pool(q_nhd, k_nhd, BLOCK_Q, BLOCK_K, ws), iters)
-    t_pool_ctas = {c: graph_ms(lambda c=c: cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws, ctas_per_sm=c), iters)
-                   for c in (1, 2, 3)}
     cuda_mask.pool(q, k, BLOCK_Q, BLOCK_K, ws)
     t_select = {
         (r, c, ts, rr): graph_ms(lambda r=r, c=c, ts=ts, rr=rr: cuda_mask.select(
@@ -192,7 +186,6 @@ def bench_shape(name: str, iters: int) -> list[str]:
         *(row(f"sparge CUDA predict, {label}, graph", t, gbytes, True) for label, t in t_graph.items()),
         row("launch 1: pool Q and K (HND), graph", t_pool, gbytes),
         row("launch 1: pool Q and K (NHD), graph", t_pool_nhd, gbytes),
-        *(row(f"launch 1: pool Q and K (HND), {c} CTA(s) per SM, graph", t, gbytes) for c, t in t_pool_ctas.items()),
         *(row(f"launch 2: scores + softmax + Top-k/Top-p, {r} rows/CTA{'' if c else ', compact=False'}"
               f"{', 3xTF32 tensor-core scores' if ts else ''}{', rows in registers' if rr else ''}, graph", t, None)
           for (r, c, ts, rr), t in t_select.items()),

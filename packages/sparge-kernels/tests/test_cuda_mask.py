@@ -222,14 +222,11 @@ def test_keep_all(topk, topp):
         {"head_groups": 5, "rows_per_cta": 8, "tail_rows_per_cta": 0},
         {"head_groups": 1, "rows_per_cta": 8, "register_rows": True},
         {"head_groups": 3, "rows_per_cta": 16, "register_rows": True, "compact": False},
-        {"head_groups": 1, "pool_ctas_per_sm": 1},
-        {"head_groups": 4, "rows_per_cta": 16, "pool_ctas_per_sm": 2},
     ],
     ids=str,
 )
 def test_tuning_variants_agree(tuning):
-    """Head groups (overlap on a side stream), CTA sizes, candidate gathering and the pooling grid never change the
-    result."""
+    """Head groups (overlap on a side stream), CTA sizes and candidate gathering never change the result."""
     q, k = make_qk(2, 5, 3000, 5000, 128, seed=1, layout="NHD")
     scale = 128 ** -0.5
     base = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, head_groups=1, rows_per_cta=16)
@@ -326,10 +323,8 @@ def test_many_exact_ties(compact):
         assert ((dense.sum(-1) - expected).abs() <= 1).all()
 
 
-@pytest.mark.parametrize("ctas_per_sm", [0, 1], ids=["warp-per-block", "one-cta-per-sm"])
-def test_pooled_means_and_stages_with_poisoned_workspace(ctas_per_sm):
-    """The three launches one by one, every intermediate NaN/garbage-filled first; pooled means vs float64 (the
-    pooling grid of one warp per block, and the grid-stride one of one CTA per SM)."""
+def test_pooled_means_and_stages_with_poisoned_workspace():
+    """The three launches one by one, every intermediate NaN/garbage-filled first; pooled means vs float64."""
     q, k = make_qk(2, 3, 1000, 1500, 128, layout="NHD", seed=4)
     b, h, lq, d = q.shape
     nq, nk = num_blocks(lq, 128), num_blocks(k.shape[2], 64)
@@ -337,7 +332,7 @@ def test_pooled_means_and_stages_with_poisoned_workspace(ctas_per_sm):
     ws.q_pooled.fill_(float("nan"))
     ws.k_pooled_t.fill_(float("nan"))
     ws.row_bits.fill_(-1)
-    cuda_mask.pool(q, k, 128, 64, ws, ctas_per_sm=ctas_per_sm)
+    cuda_mask.pool(q, k, 128, 64, ws)
     torch.cuda.synchronize()
     qp64 = reference.mean_pool_blocks(q.double(), 128)
     kp64 = reference.mean_pool_blocks(k.double(), 64)
@@ -349,12 +344,6 @@ def test_pooled_means_and_stages_with_poisoned_workspace(ctas_per_sm):
     torch.cuda.synchronize()
     dense = check_encoding(*out)
     check_semantics(q, k, dense, 0.03, 0.2, 128, 64, 0.1)
-
-
-def test_pool_ctas_per_sm_out_of_range_is_refused():
-    q, k = make_qk(1, 1, 256, 256, 64)
-    with pytest.raises(ValueError, match="pool_ctas_per_sm"):
-        cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 0.125, pool_ctas_per_sm=9)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])

@@ -43,9 +43,9 @@ sparge::mask::StridedTokens tokens(TensorArg const& t, int block) {
   return {t.data, t.stride[0], t.stride[1], t.stride[2], length, block, block > 0 ? (length + block - 1) / block : 0};
 }
 
-// q, k: (B, H, L, D); q_pooled (B, H, Nq, D); k_pooled_t (B, H, D, k_ld); ctas_per_sm: PoolParams::ctas_per_sm.
+// q, k: (B, H, L, D); q_pooled (B, H, Nq, D); k_pooled_t (B, H, D, k_ld).
 sparge::mask::PoolParams pool_params(TensorArg const& q, TensorArg const& k, int block_q, int block_k,
-                                     TensorArg const& q_pooled, TensorArg const& k_pooled_t, int ctas_per_sm) {
+                                     TensorArg const& q_pooled, TensorArg const& k_pooled_t) {
   require_rank("q", q, 4);
   require_rank("k", k, 4);
   require_rank("k_pooled_t", k_pooled_t, 4);
@@ -57,7 +57,6 @@ sparge::mask::PoolParams pool_params(TensorArg const& q, TensorArg const& k, int
   p.q_pooled = q_pooled.ptr<float>();
   p.k_pooled_t = k_pooled_t.ptr<float>();
   p.k_ld = int(k_pooled_t.size(-1));
-  p.ctas_per_sm = ctas_per_sm;
   return p;
 }
 
@@ -118,9 +117,9 @@ void bind_mask_prediction(nb::module_& m) {
          int compact, TensorArg const& q_pooled, TensorArg const& k_pooled_t, TensorArg const& row_bits,
          TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count, TensorArg const& q_index,
          int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream, int tensor_scores,
-         int register_rows, int pool_ctas_per_sm) {
+         int register_rows) {
         sparge::mask::launch_predict(
-            pool_params(q, k, block_q, block_k, q_pooled, k_pooled_t, pool_ctas_per_sm),
+            pool_params(q, k, block_q, block_k, q_pooled, k_pooled_t),
             select_params(q_pooled, k_pooled_t, scale, topk_count, topp, compact, tensor_scores, register_rows,
                           kv_count, kv_index, row_bits),
             transpose_params(row_bits, q_count, q_index), q.dtype, head_groups, rows_per_cta, tail_rows_per_cta,
@@ -129,18 +128,16 @@ void bind_mask_prediction(nb::module_& m) {
       "q"_a, "k"_a, "block_q"_a, "block_k"_a, "scale"_a, "topk_count"_a, "topp"_a, "compact"_a, "q_pooled"_a,
       "k_pooled_t"_a, "row_bits"_a, "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "head_groups"_a,
       "rows_per_cta"_a, "tail_rows_per_cta"_a, "stream"_a, "tensor_scores"_a = 0, "register_rows"_a = 0,
-      "pool_ctas_per_sm"_a = 0,
       "Whole mask prediction: pool, select, transpose; head_groups > 1 overlaps selection with pooling on a "
       "high-priority side stream. q, k: float16, bfloat16 or float32 (B, H, L, D) with unit stride along D.");
 
   m.def(
       "mask_pool_blocks",
       [](TensorArg const& q, TensorArg const& k, int block_q, int block_k, TensorArg const& q_pooled,
-         TensorArg const& k_pooled_t, std::uintptr_t stream, int ctas_per_sm) {
-        sparge::mask::launch_pool_blocks(pool_params(q, k, block_q, block_k, q_pooled, k_pooled_t, ctas_per_sm),
-                                         q.dtype, stream);
+         TensorArg const& k_pooled_t, std::uintptr_t stream) {
+        sparge::mask::launch_pool_blocks(pool_params(q, k, block_q, block_k, q_pooled, k_pooled_t), q.dtype, stream);
       },
-      "q"_a, "k"_a, "block_q"_a, "block_k"_a, "q_pooled"_a, "k_pooled_t"_a, "stream"_a, "ctas_per_sm"_a = 0,
+      "q"_a, "k"_a, "block_q"_a, "block_k"_a, "q_pooled"_a, "k_pooled_t"_a, "stream"_a,
       "Stage 1: block means of Q (B,H,Lq,D) and K into q_pooled (B,H,Nq,D) and k_pooled_t (B,H,D,k_ld), fp32.");
 
   m.def(

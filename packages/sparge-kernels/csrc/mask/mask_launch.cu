@@ -55,15 +55,8 @@ void launch_after_previous(void (*kernel)(Params), dim3 grid, int block, size_t 
 
 template <typename Elem, int kVec>
 void launch_pool_typed(const PoolParams& p, int64_t tasks, cudaStream_t stream) {
-  const int64_t one_warp_per_task = (tasks + kPoolWarps - 1) / kPoolWarps;
-  if (p.ctas_per_sm == 0) {
-    pool_blocks_kernel<Elem, kVec, false><<<dim3(static_cast<unsigned>(one_warp_per_task)), kPoolThreads, 0,
-                                             stream>>>(p);
-    return;
-  }
-  const int64_t capped = int64_t(p.ctas_per_sm) * current_device_sms();
-  const dim3 grid(static_cast<unsigned>(capped < one_warp_per_task ? capped : one_warp_per_task));
-  pool_blocks_kernel<Elem, kVec, true><<<grid, kPoolThreads, 0, stream>>>(p);
+  const dim3 grid(static_cast<unsigned>((tasks + kPoolWarps - 1) / kPoolWarps));  // one warp per block task
+  pool_blocks_kernel<Elem, kVec><<<grid, kPoolThreads, 0, stream>>>(p);
 }
 
 template <typename Elem>
@@ -169,9 +162,6 @@ void launch_pool_blocks(const PoolParams& p, DType dtype, std::uintptr_t stream)
     SPARGE_REQUIRE(t->num_blocks == (t->length + t->block - 1) / t->block, "mask pooling: num_blocks mismatch");
   }
   SPARGE_REQUIRE(p.k_ld >= p.k.num_blocks, "mask pooling: k_ld < Nk");
-  SPARGE_REQUIRE(p.ctas_per_sm >= 0 && p.ctas_per_sm <= 8,
-                 "mask pooling: pool_ctas_per_sm must be 0 (one warp per block) or 1..8, got " +
-                     std::to_string(p.ctas_per_sm));
   const int64_t tasks = int64_t(p.batch) * p.group_heads * (int64_t(p.q.num_blocks) + p.k.num_blocks);
   SPARGE_REQUIRE(tasks <= 0x7fffffff, "mask pooling: too many blocks for one launch");
   const cudaStream_t s = as_stream(stream);

@@ -28,10 +28,6 @@ struct PoolParams {
   float* q_pooled;    // (B, H, Nq, D) row-major
   float* k_pooled_t;  // (B, H, D, k_ld): transposed so that the score loop reads key blocks coalesced
   int k_ld;           // >= Nk
-  // 0: one warp per block task (a grid of B·G·(Nq + Nk) / 8 CTAs). k > 0: at most k CTAs per SM, each warp taking
-  // every (grid warps)-th task: a fixed footprint that leaves room on every SM for the selection CTAs of the
-  // previous head group (launch_predict's overlap; opt-in until measured).
-  int ctas_per_sm = 0;
 };
 
 // Kernel 2: scores, softmax and the hybrid Top-k ∪ Top-p selection per query block, writing kv_* directly.

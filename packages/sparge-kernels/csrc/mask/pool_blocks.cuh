@@ -203,22 +203,15 @@ __device__ __forceinline__ void pool_block(const PoolParams& p, uint32_t task, u
   }
 }
 
-// kGridStride false: one warp per block task, grid = ceil(tasks / kPoolWarps) CTAs of kPoolThreads (a grid-stride
-// loop over all the CTAs resident at once was slower alone on the H200: mask_pool_pdl_h200_2026-12-03.md). true:
-// a smaller grid (PoolParams::ctas_per_sm), each warp taking tasks warp, warp + grid warps, ... .
-template <typename Elem, int kVec, bool kGridStride, int kUnroll = kPoolUnroll>
+// One warp per block task: grid = ceil(tasks / kPoolWarps) CTAs of kPoolThreads. (A grid-stride loop over
+// the CTAs resident at once was slower on the H200: mask_pool_pdl_h200_2026-12-03.md.)
+template <typename Elem, int kVec, int kUnroll = kPoolUnroll>
 __global__ void __launch_bounds__(kPoolThreads) pool_blocks_kernel(const PoolParams p) {
   // 32-bit task arithmetic (no 64-bit division call): the launcher keeps B·G·(Nq + Nk) <= INT32_MAX.
   const uint32_t q_tasks = uint32_t(p.batch) * p.group_heads * p.q.num_blocks;
   const uint32_t tasks = q_tasks + uint32_t(p.batch) * p.group_heads * p.k.num_blocks;
-  uint32_t task = blockIdx.x * kPoolWarps + (threadIdx.x >> 5);
-  if constexpr (!kGridStride) {
-    if (task < tasks) pool_block<Elem, kVec, kUnroll>(p, task, q_tasks, int(threadIdx.x & 31));  // warp-uniform
-  } else {
-    for (; task < tasks; task += gridDim.x * kPoolWarps) {
-      pool_block<Elem, kVec, kUnroll>(p, task, q_tasks, int(threadIdx.x & 31));
-    }
-  }
+  const uint32_t task = blockIdx.x * kPoolWarps + (threadIdx.x >> 5);
+  if (task < tasks) pool_block<Elem, kVec, kUnroll>(p, task, q_tasks, int(threadIdx.x & 31));  // warp-uniform
 }
 
 }  // namespace sparge::mask

@@ -58,13 +58,12 @@ class MaskWorkspace:
         return cls(q_pooled, k_pooled_t, row_bits.view(torch.int32))
 
 
-def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskWorkspace, ctas_per_sm: int = 0) -> None:
+def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskWorkspace) -> None:
     """Launch 1: block means of q and k (HND views, D stride 1) into ws.q_pooled / ws.k_pooled_t."""
     for name, t in (("q", q), ("k", k)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must have unit stride along D for the pooling kernel, got {t.stride()}")
-    _C.mask_pool_blocks(q, k, block_q, block_k, ws.q_pooled, ws.k_pooled_t, current_stream(q.device),
-                        ctas_per_sm=int(ctas_per_sm))
+    _C.mask_pool_blocks(q, k, block_q, block_k, ws.q_pooled, ws.k_pooled_t, current_stream(q.device))
 
 
 def select(
@@ -132,7 +131,6 @@ def predict(
     compact: bool = True,
     tensor_scores: bool | None = None,
     register_rows: bool | None = None,
-    pool_ctas_per_sm: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
@@ -141,12 +139,9 @@ def predict(
     Tuning (results never depend on it): `head_groups` (0: automatic, 1: no overlap), `rows_per_cta` (0, 4,
     8, 16, 32: query blocks per selection CTA, 0 automatic), `tail_rows_per_cta` for the last group (0: as
     rows_per_cta; None: `default_tail_rows_per_cta`),
-    `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end),
+    `compact` (resolve the last <= 32 candidates in registers instead of bisecting to the end) and
     `register_rows` (each warp keeps its score row in registers during the selection where Nk <= 512, or
-    Nk <= 1280 with at most 16 rows per CTA; else in shared memory; None: `default_register_rows`) and
-    `pool_ctas_per_sm` (0: the pooling launch has one warp per block; 1..8: at most that many pooling CTAs per SM,
-    a footprint that leaves room beside them for the previous head group's selection CTAs; opt-in, not yet run
-    on a GPU).
+    Nk <= 1280 with at most 16 rows per CTA; else in shared memory; None: `default_register_rows`).
     `tensor_scores`: the pooled scores by 3xTF32 tensor-core MMAs (True) or fp32 FMAs (False); None picks by size
     (`default_tensor_scores`). Not a pure tuning knob: the scores round differently, so decisions may differ
     between the two where they lie within the rounding band that tests/test_cuda_mask.py allows. Within one
@@ -201,7 +196,7 @@ def predict(
             q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
             ws.q_pooled, ws.k_pooled_t, ws.row_bits, kv_count, kv_index, q_count, q_index,
             int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), current_stream(device),
-            tensor_scores=int(tensor_scores), register_rows=int(register_rows), pool_ctas_per_sm=int(pool_ctas_per_sm),
+            tensor_scores=int(tensor_scores), register_rows=int(register_rows),
         )
     return kv_count, kv_index, q_count, q_index
 
