@@ -2,7 +2,8 @@
 // kept K/V blocks kv_index[b, h, i, :kv_count], two per smem stage (kept blocks 2s and 2s + 1 in the stage's key
 // rows [0, 64) and [64, 128)), into a ring of stages (mbarrier pipeline); the two consumer warpgroups run
 // S = Q·Kᵀ over the stage's 128 keys (wgmma, both operands in smem), the online softmax, and O += P·V (wgmma,
-// P from registers), releasing each stage as soon as its operand has been read. Both sides take their ring
+// P from registers), with stage s + 1's Q·Kᵀ and softmax overlapping stage s's P·V, releasing each stage as soon
+// as its operand has been read. Both sides take their ring
 // position by reference: the persistent CTA (kernel_fwd_sm90.h) carries it from tile to tile.
 #pragma once
 
@@ -94,23 +95,51 @@ struct MainloopFwdSm90 : WarpSpecializedCtaSm90 {
     Tensor acc_o_rowcol = make_tensor(acc_o.data(), accumulator_as_rowcol(acc_o.layout()));
 
     const int kv_count = walk.trip_count();
-    if (kv_count > 0) wait_tile_barrier(&ss.barrier_q, q_phase);
-    for (int slot = 0; slot < kv_count; slot += Traits::kBlocksPerStage) {
-      Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<Traits::kStageKeys>>{});
-      pipeline_k.consumer_wait(read);
-      wgmma_gemm</*kZeroInit=*/true>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), acc_s);
-      pipeline_k.consumer_release(read);
+    if (kv_count <= 0) return;
+    wait_tile_barrier(&ss.barrier_q, q_phase);
+    // S = Q·Kᵀ of the stage at `read`, masked and taken into the online softmax; returns the output's rescale.
+    auto scores_of_stage = [&](auto& acc_s, int slot) {
       if (slot + Traits::kBlocksPerStage >= kv_count) cutlass::arch::ClusterBarrier::arrive(&ss.barrier_q_free);
-
       const int valid_b = slot + 1 < kv_count ? walk.valid(slot + 1) : 0;  // 0: the second half is a repeat
-      Tensor probs =
-          softmax_block_pair<Element, kBlockN>(softmax, acc_s, tScS, walk.valid(slot), valid_b, acc_o_rowcol);
-      Tensor tOrP = make_tensor(probs.data(), accumulator_as_a_operand(probs.layout()));
-      pipeline_v.consumer_wait(read);
-      wgmma_gemm</*kZeroInit=*/false>(mma_pv, tOrP, tOrV(_, _, _, read.index()), acc_o);
-      pipeline_v.consumer_release(read);
+      return softmax_block_pair_scores<kBlockN>(softmax, acc_s, tScS, walk.valid(slot), valid_b);
+    };
+
+    // Stage 0: its scores alone (O is still zero: no rescale).
+    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<Traits::kStageKeys>>{});
+    pipeline_k.consumer_wait(read);
+    wgmma_gemm</*kZeroInit=*/true>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), acc_s);
+    pipeline_k.consumer_release(read);
+    scores_of_stage(acc_s, 0);
+    Tensor probs = convert_fragment<Element>(acc_s);
+    Tensor tOrP = make_tensor(probs.data(), accumulator_as_a_operand(probs.layout()));
+    auto read_v = read;  // the stage whose P·V is next
+    ++read;
+
+    // Each later stage (FA3's intra-warpgroup overlap): its Q·Kᵀ and the previous stage's P·V are issued
+    // together, and its softmax runs while that P·V is still in flight; O is rescaled once the P·V has completed.
+    for (int slot = Traits::kBlocksPerStage; slot < kv_count; slot += Traits::kBlocksPerStage) {
+      pipeline_k.consumer_wait(read);
+      wgmma_issue</*kZeroInit=*/true>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), acc_s);
+      pipeline_v.consumer_wait(read_v);
+      wgmma_issue</*kZeroInit=*/false>(mma_pv, tOrP, tOrV(_, _, _, read_v.index()), acc_o);
+      warpgroup_wait<1>();  // the Q·Kᵀ (committed first)
+      wgmma_done(acc_s);
+      pipeline_k.consumer_release(read);
+      const auto rescale = scores_of_stage(acc_s, slot);
+      warpgroup_wait<0>();  // the P·V
+      wgmma_done(acc_o);
+      warpgroup_fence_operand(probs);
+      pipeline_v.consumer_release(read_v);
+      Softmax::rescale_output(acc_o_rowcol, rescale);
+      convert_fragment(acc_s, probs);
+      read_v = read;
       ++read;
     }
+
+    // The last stage's P·V.
+    pipeline_v.consumer_wait(read_v);
+    wgmma_gemm</*kZeroInit=*/false>(mma_pv, tOrP, tOrV(_, _, _, read_v.index()), acc_o);
+    pipeline_v.consumer_release(read_v);
   }
 };
 

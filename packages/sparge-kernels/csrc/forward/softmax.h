@@ -27,10 +27,12 @@ struct OnlineSoftmax {
   }
 
   // scores: (kRows, cols) raw q·k (masked entries -inf), overwritten with the unnormalised probabilities.
-  // out: (kRows, head dim) running output, rescaled to the new max.
-  template <class Scores, class Out>
-  __device__ __forceinline__ void update(Scores& scores, Out& out) {
+  // Returns each row's factor for the running output (rescale_output), which may be applied later: the Hopper
+  // mainloop applies it once the previous stage's O += P·V, in flight meanwhile, has completed.
+  template <class Scores>
+  __device__ __forceinline__ RowVector update_scores(Scores& scores) {
     static_assert(decltype(size<0>(scores))::value == kRows);
+    RowVector rescale;
     CUTE_UNROLL
     for (int mi = 0; mi < kRows; ++mi) {
       float block_max = row_max(mi);
@@ -39,11 +41,9 @@ struct OnlineSoftmax {
       block_max = quad_allreduce(block_max, MaxOp{});
       // A row that has seen only -inf keeps max -inf; use 0 as its offset so exp2 gives 0, never NaN.
       const float max_scaled = block_max == -INFINITY ? 0.f : block_max * scale_log2;
-      const float rescale = exp2f(row_max(mi) * scale_log2 - max_scaled);  // 0 when the old max is -inf
+      rescale(mi) = exp2f(row_max(mi) * scale_log2 - max_scaled);  // 0 when the old max is -inf
       row_max(mi) = block_max;
-      row_sum(mi) *= rescale;
-      CUTE_UNROLL
-      for (int di = 0; di < size<1>(out); ++di) out(mi, di) *= rescale;
+      row_sum(mi) *= rescale(mi);
       float sum = 0.f;
       CUTE_UNROLL
       for (int ni = 0; ni < size<1>(scores); ++ni) {
@@ -53,6 +53,23 @@ struct OnlineSoftmax {
       }
       row_sum(mi) += sum;
     }
+    return rescale;
+  }
+
+  // out: (kRows, head dim) running output, brought to the max of the update_scores call that gave `rescale`.
+  template <class Out>
+  __device__ __forceinline__ static void rescale_output(Out& out, RowVector const& rescale) {
+    CUTE_UNROLL
+    for (int mi = 0; mi < kRows; ++mi) {
+      CUTE_UNROLL
+      for (int di = 0; di < size<1>(out); ++di) out(mi, di) *= rescale(mi);
+    }
+  }
+
+  // Both at once (the SM80 mainloop).
+  template <class Scores, class Out>
+  __device__ __forceinline__ void update(Scores& scores, Out& out) {
+    rescale_output(out, update_scores(scores));
   }
 
   // Normalises out and returns each row's log-sum-exp (natural log, of scale·q·k). A row with no kept key
@@ -94,13 +111,16 @@ __device__ __forceinline__ auto softmax_block(Softmax& softmax, AccS& acc_s, Coo
 
 // A stage of two kept blocks (the SM90 mainloop; columns [0, kBlockN) and [kBlockN, 2 kBlockN)): each half is
 // masked past its own valid count (valid_b = 0: the stage has one block and its second half is a repeat, all
-// -inf), then softmax_probs. A stage's -inf entries give p = 0, never NaN: the online softmax keeps a row's max
-// finite once one key was valid, and offsets a row that has seen only -inf by 0.
-template <class Element, int kBlockN, class Softmax, class AccS, class Coord, class AccORowCol>
-__device__ __forceinline__ auto softmax_block_pair(Softmax& softmax, AccS& acc_s, Coord const& tScS, int valid_a,
-                                                   int valid_b, AccORowCol& acc_o_rowcol) {
+// -inf), then the online softmax takes the scores (acc_s now holds the unnormalised probabilities) and returns
+// the rows' output rescale factors, for the caller to apply once the output is not in a GEMM. A stage's -inf
+// entries give p = 0, never NaN: the online softmax keeps a row's max finite once one key was valid, and offsets a
+// row that has seen only -inf by 0.
+template <int kBlockN, class Softmax, class AccS, class Coord>
+__device__ __forceinline__ auto softmax_block_pair_scores(Softmax& softmax, AccS& acc_s, Coord const& tScS,
+                                                          int valid_a, int valid_b) {
   if (valid_a < kBlockN || valid_b < kBlockN) mask_pair_tail_cols<kBlockN>(acc_s, tScS, valid_a, valid_b, -INFINITY);
-  return softmax_probs<Element>(softmax, acc_s, acc_o_rowcol);
+  Tensor scores = make_tensor(acc_s.data(), accumulator_as_rowcol(acc_s.layout()));
+  return softmax.update_scores(scores);
 }
 
 }  // namespace sparge::fwd
