@@ -1,7 +1,7 @@
 // Picks the backward for a head dim, dtype and path: the SM80 mma.sync kernels, or the Hopper warp-specialised
-// dK/dV kernel (wgmma + TMA; in deterministic mode without dQ, followed by the SM80 dQ kernel). The instantiations live in csrc/instantiations/ and are compiled only for the head dims and
-// dtypes selected at build time (SPARGE_HDIM_*, SPARGE_DTYPE_*), the Hopper ones only for a 90a build
-// (SPARGE_ARCH_90A).
+// dK/dV kernel (wgmma + TMA; in deterministic mode without dQ, followed by the SM80 dQ kernel). The
+// instantiations live in csrc/instantiations/ and are compiled only for the head dims and dtypes selected at build
+// time (SPARGE_HDIM_*, SPARGE_DTYPE_*), the Hopper ones only for a 90a build (SPARGE_ARCH_90A).
 #include <cuda_runtime_api.h>
 
 #include "backward/backward_api.h"

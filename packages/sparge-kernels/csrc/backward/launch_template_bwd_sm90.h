@@ -3,8 +3,9 @@
 // atomic mode, fragment order after the bulk mode (p.dq_bulk_reduce, KernelOptions.dq_accumulate == "bulk").
 // p.tile_counter set (KernelOptions.backward_schedule == "persistent"): the dK/dV kernel runs one CTA per SM, taking
 // key blocks from that counter, zeroed here on the stream.
-// Deterministic mode (wherever the Hopper path runs, dispatch_backward.cpp): preprocess, the dK/dV kernel without dQ (one
-// CTA per key block), then the SM80 per-query-block dQ kernel (run_sm80_dq, from the sm80 instantiation file).
+// Deterministic mode (wherever the Hopper path runs, dispatch_backward.cpp): preprocess, the dK/dV kernel without
+// dQ (one CTA per key block), then the SM80 per-query-block dQ kernel (run_sm80_dq, from the sm80 instantiation
+// file).
 // Included only by the generated csrc/instantiations/bwd_hdim<D>_<dtype>_sm90.cu files.
 #pragma once
 

@@ -3,8 +3,8 @@
 // rows [0, 64) and [64, 128)), into a ring of stages (mbarrier pipeline); the two consumer warpgroups run
 // S = Q·Kᵀ over the stage's 128 keys (wgmma, both operands in smem), the online softmax, and O += P·V (wgmma,
 // P from registers), with stage s + 1's Q·Kᵀ and softmax overlapping stage s's P·V, releasing each stage as soon
-// as its operand has been read. Both sides take their ring
-// position by reference: the persistent CTA (kernel_fwd_sm90.h) carries it from tile to tile.
+// as its operand has been read. Both sides take their ring position by reference: the persistent CTA
+// (kernel_fwd_sm90.h) carries it from tile to tile.
 #pragma once
 
 #include <cute/tensor.hpp>

@@ -43,7 +43,7 @@ class KernelOptions:
         fragments into a fragment-ordered buffer, or atomics into the row-major one).
     debug_fill: None, or a float written into every output before the launch, so elements a kernel fails to write
         stay detectable (the tests poison with NaN).
-    backward_path: the dK/dV kernel of the default (non-deterministic) backward: "sm80" (mma.sync), "sm90" (the
+    backward_path: the backward's dK/dV kernel (in both modes): "sm80" (mma.sync), "sm90" (the
         warp-specialised Hopper wgmma/TMA kernel: an sm_90 GPU and a build for 90a, else an error) or "auto".
         "auto" picks "sm90" where it can run (sm_90 GPU, 90a build, TMA-walkable strides), else "sm80".
         deterministic=True on the Hopper path runs the Hopper dK/dV kernel without dQ, then the SM80
