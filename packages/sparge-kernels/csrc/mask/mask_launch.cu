@@ -72,7 +72,7 @@ void dispatch_pool_width(const PoolParams& p, int vec, int64_t tasks, cudaStream
 
 template <int kRows, class Kernel>
 void launch_select_kernel(Kernel kernel, const SelectParams& p, cudaStream_t stream) {
-  const size_t smem = select_smem_bytes<kRows>(p.head_dim, p.num_k_blocks);
+  const size_t smem = select_smem_bytes<kRows>(p.head_dim, p.num_k_blocks, p.tensor_scores != 0);
   if (smem > 48 * 1024) {
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
@@ -191,11 +191,12 @@ void launch_select_blocks(const SelectParams& p, int rows_per_cta, std::uintptr_
   SPARGE_REQUIRE(p.k_ld >= p.num_k_blocks, "mask selection: k_ld < Nk");
   check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
   const size_t limit = size_t(max_dynamic_smem());
+  const bool tensor = p.tensor_scores != 0;
   auto smem_for = [&](int rows) {
-    return rows == 32   ? select_smem_bytes<32>(p.head_dim, p.num_k_blocks)
-           : rows == 16 ? select_smem_bytes<16>(p.head_dim, p.num_k_blocks)
-           : rows == 8  ? select_smem_bytes<8>(p.head_dim, p.num_k_blocks)
-                        : select_smem_bytes<4>(p.head_dim, p.num_k_blocks);
+    return rows == 32   ? select_smem_bytes<32>(p.head_dim, p.num_k_blocks, tensor)
+           : rows == 16 ? select_smem_bytes<16>(p.head_dim, p.num_k_blocks, tensor)
+           : rows == 8  ? select_smem_bytes<8>(p.head_dim, p.num_k_blocks, tensor)
+                        : select_smem_bytes<4>(p.head_dim, p.num_k_blocks, tensor);
   };
   if (rows_per_cta == 0) {
     rows_per_cta = default_rows_per_cta(p);

@@ -19,9 +19,16 @@ constexpr int kDChunk = 8;     // head-dim steps per register prefetch
 
 __host__ __device__ constexpr int padded_head_dim(int head_dim) { return (head_dim + kDChunk - 1) / kDChunk * kDChunk; }
 
+// Shared memory: the staged queries (fp32 [dp][kRows] for FMA scores, TF32 A fragments for tensor-core ones),
+// scores [kRows][Nk], per-warp candidate scratch [warps][kCandidates].
 template <int kRows>
-constexpr size_t select_smem_bytes(int head_dim, int num_k_blocks) {
-  return sizeof(float) * (size_t(padded_head_dim(head_dim)) * kRows + size_t(kRows) * num_k_blocks +
+constexpr size_t query_stage_words(int head_dim, bool tensor_scores) {
+  return tensor_scores ? size_t(query_fragment_words<kRows>(head_dim)) : size_t(padded_head_dim(head_dim)) * kRows;
+}
+
+template <int kRows>
+constexpr size_t select_smem_bytes(int head_dim, int num_k_blocks, bool tensor_scores) {
+  return sizeof(float) * (query_stage_words<kRows>(head_dim, tensor_scores) + size_t(kRows) * num_k_blocks +
                           size_t(kSelectWarps) * kCandidates);
 }
 
@@ -81,9 +88,8 @@ __device__ __forceinline__ void scores_fma(const float* q_t, const float* k_src,
   }
 }
 
-// One CTA: kRows query blocks of one (b, h). Shared memory: pooled queries transposed [D][kRows], scores
-// [kRows][Nk], per-warp candidate scratch [warps][kCandidates]. kTensorScores: the scores by 3xTF32 mma.sync
-// (scores_mma.cuh) instead of fp32 FMAs. kRowWords > 0: each warp loads its row into kRowWords registers per lane
+// One CTA: kRows query blocks of one (b, h); shared memory as select_smem_bytes says. kTensorScores: the scores
+// by 3xTF32 mma.sync (scores_mma.cuh) instead of fp32 FMAs. kRowWords > 0: each warp loads its row into kRowWords registers per lane
 // (Nk <= 32 kRowWords) for the selection's passes; 0: the passes read and rewrite it in shared memory. Same result.
 template <int kRows, bool kTensorScores, int kRowWords>
 __device__ __forceinline__ void select_blocks(const SelectParams& p) {
@@ -93,27 +99,28 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   const int head_dim = p.head_dim;
   const int dp = padded_head_dim(head_dim);
   const int nq = p.num_q_blocks, nk = p.num_k_blocks;
-  float* scores = q_t + dp * kRows;
+  float* scores = q_t + query_stage_words<kRows>(head_dim, kTensorScores);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int q0 = blockIdx.x * kRows;
   const int64_t bh = int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y;
   wait_for_previous_kernel();  // the pooled blocks
 
-  // Pooled queries, transposed so one float4 broadcast gives 4 rows at one d; zero rows/columns pad.
+  // Scores [kRows][Nk], scaled, from the pooled queries staged in shared memory.
   const float* q_src = p.q_pooled + bh * nq * head_dim;
-  for (int idx = tid; idx < kRows * dp; idx += kSelectThreads) {
-    const int r = idx / dp, d = idx - r * dp;
-    q_t[d * kRows + r] = (q0 + r < nq && d < head_dim) ? q_src[int64_t(q0 + r) * head_dim + d] : 0.f;
-  }
-  __syncthreads();
-
-  // Scores [kRows][Nk], scaled.
   const float* k_src = p.k_pooled_t + bh * head_dim * p.k_ld;
   if constexpr (kTensorScores) {
-    scores_mma_tf32x3<kRows, kSelectWarps, kWarpKeys>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp,
-                                                      lane);
+    stage_query_fragments<kRows, kSelectThreads>(q_src, q0, nq, head_dim, reinterpret_cast<uint4*>(smem_f4), tid);
+    __syncthreads();
+    scores_mma_tf32x3<kRows, kSelectWarps, kWarpKeys>(reinterpret_cast<const uint4*>(smem_f4), k_src, p.k_ld,
+                                                      head_dim, nk, p.scale, scores, warp, lane);
   } else {
+    // Transposed so one float4 broadcast gives 4 rows at one d; zero rows/columns pad.
+    for (int idx = tid; idx < kRows * dp; idx += kSelectThreads) {
+      const int r = idx / dp, d = idx - r * dp;
+      q_t[d * kRows + r] = (q0 + r < nq && d < head_dim) ? q_src[int64_t(q0 + r) * head_dim + d] : 0.f;
+    }
+    __syncthreads();
     scores_fma<kRows>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
   }
   __syncthreads();

@@ -18,10 +18,11 @@
 
 namespace sparge::mask {
 
-// The kept set of a row: {j : bits_j > threshold} ∪ {first `take` j with bits_j == threshold}.
+// The kept set of a row: {j : bits_j > threshold} ∪ {first `take` j with bits_j == threshold}; `ties` entries
+// equal the threshold.
 struct RowCut {
   uint32_t threshold;
-  int take;
+  int take, ties;
 };
 
 // Bisection stops once at most this many entries lie in the search interval; they are then gathered (one per
@@ -145,7 +146,7 @@ __device__ __forceinline__ RowCut select_row(Row& row, int topk_count, float top
   const bool use_topp = topp > 0.f;
   auto holds = [&](int count, float mass) { return count >= topk_count && (!use_topp || mass >= topp); };
   // The whole row's mass can fall short of topp by rounding: then every entry is kept, as in the reference.
-  if (!holds(n, total)) return RowCut{0u, n};
+  if (!holds(n, total)) return RowCut{0u, n, n};
 
   // Invariant: P(lo) holds with count_lo entries >= lo; P(hi) fails with count_hi entries (mass_hi) >= hi.
   uint32_t lo = min_bits, hi = max_bits + 1u;
@@ -177,14 +178,19 @@ __device__ __forceinline__ RowCut select_row(Row& row, int topk_count, float top
   uint32_t cut = lo;
   const int in_range = count_lo - count_hi;
   if (hi - lo > 1u && in_range > 1) {
-    const uint32_t below = lanes_below(lane);
-    int gathered = 0;
-    row.for_each_word([&](int, int, uint32_t b, bool valid) {
-      const bool inside = valid && b >= lo && b < hi;
-      const uint32_t inside_mask = __ballot_sync(kFullWarp, inside);
-      const int slot = gathered + __popc(inside_mask & below);
-      if (inside && slot < kCandidates) scratch[slot] = b;
-      gathered += __popc(inside_mask);
+    // Each lane's entries in [lo, hi) go to consecutive slots after those of the lanes below it; the resolution
+    // below depends on the set only, up to the order of its fp32 mass sum (fixed by this layout).
+    const uint32_t width = hi - lo;
+    int own = 0;
+    row.for_each([&](uint32_t b) { own += int(b - lo < width); });
+    int slot = 0;  // entries in [lo, hi) owned by lower lanes: own < 64, summed bit by bit over the warp
+#pragma unroll
+    for (int bit = 0; bit < 6; ++bit) slot += __popc(__ballot_sync(kFullWarp, (own >> bit) & 1) & lanes_below(lane)) << bit;
+    row.for_each([&](uint32_t b) {
+      if (b - lo < width) {
+        if (slot < kCandidates) scratch[slot] = b;
+        ++slot;
+      }
     });
     __syncwarp();
     const bool valid = lane < in_range;
@@ -237,7 +243,7 @@ __device__ __forceinline__ RowCut select_row(Row& row, int topk_count, float top
       ++take_p;
     }
   }
-  return RowCut{cut, max(take_k, take_p)};
+  return RowCut{cut, max(take_k, take_p), ties};
 }
 
 // Writes one row of kv_index (kept key blocks ascending, then -1), its kv_count and its bitmask words, from the
@@ -248,22 +254,35 @@ __device__ __forceinline__ void write_row(Row const& row, RowCut cut, int32_t* i
   const int n = row.n, lane = row.lane;
   const int words = (n + 31) / 32;
   const uint32_t below = lanes_below(lane);
-  int kept = 0, ties_before = 0;
+  int kept = 0;
   uint32_t held_word = 0u;  // lane w holds word (c & ~31) + w until the group of 32 words is stored
-  row.for_each_word([&](int c, int j, uint32_t b, bool valid) {
-    const bool tie = valid && b == cut.threshold;
-    const uint32_t tie_mask = __ballot_sync(kFullWarp, tie);
-    const bool keep = (valid && b > cut.threshold) || (tie && ties_before + __popc(tie_mask & below) < cut.take);
-    ties_before += __popc(tie_mask);
-    const uint32_t keep_mask = __ballot_sync(kFullWarp, keep);
-    if (keep) index_row[kept + __popc(keep_mask & below)] = j;
-    kept += __popc(keep_mask);
-    if ((c & 31) == lane) held_word = keep_mask;
-    if ((c & 31) == 31 || c == words - 1) {
-      const int w = (c & ~31) + lane;
-      if (w <= c) bits_row[w] = held_word;
-    }
-  });
+  auto write_words = [&](auto&& keeps) {
+    row.for_each_word([&](int c, int j, uint32_t b, bool valid) {
+      const bool keep = keeps(b, valid);
+      const uint32_t keep_mask = __ballot_sync(kFullWarp, keep);
+      if (keep) index_row[kept + __popc(keep_mask & below)] = j;
+      kept += __popc(keep_mask);
+      if ((c & 31) == lane) held_word = keep_mask;
+      if ((c & 31) == 31 || c == words - 1) {
+        const int w = (c & ~31) + lane;
+        if (w <= c) bits_row[w] = held_word;
+      }
+    });
+  };
+  if (cut.take == 0 || cut.take >= cut.ties) {
+    // Every entry equal to the threshold is kept, or none: one comparison per entry (the usual case).
+    const uint32_t least_kept = cut.take == 0 ? cut.threshold + 1u : cut.threshold;
+    write_words([&](uint32_t b, bool valid) { return valid && b >= least_kept; });
+  } else {
+    int ties_before = 0;
+    write_words([&](uint32_t b, bool valid) {
+      const bool tie = valid && b == cut.threshold;
+      const uint32_t tie_mask = __ballot_sync(kFullWarp, tie);
+      const bool keep = (valid && b > cut.threshold) || (tie && ties_before + __popc(tie_mask & below) < cut.take);
+      ties_before += __popc(tie_mask);
+      return keep;
+    });
+  }
   for (int j = kept + lane; j < n; j += 32) index_row[j] = -1;
   if (lane == 0) *count_out = kept;
 }
