@@ -65,6 +65,8 @@ def test_mask_defaults_are_the_measured_choices_for_the_wan_shapes():
     assert cuda_mask.default_head_groups(40, qk_14b) == 4 and cuda_mask.default_tensor_scores(qk_14b)
     assert cuda_mask.default_tail_rows_per_cta(True) == 0 and cuda_mask.default_tail_rows_per_cta(False) == 8
     assert cuda_mask.default_register_rows(512) and not cuda_mask.default_register_rows(1182)
+    assert cuda_mask.default_register_rows(1182, tensor_scores=True)
+    assert not cuda_mask.default_register_rows(1300, tensor_scores=True)
 
 
 @pytest.mark.skipif(cuda_mod._C is None, reason="sparge_kernels._C not built")

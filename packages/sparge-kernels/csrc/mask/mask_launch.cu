@@ -228,7 +228,7 @@ void launch_transpose_mask(const TransposeParams& p, std::uintptr_t stream) {
   SPARGE_REQUIRE(p.num_q_blocks > 0 && p.num_k_blocks > 0, "mask transpose: empty block grid");
   SPARGE_REQUIRE(p.bits_ld == (p.num_k_blocks + 31) / 32, "mask transpose: bits_ld must be ceil(Nk / 32)");
   check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
-  const size_t smem = sizeof(uint32_t) * size_t(p.num_q_blocks);
+  const size_t smem = transpose_smem_bytes(p.num_q_blocks);
   if (smem > 48 * 1024) {
     SPARGE_REQUIRE(smem <= size_t(max_dynamic_smem()), "mask transpose: too many query blocks for shared memory");
     SPARGE_CUDA_CHECK(

@@ -1,14 +1,12 @@
 // The selection kernel's scores on tensor cores (SelectParams::tensor_scores; cuda_mask.predict picks them for
 // Q+K >= 1 GiB): S = Q̄·K̄ᵀ·scale for the CTA's kRows pooled query blocks against all Nk pooled key blocks, by
-// mma.sync m16n8k8 TF32 in the "3xTF32" split: x = hi + lo with hi = x rounded to TF32, and
-// a·b ≈ hi_a·hi_b + hi_a·lo_b + lo_a·hi_b (the lo·lo term is below fp32 rounding of the sum). The error per
-// product is a few fp32 ulps of |a·b|: the selection's REL_TOL budget (1e-4 on probabilities,
-// tests/test_cuda_mask.py) holds, where plain TF32 (2^-11) would not.
+// mma.sync m16n8k8 TF32 in the "3xTF32" split: x = hi + lo, and a·b ≈ hi_a·hi_b + hi_a·lo_b + lo_a·hi_b (the
+// lo·lo term is below fp32 rounding of the sum). The error per product is about 2^-20 |a·b|: the selection's
+// REL_TOL budget (1e-4 on probabilities, tests/test_cuda_mask.py) holds, where plain TF32 (2^-11) would not.
 //
-// The queries are split once per CTA into A fragments in shared memory (stage_query_fragments); the keys are
-// split as they stream in from L2 with two integer operations and one subtraction (split_tf32_fast) instead of
-// cvt.rna, which sm_90 emulates in several instructions; and a 64-key tile inside Nk reads its 8 n-tiles at
-// immediate offsets of one row pointer. Measured: tools/results/mask_select_lean_h200_2026-12-04.md.
+// The queries are split once per CTA (hi rounded to nearest) into A fragments in shared memory
+// (stage_query_fragments); the keys as they stream in from L2, in two instructions each (tf32_low_part); a
+// 64-key tile inside Nk reads its 8 n-tiles at immediate offsets of one row pointer, two k-steps ahead. Measured: tools/results/mask_select_lean_h200_2026-12-04.md.
 #pragma once
 
 #include <cstdint>
@@ -28,12 +26,12 @@ __device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) 
   lo = to_tf32(x - __uint_as_float(hi));
 }
 
-// x = hi + lo exactly: hi = x rounded to 11 significant bits (half away from zero, on the bit pattern), so
-// |lo| <= 2^-11 |x|; lo goes to the MMA as fp32 bits, whose low 13 bits the TF32 MMA ignores, an error of at
-// most 2^-21 |x|. Finite x only (pooled means of finite inputs).
-__device__ __forceinline__ void split_tf32_fast(float x, uint32_t& hi, uint32_t& lo) {
-  hi = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
-  lo = __float_as_uint(x - __uint_as_float(hi));
+// The low part of x for the TF32 MMA, which reads an fp32 operand's bits as TF32 by ignoring the low 13 (so x
+// itself serves as hi = x truncated to 11 significant bits): lo = x - hi exactly, |lo| < 2^-10 |x|, and the MMA
+// truncates lo in turn, an error below 2^-20 |x|. Two instructions, against several for cvt.rna, which sm_90
+// emulates. Finite x only (pooled means of finite inputs).
+__device__ __forceinline__ uint32_t tf32_low_part(float x) {
+  return __float_as_uint(x - __uint_as_float(__float_as_uint(x) & 0xffffe000u));
 }
 
 // d += a · b for one m16n8k8 TF32 tile (A row-major 16x8: 4 registers, B col-major 8x8: 2, C/D 16x8: 4).
@@ -106,10 +104,9 @@ __device__ __forceinline__ void scores_mma_tf32x3(const uint4* frag, const float
 #pragma unroll
     for (int n = 0; n < kNTiles; ++n) col[n] = kInside ? tile + g + 8 * n : min(tile + g + 8 * n, nk - 1);
 
-    // B: this lane's two head-dim rows of each n-tile's key g (8 consecutive keys per d), loaded one k-step
-    // ahead so that the L2 latency hides behind the current step's MMAs.
-    float next[kNTiles][2];
-    auto load_b = [&](int ks) {
+    // B: this lane's two head-dim rows of each n-tile's key g (8 consecutive keys per d), loaded two k-steps
+    // ahead (two register buffers) so that the L2 latency hides behind the MMAs of the steps in between.
+    auto load_b = [&](float (&raw)[kNTiles][2], int ks) {
       const float* row0 = k_src + int64_t(min(8 * ks + t, head_dim - 1)) * k_ld;
       const float* row1 = k_src + int64_t(min(8 * ks + t + 4, head_dim - 1)) * k_ld;
       if constexpr (kInside) {
@@ -118,18 +115,22 @@ __device__ __forceinline__ void scores_mma_tf32x3(const uint4* frag, const float
       }
 #pragma unroll
       for (int n = 0; n < kNTiles; ++n) {
-        next[n][0] = __ldg(row0 + (kInside ? 8 * n : col[n]));
-        next[n][1] = __ldg(row1 + (kInside ? 8 * n : col[n]));
+        raw[n][0] = __ldg(row0 + (kInside ? 8 * n : col[n]));
+        raw[n][1] = __ldg(row1 + (kInside ? 8 * n : col[n]));
       }
     };
-    load_b(0);
-    for (int ks = 0; ks < ksteps; ++ks) {
+    // The low parts of step ks's raw B (the raw bits are the high parts), its buffer refilled with step ks + 2,
+    // then the step's MMAs.
+    auto step = [&](float (&raw)[kNTiles][2], int ks) {
       uint32_t b_hi[kNTiles][2], b_lo[kNTiles][2];
 #pragma unroll
       for (int n = 0; n < kNTiles; ++n)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) split_tf32_fast(next[n][half], b_hi[n][half], b_lo[n][half]);
-      if (ks + 1 < ksteps) load_b(ks + 1);
+        for (int half = 0; half < 2; ++half) {
+          b_hi[n][half] = __float_as_uint(raw[n][half]);
+          b_lo[n][half] = tf32_low_part(raw[n][half]);
+        }
+      if (ks + 2 < ksteps) load_b(raw, ks + 2);
 #pragma unroll
       for (int m = 0; m < kMTiles; ++m) {
         const uint4 a_hi = frag[(ks * kMTiles + m) * 64 + lane];
@@ -141,6 +142,13 @@ __device__ __forceinline__ void scores_mma_tf32x3(const uint4* frag, const float
           mma_tf32(acc[m][n], a_hi, b_hi[n][0], b_hi[n][1]);
         }
       }
+    };
+    float even[kNTiles][2], odd[kNTiles][2];
+    load_b(even, 0);
+    if (ksteps > 1) load_b(odd, 1);
+    for (int ks = 0; ks < ksteps; ks += 2) {
+      step(even, ks);
+      if (ks + 1 < ksteps) step(odd, ks + 1);
     }
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m)

@@ -146,9 +146,12 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   }
 }
 
-// Grid: (ceil(Nq / kRows), group heads, B). Rows in shared memory, or in registers up to Nk = 512.
+// Grid: (ceil(Nq / kRows), group heads, B). Rows in shared memory, or in registers up to Nk = 512. The tensor-core
+// scores with up to 16 rows are held to 128 registers so that two CTAs per SM stay resident (as many as their
+// shared memory allows at Nk ~1200).
 template <int kRows, bool kTensorScores, int kRowWords>
-__global__ void __launch_bounds__(kSelectThreads) select_blocks_kernel(const SelectParams p) {
+__global__ void __launch_bounds__(kSelectThreads, kTensorScores && kRows <= 16 ? 2 : 0)
+    select_blocks_kernel(const SelectParams p) {
   select_blocks<kRows, kTensorScores, kRowWords>(p);
 }
 

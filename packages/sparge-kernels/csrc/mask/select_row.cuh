@@ -252,22 +252,20 @@ template <class Row>
 __device__ __forceinline__ void write_row(Row const& row, RowCut cut, int32_t* index_row, int32_t* count_out,
                                           uint32_t* bits_row) {
   const int n = row.n, lane = row.lane;
-  const int words = (n + 31) / 32;
   const uint32_t below = lanes_below(lane);
   int kept = 0;
-  uint32_t held_word = 0u;  // lane w holds word (c & ~31) + w until the group of 32 words is stored
+  int32_t* next_index = index_row;  // where this word's first kept index goes
+  uint32_t* next_bits = bits_row;
   auto write_words = [&](auto&& keeps) {
-    row.for_each_word([&](int c, int j, uint32_t b, bool valid) {
+    row.for_each_word([&](int, int j, uint32_t b, bool valid) {
       const bool keep = keeps(b, valid);
       const uint32_t keep_mask = __ballot_sync(kFullWarp, keep);
-      if (keep) index_row[kept + __popc(keep_mask & below)] = j;
-      kept += __popc(keep_mask);
-      if ((c & 31) == lane) held_word = keep_mask;
-      if ((c & 31) == 31 || c == words - 1) {
-        const int w = (c & ~31) + lane;
-        if (w <= c) bits_row[w] = held_word;
-      }
+      if (keep) next_index[__popc(keep_mask & below)] = j;
+      next_index += __popc(keep_mask);
+      if (lane == 0) *next_bits = keep_mask;
+      ++next_bits;
     });
+    kept = int(next_index - index_row);
   };
   if (cut.take == 0 || cut.take >= cut.ties) {
     // Every entry equal to the threshold is kept, or none: one comparison per entry (the usual case).
@@ -283,7 +281,7 @@ __device__ __forceinline__ void write_row(Row const& row, RowCut cut, int32_t* i
       return keep;
     });
   }
-  for (int j = kept + lane; j < n; j += 32) index_row[j] = -1;
+  fill_minus_one(index_row, kept, n, lane);
   if (lane == 0) *count_out = kept;
 }
 

@@ -73,7 +73,7 @@ def select(
     """Launch 2: scores, softmax and Top-k ∪ Top-p per query block into kv_count / kv_index / ws.row_bits."""
     _check_blocks("kv_index", kv_index, nk)
     if register_rows is None:
-        register_rows = default_register_rows(nk)
+        register_rows = default_register_rows(nk, tensor_scores)
     _C.mask_select_blocks(
         ws.q_pooled, ws.k_pooled_t, float(scale), int(kk), float(topp), int(compact), kv_count, kv_index,
         ws.row_bits, int(rows_per_cta), current_stream(ws.q_pooled.device), tensor_scores=int(tensor_scores),
@@ -189,7 +189,7 @@ def predict(
     if tail_rows_per_cta is None:
         tail_rows_per_cta = default_tail_rows_per_cta(tensor_scores)
     if register_rows is None:
-        register_rows = default_register_rows(nk)
+        register_rows = default_register_rows(nk, tensor_scores)
     with torch.cuda.device(device):
         ws = MaskWorkspace.allocate(b, h, nq, nk, d, device)
         _C.mask_predict(
@@ -223,9 +223,10 @@ def default_tail_rows_per_cta(tensor_scores: bool) -> int:
     return 0 if tensor_scores else 8
 
 
-def default_register_rows(nk: int) -> bool:
+def default_register_rows(nk: int, tensor_scores: bool = False) -> bool:
     """Rows in registers where 16 words per lane hold them (Nk <= 512: the 1.3B shape's selection 0.0351 against
-    0.0382 ms, the whole prediction 0.0972 against 0.0990 ms on an H200); longer rows in shared memory (the
-    14B shape's 40-word rows lost with tensor-core scores: 0.554 against 0.497 ms;
-    tools/results/mask_defaults_h200_2026-12-04.md)."""
-    return nk <= 512
+    0.0382 ms, the whole prediction 0.0972 against 0.0990 ms on an H200), and up to 40 words (Nk <= 1280) with
+    tensor-core scores (16-row CTAs: the 14B shape's selection 0.378 against 0.388 ms on an H200,
+    tools/results/mask_select_lean_h200_2026-12-04.md); other rows in shared memory (with fp32 FMA scores
+    and 8-row CTAs the 14B shape's 40-word rows lose, 0.602 against 0.539 ms)."""
+    return nk <= 512 or (tensor_scores and nk <= 1280)
