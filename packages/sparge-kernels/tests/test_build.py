@@ -62,7 +62,7 @@ def test_mask_defaults_are_the_measured_choices_for_the_wan_shapes():
 
     qk_1p3b, qk_14b = 2 * 12 * 32760 * 128 * 2, 2 * 40 * 75600 * 128 * 2  # bf16 bytes
     assert cuda_mask.default_head_groups(12, qk_1p3b) == 1 and not cuda_mask.default_tensor_scores(qk_1p3b)
-    assert cuda_mask.default_head_groups(40, qk_14b) == 4 and cuda_mask.default_tensor_scores(qk_14b)
+    assert cuda_mask.default_head_groups(40, qk_14b) == 3 and cuda_mask.default_tensor_scores(qk_14b)
     assert cuda_mask.default_tail_rows_per_cta(True) == 0 and cuda_mask.default_tail_rows_per_cta(False) == 8
     assert cuda_mask.default_register_rows(512) and not cuda_mask.default_register_rows(1182)
     assert cuda_mask.default_register_rows(1182, tensor_scores=True)

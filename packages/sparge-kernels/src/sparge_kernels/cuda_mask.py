@@ -202,9 +202,11 @@ def predict(
 
 
 def default_head_groups(heads: int, qk_bytes: int) -> int:
-    """Head groups that overlap selection with pooling. Measured on an H100 (tools/results/mask_2026-11-23.md):
-    4 groups save 5% on the 14B shape (1.5 GB of Q+K) but cost 30% on the 1.3B shape (0.2 GB)."""
-    return min(heads, 4) if qk_bytes >= 1 << 30 else 1
+    """Head groups that overlap selection with pooling, for large inputs (Q+K >= 1 GiB). Measured on an H200
+    (tools/results/mask_select_lean_h200_2026-12-04.md): 3 groups predict the 14B shape (1.5 GB) in 0.799 and
+    0.801 ms against 0.815 and 0.817 with 4 and 0.813 with 1 (two runs); on the 1.3B shape (0.2 GB) any grouping
+    costs (0.095 ms with 1 group, 0.107 with 3)."""
+    return min(heads, 3) if qk_bytes >= 1 << 30 else 1
 
 
 def default_tensor_scores(qk_bytes: int) -> bool:
