@@ -56,21 +56,25 @@ def main() -> None:
     out = tuple(torch.empty(s, dtype=torch.int32, device=device) for s in ((1, 1, nq), (1, 1, nq, nk), (1, 1, nk),
                                                                          (1, 1, nk, nq)))
     ws = cuda_mask.MaskWorkspace.allocate(1, 1, nq, nk, 128, device)
+    workspace = torch.empty(cuda_mask.workspace_floats(1, 1, nq, nk, 128), dtype=torch.float32, device=device)
 
     def launch_only():
-        _C.mask_predict(q, k, 128, 64, scale, reference.topk_count(0.05, nk), 0.0, 1, ws.q_pooled, ws.k_pooled_t,
-                        ws.row_bits, *out, 1, 0, 0, current_stream(device), tensor_scores=0, register_rows=1)
+        _C.mask_predict(q, k, 128, 64, scale, reference.topk_count(0.05, nk), 0.0, 1, workspace, *out, 1, 0, 0,
+                        current_stream(device), tensor_scores=0, register_rows=1)
 
     def device_scope():
         with torch.cuda.device(device):
             pass
 
     pieces = {
-        "piece: `_C.mask_predict` alone (9 tensor casts, 3 launches), buffers preallocated": launch_only,
+        "piece: `_C.mask_predict` alone (7 tensor casts, 3 launches), buffers preallocated": launch_only,
         "piece: `_C.mask_pool_blocks` alone (6 casts, 1 launch)": lambda: _C.mask_pool_blocks(
             q, k, 128, 64, ws.q_pooled, ws.k_pooled_t, current_stream(device)),
         "piece: one `torch.empty` on the GPU": lambda: torch.empty(1, 1, nq, nk, dtype=torch.int32, device=device),
-        "piece: `MaskWorkspace.allocate`": lambda: cuda_mask.MaskWorkspace.allocate(1, 1, nq, nk, 128, device),
+        "piece: `MaskWorkspace.allocate` (the stage functions' views)": lambda: cuda_mask.MaskWorkspace.allocate(
+            1, 1, nq, nk, 128, device),
+        "piece: the workspace of `predict` (one `torch.empty`)": lambda: torch.empty(
+            cuda_mask.workspace_floats(1, 1, nq, nk, 128), dtype=torch.float32, device=device),
         "piece: `with torch.cuda.device(device)`": device_scope,
         "piece: `current_stream(device)`": lambda: current_stream(device),
     }

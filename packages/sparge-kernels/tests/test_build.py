@@ -116,9 +116,37 @@ def test_every_entry_takes_tensors_and_rejects_bad_arguments_before_touching_a_d
         c.mask_select_blocks(pooled, pooled, 0.125, 1, 0.0, 1, kv_count, kv_count, pooled, 0, 0)
     with pytest.raises(ValueError, match="q_count must have 3 dims"):
         c.mask_transpose(pooled, kv_index, kv_index, 0)
+    total = c.mask_workspace_layout(1, 1, 1, 1, 64)[0]
+    workspace = torch.zeros(total)
+    predict_args = (128, 64, 0.125, 1, 0.0, 1)
     with pytest.raises(ValueError, match="q must have 4 dims"):
-        c.mask_predict(q[0], q, 128, 64, 0.125, 1, 0.0, 1, pooled, pooled, pooled, kv_count, kv_index, kv_count,
-                       kv_index, 1, 0, 0, 0)
+        c.mask_predict(q[0], q, *predict_args, workspace, kv_count, kv_index, kv_count, kv_index, 1, 0, 0, 0)
+    with pytest.raises(ValueError, match="kv_index must be"):  # 8 tokens at block_q 4 are 2 query blocks, not 1
+        c.mask_predict(q, q, 4, 64, *predict_args[2:], workspace, kv_count, kv_index, kv_count, kv_index, 1, 0, 0, 0)
+    with pytest.raises(ValueError, match=f"workspace must be a contiguous float32 vector of at least .* {total}"):
+        c.mask_predict(q, q, *predict_args, workspace[1:], kv_count, kv_index, kv_count, kv_index, 1, 0, 0, 0)
+    with pytest.raises(ValueError, match="workspace must be a contiguous float32"):
+        c.mask_predict(q, q, *predict_args, workspace.double(), kv_count, kv_index, kv_count, kv_index, 1, 0, 0, 0)
+
+
+def test_mask_workspace_views_follow_the_extension_layout():
+    """MaskWorkspace's views and the bare buffer of `predict` come from one layout: 512-byte-aligned offsets,
+    k_ld a multiple of 32 key blocks, no overlap."""
+    if cuda_mod._C is None:
+        pytest.skip("sparge_kernels._C not built")
+    from sparge_kernels import cuda_mask
+
+    b, h, nq, nk, d = 2, 3, 5, 40, 64
+    total, q_at, k_at, bits_at, k_ld, words = cuda_mod._C.mask_workspace_layout(b, h, nq, nk, d)
+    assert (k_ld, words) == (64, 2) and q_at == 0
+    assert k_at >= b * h * nq * d and bits_at >= k_at + b * h * d * k_ld and total >= bits_at + b * h * nq * words
+    assert k_at % 128 == 0 and bits_at % 128 == 0 and total % 128 == 0
+    assert cuda_mask.workspace_floats(b, h, nq, nk, d) == total
+    ws = cuda_mask.MaskWorkspace.allocate(b, h, nq, nk, d, torch.device("cpu"))
+    base = ws.q_pooled.untyped_storage().data_ptr()
+    assert ws.k_pooled_t.data_ptr() - base == 4 * k_at and ws.row_bits.data_ptr() - base == 4 * bits_at
+    assert ws.k_pooled_t.shape == (b, h, d, k_ld) and ws.row_bits.shape == (b, h, nq, words)
+    assert ws.row_bits.dtype == torch.int32 and ws.q_pooled.untyped_storage().nbytes() == 4 * total
 
 
 BUILT = SimpleNamespace(build_head_dims="128", build_dtypes="bf16")  # a one-variant build

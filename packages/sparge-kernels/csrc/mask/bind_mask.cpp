@@ -12,6 +12,7 @@
 #include "common/tensor.h"
 #include "common/tensor_caster.h"
 #include "mask/mask_launch.h"
+#include "mask/mask_workspace.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -106,18 +107,58 @@ sparge::mask::TransposeParams transpose_params(TensorArg const& row_bits, Tensor
   return p;
 }
 
+// The contiguous (B, H, rows, cols) view of the workspace that starts `offset` floats in.
+TensorArg workspace_view(TensorArg const& workspace, int64_t offset, sparge::DType dtype, int64_t b, int64_t h,
+                         int64_t rows, int64_t cols) {
+  TensorArg t{};
+  t.data = static_cast<float*>(workspace.data) + offset;
+  t.dtype = dtype;
+  t.rank = 4;
+  t.shape = {b, h, rows, cols};
+  t.stride = {h * rows * cols, rows * cols, cols, 1};
+  return t;
+}
+
 }  // namespace
 
 void bind_mask_prediction(nb::module_& m) {
   m.attr("mask_max_head_dim") = sparge::mask::kMaxHeadDim;
 
   m.def(
+      "mask_workspace_layout",
+      [](int64_t b, int64_t h, int64_t nq, int64_t nk, int64_t d) {
+        const auto w = sparge::mask::workspace_layout(b, h, nq, nk, d);
+        return nb::make_tuple(w.total, w.q_pooled, w.k_pooled_t, w.row_bits, w.k_ld, w.words);
+      },
+      "b"_a, "h"_a, "nq"_a, "nk"_a, "d"_a,
+      "(total floats, q_pooled offset, k_pooled_t offset, row_bits offset, k_ld, words) of the one float32 buffer "
+      "that holds the mask prediction's intermediates.");
+  m.def(
       "mask_predict",
       [](TensorArg const& q, TensorArg const& k, int block_q, int block_k, float scale, int topk_count, float topp,
-         int compact, TensorArg const& q_pooled, TensorArg const& k_pooled_t, TensorArg const& row_bits,
-         TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count, TensorArg const& q_index,
-         int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream, int tensor_scores,
-         int register_rows) {
+         int compact, TensorArg const& workspace, TensorArg const& kv_count, TensorArg const& kv_index,
+         TensorArg const& q_count, TensorArg const& q_index, int head_groups, int rows_per_cta, int tail_rows_per_cta,
+         std::uintptr_t stream, int tensor_scores, int register_rows) {
+        require_rank("q", q, 4);
+        require_rank("kv_index", kv_index, 4);
+        require_rank("k", k, 4);
+        const int64_t b = q.size(0), h = q.size(1), d = q.size(3), nq = kv_index.size(2), nk = kv_index.size(3);
+        if (block_q <= 0 || block_k <= 0 || nq != (q.size(2) + block_q - 1) / block_q ||
+            nk != (k.size(2) + block_k - 1) / block_k) {
+          throw std::invalid_argument("sparge mask prediction: kv_index must be (B, H, ceil(Lq / block_q), "
+                                      "ceil(Lk / block_k)) for positive block sizes");
+        }
+        const auto w = sparge::mask::workspace_layout(b, h, nq, nk, d);
+        if (workspace.rank != 1 || workspace.dtype != sparge::DType::kFloat32 || workspace.stride[0] != 1 ||
+            workspace.size(0) < w.total) {
+          throw std::invalid_argument("sparge mask prediction: workspace must be a contiguous float32 vector of at "
+                                      "least mask_workspace_layout(...)[0] = " + std::to_string(w.total) +
+                                      " elements");
+        }
+        using sparge::DType;
+        const TensorArg q_pooled = workspace_view(workspace, w.q_pooled, DType::kFloat32, b, h, nq, d);
+        const TensorArg k_pooled_t = workspace_view(workspace, w.k_pooled_t, DType::kFloat32, b, h, d, w.k_ld);
+        const TensorArg row_bits = workspace_view(workspace, w.row_bits, DType::kInt32, b, h, nq, w.words);
         sparge::mask::launch_predict(
             pool_params(q, k, block_q, block_k, q_pooled, k_pooled_t),
             select_params(q_pooled, k_pooled_t, scale, topk_count, topp, compact, tensor_scores, register_rows,
@@ -125,12 +166,12 @@ void bind_mask_prediction(nb::module_& m) {
             transpose_params(row_bits, q_count, q_index), q.dtype, head_groups, rows_per_cta, tail_rows_per_cta,
             stream);
       },
-      "q"_a, "k"_a, "block_q"_a, "block_k"_a, "scale"_a, "topk_count"_a, "topp"_a, "compact"_a, "q_pooled"_a,
-      "k_pooled_t"_a, "row_bits"_a, "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "head_groups"_a,
-      "rows_per_cta"_a, "tail_rows_per_cta"_a, "stream"_a, "tensor_scores"_a = 0, "register_rows"_a = 0,
+      "q"_a, "k"_a, "block_q"_a, "block_k"_a, "scale"_a, "topk_count"_a, "topp"_a, "compact"_a, "workspace"_a,
+      "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "head_groups"_a, "rows_per_cta"_a,
+      "tail_rows_per_cta"_a, "stream"_a, "tensor_scores"_a = 0, "register_rows"_a = 0,
       "Whole mask prediction: pool, select, transpose; head_groups > 1 overlaps selection with pooling on a "
-      "high-priority side stream. q, k: float16, bfloat16 or float32 (B, H, L, D) with unit stride along D.");
-
+      "high-priority side stream. q, k: float16, bfloat16 or float32 (B, H, L, D) with unit stride along D; "
+      "workspace: the float32 buffer of mask_workspace_layout.");
   m.def(
       "mask_pool_blocks",
       [](TensorArg const& q, TensorArg const& k, int block_q, int block_k, TensorArg const& q_pooled,

@@ -17,6 +17,7 @@ outside the kernels and go to the PyTorch reference, with a warning. Arguments w
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -35,7 +36,10 @@ MAX_HEAD_DIM = 256
 
 @dataclass
 class MaskWorkspace:
-    """Intermediates between the launches (fp32 pooled blocks, the row bitmask); exposed for tests/benchmarks."""
+    """Intermediates between the launches (fp32 pooled blocks, the row bitmask): views of the one float32 buffer
+    whose layout `_C.mask_workspace_layout` gives (each view 512-byte aligned). For the stage functions, tests and
+    benchmarks; `predict` hands the kernels the bare buffer (`workspace_floats`), which saves the views' host
+    time."""
 
     q_pooled: torch.Tensor  # (B, H, Nq, D) float32
     k_pooled_t: torch.Tensor  # (B, H, D, k_ld) float32
@@ -43,19 +47,23 @@ class MaskWorkspace:
 
     @classmethod
     def allocate(cls, b: int, h: int, nq: int, nk: int, d: int, device: torch.device) -> MaskWorkspace:
-        # One allocation, three views (each 512-byte aligned, like the caching allocator's blocks): the host time of
-        # a call is about its GPU time on the 1.3B shape, so every allocation counts.
-        words = -(-nk // 32)
-        shapes = ((b, h, nq, d), (b, h, d, words * 32), (b, h, nq, words))
-        sizes = [math.prod(shape) for shape in shapes]
-        padded = [-(-size // 128) * 128 for size in sizes]
-        flat = torch.empty(sum(padded), dtype=torch.float32, device=device)
-        views, start = [], 0
-        for shape, size, step in zip(shapes, sizes, padded):
-            views.append(flat[start:start + size].view(shape))
-            start += step
+        total, q_at, k_at, bits_at, k_ld, words = _workspace_layout(b, h, nq, nk, d)
+        flat = torch.empty(total, dtype=torch.float32, device=device)
+        views = []
+        for start, shape in ((q_at, (b, h, nq, d)), (k_at, (b, h, d, k_ld)), (bits_at, (b, h, nq, words))):
+            views.append(flat[start:start + math.prod(shape)].view(shape))
         q_pooled, k_pooled_t, row_bits = views
         return cls(q_pooled, k_pooled_t, row_bits.view(torch.int32))
+
+
+@functools.lru_cache(maxsize=64)
+def _workspace_layout(b: int, h: int, nq: int, nk: int, d: int) -> tuple[int, int, int, int, int, int]:
+    return tuple(_C.mask_workspace_layout(b, h, nq, nk, d))
+
+
+def workspace_floats(b: int, h: int, nq: int, nk: int, d: int) -> int:
+    """Size of the float32 buffer that `_C.mask_predict` takes as its workspace."""
+    return _workspace_layout(b, h, nq, nk, d)[0]
 
 
 def pool(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int, ws: MaskWorkspace) -> None:
@@ -191,10 +199,10 @@ def predict(
     if register_rows is None:
         register_rows = default_register_rows(nk, tensor_scores)
     with torch.cuda.device(device):
-        ws = MaskWorkspace.allocate(b, h, nq, nk, d, device)
+        workspace = torch.empty(workspace_floats(b, h, nq, nk, d), dtype=torch.float32, device=device)
         _C.mask_predict(
             q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
-            ws.q_pooled, ws.k_pooled_t, ws.row_bits, kv_count, kv_index, q_count, q_index,
+            workspace, kv_count, kv_index, q_count, q_index,
             int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), current_stream(device),
             tensor_scores=int(tensor_scores), register_rows=int(register_rows),
         )
