@@ -14,6 +14,8 @@
 #              two BAR.SYNCs split it into query staging, scores and selection (stall samples, instructions)
 #   ncu-1p3b   Nsight Compute speed-of-light, occupancy, warp-state and scheduler sections of the 1.3B pooling and
 #              selection launches -> ncu_1p3b.txt
+#   host       tools/bench_host_overhead.py (host time per call of the entry points and of the mask glue's pieces)
+#              -> host_overhead.md
 # A step is cut off by `timeout` at min(its cap, what is left of MASK_BUDGET_S, default 560 s from the start);
 # status_mask.txt lists each step's exit code and time.
 set -o pipefail
@@ -90,6 +92,9 @@ for step in $steps; do
       timeout "$(left 150)" ncu --kernel-name regex:"select_blocks|pool_blocks" --launch-skip 2 --launch-count 2 \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
         --section LaunchStats python3 /tmp/predict_1p3b.py >"$OUT/ncu_1p3b.txt" 2>"$OUT/ncu_1p3b.log" || rc=1 ;;
+    host)
+      timeout "$(left 120)" python3 tools/bench_host_overhead.py >"$OUT/host_overhead.md" 2>"$OUT/host_overhead.log" \
+        || rc=1 ;;
     *) echo "unknown step $step"; rc=1 ;;
   esac
   step_done "$step" $rc $t0
