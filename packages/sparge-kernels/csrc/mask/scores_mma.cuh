@@ -6,7 +6,8 @@
 //
 // The queries are split once per CTA (hi rounded to nearest) into A fragments in shared memory
 // (stage_query_fragments); the keys as they stream in from L2, in two instructions each (tf32_low_part); a
-// 64-key tile inside Nk reads its 8 n-tiles at immediate offsets of one row pointer, two k-steps ahead. Measured: tools/results/mask_select_lean_h200_2026-12-04.md.
+// 64-key tile inside Nk reads its 8 n-tiles at immediate offsets of one row pointer, two k-steps ahead.
+// Measured: tools/results/mask_select_lean_h200_2026-12-04.md.
 #pragma once
 
 #include <cstdint>

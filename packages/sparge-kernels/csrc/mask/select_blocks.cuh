@@ -89,8 +89,9 @@ __device__ __forceinline__ void scores_fma(const float* q_t, const float* k_src,
 }
 
 // One CTA: kRows query blocks of one (b, h); shared memory as select_smem_bytes says. kTensorScores: the scores
-// by 3xTF32 mma.sync (scores_mma.cuh) instead of fp32 FMAs. kRowWords > 0: each warp loads its row into kRowWords registers per lane
-// (Nk <= 32 kRowWords) for the selection's passes; 0: the passes read and rewrite it in shared memory. Same result.
+// by 3xTF32 mma.sync (scores_mma.cuh) instead of fp32 FMAs. kRowWords > 0: each warp loads its row into kRowWords
+// registers per lane (Nk <= 32 kRowWords) for the selection's passes; 0: the passes read and rewrite it in shared
+// memory. Same result.
 template <int kRows, bool kTensorScores, int kRowWords>
 __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");

@@ -183,9 +183,11 @@ __device__ __forceinline__ RowCut select_row(Row& row, int topk_count, float top
     const uint32_t width = hi - lo;
     int own = 0;
     row.for_each([&](uint32_t b) { own += int(b - lo < width); });
-    int slot = 0;  // entries in [lo, hi) owned by lower lanes: own < 64, summed bit by bit over the warp
+    int slot = 0;  // entries in [lo, hi) owned by lower lanes (own <= in_range <= 32), summed bit by bit
 #pragma unroll
-    for (int bit = 0; bit < 6; ++bit) slot += __popc(__ballot_sync(kFullWarp, (own >> bit) & 1) & lanes_below(lane)) << bit;
+    for (int bit = 0; bit < 6; ++bit) {
+      slot += __popc(__ballot_sync(kFullWarp, (own >> bit) & 1) & lanes_below(lane)) << bit;
+    }
     row.for_each([&](uint32_t b) {
       if (b - lo < width) {
         if (slot < kCandidates) scratch[slot] = b;
