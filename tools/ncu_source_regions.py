@@ -51,7 +51,7 @@ def basic_blocks(lines: list[SassLine]) -> list[Block]:
     """Runs of consecutive lines with the same execution count."""
     blocks: list[Block] = []
     for i, line in enumerate(lines):
-        if blocks and blocks[-1].trips == line.executed and blocks[-1].end == i:
+        if blocks and blocks[-1].trips == line.executed:
             block = blocks[-1]
             block.end, block.stalls, block.executed = i + 1, block.stalls + line.stalls, block.executed + line.executed
         else:
