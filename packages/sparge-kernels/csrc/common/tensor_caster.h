@@ -12,7 +12,8 @@
 namespace nanobind::detail {
 
 // An op's glue passes up to a dozen tensors per call, so each conversion is kept short: torch.Size and stride()
-// are tuples, read with the tuple macros (about 0.2 us less per tensor than generic item access on a CPU host);
+// are tuples, read with the tuple functions of the limited API (about 0.2 us less per tensor than generic item
+// access on a CPU host; the GET_SIZE/GET_ITEM macros do not exist in the stable ABI the 3.12+ wheel is built for);
 // dtypes are module-level singletons, parsed from str(dtype) once and then found by identity (the GIL, held
 // while arguments convert, guards the table).
 struct TensorArgDtypeCache {
@@ -36,9 +37,9 @@ struct TensorArgDtypeCache {
 
 inline bool read_int64_sequence(handle seq, int64_t* out, size_t rank) {
   if (PyTuple_Check(seq.ptr())) {
-    if (size_t(PyTuple_GET_SIZE(seq.ptr())) != rank) return false;
+    if (size_t(PyTuple_Size(seq.ptr())) != rank) return false;
     for (size_t i = 0; i < rank; ++i) {
-      out[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(seq.ptr(), Py_ssize_t(i)));
+      out[i] = PyLong_AsLongLong(PyTuple_GetItem(seq.ptr(), Py_ssize_t(i)));  // borrowed
       if (out[i] == -1 && PyErr_Occurred()) {
         PyErr_Clear();
         return false;
