@@ -95,6 +95,7 @@ def graph_ms(fn, iters: int, repeats: int = 5) -> float:
 
 
 def bench_shape(name: str, iters: int) -> list[str]:
+    import sparge_kernels
     from sparge_kernels import cuda_mask
     from sparge_kernels.block_mask import BlockMask
     from sparge_kernels.reference import predict_block_mask_indices, topk_count
@@ -123,27 +124,26 @@ def bench_shape(name: str, iters: int) -> list[str]:
 
     t_ref = time_ms(lambda: predict_block_mask_indices(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale),
                     max(2, iters // 10), 3)
-    t_eager = time_ms(predict(), iters)
+    t_eager = {
+        "sparge CUDA predict, fused pooling + selection (fused=True)": time_ms(predict(fused=True), iters),
+        "sparge CUDA predict, default": time_ms(predict(), iters),
+        "public API predict_block_mask, default": time_ms(lambda: sparge_kernels.predict_block_mask(
+            q, k, topk=TOPK, topp=TOPP, block_q=BLOCK_Q, block_k=BLOCK_K, scale=scale), iters),
+    }
     graph_variants = {
-        "auto": predict(),
-        "auto, NHD input": predict(q_nhd, k_nhd),
-        "1 head group (no overlap)": predict(head_groups=1),
-        "2 head groups": predict(head_groups=2),
+        "fused pooling + selection (fused=True)": predict(fused=True),
+        "fused, NHD input": predict(q_nhd, k_nhd, fused=True),
+        "fused, bisection to the end (compact=False)": predict(compact=False, fused=True),
+        "fused, rows in shared memory": predict(register_rows=False, fused=True),
+        "default": predict(),
+        "default, NHD input": predict(q_nhd, k_nhd),
+        "1 head group": predict(head_groups=1),
         "3 head groups": predict(head_groups=3),
-        "4 head groups": predict(head_groups=4),
-        "6 head groups": predict(head_groups=6),
         "1 head group, 16 rows/CTA": predict(head_groups=1, rows_per_cta=16),
-        "1 head group, 32 rows/CTA": predict(head_groups=1, rows_per_cta=32),
-        "4 head groups, 16 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=16, tail_rows_per_cta=8),
-        "4 head groups, 32 rows/CTA, 8-row tail": predict(head_groups=4, rows_per_cta=32, tail_rows_per_cta=8),
-        "auto, bisection to the end (compact=False)": predict(compact=False),
-        "auto, fp32 FMA scores": predict(tensor_scores=False),
-        "auto, 3xTF32 tensor-core scores": predict(tensor_scores=True),
-        "auto, 3xTF32 tensor-core scores, 8-row tail": predict(tensor_scores=True, tail_rows_per_cta=8),
-        "auto, rows in registers": predict(register_rows=True),
-        "auto, rows in shared memory": predict(register_rows=False),
-        "1 head group, 16 rows/CTA, 3xTF32 tensor-core scores": predict(head_groups=1, rows_per_cta=16,
-                                                                         tensor_scores=True),
+        "1 head group, 16 rows/CTA, 3xTF32 tensor-core scores (the fused kernel's)": predict(
+            head_groups=1, rows_per_cta=16, tensor_scores=True),
+        "3 head groups, 3xTF32 tensor-core scores": predict(head_groups=3, tensor_scores=True),
+        "automatic head groups, fp32 FMA scores": predict(tensor_scores=False),
     }
     t_graph = {label: graph_ms(fn, iters) for label, fn in graph_variants.items()}
 
@@ -165,6 +165,8 @@ def bench_shape(name: str, iters: int) -> list[str]:
     dense_mine = BlockMask(*mine, BLOCK_Q, BLOCK_K, length, length).to_dense()
     dense_ref = BlockMask(*ref, BLOCK_Q, BLOCK_K, length, length).to_dense()
     agree = float((dense_mine == dense_ref).float().mean())
+    fused = cuda_mask.predict(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale, fused=True)
+    agree_fused = float((BlockMask(*fused, BLOCK_Q, BLOCK_K, length, length).to_dense() == dense_ref).float().mean())
     density = float(dense_mine.float().mean())
 
     def row(label: str, ms: float, moved: float | None, speedup: bool = False) -> str:
@@ -176,13 +178,15 @@ def bench_shape(name: str, iters: int) -> list[str]:
     lines = [
         f"### {name}: Q, K ({b}, {h}, {length}, {d}) bf16 HND contiguous, Nq={nq}, Nk={nk}, topk={TOPK}, topp={TOPP}",
         "",
-        f"density {density:.4f}; decisions equal to the eager reference: {agree:.6f}; Q+K = {gbytes * 1e3:.1f} MB; "
-        f"auto = {auto_groups} head group(s), {auto_scores} scores. "
+        f"density {density:.4f}; decisions equal to the eager reference: {agree:.6f} (fused: {agree_fused:.6f}); "
+        f"Q+K = {gbytes * 1e3:.1f} MB; "
+        f"default = separate launches, {auto_groups} head group(s), {auto_scores} scores; fused = one persistent "
+        "pooling + selection launch (3xTF32 tensor-core scores), then the transpose. "
         f"Graph rows: {iters} calls captured in one CUDA graph (GPU time).",
         "",
         "| what | ms | GB/s (Q+K once) | speedup vs eager reference |",
         "| --- | --- | --- | --- |",
-        row("**sparge CUDA predict, auto, eager call (Python overhead included)**", t_eager, gbytes, True),
+        *(row(f"**{label}, eager call (Python overhead included)**", t, gbytes, True) for label, t in t_eager.items()),
         *(row(f"sparge CUDA predict, {label}, graph", t, gbytes, True) for label, t in t_graph.items()),
         row("launch 1: pool Q and K (HND), graph", t_pool, gbytes),
         row("launch 1: pool Q and K (NHD), graph", t_pool_nhd, gbytes),

@@ -38,6 +38,9 @@ for lk, topk, topp in ((3000, 0.03, 0.2), (1000, 0.0, 0.5), (20000, 0.03, 0.2), 
     for rows in (8, 16):  # rows in registers (Nk 782 at lk 50000: the 40-word kernel), same result
         regs = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, rows_per_cta=rows, register_rows=True)
         assert all(torch.equal(a, b) for a, b in zip(fast, regs)), (lk, topk, topp, rows)
+    fused = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, fused=True)  # one persistent pool + select launch
+    split = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, fused=False, tensor_scores=True, rows_per_cta=16)
+    assert all(torch.equal(a, b) for a, b in zip(fused, split)), (lk, topk, topp, "fused")
     for rows in (4, 16, 32):  # the 3xTF32 scores at every CTA size (decisions may differ from FMA within rounding)
         mma = cuda_mask.predict(q, k, topk, topp, 128, 64, 0.5, rows_per_cta=rows, tensor_scores=True)
         assert (mma[0] >= 0).all() and (mma[2] >= 0).all(), (lk, topk, topp, rows)

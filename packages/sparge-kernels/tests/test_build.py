@@ -127,6 +127,8 @@ def test_every_entry_takes_tensors_and_rejects_bad_arguments_before_touching_a_d
         c.mask_predict(q, q, *predict_args, workspace[1:], kv_count, kv_index, kv_count, kv_index, 1, 0, 0, 0)
     with pytest.raises(ValueError, match="workspace must be a contiguous float32"):
         c.mask_predict(q, q, *predict_args, workspace.double(), kv_count, kv_index, kv_count, kv_index, 1, 0, 0, 0)
+    with pytest.raises(ValueError, match="fused must be 0, 1 or 2"):
+        c.mask_predict(q, q, *predict_args, workspace, kv_count, kv_index, kv_count, kv_index, 1, 0, 0, 0, fused=3)
 
 
 def test_mask_workspace_views_follow_the_extension_layout():
@@ -137,10 +139,11 @@ def test_mask_workspace_views_follow_the_extension_layout():
     from sparge_kernels import cuda_mask
 
     b, h, nq, nk, d = 2, 3, 5, 40, 64
-    total, q_at, k_at, bits_at, k_ld, words = cuda_mod._C.mask_workspace_layout(b, h, nq, nk, d)
+    total, q_at, k_at, bits_at, k_ld, words, counters_at = cuda_mod._C.mask_workspace_layout(b, h, nq, nk, d)
     assert (k_ld, words) == (64, 2) and q_at == 0
-    assert k_at >= b * h * nq * d and bits_at >= k_at + b * h * d * k_ld and total >= bits_at + b * h * nq * words
-    assert k_at % 128 == 0 and bits_at % 128 == 0 and total % 128 == 0
+    assert k_at >= b * h * nq * d and bits_at >= k_at + b * h * d * k_ld
+    assert counters_at >= bits_at + b * h * nq * words and total >= counters_at + 1 + b * h  # the fused kernel's
+    assert k_at % 128 == 0 and bits_at % 128 == 0 and counters_at % 128 == 0 and total % 128 == 0
     assert cuda_mask.workspace_floats(b, h, nq, nk, d) == total
     ws = cuda_mask.MaskWorkspace.allocate(b, h, nq, nk, d, torch.device("cpu"))
     base = ws.q_pooled.untyped_storage().data_ptr()

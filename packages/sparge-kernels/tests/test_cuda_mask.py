@@ -171,15 +171,22 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("tensor_scores", [False, True], ids=["fma-scores", "tf32x3-scores"])
+SCORES = {  # the ways to the pooled scores
+    "fma-scores": dict(tensor_scores=False),
+    "tf32x3-scores": dict(tensor_scores=True),
+    "fused": dict(fused=None),  # the fused pooling + selection kernel where it takes the inputs (3xTF32 scores)
+}
+
+
+@pytest.mark.parametrize("scores", list(SCORES))
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
-def test_mask_matches_float64_rule(case, tensor_scores):
-    """Both ways of computing the pooled scores (fp32 FMAs; 3xTF32 tensor-core MMAs, the automatic choice for
-    Q+K >= 1 GiB) decide every pair outside the rounding band as the float64 rule does."""
+def test_mask_matches_float64_rule(case, scores):
+    """Every way of computing the pooled scores (fp32 FMAs; 3xTF32 tensor-core MMAs, the automatic choice for
+    Q+K >= 1 GiB; the fused kernel) decides every pair outside the rounding band as the float64 rule does."""
     b, h, lq, lk, d, bq, bk, layout, dtype, kind, topk, topp = case
     q, k = make_qk(b, h, lq, lk, d, kind=kind, dtype=dtype, layout=layout)
-    stats = check_prediction(q, k, topk, topp, bq, bk, tensor_scores=tensor_scores)
-    print(case, tensor_scores, stats)
+    stats = check_prediction(q, k, topk, topp, bq, bk, **SCORES[scores])
+    print(case, scores, stats)
 
 
 @pytest.mark.parametrize("rows_per_cta", [4, 8, 16, 32])
@@ -254,6 +261,74 @@ def test_register_rows_match_shared_rows(nk, tensor_scores):
         check_encoding(*registers)
     p32 = reference.block_probabilities(q.float(), k.float(), 128, 64, 1000.0)
     assert (p32 == 0).float().mean() > 0.5, "the large scale was meant to underflow most probabilities to 0"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("nk", [79, 512, 700, 1281])
+def test_fused_matches_separate_launches(nk, dtype):
+    """The fused pooling + selection kernel (one persistent launch whose CTAs take pooling and selection tasks from
+    a ticket counter) decides bitwise as the separate launches with tensor-core scores and 16-row CTAs: rows in 16
+    register words (Nk <= 512), 40 (Nk <= 1280) or shared memory, B > 1, NHD views, partial last blocks."""
+    q, k = make_qk(2, 3, 1100, nk * 64 - 17, 128, dtype=dtype, layout="NHD", seed=12)
+    scale = 128**-0.5
+    for register_rows in (True, False):
+        fused = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, fused=True, register_rows=register_rows)
+        separate = run_kernel(q, k, 0.03, 0.2, 128, 64, scale, fused=False, tensor_scores=True, rows_per_cta=16,
+                              head_groups=1, register_rows=register_rows)
+        assert all(torch.equal(x, y) for x, y in zip(fused, separate)), register_rows
+    check_semantics(q, k, check_encoding(*fused), 0.03, 0.2, 128, 64, scale)
+
+
+def test_fused_zeroes_its_counters_and_replays_in_a_graph():
+    """The fused kernel's ticket counters live in the workspace and are zeroed by the launch itself (a memset node
+    under capture): a workspace full of -1 bits (counters past the last ticket) gives the same result, and so does
+    every replay of a captured prediction."""
+    from sparge_kernels.cuda import _C, current_stream
+
+    q, k = make_qk(1, 4, 2000, 3000, 128, seed=13)
+    b, h, lq, d = q.shape
+    nq, nk = num_blocks(lq, 128), num_blocks(k.shape[2], 64)
+    expected = run_kernel(q, k, 0.03, 0.2, 128, 64, 0.1, fused=True)
+    workspace = torch.full((cuda_mask.workspace_floats(b, h, nq, nk, d),), -1, dtype=torch.int32, device="cuda")
+    out = _poisoned_outputs(b, h, nq, nk)
+    _C.mask_predict(q, k, 128, 64, 0.1, topk_count(0.03, nk), 0.2, 1, workspace.view(torch.float32), *out, 1, 0, 0,
+                    current_stream(q.device), tensor_scores=1, register_rows=1, fused=2)
+    torch.cuda.synchronize()
+    assert all(torch.equal(x, y) for x, y in zip(expected, out))
+
+    out = _poisoned_outputs(b, h, nq, nk)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 0.1, out=out, fused=True)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 0.1, out=out, fused=True)
+    for _ in range(3):
+        for t in out:
+            t.fill_(POISON)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(torch.equal(x, y) for x, y in zip(expected, out))
+
+
+def test_fused_when_required_or_not_possible():
+    """fused=True raises where the fused kernel does not take the inputs; fused=None falls back to the separate
+    launches there (with the same tensor-core scores)."""
+    q, k = make_qk(1, 2, 700, 900, 128, dtype=torch.float32, seed=14)
+    with pytest.raises(ValueError, match="fused kernel takes float16/bfloat16"):
+        cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 0.1, fused=True)
+    half = q.to(torch.bfloat16), k.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="tensor_scores must be None or True"):
+        cuda_mask.predict(*half, 0.03, 0.2, 128, 64, 0.1, fused=True, tensor_scores=False)
+    base = torch.randn(1, 2, 900, 129, device="cuda").to(torch.bfloat16)
+    misaligned = base[..., 1:]  # rows off 16-byte boundaries: no 16-byte loads
+    with pytest.raises(ValueError, match="16-byte loads"):
+        cuda_mask.predict(misaligned, misaligned, 0.03, 0.2, 128, 64, 0.1, fused=True)
+    fallback = run_kernel(misaligned, misaligned, 0.03, 0.2, 128, 64, 0.1, fused=None)  # separate launches
+    aligned = run_kernel(misaligned.contiguous(), misaligned.contiguous(), 0.03, 0.2, 128, 64, 0.1, fused=None)
+    assert all(torch.equal(x, y) for x, y in zip(fallback, aligned))
 
 
 def test_side_stream_output_is_ordered_on_the_callers_stream():

@@ -128,17 +128,17 @@ void bind_mask_prediction(nb::module_& m) {
       "mask_workspace_layout",
       [](int64_t b, int64_t h, int64_t nq, int64_t nk, int64_t d) {
         const auto w = sparge::mask::workspace_layout(b, h, nq, nk, d);
-        return nb::make_tuple(w.total, w.q_pooled, w.k_pooled_t, w.row_bits, w.k_ld, w.words);
+        return nb::make_tuple(w.total, w.q_pooled, w.k_pooled_t, w.row_bits, w.k_ld, w.words, w.counters);
       },
       "b"_a, "h"_a, "nq"_a, "nk"_a, "d"_a,
-      "(total floats, q_pooled offset, k_pooled_t offset, row_bits offset, k_ld, words) of the one float32 buffer "
-      "that holds the mask prediction's intermediates.");
+      "(total floats, q_pooled offset, k_pooled_t offset, row_bits offset, k_ld, words, counters offset) of the one "
+      "float32 buffer that holds the mask prediction's intermediates.");
   m.def(
       "mask_predict",
       [](TensorArg const& q, TensorArg const& k, int block_q, int block_k, float scale, int topk_count, float topp,
          int compact, TensorArg const& workspace, TensorArg const& kv_count, TensorArg const& kv_index,
          TensorArg const& q_count, TensorArg const& q_index, int head_groups, int rows_per_cta, int tail_rows_per_cta,
-         std::uintptr_t stream, int tensor_scores, int register_rows) {
+         std::uintptr_t stream, int tensor_scores, int register_rows, int fused) {
         require_rank("q", q, 4);
         require_rank("kv_index", kv_index, 4);
         require_rank("k", k, 4);
@@ -164,13 +164,14 @@ void bind_mask_prediction(nb::module_& m) {
             select_params(q_pooled, k_pooled_t, scale, topk_count, topp, compact, tensor_scores, register_rows,
                           kv_count, kv_index, row_bits),
             transpose_params(row_bits, q_count, q_index), q.dtype, head_groups, rows_per_cta, tail_rows_per_cta,
-            stream);
+            fused, reinterpret_cast<uint32_t*>(static_cast<float*>(workspace.data) + w.counters), stream);
       },
       "q"_a, "k"_a, "block_q"_a, "block_k"_a, "scale"_a, "topk_count"_a, "topp"_a, "compact"_a, "workspace"_a,
       "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "head_groups"_a, "rows_per_cta"_a,
-      "tail_rows_per_cta"_a, "stream"_a, "tensor_scores"_a = 0, "register_rows"_a = 0,
+      "tail_rows_per_cta"_a, "stream"_a, "tensor_scores"_a = 0, "register_rows"_a = 0, "fused"_a = 0,
       "Whole mask prediction: pool, select, transpose; head_groups > 1 overlaps selection with pooling on a "
-      "high-priority side stream. q, k: float16, bfloat16 or float32 (B, H, L, D) with unit stride along D; "
+      "high-priority side stream; fused 1 (where the inputs allow) or 2 (else ValueError) pools and selects in one "
+      "persistent launch instead. q, k: float16, bfloat16 or float32 (B, H, L, D) with unit stride along D; "
       "workspace: the float32 buffer of mask_workspace_layout.");
   m.def(
       "mask_pool_blocks",

@@ -151,9 +151,7 @@ SideStream& side_stream_for_current_device(size_t num_events) {
   return side;
 }
 
-}  // namespace
-
-void launch_pool_blocks(const PoolParams& p, DType dtype, std::uintptr_t stream) {
+void check_pool(const PoolParams& p) {
   check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
   SPARGE_REQUIRE(p.head_dim > 0 && p.head_dim <= kMaxHeadDim,
                  "mask pooling: head dim must be in [1, " + std::to_string(kMaxHeadDim) + "]");
@@ -164,6 +162,31 @@ void launch_pool_blocks(const PoolParams& p, DType dtype, std::uintptr_t stream)
   SPARGE_REQUIRE(p.k_ld >= p.k.num_blocks, "mask pooling: k_ld < Nk");
   const int64_t tasks = int64_t(p.batch) * p.group_heads * (int64_t(p.q.num_blocks) + p.k.num_blocks);
   SPARGE_REQUIRE(tasks <= 0x7fffffff, "mask pooling: too many blocks for one launch");
+}
+
+void check_select(const SelectParams& p) {
+  SPARGE_REQUIRE(p.head_dim > 0 && p.head_dim <= kMaxHeadDim,
+                 "mask selection: head dim must be in [1, " + std::to_string(kMaxHeadDim) + "]");
+  SPARGE_REQUIRE(p.num_q_blocks > 0 && p.num_k_blocks > 0, "mask selection: empty block grid");
+  SPARGE_REQUIRE(p.topk_count >= 0 && p.topk_count <= p.num_k_blocks, "mask selection: topk_count not in [0, Nk]");
+  SPARGE_REQUIRE(p.topk_count > 0 || p.topp > 0.f, "mask selection: topk_count and topp both disable selection");
+  SPARGE_REQUIRE(p.bits_ld == (p.num_k_blocks + 31) / 32, "mask selection: bits_ld must be ceil(Nk / 32)");
+  SPARGE_REQUIRE(p.k_ld >= p.num_k_blocks, "mask selection: k_ld < Nk");
+  check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
+}
+
+// Whether the fused kernel (launch_pool_select) takes these inputs: 16-bit elements in 16-byte loads, and its
+// shared memory (16 score rows of Nk) within the GPU's limit.
+bool pool_select_fits(const PoolParams& pool, const SelectParams& select, DType dtype) {
+  return (dtype == DType::kBFloat16 || dtype == DType::kFloat16) && vector_width(pool, 2) == 8 &&
+         pool_select_smem_bytes(select.head_dim, select.num_k_blocks) <= size_t(max_dynamic_smem());
+}
+
+}  // namespace
+
+void launch_pool_blocks(const PoolParams& p, DType dtype, std::uintptr_t stream) {
+  check_pool(p);
+  const int64_t tasks = int64_t(p.batch) * p.group_heads * (int64_t(p.q.num_blocks) + p.k.num_blocks);
   const cudaStream_t s = as_stream(stream);
   switch (dtype) {
     case DType::kBFloat16:
@@ -182,14 +205,7 @@ void launch_pool_blocks(const PoolParams& p, DType dtype, std::uintptr_t stream)
 }
 
 void launch_select_blocks(const SelectParams& p, int rows_per_cta, std::uintptr_t stream) {
-  SPARGE_REQUIRE(p.head_dim > 0 && p.head_dim <= kMaxHeadDim,
-                 "mask selection: head dim must be in [1, " + std::to_string(kMaxHeadDim) + "]");
-  SPARGE_REQUIRE(p.num_q_blocks > 0 && p.num_k_blocks > 0, "mask selection: empty block grid");
-  SPARGE_REQUIRE(p.topk_count >= 0 && p.topk_count <= p.num_k_blocks, "mask selection: topk_count not in [0, Nk]");
-  SPARGE_REQUIRE(p.topk_count > 0 || p.topp > 0.f, "mask selection: topk_count and topp both disable selection");
-  SPARGE_REQUIRE(p.bits_ld == (p.num_k_blocks + 31) / 32, "mask selection: bits_ld must be ceil(Nk / 32)");
-  SPARGE_REQUIRE(p.k_ld >= p.num_k_blocks, "mask selection: k_ld < Nk");
-  check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
+  check_select(p);
   const size_t limit = size_t(max_dynamic_smem());
   const bool tensor = p.tensor_scores != 0;
   auto smem_for = [&](int rows) {
@@ -240,16 +256,32 @@ void launch_transpose_mask(const TransposeParams& p, std::uintptr_t stream) {
 }
 
 void launch_predict(PoolParams pool, SelectParams select, TransposeParams transpose, DType dtype,
-                    int head_groups, int rows_per_cta, int tail_rows_per_cta, std::uintptr_t stream) {
+                    int head_groups, int rows_per_cta, int tail_rows_per_cta, int fused, uint32_t* counters,
+                    std::uintptr_t stream) {
   const int heads = pool.heads;
   SPARGE_REQUIRE(select.heads == heads && transpose.heads == heads, "mask prediction: heads differ between stages");
   SPARGE_REQUIRE(head_groups >= 1, "mask prediction: head_groups must be >= 1");
+  SPARGE_REQUIRE(fused >= 0 && fused <= 2, "mask prediction: fused must be 0, 1 or 2");
   head_groups = head_groups < heads ? head_groups : heads;
   if (tail_rows_per_cta == 0) tail_rows_per_cta = rows_per_cta;
   auto set_group = [&](int begin, int count) {
     pool.head_begin = select.head_begin = transpose.head_begin = begin;
     pool.group_heads = select.group_heads = transpose.group_heads = count;
   };
+  if (fused != 0) {
+    set_group(0, heads);
+    if (pool_select_fits(pool, select, dtype)) {
+      check_pool(pool);
+      check_select(select);
+      SPARGE_REQUIRE(counters != nullptr, "mask prediction: the fused kernel needs the workspace's counters");
+      launch_pool_select(pool, select, counters, dtype, stream);
+      launch_transpose_mask(transpose, stream);
+      return;
+    }
+    SPARGE_REQUIRE(fused == 1, "mask prediction: the fused kernel takes float16/bfloat16 Q and K whose rows allow "
+                               "16-byte loads (16-byte aligned, D and the token/head/batch strides multiples of 8) "
+                               "and 16 score rows of Nk in shared memory");
+  }
   if (head_groups == 1) {
     set_group(0, heads);
     launch_pool_blocks(pool, dtype, stream);

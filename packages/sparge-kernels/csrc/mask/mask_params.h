@@ -60,4 +60,19 @@ struct TransposeParams {
   int32_t* q_index;  // (B, H, Nk, Nq)
 };
 
+// Kernels 1 and 2 fused (pool_select_fused.cuh): one persistent launch in which each CTA takes tickets from
+// counters[0]; a ticket is either a pooling task (kPoolWarps blocks of one (b, h)) or a selection task (16 query
+// blocks of one (b, h)), in segments of pool_tasks + select_tasks tickets per (b, h): segment s pools unit s and
+// selects unit s - kFusedLag, so a selection task waits (counters[1 + unit] == pool_tasks) only for pooling that
+// began long before. pool and select cover all heads (head_begin 0).
+struct PoolSelectParams {
+  PoolParams pool;
+  SelectParams select;
+  uint32_t* counters;  // [0]: next ticket; [1 + b * H + h]: pooling tasks done for (b, h). Zeroed before launch.
+  int units;           // B * H
+  int pool_tasks;      // per unit: ceil((Nq + Nk) / kPoolWarps)
+  int select_tasks;    // per unit: ceil(Nq / 16)
+  int tickets;         // (units + kFusedLag) * (pool_tasks + select_tasks)
+};
+
 }  // namespace sparge::mask

@@ -1,6 +1,6 @@
 // The mask prediction's intermediates in one float32 buffer, so that a call allocates once: q_pooled (B, H, Nq, D),
-// k_pooled_t (B, H, D, k_ld) and row_bits (B, H, Nq, words; int32 bit patterns), each starting on a 512-byte
-// boundary. cuda_mask.MaskWorkspace takes its views from this layout (mask_workspace_layout in _C); mask_predict
+// k_pooled_t (B, H, D, k_ld), row_bits (B, H, Nq, words; int32 bit patterns) and the fused kernel's counters
+// (1 + B * H uint32, PoolSelectParams), each starting on a 512-byte boundary. cuda_mask.MaskWorkspace takes its views from this layout (mask_workspace_layout in _C); mask_predict
 // takes the buffer itself.
 #pragma once
 
@@ -9,7 +9,7 @@
 namespace sparge::mask {
 
 struct WorkspaceLayout {
-  int64_t q_pooled, k_pooled_t, row_bits;  // offsets, in floats
+  int64_t q_pooled, k_pooled_t, row_bits, counters;  // offsets, in floats
   int64_t total;                           // floats
   int k_ld, words;                         // k_pooled_t's leading dim (words * 32), row_bits' words per row
 };
@@ -23,7 +23,8 @@ inline WorkspaceLayout workspace_layout(int64_t b, int64_t h, int64_t nq, int64_
   w.q_pooled = 0;
   w.k_pooled_t = padded(b * h * nq * d);
   w.row_bits = w.k_pooled_t + padded(b * h * d * w.k_ld);
-  w.total = w.row_bits + padded(b * h * nq * w.words);
+  w.counters = w.row_bits + padded(b * h * nq * w.words);
+  w.total = w.counters + padded(1 + b * h);
   return w;
 }
 

@@ -15,6 +15,18 @@
 
 namespace sparge::mask {
 
+// A pooled key. Through the read-only cache where an earlier launch wrote the pooled blocks (the separate pooling
+// and selection kernels); from L2 (ld.cg) where this launch did (pool_select_fused.cuh): the read-only path is
+// defined only for data that nothing writes while the kernel runs.
+template <bool kPooledInThisLaunch>
+__device__ __forceinline__ float load_pooled(const float* ptr) {
+  if constexpr (kPooledInThisLaunch) {
+    return __ldcg(ptr);
+  } else {
+    return __ldg(ptr);
+  }
+}
+
 __device__ __forceinline__ uint32_t to_tf32(float x) {
   uint32_t r;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
@@ -85,7 +97,7 @@ __device__ __forceinline__ void stage_query_fragments(const float* q_src, int q0
 // k_src the (head_dim, k_ld) transposed pooled keys of the head. Each warp takes 64-key tiles (8 n-tiles of 8) in
 // turn and every 16-row m-tile of the CTA. Lanes past nk read key nk - 1 and lanes past head_dim row
 // head_dim - 1 (finite values: the A fragments are zero there, and columns past nk are not stored).
-template <int kRows, int kWarps, int kWarpKeys>
+template <int kRows, int kWarps, int kWarpKeys, bool kPooledInThisLaunch>
 __device__ __forceinline__ void scores_mma_tf32x3(const uint4* frag, const float* k_src, int k_ld, int head_dim,
                                                   int nk, float scale, float* scores, int warp, int lane) {
   constexpr int kMTiles = query_mtiles<kRows>();
@@ -116,8 +128,8 @@ __device__ __forceinline__ void scores_mma_tf32x3(const uint4* frag, const float
       }
 #pragma unroll
       for (int n = 0; n < kNTiles; ++n) {
-        raw[n][0] = __ldg(row0 + (kInside ? 8 * n : col[n]));
-        raw[n][1] = __ldg(row1 + (kInside ? 8 * n : col[n]));
+        raw[n][0] = load_pooled<kPooledInThisLaunch>(row0 + (kInside ? 8 * n : col[n]));
+        raw[n][1] = load_pooled<kPooledInThisLaunch>(row1 + (kInside ? 8 * n : col[n]));
       }
     };
     // The low parts of step ks's raw B (the raw bits are the high parts), its buffer refilled with step ks + 2,

@@ -34,7 +34,7 @@ constexpr size_t select_smem_bytes(int head_dim, int num_k_blocks, bool tensor_s
 
 // Scores by fp32 FMAs: each warp owns 64-key tiles; lane keys j and j + 32 read the transposed pooled K
 // coalesced (L2); one float4 broadcast of q_t gives 4 rows at one d.
-template <int kRows>
+template <int kRows, bool kPooledInThisLaunch>
 __device__ __forceinline__ void scores_fma(const float* q_t, const float* k_src, int k_ld, int head_dim, int dp,
                                            int nk, float scale, float* scores, int warp, int lane) {
   for (int tile = warp * kWarpKeys; tile < nk; tile += kSelectWarps * kWarpKeys) {
@@ -50,8 +50,8 @@ __device__ __forceinline__ void scores_fma(const float* q_t, const float* k_src,
       for (int u = 0; u < kDChunk; ++u) {
         const int d = d0 + u;
         const float* src = k_src + int64_t(d) * k_ld;
-        next0[u] = (has0 && d < head_dim) ? __ldg(src + j0) : 0.f;
-        next1[u] = (has1 && d < head_dim) ? __ldg(src + j1) : 0.f;
+        next0[u] = (has0 && d < head_dim) ? load_pooled<kPooledInThisLaunch>(src + j0) : 0.f;
+        next1[u] = (has1 && d < head_dim) ? load_pooled<kPooledInThisLaunch>(src + j1) : 0.f;
       }
     };
     load_keys(0);
@@ -88,12 +88,13 @@ __device__ __forceinline__ void scores_fma(const float* q_t, const float* k_src,
   }
 }
 
-// One CTA: kRows query blocks of one (b, h); shared memory as select_smem_bytes says. kTensorScores: the scores
-// by 3xTF32 mma.sync (scores_mma.cuh) instead of fp32 FMAs. kRowWords > 0: each warp loads its row into kRowWords
-// registers per lane (Nk <= 32 kRowWords) for the selection's passes; 0: the passes read and rewrite it in shared
-// memory. Same result.
-template <int kRows, bool kTensorScores, int kRowWords>
-__device__ __forceinline__ void select_blocks(const SelectParams& p) {
+// One CTA: query blocks q0 .. q0 + kRows - 1 of the (b, h) row bh = b * H + h; shared memory as select_smem_bytes
+// says. kTensorScores: the scores by 3xTF32 mma.sync (scores_mma.cuh) instead of fp32 FMAs. kRowWords > 0: each
+// warp loads its row into kRowWords registers per lane (Nk <= 32 kRowWords) for the selection's passes; 0: the
+// passes read and rewrite it in shared memory. Same result. kPooledInThisLaunch: the pooled blocks were written
+// by this launch (load_pooled).
+template <int kRows, bool kTensorScores, int kRowWords, bool kPooledInThisLaunch = false>
+__device__ __forceinline__ void select_blocks(const SelectParams& p, int q0, int64_t bh) {
   static_assert(kRows % 4 == 0 && kRows >= 4, "query rows are read as float4");
   extern __shared__ float4 smem_f4[];
   float* q_t = reinterpret_cast<float*>(smem_f4);
@@ -103,9 +104,6 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   float* scores = q_t + query_stage_words<kRows>(head_dim, kTensorScores);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int q0 = blockIdx.x * kRows;
-  const int64_t bh = int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y;
-  wait_for_previous_kernel();  // the pooled blocks
 
   // Scores [kRows][Nk], scaled, from the pooled queries staged in shared memory.
   const float* q_src = p.q_pooled + bh * nq * head_dim;
@@ -113,8 +111,8 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
   if constexpr (kTensorScores) {
     stage_query_fragments<kRows, kSelectThreads>(q_src, q0, nq, head_dim, reinterpret_cast<uint4*>(smem_f4), tid);
     __syncthreads();
-    scores_mma_tf32x3<kRows, kSelectWarps, kWarpKeys>(reinterpret_cast<const uint4*>(smem_f4), k_src, p.k_ld,
-                                                      head_dim, nk, p.scale, scores, warp, lane);
+    scores_mma_tf32x3<kRows, kSelectWarps, kWarpKeys, kPooledInThisLaunch>(
+        reinterpret_cast<const uint4*>(smem_f4), k_src, p.k_ld, head_dim, nk, p.scale, scores, warp, lane);
   } else {
     // Transposed so one float4 broadcast gives 4 rows at one d; zero rows/columns pad.
     for (int idx = tid; idx < kRows * dp; idx += kSelectThreads) {
@@ -122,7 +120,7 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
       q_t[d * kRows + r] = (q0 + r < nq && d < head_dim) ? q_src[int64_t(q0 + r) * head_dim + d] : 0.f;
     }
     __syncthreads();
-    scores_fma<kRows>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
+    scores_fma<kRows, kPooledInThisLaunch>(q_t, k_src, p.k_ld, head_dim, dp, nk, p.scale, scores, warp, lane);
   }
   __syncthreads();
 
@@ -153,7 +151,9 @@ __device__ __forceinline__ void select_blocks(const SelectParams& p) {
 template <int kRows, bool kTensorScores, int kRowWords>
 __global__ void __launch_bounds__(kSelectThreads, kTensorScores && kRows <= 16 ? 2 : 0)
     select_blocks_kernel(const SelectParams p) {
-  select_blocks<kRows, kTensorScores, kRowWords>(p);
+  wait_for_previous_kernel();  // the pooled blocks
+  select_blocks<kRows, kTensorScores, kRowWords>(p, blockIdx.x * kRows,
+                                                 int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y);
 }
 
 // Rows of up to 32 kRowWords key blocks in registers, held to 128 registers per thread so that two 16-row CTAs per
@@ -161,7 +161,9 @@ __global__ void __launch_bounds__(kSelectThreads, kTensorScores && kRows <= 16 ?
 template <int kRows, bool kTensorScores, int kRowWords>
 __global__ void __launch_bounds__(kSelectThreads, 2) select_blocks_long_rows_kernel(const SelectParams p) {
   static_assert(kRows <= 16 && kRowWords > 0, "long register rows: at most 16 rows per CTA");
-  select_blocks<kRows, kTensorScores, kRowWords>(p);
+  wait_for_previous_kernel();  // the pooled blocks
+  select_blocks<kRows, kTensorScores, kRowWords>(p, blockIdx.x * kRows,
+                                                 int64_t(blockIdx.z) * p.heads + p.head_begin + blockIdx.y);
 }
 
 }  // namespace sparge::mask

@@ -5,10 +5,12 @@ Three kernels, launched by one call into the extension:
                (B,H,D,Nk))
   2. select    per query block: scores · scale, softmax, hybrid Top-k ∪ Top-p -> kv_count, kv_index, row bitmask
   3. transpose q_count, q_index from the row bitmask
-On sm_90 GPUs kernels 2 and 3 are launched with programmatic dependent launch: each is scheduled while the one
-before it drains and waits on the device for its results (hides the launch gaps; same results).
-With head_groups > 1 the heads are processed in groups: pooling of group g+1 (memory-bound, caller's stream)
-overlaps selection of group g (compute-bound, a high-priority side stream joined back before returning).
+With `fused`, kernels 1 and 2 are one persistent launch (csrc/mask/pool_select_fused.cuh): CTAs take pooling
+and selection tasks from a global ticket counter, so the memory-bound pooling of some heads overlaps the
+issue-bound selection of others. On sm_90 GPUs the next kernel is launched with programmatic dependent launch:
+scheduled while the one before it drains, it waits on the device for its results (hides the launch gaps).
+Without fusion, head_groups > 1 processes the heads in groups: pooling of group g+1 (memory-bound, caller's
+stream) overlaps selection of group g (a high-priority side stream joined back before returning).
 Selection rule (select_row.cuh): exactly the reference's, with fp32 cumulative masses; exact float ties of the
 probabilities go to the lower key-block index (the reference's stable sort). The Top-k count and "keep every
 block" come from the reference (`topk_count`, `keeps_every_block`). float64 inputs and head dims above 256 are
@@ -47,7 +49,7 @@ class MaskWorkspace:
 
     @classmethod
     def allocate(cls, b: int, h: int, nq: int, nk: int, d: int, device: torch.device) -> MaskWorkspace:
-        total, q_at, k_at, bits_at, k_ld, words = _workspace_layout(b, h, nq, nk, d)
+        total, q_at, k_at, bits_at, k_ld, words, _ = _workspace_layout(b, h, nq, nk, d)
         flat = torch.empty(total, dtype=torch.float32, device=device)
         views = []
         for start, shape in ((q_at, (b, h, nq, d)), (k_at, (b, h, d, k_ld)), (bits_at, (b, h, nq, words))):
@@ -57,7 +59,7 @@ class MaskWorkspace:
 
 
 @functools.lru_cache(maxsize=64)
-def _workspace_layout(b: int, h: int, nq: int, nk: int, d: int) -> tuple[int, int, int, int, int, int]:
+def _workspace_layout(b: int, h: int, nq: int, nk: int, d: int) -> tuple[int, int, int, int, int, int, int]:
     return tuple(_C.mask_workspace_layout(b, h, nq, nk, d))
 
 
@@ -139,6 +141,7 @@ def predict(
     compact: bool = True,
     tensor_scores: bool | None = None,
     register_rows: bool | None = None,
+    fused: bool | None = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
@@ -154,6 +157,13 @@ def predict(
     (`default_tensor_scores`). Not a pure tuning knob: the scores round differently, so decisions may differ
     between the two where they lie within the rounding band that tests/test_cuda_mask.py allows. Within one
     choice, results never depend on the tuning arguments above.
+    `fused`: pooling and selection in one persistent launch with tensor-core scores and 16 query blocks per
+    selection task (head_groups, rows_per_cta and tail_rows_per_cta do not apply). None: fused unless one of
+    those three is given or tensor_scores is False, with separate launches where the fused kernel does not take
+    the inputs (float32, or rows that do not allow 16-byte loads); True: fused or ValueError; False: separate
+    launches. The same results as the separate launches with tensor_scores=True. The default stays False until
+    the fused kernel has been measured on a GPU (tools/device/mask_h200.sh; it was written in a session without
+    one).
     """
     b, h, lq, d = q.shape
     lk = k.shape[2]
@@ -190,6 +200,15 @@ def predict(
         )
     kv_count, kv_index, q_count, q_index = out
     qk_bytes = (q.numel() + k.numel()) * q.element_size()
+    if fused is None:
+        fused_mode = int(head_groups <= 0 and rows_per_cta == 0 and tail_rows_per_cta is None
+                         and tensor_scores is not False)  # 1: where the kernel takes the inputs
+    elif fused and tensor_scores is False:
+        raise ValueError("fused=True scores on tensor cores: tensor_scores must be None or True")
+    else:
+        fused_mode = 2 if fused else 0
+    if fused_mode:
+        tensor_scores = True
     if head_groups <= 0:
         head_groups = default_head_groups(h, qk_bytes)
     if tensor_scores is None:
@@ -204,7 +223,7 @@ def predict(
             q, k, block_q, block_k, float(scale), reference.topk_count(topk, nk), float(topp), int(compact),
             workspace, kv_count, kv_index, q_count, q_index,
             int(head_groups), int(rows_per_cta), int(tail_rows_per_cta), current_stream(device),
-            tensor_scores=int(tensor_scores), register_rows=int(register_rows),
+            tensor_scores=int(tensor_scores), register_rows=int(register_rows), fused=fused_mode,
         )
     return kv_count, kv_index, q_count, q_index
 
@@ -218,10 +237,10 @@ def default_head_groups(heads: int, qk_bytes: int) -> int:
 
 
 def default_tensor_scores(qk_bytes: int) -> bool:
-    """Tensor-core scores for large inputs (Q+K >= 1 GiB), fp32 FMAs below. Measured on an H200
-    (tools/results/mask_tensor_scores_h200_2026-12-04.md): with the automatic tuning, the 14B shape (1.5 GB)
-    predicts in 0.958 ms with tensor-core scores against 0.984 ms, the 1.3B shape (0.2 GB) in 0.108 against
-    0.100 ms (its 8-row selection CTAs leave most of each 16-row MMA tile empty)."""
+    """Separate launches (fused=False): tensor-core scores for large inputs (Q+K >= 1 GiB), fp32 FMAs below.
+    Measured on an H200 (tools/results/mask_tensor_scores_h200_2026-12-04.md): with the automatic tuning, the
+    14B shape (1.5 GB) predicts in 0.958 ms with tensor-core scores against 0.984 ms, the 1.3B shape (0.2 GB) in
+    0.108 against 0.100 ms (its 8-row selection CTAs leave most of each 16-row MMA tile empty)."""
     return qk_bytes >= 1 << 30
 
 

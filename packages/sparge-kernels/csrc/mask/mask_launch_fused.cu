@@ -1,0 +1,66 @@
+// Launcher of the fused pooling + selection kernel (pool_select_fused.cuh); mask_launch.cu decides when it applies
+// and checks the arguments. A translation unit of its own: its kernels compile in parallel with the others.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+
+#include "common/cuda_check.h"
+#include "common/device_info.h"
+#include "mask/mask_launch.h"
+#include "mask/pool_select_fused.cuh"
+
+namespace sparge::mask {
+namespace {
+
+template <typename Elem, int kRowWords>
+void launch_typed(const PoolSelectParams& p, cudaStream_t stream) {
+  auto* kernel = pool_select_kernel<Elem, kRowWords>;
+  const size_t smem = select_smem_bytes<kFusedRows>(p.select.head_dim, p.select.num_k_blocks, true);
+  if (smem > 48 * 1024) {
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  }
+  int per_sm = 0;
+  SPARGE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSelectThreads, smem));
+  SPARGE_REQUIRE(per_sm > 0, "mask prediction: the fused kernel does not fit on an SM");
+  const int grid = std::min(p.tickets, per_sm * current_device_sms());  // persistent: every CTA resident
+  kernel<<<grid, kSelectThreads, smem, stream>>>(p);
+}
+
+template <typename Elem>
+void dispatch_row_words(const PoolSelectParams& p, bool register_rows, cudaStream_t stream) {
+  const int words = (p.select.num_k_blocks + 31) / 32;  // as the separate selection kernel (mask_launch.cu)
+  if (register_rows && words <= 16) return launch_typed<Elem, 16>(p, stream);
+  if (register_rows && words <= 40) return launch_typed<Elem, 40>(p, stream);
+  launch_typed<Elem, 0>(p, stream);
+}
+
+}  // namespace
+
+size_t pool_select_smem_bytes(int head_dim, int num_k_blocks) {
+  return select_smem_bytes<kFusedRows>(head_dim, num_k_blocks, true);
+}
+
+void launch_pool_select(const PoolParams& pool, const SelectParams& select, uint32_t* counters, DType dtype,
+                        std::uintptr_t stream) {
+  PoolSelectParams p{};
+  p.pool = pool;
+  p.select = select;
+  p.counters = counters;
+  const int nq = select.num_q_blocks, nk = select.num_k_blocks;
+  p.units = select.batch * select.heads;
+  p.pool_tasks = (nq + nk + kPoolWarps - 1) / kPoolWarps;
+  p.select_tasks = (nq + kFusedRows - 1) / kFusedRows;
+  const int64_t tickets = (int64_t(p.units) + kFusedLag) * (p.pool_tasks + p.select_tasks);
+  SPARGE_REQUIRE(tickets <= 0x7fffffff, "mask prediction: too many blocks for the fused kernel");
+  p.tickets = int(tickets);
+  const auto s = reinterpret_cast<cudaStream_t>(stream);
+  SPARGE_CUDA_CHECK(cudaMemsetAsync(counters, 0, sizeof(uint32_t) * (1 + size_t(p.units)), s));
+  if (dtype == DType::kBFloat16) {
+    dispatch_row_words<Bf16Elem>(p, select.register_rows != 0, s);
+  } else {
+    dispatch_row_words<Fp16Elem>(p, select.register_rows != 0, s);
+  }
+  SPARGE_CHECK_LAUNCH("pool_select_kernel");
+}
+
+}  // namespace sparge::mask
