@@ -6,6 +6,10 @@ markdown table of the entry points and of the pieces of the mask glue (`cuda_mas
 cProfile's top functions for `sparge_attention`:
 
     python3 tools/bench_host_overhead.py [--calls 2000]
+
+With --dispatch-only (any machine, CPU tensors): the cost of the `sparge` ops themselves, i.e. each entry point
+with a stub backend whose predict/forward return preallocated outputs, so what remains is dispatch, argument
+checks and packing.
 """
 
 from __future__ import annotations
@@ -32,6 +36,38 @@ def per_call_us(fn: Callable[[], object], calls: int) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
+def dispatch_only(calls: int) -> None:
+    from unittest import mock
+
+    import sparge_kernels as sk
+    from sparge_kernels import backend, ops
+
+    q, k, v = (torch.randn(1, 1, 1024, 128, dtype=torch.bfloat16) for _ in range(3))
+    i32 = dict(dtype=torch.int32)
+    mask = (torch.zeros(1, 1, 8, **i32), torch.zeros(1, 1, 8, 16, **i32), torch.zeros(1, 1, 16, **i32),
+            torch.zeros(1, 1, 16, 8, **i32))
+    out, lse = torch.empty_like(q), torch.empty(1, 1, 1024)
+    stub = backend.Backend(predict=lambda *_: mask, forward=lambda *_: (out, lse), backward=None)
+    mask_args = (*mask, 128, 64, 0.125, "HND", False)
+    rows = {
+        "op sparge::predict_block_mask": lambda: ops.predict_block_mask_op(q, k, 0.05, 0.0, 128, 64, 0.125, "HND"),
+        "op sparge::block_sparse_attention (autograd registered; no input requires grad)": lambda: (
+            ops.block_sparse_attention_op(q, k, v, *mask_args)),
+        "public predict_block_mask": lambda: sk.predict_block_mask(q, k, topk=0.05, topp=0.0, scale=0.125),
+        "public sparge_attention": lambda: sk.sparge_attention(q, k, v, topk=0.05, topp=0.0, scale=0.125),
+    }
+    print(f"torch {torch.__version__}, CPU tensors (1, 1, 1024, 128) bf16, stub backend; {calls} calls each\n")
+    print("| entry point (stub backend) | host µs per call |\n|---|---:|")
+    with mock.patch.object(ops, "backend_for", lambda device: stub):
+        for label, fn in rows.items():
+            for _ in range(200):
+                fn()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            print(f"| {label} | {(time.perf_counter() - start) / calls * 1e6:.1f} |", flush=True)
+
+
 def main() -> None:
     import sparge_kernels as sk
     from sparge_kernels import cuda_mask, reference
@@ -39,7 +75,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--dispatch-only", action="store_true", help="the ops' own cost, CPU tensors, stub backend")
     args = parser.parse_args()
+    if args.dispatch_only:
+        return dispatch_only(args.calls)
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, 1, 1024, 128, generator=g, device="cuda").to(torch.bfloat16) for _ in range(3))
     scale = 128**-0.5

@@ -57,3 +57,21 @@ def test_predicted_mask_indices_are_consistent():
 def test_from_dense_rejects_bad_input(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         BlockMask.from_dense(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(seq_len_q=1000), ValueError, "seq_len_q=1000 needs 8 query blocks, kv_index has 2"),
+        (dict(seq_len_k=0), ValueError, "seq_len_k"),
+        (dict(seq_len_k=True), TypeError, "seq_len_k"),
+        (dict(block_k=-64), ValueError, "block_k"),
+    ],
+)
+def test_from_indices_rejects_bad_sizes(kwargs, exc, match):
+    """from_indices builds a trusted mask (no second metadata check), so it checks the sizes it is given itself."""
+    kv_count = torch.tensor([[[1, 2]]], dtype=torch.int32)
+    kv_index = torch.tensor([[[[0, -1], [0, 1]]]], dtype=torch.int32)
+    with pytest.raises(exc, match=match):
+        BlockMask.from_indices(kv_count, kv_index, **kwargs)
+    assert BlockMask.from_indices(kv_count, kv_index, seq_len_q=200, seq_len_k=65).seq_len_k == 65
