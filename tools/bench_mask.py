@@ -124,12 +124,19 @@ def bench_shape(name: str, iters: int) -> list[str]:
 
     t_ref = time_ms(lambda: predict_block_mask_indices(q, k, TOPK, TOPP, BLOCK_Q, BLOCK_K, scale),
                     max(2, iters // 10), 3)
+
+    def public_predict():
+        return sparge_kernels.predict_block_mask(q, k, topk=TOPK, topp=TOPP, block_q=BLOCK_Q, block_k=BLOCK_K,
+                                                 scale=scale)
+
     t_eager = {
         "sparge CUDA predict, fused pooling + selection (fused=True)": time_ms(predict(fused=True), iters),
         "sparge CUDA predict, default": time_ms(predict(), iters),
-        "public API predict_block_mask, default": time_ms(lambda: sparge_kernels.predict_block_mask(
-            q, k, topk=TOPK, topp=TOPP, block_q=BLOCK_Q, block_k=BLOCK_K, scale=scale), iters),
+        "public API predict_block_mask, default": time_ms(public_predict, iters),
     }
+    with sparge_kernels.kernel_options(mask_schedule="fused"):
+        t_eager["public API predict_block_mask, kernel_options(mask_schedule=\"fused\")"] = time_ms(
+            public_predict, iters)
     graph_variants = {
         "fused pooling + selection (fused=True)": predict(fused=True),
         "fused, NHD input": predict(q_nhd, k_nhd, fused=True),

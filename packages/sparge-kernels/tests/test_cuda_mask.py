@@ -171,10 +171,11 @@ CASES = [
 ]
 
 
-SCORES = {  # the ways to the pooled scores
-    "fma-scores": dict(tensor_scores=False),
-    "tf32x3-scores": dict(tensor_scores=True),
-    "fused": dict(fused=None),  # the fused pooling + selection kernel where it takes the inputs (3xTF32 scores)
+SCORES = {  # the ways to the pooled scores: (predict's arguments, kernel_options)
+    "fma-scores": (dict(tensor_scores=False), {}),
+    "tf32x3-scores": (dict(tensor_scores=True), {}),
+    # the fused pooling + selection kernel where it takes the inputs (3xTF32 scores), else separate launches
+    "fused": ({}, dict(mask_schedule="fused")),
 }
 
 
@@ -185,7 +186,9 @@ def test_mask_matches_float64_rule(case, scores):
     Q+K >= 1 GiB; the fused kernel) decides every pair outside the rounding band as the float64 rule does."""
     b, h, lq, lk, d, bq, bk, layout, dtype, kind, topk, topp = case
     q, k = make_qk(b, h, lq, lk, d, kind=kind, dtype=dtype, layout=layout)
-    stats = check_prediction(q, k, topk, topp, bq, bk, **SCORES[scores])
+    arguments, options = SCORES[scores]
+    with sparge_kernels.kernel_options(**options):
+        stats = check_prediction(q, k, topk, topp, bq, bk, **arguments)
     print(case, scores, stats)
 
 
@@ -314,8 +317,8 @@ def test_fused_zeroes_its_counters_and_replays_in_a_graph():
 
 
 def test_fused_when_required_or_not_possible():
-    """fused=True raises where the fused kernel does not take the inputs; fused=None falls back to the separate
-    launches there (with the same tensor-core scores)."""
+    """fused=True raises where the fused kernel does not take the inputs; the "fused" mask schedule falls back to
+    the separate launches there (with the same tensor-core scores)."""
     q, k = make_qk(1, 2, 700, 900, 128, dtype=torch.float32, seed=14)
     with pytest.raises(ValueError, match="fused kernel takes float16/bfloat16"):
         cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 0.1, fused=True)
@@ -326,9 +329,13 @@ def test_fused_when_required_or_not_possible():
     misaligned = base[..., 1:]  # rows off 16-byte boundaries: no 16-byte loads
     with pytest.raises(ValueError, match="16-byte loads"):
         cuda_mask.predict(misaligned, misaligned, 0.03, 0.2, 128, 64, 0.1, fused=True)
-    fallback = run_kernel(misaligned, misaligned, 0.03, 0.2, 128, 64, 0.1, fused=None)  # separate launches
-    aligned = run_kernel(misaligned.contiguous(), misaligned.contiguous(), 0.03, 0.2, 128, 64, 0.1, fused=None)
+    with sparge_kernels.kernel_options(mask_schedule="fused"):
+        fallback = run_kernel(misaligned, misaligned, 0.03, 0.2, 128, 64, 0.1)  # separate launches
+        aligned = run_kernel(misaligned.contiguous(), misaligned.contiguous(), 0.03, 0.2, 128, 64, 0.1)  # fused
     assert all(torch.equal(x, y) for x, y in zip(fallback, aligned))
+    assert all(torch.equal(x, y) for x, y in zip(aligned, run_kernel(misaligned.contiguous(),
+                                                                     misaligned.contiguous(), 0.03, 0.2, 128, 64,
+                                                                     0.1, fused=True)))
 
 
 def test_side_stream_output_is_ordered_on_the_callers_stream():

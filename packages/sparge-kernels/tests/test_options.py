@@ -49,6 +49,7 @@ def test_backward_path_default_and_env(monkeypatch):
         (dict(backward_path=None), ValueError, "KernelOptions.backward_path must be one of"),
         (dict(dq_accumulate="fast"), ValueError, "KernelOptions.dq_accumulate must be one of"),
         (dict(backward_schedule="static"), ValueError, "KernelOptions.backward_schedule must be one of"),
+        (dict(mask_schedule="overlap"), ValueError, "KernelOptions.mask_schedule must be one of"),
         (dict(debug_fill="nan"), TypeError, "KernelOptions.debug_fill must be a float or None, got str"),
         (dict(debug_fill=True), TypeError, "KernelOptions.debug_fill"),
     ],

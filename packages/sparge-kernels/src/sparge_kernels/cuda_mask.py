@@ -28,6 +28,7 @@ import torch
 
 from . import reference
 from .cuda import _C, current_stream
+from .options import current_kernel_options
 from .validation import num_blocks
 
 __all__ = ["predict", "MaskWorkspace"]
@@ -141,7 +142,7 @@ def predict(
     compact: bool = True,
     tensor_scores: bool | None = None,
     register_rows: bool | None = None,
-    fused: bool | None = False,
+    fused: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hybrid Top-k ∪ Top-p block mask of HND views q (B,H,Lq,D), k (B,H,Lk,D) on the GPU.
 
@@ -158,12 +159,11 @@ def predict(
     between the two where they lie within the rounding band that tests/test_cuda_mask.py allows. Within one
     choice, results never depend on the tuning arguments above.
     `fused`: pooling and selection in one persistent launch with tensor-core scores and 16 query blocks per
-    selection task (head_groups, rows_per_cta and tail_rows_per_cta do not apply). None: fused unless one of
-    those three is given or tensor_scores is False, with separate launches where the fused kernel does not take
-    the inputs (float32, or rows that do not allow 16-byte loads); True: fused or ValueError; False: separate
-    launches. The same results as the separate launches with tensor_scores=True. The default stays False until
-    the fused kernel has been measured on a GPU (tools/device/mask_h200.sh; it was written in a session without
-    one).
+    selection task (head_groups, rows_per_cta and tail_rows_per_cta do not apply); the same results as the
+    separate launches with tensor_scores=True. True: fused, or ValueError where the fused kernel does not take the
+    inputs (float32, or rows that do not allow 16-byte loads); False: separate launches; None: as
+    `current_kernel_options().mask_schedule` says ("fused": fused where the kernel takes the inputs and none of
+    the separate launches' knobs above is given nor tensor_scores=False, else separate launches).
     """
     b, h, lq, d = q.shape
     lk = k.shape[2]
@@ -201,7 +201,8 @@ def predict(
     kv_count, kv_index, q_count, q_index = out
     qk_bytes = (q.numel() + k.numel()) * q.element_size()
     if fused is None:
-        fused_mode = int(head_groups <= 0 and rows_per_cta == 0 and tail_rows_per_cta is None
+        fused_mode = int(current_kernel_options().mask_schedule == "fused" and head_groups <= 0
+                         and rows_per_cta == 0 and tail_rows_per_cta is None
                          and tensor_scores is not False)  # 1: where the kernel takes the inputs
     elif fused and tensor_scores is False:
         raise ValueError("fused=True scores on tensor cores: tensor_scores must be None or True")

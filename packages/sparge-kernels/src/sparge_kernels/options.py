@@ -1,5 +1,6 @@
 """Kernel choices that never change results beyond rounding: which forward and backward kernel, how dQ is
-accumulated, and a debug fill of the outputs. One frozen `KernelOptions`, set for a scope with `kernel_options(...)`:
+accumulated, how the mask prediction is scheduled, and a debug fill of the outputs. One frozen `KernelOptions`,
+set for a scope with `kernel_options(...)`:
 
     with sparge_kernels.kernel_options(forward_path="sm80", dq_accumulate="atomic"):
         out = sparge_kernels.sparge_attention(q, k, v)
@@ -29,6 +30,7 @@ FORWARD_PATHS = ("auto", "sm80", "sm90")
 BACKWARD_PATHS = ("auto", "sm80", "sm90")
 DQ_ACCUMULATE = ("bulk", "atomic")
 BACKWARD_SCHEDULES = ("tile", "persistent")
+MASK_SCHEDULES = ("separate", "fused")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,12 @@ class KernelOptions:
         while it finishes the current one). The same gradients up to the fp32 order of dQ's accumulation; the SM80
         kernels ignore it. "persistent" is the default: on an H200 it won or tied 7 of 9 comparisons (up to 8%
         faster on the 1.3B shape, within 3% either way elsewhere; tools/results/bwd_schedules_h200_2026-12-04.md).
+    mask_schedule: how the mask prediction runs its pooling and selection: "separate" (two launches, with head
+        groups on a side stream for large inputs; fp32 FMA or 3xTF32 scores by size) or "fused" (one persistent
+        launch taking both kinds of task from a ticket counter, 3xTF32 scores; separate launches where it does not
+        take the inputs: float32, or rows that do not allow 16-byte loads). Decisions may differ between the two
+        only within the scores' rounding band. "separate" stays the default until "fused" has been measured on a
+        GPU (`cuda_mask.predict`'s `fused`).
     """
 
     forward_path: str = "auto"
@@ -61,6 +69,7 @@ class KernelOptions:
     debug_fill: float | None = None
     backward_path: str = "auto"  # after the older fields: positional KernelOptions(forward_path, ...) still holds
     backward_schedule: str = "persistent"
+    mask_schedule: str = "separate"
 
     def __post_init__(self) -> None:
         if self.forward_path not in FORWARD_PATHS:
@@ -73,6 +82,8 @@ class KernelOptions:
             raise ValueError(
                 f"KernelOptions.backward_schedule must be one of {BACKWARD_SCHEDULES}, got {self.backward_schedule!r}"
             )
+        if self.mask_schedule not in MASK_SCHEDULES:
+            raise ValueError(f"KernelOptions.mask_schedule must be one of {MASK_SCHEDULES}, got {self.mask_schedule!r}")
         if self.dq_accumulate not in DQ_ACCUMULATE:
             raise ValueError(
                 f"KernelOptions.dq_accumulate must be one of {DQ_ACCUMULATE}, got {self.dq_accumulate!r}"
