@@ -86,6 +86,11 @@ class FitRuns:
         return self.cache[name]
 
 
+def deepspeed_shm_segments() -> set[str]:
+    """The DeepSpeed SHM-allreduce segments in /dev/shm now (sparge_train.distributed._unlink_deepspeed_shm)."""
+    return {p.name for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from sparge_train.metrics import read_metrics
 
-from .conftest import FitRuns, check_ok, kill_after_first_checkpoint, run_fit, start_fit
+from .conftest import FitRuns, check_ok, deepspeed_shm_segments, kill_after_first_checkpoint, run_fit, start_fit
 
 pytestmark = pytest.mark.multiprocess
 
@@ -42,7 +42,9 @@ class Runs(FitRuns):
 
     def _zero3_deepspeed(self):
         cfg, out = self._config("zero3_deepspeed", deepspeed={"zero_stage": 3})
-        check_ok(run_fit(cfg, nprocs=2, launcher="deepspeed"))
+        before = deepspeed_shm_segments()
+        check_ok(run_fit(cfg, nprocs=2, launcher="deepspeed"))  # LOCAL_SIZE = 2: DeepSpeed's SHM allreduce is on
+        self.shm_segments_left = deepspeed_shm_segments() - before
         return out
 
     def _zero3_killed_then_resumed(self):
@@ -87,6 +89,13 @@ def test_baseline_logs_every_step_and_exports(runs):
 
 def test_zero2_two_processes_match_one_process(runs):
     torch.testing.assert_close(losses(runs.get("zero2_torchrun")), losses(runs.get("baseline")), rtol=2e-5, atol=0)
+
+
+def test_two_processes_leave_no_shared_memory_segments(runs):
+    """DeepSpeed's CPU SHM allreduce creates a ~67 MB /dev/shm segment per rank and never removes it;
+    init_distributed unlinks each rank's name once every rank has mapped it, so a run leaves none behind."""
+    runs.get("zero3_deepspeed")
+    assert runs.shm_segments_left == set()
 
 
 def test_zero3_two_processes_match_one_process(runs):
