@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -180,3 +182,23 @@ def test_the_sm90_paths_need_a_hopper_build_and_gpu(option):
     for archs, capability in (("80,86", (9, 0)), ("80,90a", (8, 0)), ("90a", (10, 0))):
         with pytest.raises(KernelNotBuiltError, match=f"{option}='sm90' needs an sm_90 GPU and a build for 90a"):
             check_kernel_path(option, "sm90", archs, capability)
+
+
+# CPython's unchecked macros (PyTuple_GET_ITEM, PyList_SET_ITEM, PyBytes_AS_STRING, ...), the PySequence_Fast
+# family and private _Py* functions: none exists in the limited API.
+_NOT_IN_LIMITED_API = re.compile(
+    r"\b(Py[A-Za-z]+_GET_[A-Z_]+|Py[A-Za-z]+_SET_ITEM|Py[A-Za-z]+_AS_[A-Z_]+|PySequence_Fast[A-Za-z_]*|_Py[A-Za-z_]+)"
+    r"\s*\("
+)
+
+
+def test_extension_sources_use_only_the_limited_api():
+    """The cp312-abi3 wheel compiles the extension against the stable ABI (nanobind STABLE_ABI, Py_LIMITED_API),
+    where the names above do not exist; CI's Python 3.11 build is not limited-API and would compile them, so a
+    3.12 build broke unseen once (9eace68's tensor caster). The sources are scanned for them instead."""
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    sources = [p for p in csrc.rglob("*") if p.suffix in (".h", ".cpp", ".cu", ".cuh")]
+    assert sources, f"no extension sources under {csrc}"
+    found = [f"{p.relative_to(csrc)}:{n}: {m.group(1)}" for p in sources
+             for n, line in enumerate(p.read_text().splitlines(), 1) for m in _NOT_IN_LIMITED_API.finditer(line)]
+    assert not found, "not in the limited API: " + "; ".join(found)
