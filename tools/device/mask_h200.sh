@@ -14,6 +14,8 @@
 #              two BAR.SYNCs split it into query staging, scores and selection (stall samples, instructions)
 #   ncu-1p3b   Nsight Compute speed-of-light, occupancy, warp-state and scheduler sections of the 1.3B pooling and
 #              selection launches -> ncu_1p3b.txt
+#   ncu-fused  Nsight Compute speed-of-light, memory, warp-state and scheduler sections of one 14B launch of the
+#              fused pooling + selection kernel (predict(fused=True)) -> ncu_fused_14b.txt
 #   host       tools/bench_host_overhead.py (host time per call of the entry points and of the mask glue's pieces)
 #              -> host_overhead.md
 # A step is cut off by `timeout` at min(its cap, what is left of MASK_BUDGET_S, default 560 s from the start);
@@ -58,7 +60,8 @@ for _ in range(2):
     cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 128**-0.5)
 torch.cuda.synchronize()
 PY
-cat >/tmp/select_14b.py <<'PY'
+for variant in select fused; do  # the 14B prediction, twice: separate launches (one head group) or fused
+  cat >/tmp/${variant}_14b.py <<PY
 import sys
 sys.path.insert(0, "tools")
 import torch
@@ -66,9 +69,11 @@ from bench_mask import structured_qk
 from sparge_kernels import cuda_mask
 q, k = structured_qk(1, 40, (21, 45, 80), 128)
 for _ in range(2):
-    cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 128**-0.5, head_groups=1)
+    cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 128**-0.5, **$([ $variant = fused ] && echo 'dict(fused=True)' \
+                                                               || echo 'dict(head_groups=1)'))
 torch.cuda.synchronize()
 PY
+done
 for step in $steps; do
   step_begin "$step" || continue
   case $step in
@@ -95,6 +100,10 @@ for step in $steps; do
       timeout "$(left 150)" ncu --kernel-name regex:"select_blocks|pool_blocks" --launch-skip 2 --launch-count 2 \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
         --section LaunchStats python3 /tmp/predict_1p3b.py >"$OUT/ncu_1p3b.txt" 2>"$OUT/ncu_1p3b.log" || rc=1 ;;
+    ncu-fused)
+      timeout "$(left 150)" ncu --kernel-name regex:pool_select --launch-skip 1 --launch-count 1 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+        --section Occupancy python3 /tmp/fused_14b.py >"$OUT/ncu_fused_14b.txt" 2>"$OUT/ncu_fused.log" || rc=1 ;;
     host)
       timeout "$(left 120)" python3 tools/bench_host_overhead.py >"$OUT/host_overhead.md" 2>"$OUT/host_overhead.log" \
         || rc=1 ;;
