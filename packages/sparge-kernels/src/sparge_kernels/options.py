@@ -19,6 +19,7 @@ would not be seen. Set it from one thread at a time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,10 +97,15 @@ class KernelOptions:
 
 
 def _defaults() -> KernelOptions:
-    path = os.environ.get("SPARGE_FORWARD_PATH", "auto")
+    return _defaults_for(os.environ.get("SPARGE_FORWARD_PATH", "auto"), os.environ.get("SPARGE_BACKWARD_PATH", "auto"))
+
+
+@functools.lru_cache(maxsize=16)
+def _defaults_for(path: str, backward: str) -> KernelOptions:
+    """The defaults for these environment values, built once (every kernel launch asks; a bad value raises and
+    is not cached)."""
     if path not in FORWARD_PATHS:
         raise ValueError(f"SPARGE_FORWARD_PATH must be one of {FORWARD_PATHS}, got {path!r}")
-    backward = os.environ.get("SPARGE_BACKWARD_PATH", "auto")
     if backward not in BACKWARD_PATHS:
         raise ValueError(f"SPARGE_BACKWARD_PATH must be one of {BACKWARD_PATHS}, got {backward!r}")
     return KernelOptions(forward_path=path, backward_path=backward)
