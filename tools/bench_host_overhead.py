@@ -25,14 +25,18 @@ from collections.abc import Callable
 import torch
 
 
-def per_call_us(fn: Callable[[], object], calls: int) -> float:
-    for _ in range(50):
+def per_call_us(fn: Callable[[], object], calls: int, warmup: int = 50) -> float:
+    def sync():
+        if torch.cuda.is_initialized():  # --dispatch-only runs on CPU tensors
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - start) / calls * 1e6
 
 
@@ -60,12 +64,7 @@ def dispatch_only(calls: int) -> None:
     print("| entry point (stub backend) | host µs per call |\n|---|---:|")
     with mock.patch.object(ops, "backend_for", lambda device: stub):
         for label, fn in rows.items():
-            for _ in range(200):
-                fn()
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            print(f"| {label} | {(time.perf_counter() - start) / calls * 1e6:.1f} |", flush=True)
+            print(f"| {label} | {per_call_us(fn, calls, warmup=200):.1f} |", flush=True)
 
 
 def main() -> None:

@@ -60,8 +60,10 @@ for _ in range(2):
     cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 128**-0.5)
 torch.cuda.synchronize()
 PY
-for variant in select fused; do  # the 14B prediction, twice: separate launches (one head group) or fused
-  cat >/tmp/${variant}_14b.py <<PY
+# The 14B prediction, twice: separate launches (one head group) or fused.
+for variant in "select head_groups=1" "fused fused=True"; do
+  set -- $variant
+  cat >/tmp/$1_14b.py <<PY
 import sys
 sys.path.insert(0, "tools")
 import torch
@@ -69,8 +71,7 @@ from bench_mask import structured_qk
 from sparge_kernels import cuda_mask
 q, k = structured_qk(1, 40, (21, 45, 80), 128)
 for _ in range(2):
-    cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 128**-0.5, **$([ $variant = fused ] && echo 'dict(fused=True)' \
-                                                               || echo 'dict(head_groups=1)'))
+    cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 128**-0.5, $2)
 torch.cuda.synchronize()
 PY
 done

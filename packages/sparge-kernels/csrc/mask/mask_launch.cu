@@ -80,10 +80,6 @@ void launch_select_kernel(Kernel kernel, const SelectParams& p, cudaStream_t str
   launch_after_previous(kernel, grid, kSelectThreads, smem, stream, p);
 }
 
-// Rows in registers where they fit (SelectParams::register_rows): 16 words per lane cover Nk <= 512 (the 1.3B
-// shape), 40 words Nk <= 1280 (14B: 1182) with at most 16 rows per CTA; other rows stay in shared memory.
-constexpr int kRowWordsShort = 16, kRowWordsLong = 40;
-
 template <int kRows, bool kTensorScores>
 void launch_select_row_storage(const SelectParams& p, cudaStream_t stream) {
   const int words = (p.num_k_blocks + 31) / 32;
@@ -151,7 +147,8 @@ SideStream& side_stream_for_current_device(size_t num_events) {
   return side;
 }
 
-void check_pool(const PoolParams& p) {
+// Returns the launch's block tasks, B·G·(Nq + Nk).
+int64_t check_pool(const PoolParams& p) {
   check_heads(p.batch, p.heads, p.head_begin, p.group_heads);
   SPARGE_REQUIRE(p.head_dim > 0 && p.head_dim <= kMaxHeadDim,
                  "mask pooling: head dim must be in [1, " + std::to_string(kMaxHeadDim) + "]");
@@ -162,6 +159,7 @@ void check_pool(const PoolParams& p) {
   SPARGE_REQUIRE(p.k_ld >= p.k.num_blocks, "mask pooling: k_ld < Nk");
   const int64_t tasks = int64_t(p.batch) * p.group_heads * (int64_t(p.q.num_blocks) + p.k.num_blocks);
   SPARGE_REQUIRE(tasks <= 0x7fffffff, "mask pooling: too many blocks for one launch");
+  return tasks;
 }
 
 void check_select(const SelectParams& p) {
@@ -185,8 +183,7 @@ bool pool_select_fits(const PoolParams& pool, const SelectParams& select, DType 
 }  // namespace
 
 void launch_pool_blocks(const PoolParams& p, DType dtype, std::uintptr_t stream) {
-  check_pool(p);
-  const int64_t tasks = int64_t(p.batch) * p.group_heads * (int64_t(p.q.num_blocks) + p.k.num_blocks);
+  const int64_t tasks = check_pool(p);
   const cudaStream_t s = as_stream(stream);
   switch (dtype) {
     case DType::kBFloat16:

@@ -15,7 +15,7 @@ namespace {
 template <typename Elem, int kRowWords>
 void launch_typed(const PoolSelectParams& p, cudaStream_t stream) {
   auto* kernel = pool_select_kernel<Elem, kRowWords>;
-  const size_t smem = select_smem_bytes<kFusedRows>(p.select.head_dim, p.select.num_k_blocks, true);
+  const size_t smem = pool_select_smem_bytes(p.select.head_dim, p.select.num_k_blocks);
   if (smem > 48 * 1024) {
     SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
@@ -28,9 +28,9 @@ void launch_typed(const PoolSelectParams& p, cudaStream_t stream) {
 
 template <typename Elem>
 void dispatch_row_words(const PoolSelectParams& p, bool register_rows, cudaStream_t stream) {
-  const int words = (p.select.num_k_blocks + 31) / 32;  // as the separate selection kernel (mask_launch.cu)
-  if (register_rows && words <= 16) return launch_typed<Elem, 16>(p, stream);
-  if (register_rows && words <= 40) return launch_typed<Elem, 40>(p, stream);
+  const int words = (p.select.num_k_blocks + 31) / 32;
+  if (register_rows && words <= kRowWordsShort) return launch_typed<Elem, kRowWordsShort>(p, stream);
+  if (register_rows && words <= kRowWordsLong) return launch_typed<Elem, kRowWordsLong>(p, stream);
   launch_typed<Elem, 0>(p, stream);
 }
 

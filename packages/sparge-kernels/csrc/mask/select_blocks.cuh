@@ -17,6 +17,11 @@ constexpr int kSelectWarps = kSelectThreads / 32;
 constexpr int kWarpKeys = 64;  // key blocks per warp tile: 2 per lane
 constexpr int kDChunk = 8;     // head-dim steps per register prefetch
 
+// Rows in registers where they fit (SelectParams::register_rows): 16 words per lane cover Nk <= 512 (the 1.3B
+// shape), 40 words Nk <= 1280 (14B: 1182) with at most 16 rows per CTA; other rows stay in shared memory. The
+// separate selection kernel (mask_launch.cu) and the fused one (mask_launch_fused.cu) pick alike.
+constexpr int kRowWordsShort = 16, kRowWordsLong = 40;
+
 __host__ __device__ constexpr int padded_head_dim(int head_dim) { return (head_dim + kDChunk - 1) / kDChunk * kDChunk; }
 
 // Shared memory: the staged queries (fp32 [dp][kRows] for FMA scores, TF32 A fragments for tensor-core ones),
