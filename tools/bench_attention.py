@@ -15,9 +15,10 @@ fraction: only the kept blocks count), speedup vs dense cuDNN.
     python tools/bench_attention.py [--shapes 1.3b,14b] [--densities 1,0.05] [--out tools/results/x.md] [--backward]
 
 `--backward` adds the rows of BACKWARD_ROWS (functions (ctx) -> list[Row]), a hook for fwd+bwd rows.
-`--dq-accumulate bulk|atomic` sets KernelOptions.dq_accumulate for every row that takes the default options (the
-fwd+bwd rows; the "backward alone" rows name their mode: SM80 bulk/atomic/deterministic, sm90 atomic and bulk, sm90
-bulk with the persistent schedule (the default) and with one CTA per key block, KernelOptions.backward_schedule;
+`--dq-accumulate bulk|atomic|spill` sets KernelOptions.dq_accumulate for every row that takes the default options
+(the fwd+bwd rows; the "backward alone" rows name their mode: SM80 bulk/atomic/deterministic, sm90 atomic and bulk,
+sm90 bulk with the persistent schedule (the default) and with one CTA per key block, KernelOptions.backward_schedule,
+sm90 with dS spilled;
 a fwd+bwd row runs the one-CTA-per-block schedule too). cuDNN, Flex 128x128 and sparge fwd+bwd are also timed as
 GPU work only (GRAPH_FWD_BWD calls in one CUDA graph), next to the eager rows, which count the host's gaps.
 """
@@ -346,6 +347,8 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
             modes += [("sm90 wgmma, atomic dQ", "atomic", False, "sm90", "persistent"),
                       ("sm90 wgmma, bulk-reduce dQ, one CTA per key block", "bulk", False, "sm90", "tile"),
                       ("sm90 wgmma, bulk-reduce dQ, persistent schedule", "bulk", False, "sm90", "persistent"),
+                      ("sm90 wgmma, dS spilled + sm90 dQ kernel, persistent schedule", "spill", False, "sm90",
+                       "persistent"),
                       ("sm90 wgmma dK/dV + SM80 dQ, deterministic", "bulk", True, "sm90", "tile")]
         for mode, accumulate, det, path, schedule in modes:
             options = sk.KernelOptions(dq_accumulate=accumulate, backward_path=path, backward_schedule=schedule)
@@ -404,7 +407,7 @@ def main() -> None:
                              "or one list for every shape (e.g. '1.3b=1,0.2,0.1,0.05;14b=0.05')")
     parser.add_argument("--densities", default=",".join(f"{x:g}" for x in DENSITIES),
                         help=f"random-mask densities of the forward rows, a subset of {DENSITIES} (default: all)")
-    parser.add_argument("--dq-accumulate", choices=("bulk", "atomic"), default=None,
+    parser.add_argument("--dq-accumulate", choices=("bulk", "atomic", "spill"), default=None,
                         help="KernelOptions.dq_accumulate of the rows with default options (default: the default)")
     args = parser.parse_args()
     densities = tuple(float(x) for x in args.densities.split(",") if x)

@@ -1,7 +1,8 @@
 """Tiny backward cases for compute-sanitizer (memcheck/racecheck): tails on both sides, Lq != Lk, an empty query
 block, a key block nobody keeps, HND and NHD strides, every backward kernel (SM80 with bulk or atomic dQ, SM80
-deterministic, the Hopper backward with bulk or atomic dQ where this build and GPU have it, its deterministic pair
-(Hopper dK/dV without dQ, then the SM80 dQ kernel), and with its persistent schedule: sm90-persistent, which adds a
+deterministic, the Hopper backward with bulk or atomic dQ or dS spilled (all tiles, or half with the rest bulk) where
+this build and GPU have it, its deterministic pair (Hopper dK/dV without dQ, then the SM80 dQ kernel), and with its
+persistent schedule: sm90-persistent, which adds a
 case with more key blocks than SMs so that CTAs take several in turn).
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/sanitize_backward.py \
@@ -18,10 +19,13 @@ from sparge_kernels import KernelOptions, cuda_backward, reference
 from sparge_kernels.backend import MaskArgs
 from sparge_kernels.block_mask import BlockMask
 
-# (backward_path, dq_accumulate, deterministic, backward_schedule)
+# (backward_path, dq_accumulate, deterministic, backward_schedule); "spill-half": the dS spill mode with a buffer
+# for about half of the mask's tiles (key blocks past it take the bulk path).
 MODES = {"sm80": [("sm80", "bulk", False, "tile"), ("sm80", "atomic", False, "tile"), ("sm80", "bulk", True, "tile")],
-         "sm90": [("sm90", "bulk", False, "tile"), ("sm90", "atomic", False, "tile"), ("sm90", "bulk", True, "tile")],
-         "sm90-persistent": [("sm90", "bulk", False, "persistent"), ("sm90", "atomic", False, "persistent")]}
+         "sm90": [("sm90", "bulk", False, "tile"), ("sm90", "atomic", False, "tile"), ("sm90", "bulk", True, "tile"),
+                  ("sm90", "spill", False, "tile"), ("sm90", "spill-half", False, "tile")],
+         "sm90-persistent": [("sm90", "bulk", False, "persistent"), ("sm90", "atomic", False, "persistent"),
+                             ("sm90", "spill", False, "persistent"), ("sm90", "spill-half", False, "persistent")]}
 
 
 def operand(n: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
@@ -53,8 +57,10 @@ def main() -> None:
         mask_args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, d**-0.5)
         for path in args.paths:
             for backward_path, accumulate, det, schedule in MODES[path]:
-                options = KernelOptions(backward_path=backward_path, dq_accumulate=accumulate,
-                                        backward_schedule=schedule, debug_fill=float("nan"))
+                spill = {"ds_spill_bytes": int(mask.q_count.sum()) // 2 * 128 * 64 * q.element_size()} if (
+                    accumulate == "spill-half") else {}
+                options = KernelOptions(backward_path=backward_path, dq_accumulate=accumulate.removesuffix("-half"),
+                                        backward_schedule=schedule, debug_fill=float("nan"), **spill)
                 grads = cuda_backward.backward(dout, q, k, v, out, lse, torch.randn_like(lse),
                                                MaskArgs(*mask_args, deterministic=det), options=options)
                 torch.cuda.synchronize()

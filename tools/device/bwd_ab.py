@@ -1,11 +1,12 @@
 """A/B timing of the Hopper kernels between two builds (run once per build, same GPU, same inputs).
 
-Times, per shape and random-mask density, `cuda_backward.backward` alone (sm90, bulk dQ) for each schedule, the
-forward and the fwd+bwd of `block_sparse_attention` (default options), with bench_attention.py's inputs, masks
-and timer, and prints one markdown row per measurement, labelled with --label (e.g. the build's git revision):
+Times, per shape and random-mask density, `cuda_backward.backward` alone (sm90) for each schedule and dQ mode
+(--dq-modes: KernelOptions.dq_accumulate values, default bulk), the forward, and the fwd+bwd of
+`block_sparse_attention` per dQ mode (default options otherwise), with bench_attention.py's inputs, masks and
+timer, and prints one markdown row per measurement, labelled with --label (e.g. the build's git revision):
 
     python3 tools/device/bwd_ab.py --label new [--shapes 1.3b] [--densities 0.05,0.2,1] [--deterministic]
-                                   [--profile]
+                                   [--dq-modes bulk,spill] [--profile]
 
 tools/device/bwd_persistent_h200.sh (steps base-build, ab) runs it against a base build installed under another
 PYTHONPATH.
@@ -25,7 +26,7 @@ import bench_attention as ba  # noqa: E402
 
 
 def time_density(label: str, name: str, tensors, density: float, schedules: list[str], profile: bool,
-                 deterministic: bool) -> None:
+                 deterministic: bool, dq_modes: list[str]) -> None:
     import sparge_kernels as sk
     from sparge_kernels import cuda_backward
     from sparge_kernels.backend import MaskArgs
@@ -44,9 +45,9 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
 
     # (what, options, mask args): the Hopper backward per schedule; with --deterministic also the SM80 dK/dV + dQ
     # kernels against the Hopper dK/dV kernel + the SM80 dQ kernel.
-    runs = [(f"backward alone, {schedule}",
-             sk.KernelOptions(dq_accumulate="bulk", backward_path="sm90", backward_schedule=schedule), m)
-            for schedule in schedules]
+    runs = [(f"backward alone, {schedule}" + (f", {mode} dQ" if dq_modes != ["bulk"] else ""),
+             sk.KernelOptions(dq_accumulate=mode, backward_path="sm90", backward_schedule=schedule), m)
+            for mode in dq_modes for schedule in schedules]
     if deterministic:
         runs += [(f"backward alone, deterministic, {path}", sk.KernelOptions(backward_path=path),
                   m._replace(deterministic=True)) for path in ("sm80", "sm90")]
@@ -64,14 +65,18 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
     def fwd_bwd():
         return torch.autograd.grad(sk.block_sparse_attention(qq, kk, vv, mask, scale=scale), (qq, kk, vv), dout)
 
-    row("fwd+bwd", ba.time_ms(fwd_bwd), 3.5 * dense_flops * mask.density)
-    # The same from a CUDA graph, GPU time only: where it is well below the eager row, that row counted the host's
-    # gaps (Python, autograd) between the kernels.
-    try:
-        row(f"fwd+bwd, {ba.GRAPH_FWD_BWD} in one CUDA graph", ba.graph_ms(fwd_bwd, ba.GRAPH_FWD_BWD),
-            3.5 * dense_flops * mask.density)
-    except Exception as exc:  # reported; the other rows still run
-        print(f"fwd+bwd CUDA graph: capture failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    for mode in dq_modes:
+        suffix = f", {mode} dQ" if dq_modes != ["bulk"] else ""
+        with sk.kernel_options(dq_accumulate=mode):
+            row("fwd+bwd" + suffix, ba.time_ms(fwd_bwd), 3.5 * dense_flops * mask.density)
+            # The same from a CUDA graph, GPU time only: where it is well below the eager row, that row counted
+            # the host's gaps (Python, autograd) between the kernels.
+            try:
+                row(f"fwd+bwd, {ba.GRAPH_FWD_BWD} in one CUDA graph{suffix}", ba.graph_ms(fwd_bwd, ba.GRAPH_FWD_BWD),
+                    3.5 * dense_flops * mask.density)
+            except Exception as exc:  # reported; the other rows still run
+                print(f"fwd+bwd CUDA graph: capture failed: {type(exc).__name__}: {exc}", file=sys.stderr,
+                      flush=True)
     if profile:  # where fwd+bwd spends what forward + backward alone do not (CUDA time per kernel, stderr)
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
@@ -92,6 +97,8 @@ def main() -> None:
     parser.add_argument("--schedules", default="tile,persistent")
     parser.add_argument("--deterministic", action="store_true",
                         help="also time the deterministic backward on both paths")
+    parser.add_argument("--dq-modes", default="bulk",
+                        help="KernelOptions.dq_accumulate values to time the backward and fwd+bwd with")
     parser.add_argument("--profile", action="store_true",
                         help="also print a torch.profiler table of 5 fwd+bwd per density to stderr")
     args = parser.parse_args()
@@ -104,7 +111,7 @@ def main() -> None:
         tensors = (q, k, v, dout.to(q.dtype))
         for density in (float(x) for x in args.densities.split(",")):
             time_density(args.label, name, tensors, density, args.schedules.split(","), args.profile,
-                         args.deterministic)
+                         args.deterministic, args.dq_modes.split(","))
         del q, k, v, dout, tensors
         torch.cuda.empty_cache()
 

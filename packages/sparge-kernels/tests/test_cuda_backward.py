@@ -320,7 +320,7 @@ DQ_MODE_LENGTHS = [(700, 900), (900, 333), (2048, 1000), (100, 4100)]
 @pytest.mark.parametrize("lq,lk", DQ_MODE_LENGTHS)
 @pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 128), (torch.bfloat16, 64), (torch.float16, 128),
                                      (torch.float16, 64)])
-@pytest.mark.parametrize("dq_accumulate", ["bulk", "atomic"])
+@pytest.mark.parametrize("dq_accumulate", ["bulk", "atomic", "spill"])
 def test_dq_accumulate_modes_against_reference(dq_accumulate, dtype, d, lq, lk):
     """Both dQ accumulation modes of each dK/dV kernel (the sm90 one: per-warp bulk reduce-adds into a
     fragment-ordered buffer, or atomics into the row-major one) against the float64 reference; NaN-poisoned
@@ -428,6 +428,80 @@ def test_sm90_deterministic_launches_dkdv_without_dq_then_the_dq_kernel(backward
     assert any("attention_backward_sm90_kernel" in n and "KernelTraitsBwdSm90Stages" in n for n in names), names
     assert any("dq_kernel" in n for n in names), names
     assert not any("dq_convert" in n or "dkdv_kernel" in n for n in names), names
+
+
+# ------------------------------------------------------------------------------------ dS spill ("spill")
+def spill_budget(mask: BlockMask, fraction: float, itemsize: int = 2) -> int:
+    """ds_spill_bytes that hold `fraction` of the mask's kept pairs (whole 128 x 64 tiles)."""
+    return int(int(mask.q_count.sum()) * fraction) * 128 * 64 * itemsize
+
+
+@pytest.mark.parametrize("dtype,d,layout", [(torch.bfloat16, 128, "HND"), (torch.float16, 64, "NHD"),
+                                            (torch.bfloat16, 64, "HND"), (torch.float16, 128, "NHD")])
+def test_ds_spill_against_bulk_and_reference(backward_path, dtype, d, layout):
+    """The Hopper dS spill mode with a buffer for every tile, for about half of them (key blocks past the budget
+    take the bulk path and the dQ kernel adds their accumulator) and for none: against the float64 reference,
+    dK/dV bitwise those of the bulk mode (the dK/dV arithmetic is the same), and with every tile spilled dQ bitwise
+    reproducible (a fixed order, no atomics). Empty query blocks, unattended key blocks, tails on both sides."""
+    if backward_path != "sm90":
+        pytest.skip("the spill mode is the Hopper backward's (the SM80 kernels take the bulk path)")
+    b, h, lq, lk = 2, 3, 1500, 2000 + 7
+    q, k, v, dout = make_inputs(b, h, lq, lk, d, dtype, layout, seed=21)
+    mask = mask_with_holes(b, h, lq, lk, density=0.35, seed=21)
+    scale = d**-0.5
+    out, lse = forward(q, k, v, mask, scale)
+    dlse = torch.randn_like(lse)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale, deterministic=False)
+    ref = reference.attention_backward(dout.double(), q.double(), k.double(), v.double(), out.double(),
+                                       lse.double(), dlse.double(), mask.kv_count, mask.kv_index, 128, 64, scale)
+
+    def run(mode, budget=None):
+        budget = KernelOptions().ds_spill_bytes if budget is None else budget
+        options = with_current_schedule(backward_path="sm90", dq_accumulate=mode, ds_spill_bytes=budget,
+                                        debug_fill=float("nan"))
+        return cuda_backward.backward(dout, q, k, v, out, lse, dlse, m, options=options)
+
+    bulk = run("bulk")
+    runs = {"all": run("spill"), "half": run("spill", spill_budget(mask, 0.5)), "none": run("spill", 0)}
+    for label, grads in runs.items():
+        for name, got, r in zip(("dq", "dk", "dv"), grads, ref):
+            check_gradient(f"{label}: {name}", got, r, dtype)
+        assert torch.equal(grads[1], bulk[1]) and torch.equal(grads[2], bulk[2]), f"{label}: dK/dV differ from bulk"
+        err = rel_err(grads[0], bulk[0].double())
+        assert err <= 1e-2, f"{label}: dq vs bulk relative difference {err:.2e}"
+    assert torch.equal(run("spill")[0], runs["all"][0]), "every tile spilled: dq must be bitwise reproducible"
+
+
+def test_ds_spill_many_key_blocks_per_query_block(backward_path):
+    """A long walk on both sides (every query block keeps most of 80 key blocks, every key block most of 16 query
+    blocks): the dQ kernel's ring wraps many times within one query block, and the dK/dV kernel's spill stores
+    reuse sdS at every stage."""
+    if backward_path != "sm90":
+        pytest.skip("the spill mode is the Hopper backward's")
+    with sk.kernel_options(dq_accumulate="spill"):
+        run_case(1, 2, 2048, 5120, 128, torch.bfloat16, density=0.9, empty_rows=0.0, seed=5)
+
+
+def test_ds_spill_launches_its_kernels(backward_path):
+    """"spill" on the Hopper path runs the pair numbering and the dQ kernel, and no dQ conversion (CUDA kernel
+    names from torch.profiler); a zero budget runs the bulk mode's kernels."""
+    if backward_path != "sm90":
+        pytest.skip("checks the sm90 kernels' names")
+    q, k, v, dout = make_inputs(1, 2, 300, 200, 128, torch.bfloat16)
+    mask = random_mask(1, 2, 300, 200, density=0.6)
+    out, lse = forward(q, k, v, mask, 0.1)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, deterministic=False)
+    for budget, want, other in ((1 << 30, "attention_backward_dq_sm90_kernel", "dq_convert_fragment_order_kernel"),
+                                (0, "dq_convert_fragment_order_kernel", "attention_backward_dq_sm90_kernel")):
+        options = with_current_schedule(backward_path="sm90", dq_accumulate="spill", ds_spill_bytes=budget)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            cuda_backward.backward(dout, q, k, v, out, lse, None, m, options=options)
+            torch.cuda.synchronize()
+        names = sorted({e.name for e in prof.events()})
+        if not any("attention_backward_sm90_kernel" in n for n in names):
+            pytest.skip(f"torch.profiler recorded no sm90 kernel names here ({len(names)} events)")
+        assert any(want in n for n in names) and not any(other in n for n in names), (budget, names)
+        assert any("spill_pairs_kernel" in n for n in names) == (budget > 0), (budget, names)
 
 
 # ------------------------------------------------------------------------------ through the autograd of the ops

@@ -52,6 +52,9 @@ def test_backward_path_default_and_env(monkeypatch):
         (dict(mask_schedule="overlap"), ValueError, "KernelOptions.mask_schedule must be one of"),
         (dict(debug_fill="nan"), TypeError, "KernelOptions.debug_fill must be a float or None, got str"),
         (dict(debug_fill=True), TypeError, "KernelOptions.debug_fill"),
+        (dict(ds_spill_bytes=-1), ValueError, "KernelOptions.ds_spill_bytes must be >= 0"),
+        (dict(ds_spill_bytes=1.5), TypeError, "KernelOptions.ds_spill_bytes must be an int, got float"),
+        (dict(ds_spill_bytes=True), TypeError, "KernelOptions.ds_spill_bytes must be an int, got bool"),
     ],
 )
 def test_bad_values_name_the_field(fields, exc, match):
@@ -110,3 +113,16 @@ def test_compiled_call_inside_a_scope():
     with sk.kernel_options(forward_path="sm80", dq_accumulate="atomic"):
         out = f(q, k, v)
     torch.testing.assert_close(out, sk.sparge_attention(q, k, v, topk=0.3, topp=0.3, block_q=32, block_k=16))
+
+
+def test_ds_spill_tiles_follow_the_budget_and_the_dense_bound():
+    """The dS spill buffer holds what the budget allows in whole (block_q x block_k) tiles, never more tiles than a
+    dense mask has (query block, key block) pairs."""
+    from sparge_kernels.cuda_backward import ds_spill_tiles
+
+    tile = 128 * 64 * 2
+    assert ds_spill_tiles(1, 12, 256, 512, 128, 64, 2, 2 << 30) == (2 << 30) // tile  # 1.3B: the budget binds
+    assert ds_spill_tiles(1, 2, 3, 5, 128, 64, 2, 2 << 30) == 30  # small: the dense bound binds
+    assert ds_spill_tiles(1, 12, 256, 512, 128, 64, 2, tile - 1) == 0
+    assert ds_spill_tiles(2, 3, 4, 5, 128, 64, 2, 7 * tile + 5) == 7
+    assert sk.KernelOptions().ds_spill_bytes == 2 << 30

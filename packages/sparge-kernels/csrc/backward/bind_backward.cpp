@@ -5,6 +5,8 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 
+#include <array>
+#include <climits>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -67,19 +69,56 @@ sparge::BwdParams sparge::bwd::backward_params(const char* who, TensorArg const&
 
 namespace {
 
+// The dS spill buffers (all three or none): ds_spill (pairs, block_q, block_k) of q's dtype, contiguous; q_end (B, H, Nk)
+// and kv_pair (B, H, Nq, Nk) int32. Only in the default (non-deterministic) mode.
+void set_ds_spill(sparge::BwdParams& p, const char* who, sparge::DType dtype, int tile_rows, int tile_cols,
+                  TensorArg const& ds_spill, TensorArg const& q_end, TensorArg const& kv_pair) {
+  const bool any = !ds_spill.is_none() || !q_end.is_none() || !kv_pair.is_none();
+  if (!any) return;
+  const std::string w = std::string(who) + ": ";
+  if (ds_spill.is_none() || q_end.is_none() || kv_pair.is_none()) {
+    throw std::invalid_argument(w + "ds_spill, q_end and kv_pair go together (all three or none)");
+  }
+  if (p.deterministic) throw std::invalid_argument(w + "ds_spill is for the default mode, not deterministic=True");
+  sparge::check_buffer(who, "ds_spill", ds_spill);
+  sparge::check_buffer(who, "q_end", q_end);
+  sparge::check_buffer(who, "kv_pair", kv_pair);
+  if (ds_spill.dtype != dtype || ds_spill.rank != 3 || ds_spill.shape[1] != tile_rows ||
+      ds_spill.shape[2] != tile_cols || ds_spill.stride[2] != 1 || ds_spill.stride[1] != tile_cols ||
+      ds_spill.stride[0] != tile_rows * tile_cols) {
+    throw std::invalid_argument(w + "ds_spill must be a contiguous (pairs, block_q, block_k) tensor of q's dtype");
+  }
+  const std::array<int64_t, 4> bhnq_nk{p.batch, p.heads, p.num_q_blocks, p.num_k_blocks};
+  const bool q_end_ok = q_end.dtype == sparge::DType::kInt32 && q_end.rank == 3 && q_end.shape[0] == p.batch &&
+                        q_end.shape[1] == p.heads && q_end.shape[2] == p.num_k_blocks;
+  bool kv_pair_ok = kv_pair.dtype == sparge::DType::kInt32 && kv_pair.rank == 4;
+  for (int i = 0; i < 4 && kv_pair_ok; ++i) kv_pair_ok = kv_pair.shape[i] == bhnq_nk[i];
+  if (!q_end_ok) throw std::invalid_argument(w + "q_end must be an int32 (B, H, Nk) tensor");
+  if (!kv_pair_ok) throw std::invalid_argument(w + "kv_pair must be an int32 (B, H, Nq, Nk) tensor");
+  if (int64_t(p.batch) * p.heads * p.num_q_blocks * p.num_k_blocks > INT32_MAX) {
+    throw std::invalid_argument(w + "ds_spill numbers pairs in int32: B * H * Nq * Nk must be below 2^31");
+  }
+  p.ds_spill = ds_spill.data;
+  p.ds_spill_pairs = ds_spill.shape[0];
+  p.q_end = q_end.ptr<const int32_t>();
+  p.kv_pair = kv_pair.ptr<int32_t>();
+}
+
 void attention_backward(TensorArg const& q, TensorArg const& k, TensorArg const& v, TensorArg const& out,
                         TensorArg const& dout, TensorArg const& lse, TensorArg const& dlse,
                         TensorArg const& kv_count, TensorArg const& kv_index, TensorArg const& q_count,
                         TensorArg const& q_index, TensorArg const& dq, TensorArg const& dk, TensorArg const& dv,
                         TensorArg const& lse_log2, TensorArg const& delta, TensorArg const& dq_accum, int block_q,
                         int block_k, double scale, bool deterministic, bool dq_bulk_reduce, uintptr_t stream,
-                        std::string const& path, uintptr_t tile_counter) {
+                        std::string const& path, uintptr_t tile_counter, TensorArg const& ds_spill,
+                        TensorArg const& q_end, TensorArg const& kv_pair) {
   constexpr const char* kWho = "sparge attention_backward";
   sparge::BwdParams p =
       sparge::bwd::backward_params(kWho, q, k, v, out, dout, lse, dlse, kv_count, kv_index, q_count, q_index, dq,
                                    dk, dv, lse_log2, delta, dq_accum, block_q, block_k, scale, deterministic,
                                    dq_bulk_reduce);
   p.tile_counter = reinterpret_cast<int*>(tile_counter);
+  set_ds_spill(p, kWho, q.dtype, block_q, block_k, ds_spill, q_end, kv_pair);
   sparge::bwd::dispatch_backward(p, q.dtype, sparge::parse_kernel_path(path, std::string(kWho) + ": "),
                                  reinterpret_cast<cudaStream_t>(stream));
 }
@@ -90,7 +129,8 @@ void bind_attention_backward(nb::module_& m) {
   m.def("attention_backward", &attention_backward, "q"_a, "k"_a, "v"_a, "out"_a, "dout"_a, "lse"_a, "dlse"_a.none(),
         "kv_count"_a, "kv_index"_a, "q_count"_a, "q_index"_a, "dq"_a, "dk"_a, "dv"_a, "lse_log2"_a, "delta"_a,
         "dq_accum"_a.none(), "block_q"_a, "block_k"_a, "scale"_a, "deterministic"_a, "dq_bulk_reduce"_a, "stream"_a,
-        "path"_a = "auto", "tile_counter"_a = 0,
+        "path"_a = "auto", "tile_counter"_a = 0, "ds_spill"_a.none() = nb::none(), "q_end"_a.none() = nb::none(),
+        "kv_pair"_a.none() = nb::none(),
         "Block-sparse attention backward on (B, H, L, D) strided device tensors (bf16/fp16; sizes and dtype are "
         "read from q and k): writes dq, dk, dv. lse_log2/delta (B,H,Nq*128) and dq_accum (B,H,Nq*128,D, zeroed; "
         "None when deterministic) are float32 workspace; dlse may be None. dq_bulk_reduce: accumulate dQ with "
@@ -100,5 +140,9 @@ void bind_attention_backward(nb::module_& m) {
         "(warp-specialised wgmma/TMA dK/dV kernel: sm_90 GPU, 90a build); deterministic=True always runs SM80. "
         "tile_counter: 0 (one Hopper dK/dV CTA per key block), or the device address of one int32 on q's device "
         "that the Hopper kernel then takes key blocks from, one CTA per SM (zeroed on `stream` before the "
-        "launch; not shared with a launch running at the same time); the SM80 kernels ignore it.");
+        "launch; not shared with a launch running at the same time); the SM80 kernels ignore it. "
+        "ds_spill, q_end, kv_pair (all or none; default mode only): the Hopper dS spill mode. ds_spill (pairs, 128, "
+        "64) of q's dtype takes the dS tiles of key blocks whose pairs fit; q_end (B, H, Nk) int32 is the inclusive "
+        "prefix sum of q_count over the flattened (B, H, Nk); kv_pair (B, H, Nq, Nk) int32 is workspace. Key blocks "
+        "that do not fit add dQ into dq_accum (bulk); the SM80 kernels ignore the spill (bulk dQ).");
 }

@@ -38,6 +38,19 @@ CUTE_DEVICE void bulk_reduce_add_f32(float* gmem, const float* smem, uint32_t by
 #endif
 }
 
+// A bulk async copy of `bytes` (a multiple of 16, both addresses 16 B aligned) from shared to global memory, in
+// this thread's bulk group (the same waits as the reduce-adds).
+CUTE_DEVICE void bulk_store(void* gmem, const void* smem, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const uint32_t saddr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(gmem), "r"(saddr), "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#else
+  __trap();  // only the Hopper kernels spill
+#endif
+}
+
 // Waits until this thread's bulk operations have finished reading shared memory (the stage may be rewritten).
 CUTE_DEVICE void bulk_wait_smem_read() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

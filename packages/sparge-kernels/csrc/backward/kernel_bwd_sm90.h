@@ -7,6 +7,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
+#include "backward/dq_accumulate_bwd.h"
 #include "backward/kernel_traits_bwd_sm90.h"
 #include "backward/mainloop_bwd_sm90.h"
 #include "backward/stage_skip_bwd_sm90.h"
@@ -14,28 +15,12 @@
 #include "common/params.h"
 #include "common/persistent_tiles_sm90.h"
 #include "common/tile_scheduler.h"
+#include "common/utils.h"
 #include "common/warp_specialized_sm90.h"
 
 namespace sparge::bwd {
 
 using namespace cute;
-
-// dst rows [0, rows_valid) = acc · scale, straight from the registers of a wgmma accumulator (values 2j, 2j+1 are
-// adjacent columns: one 4-byte store each); coords gives (row, col) of every accumulator element.
-template <class Element, class Acc, class Coords>
-__device__ __forceinline__ void store_accumulator_pairs(Acc const& acc, Coords const& coords, Element* dst,
-                                                        int64_t row_stride, int rows_valid, float scale) {
-  CUTE_UNROLL
-  for (int i = 0; i < size(acc); i += 2) {
-    const int row = get<0>(coords(i)), col = get<1>(coords(i));
-    if (row < rows_valid) {
-      cutlass::Array<Element, 2> pair;
-      pair[0] = Element(acc(i) * scale);
-      pair[1] = Element(acc(i + 1) * scale);
-      *reinterpret_cast<cutlass::Array<Element, 2>*>(dst + row * row_stride + col) = pair;
-    }
-  }
-}
 
 // The key blocks of every (batch, head), in the order a persistent schedule's CTAs claim them.
 __host__ __device__ inline DynamicPersistentTileScheduler bwd_tile_scheduler(BwdParams const& p) {
@@ -73,7 +58,15 @@ __device__ __forceinline__ void consume_tile(BwdParams const& p, Tile const& til
   Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
   clear(acc_dk);
   clear(acc_dv);
-  Mainloop::template mma<kSignalKvFree>(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx, read, kv_phase);
+  if constexpr (Traits::kDsSpill) {  // one mainloop or the other for the whole tile: its pairs are consecutive
+    if (int64_t(p.q_end[tile.bh * p.num_k_blocks + tile.block]) <= p.ds_spill_pairs) {
+      Mainloop::template mma<kSignalKvFree, true>(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx, read, kv_phase);
+    } else {
+      Mainloop::template mma<kSignalKvFree>(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx, read, kv_phase);
+    }
+  } else {
+    Mainloop::template mma<kSignalKvFree>(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx, read, kv_phase);
+  }
 
   if constexpr (!kStoreDkv) {  // the dK/dV GEMMs stay: their accumulators need a reader (keep_alive)
     keep_alive(acc_dk, uint32_t(p.seqlen_k), reinterpret_cast<uint32_t*>(dk));
@@ -123,6 +116,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       const int thread_idx = enter_consumer_role();
       typename Pipeline::PipelineState read;
       consume_tile<Traits, false>(p, tile, ss, pipeline, thread_idx, read, 0);
+      if constexpr (Traits::kDsSpill) {
+        if (thread_idx == 0) bulk_wait_all();  // the dS stores read smem, and the dQ kernel reads what they wrote
+      }
     }
   } else {
     const auto scheduler = bwd_tile_scheduler(p);
@@ -146,6 +142,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         consume_tile<Traits, true>(p, tile, ss, pipeline, thread_idx, read, kv_phase);
         return tile.walk.trip_count() > 0;
       });
+      if constexpr (Traits::kDsSpill) {
+        if (thread_idx == 0) bulk_wait_all();
+      }
     }
   }
 }

@@ -26,9 +26,14 @@ using namespace cute;
 //   true   per warp, its dQ fragment (16 rows x D) is staged in smem in fragment order and one lane issues a bulk
 //          async reduce-add (cp.reduce.async.bulk .add.f32) of those 32·F floats (8 KB at D=128) to a contiguous
 //          slice of the block's 128·D floats; dq_convert_fragment_order_kernel maps them back (see mma()).
-template <int kHeadDim, typename Element, bool kDqBulk_ = false>
+// kDsSpill_ (needs kDqBulk_): a key block whose pairs fit the spill buffer (BwdParams::ds_spill) writes each
+//   stage's dS tile there instead (no dQ GEMM), and kernel_bwd_dq_sm90.h sums dQ = dS·K per query block; the
+//   others take the bulk path.
+template <int kHeadDim, typename Element, bool kDqBulk_ = false, bool kDsSpill_ = false>
 struct KernelTraitsBwdSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Element, kHeadDim <= 64 ? 3 : 2> {
   static constexpr bool kDqBulk = kDqBulk_;
+  static constexpr bool kDsSpill = kDsSpill_;
+  static_assert(!kDsSpill || kDqBulk, "key blocks that do not fit the spill buffer take the bulk dQ path");
   static constexpr int kHalfDim = kHeadDim / 2;  // dK/dV columns per consumer warpgroup
   // Stages the kernel skips (backward/stage_skip_bwd_sm90.h): none; KernelTraitsBwdSm90Stages sets them.
   static constexpr uint32_t kSkipStages = 0;
@@ -57,6 +62,9 @@ struct KernelTraitsBwdSm90 : WarpSpecializedCtaSm90, TmaLoadsSm90<kHeadDim, Elem
                                                Shape<Int<kBlockM>, Int<kBlockN>>{}));
   using SmemLayoutPdSt = decltype(composition(
       SmemLayoutPdS{}, make_ordered_layout(Shape<Int<kBlockN>, Int<kBlockM>>{}, Step<_2, _1>{})));
+  // One spilled dS tile: the bytes of sdS as they are (swizzled), reloaded into a 1024 B aligned buffer of the
+  // same layout by the dQ kernel.
+  static constexpr uint32_t kDsTileBytes = uint32_t(cute::cosize_v<SmemLayoutPdS> * sizeof(Element));
 
   // P/dS registers -> smem: stmatrix (8x8 b16 matrices, 4 per instruction) over the S/dP accumulator layout.
   using SmemCopyAtomPdS = Copy_Atom<SM90_U32x4_STSM_N, Element>;

@@ -3,6 +3,8 @@
 // atomic mode, fragment order after the bulk mode (p.dq_bulk_reduce, KernelOptions.dq_accumulate == "bulk").
 // p.tile_counter set (KernelOptions.backward_schedule == "persistent"): the dK/dV kernel runs one CTA per SM, taking
 // key blocks from that counter, zeroed here on the stream.
+// dS spill mode (p.ds_spill set): preprocess, the pair numbering (spill_pairs_kernel), the dK/dV kernel spilling
+// dS (bulk dQ for key blocks that do not fit), then the dQ kernel (kernel_bwd_dq_sm90.h) instead of the convert.
 // Deterministic mode (wherever the Hopper path runs, dispatch_backward.cpp): preprocess, the dK/dV kernel without
 // dQ (one CTA per key block), then the SM80 per-query-block dQ kernel (run_sm80_dq, from the sm80 instantiation
 // file).
@@ -15,6 +17,8 @@
 
 #include "backward/backward_api.h"
 #include "backward/dq_accumulate_bwd.h"
+#include "backward/kernel_bwd_dq_sm90.h"
+#include "backward/kernel_traits_bwd_dq_sm90.h"
 #include "backward/kernel_bwd_sm90.h"
 #include "backward/kernel_traits_bwd_sm90.h"
 #include "backward/preprocess_bwd.h"
@@ -25,6 +29,39 @@
 #include "common/tile_scheduler.h"
 
 namespace sparge::bwd {
+
+// A (B, H, L, D) operand as the TMA descriptors see it: (L, D, H, B) with element strides (row, 1, head, batch).
+template <class Traits>
+auto tma_gmem(void const* ptr, typename Traits::ShapeQKV shape, Strides const& s) {
+  using Element = typename Traits::Element;
+  return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
+                     make_layout(shape, make_stride(s.row, _1{}, s.head, s.batch)));
+}
+
+// The spill mode's dQ kernel: one CTA per (query block, head, batch), or (p.tile_counter set, the persistent
+// schedule) one per SM taking query blocks from that counter, zeroed again here after the dK/dV kernel's use.
+template <class Traits>
+void launch_dq_sm90(BwdParams const& p, cudaStream_t stream) {
+  constexpr int kSmemBytes = Traits::kSmemBytes;
+  typename Traits::ShapeQKV shape_k = make_shape(p.seqlen_k, Int<Traits::kHeadDim>{}, p.heads, p.batch);
+  KernelParamsBwdDqSm90<Traits> kp{
+      p,
+      make_tma_copy(SM90_TMA_LOAD{}, tma_gmem<Traits>(p.k, shape_k, p.k_stride),
+                    take<0, 2>(typename Traits::SmemLayoutK{}), typename Traits::TileKV{}, _1{}),
+      shape_k,
+  };
+  if (p.tile_counter != nullptr) {
+    auto kernel = &attention_backward_dq_sm90_kernel<Traits, /*kPersistent=*/true>;
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    kernel<<<dq_tile_scheduler(p).prepare_launch(stream), Traits::kNThreads, kSmemBytes, stream>>>(kp);
+    SPARGE_CHECK_LAUNCH("sparge backward dQ (sm90, spilled dS, persistent)");
+    return;
+  }
+  auto kernel = &attention_backward_dq_sm90_kernel<Traits, /*kPersistent=*/false>;
+  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  kernel<<<StaticTileScheduler::grid(p.num_q_blocks, p.heads, p.batch), Traits::kNThreads, kSmemBytes, stream>>>(kp);
+  SPARGE_CHECK_LAUNCH("sparge backward dQ (sm90, spilled dS)");
+}
 
 // The dK/dV kernel: one CTA per key block, or (p.tile_counter set) one per SM taking key blocks from that counter,
 // zeroed here on the stream. Profiling variants (kSkipStages != 0) are never given a counter, so only the
@@ -65,14 +102,15 @@ void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main =
         "sparge attention_backward: the Hopper deterministic mode runs the dK/dV kernel without dQ, the default "
         "mode the one with dQ into dq_accum");
   }
+  if (Traits::kDsSpill != (p.ds_spill != nullptr)) {
+    throw std::invalid_argument("sparge attention_backward: the dS spill kernels need the spill buffer, and only they");
+  }
   launch_preprocess<kHeadDim, Element>(p, stream);
+  if constexpr (Traits::kDsSpill) launch_spill_pairs(p, stream);
 
   Shape4 shape_q = make_shape(p.seqlen_q, Int<kHeadDim>{}, p.heads, p.batch);
   Shape4 shape_k = make_shape(p.seqlen_k, Int<kHeadDim>{}, p.heads, p.batch);
-  auto gmem = [](void const* ptr, Shape4 shape, Strides const& s) {
-    return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
-                       make_layout(shape, make_stride(s.row, _1{}, s.head, s.batch)));
-  };
+  auto gmem = [](void const* ptr, Shape4 shape, Strides const& s) { return tma_gmem<Traits>(ptr, shape, s); };
   auto smem_q = take<0, 2>(typename Traits::SmemLayoutQ{});
   auto smem_kv = typename Traits::SmemLayoutKV{};
   KernelParamsBwdSm90<Traits> kp{
@@ -87,7 +125,9 @@ void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main =
   if (launch_main) launch_dkdv_sm90<Traits>(kp, stream);
   if (p.deterministic) return;
 
-  if constexpr (Traits::kDqBulk) {
+  if constexpr (Traits::kDsSpill) {
+    launch_dq_sm90<KernelTraitsBwdDqSm90<kHeadDim, Element>>(p, stream);
+  } else if constexpr (Traits::kDqBulk) {
     constexpr int kM = Traits::kBlockM;
     constexpr int kThreads = Traits::kNumMmaThreads;
     auto convert = dq_convert_fragment_order_kernel<typename Traits::TiledMmadQ, kM, kHeadDim, kThreads, Element>;
@@ -109,7 +149,9 @@ void run_sm90(BwdParams const& p, cudaStream_t stream) {
     run_sm80_dq<kHeadDim, kDType>(p, stream);
     return;
   }
-  if (p.dq_bulk_reduce) {
+  if (p.ds_spill != nullptr) {
+    launch_bwd_sm90<KernelTraitsBwdSm90<kHeadDim, ElementOf<kDType>, /*kDqBulk=*/true, /*kDsSpill=*/true>>(p, stream);
+  } else if (p.dq_bulk_reduce) {
     launch_bwd_sm90<KernelTraitsBwdSm90<kHeadDim, ElementOf<kDType>, /*kDqBulk=*/true>>(p, stream);
   } else {
     launch_bwd_sm90<KernelTraitsBwdSm90<kHeadDim, ElementOf<kDType>, /*kDqBulk=*/false>>(p, stream);

@@ -152,10 +152,16 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
   // position of the tile's first stage (advanced past its last); kv_phase: the phase of barrier_kv that brings
   // the tile's K and V. kSignalKvFree: every thread arrives on barrier_kv_free once the tile's last GEMM reading
   // K or V (its last dQ GEMM) is done, so that the producer may load the next tile's.
-  template <bool kSignalKvFree = false, class AccdKV>
+  // kSpillDs (Traits::kDsSpill, a tile whose pairs fit the spill buffer): no dQ GEMM; once both warpgroups' dS
+  // rows are in sdS, consumer thread 0 bulk-stores the tile to its pair's place in p.ds_spill (waited for, like
+  // the bulk dQ's, before the next stage's P/dS stores; completed before the CTA exits, kernel_bwd_sm90.h).
+  template <bool kSignalKvFree = false, bool kSpillDs = false, class AccdKV>
   __device__ static void mma(BwdParams const& p, Tile const& tile, SharedStorage& ss, Pipeline& pipeline,
                              AccdKV& acc_dk, AccdKV& acc_dv, int thread_idx, typename Pipeline::PipelineState& read,
                              int kv_phase = 0) {
+    static_assert(!kSpillDs || (Traits::kDsSpill && kSkip == 0), "spilling is a production mode");
+    constexpr bool kDq = kRunDq && !kSpillDs;                  // the dQ GEMM runs
+    constexpr bool kDqAccumulate = kRunDqAtomics && !kSpillDs;  // and adds into dq_accum
     typename Traits::TiledMmaSdP mma_sdp;
     typename Traits::TiledMmadKV mma_dkv;
     typename Traits::TiledMmadQ mma_dq;
@@ -204,6 +210,12 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
     const int keys_valid = tile.rows_valid;
     const int count = tile.walk.trip_count();
     float* dq_accum = p.dq_accum + tile.bh * p.padded_q * kHeadDim;
+    // Spill: this tile's first pair (its slots follow in q_index order).
+    char* ds_spill = nullptr;
+    if constexpr (kSpillDs) {
+      const int64_t first_pair = int64_t(p.q_end[tile.bh * p.num_k_blocks + tile.block]) - count;
+      ds_spill = static_cast<char*>(p.ds_spill) + first_pair * Traits::kDsTileBytes;
+    }
 
     wait_tile_barrier(&ss.barrier_kv, kv_phase);
     for (int slot = 0; slot < count; ++slot) {
@@ -244,7 +256,7 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
 
       // Bulk dQ: the previous stage's bulk reduce-adds must have read their staging (warpgroup 1's is sP/sdS,
       // written below by both warpgroups) before the barrier; issued a whole stage ago, so rarely a wait.
-      if constexpr (kDqBulk && kRunDqAtomics) {
+      if constexpr ((kDqBulk && kDqAccumulate) || kSpillDs) {  // spill: the previous stage's dS store
         if (lane == 0) bulk_wait_smem_read();
       }
       // Both named barriers stay in every variant: each is a full rendezvous of the 256 consumer threads, which
@@ -256,6 +268,9 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
       }
       cutlass::arch::fence_view_async_shared();  // generic-proxy stores -> visible to wgmma (async proxy)
       cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSReady);
+      if constexpr (kSpillDs) {  // read by the copy engine beside the dV/dK wgmmas' reads
+        if (thread_idx == 0) bulk_store(ds_spill + int64_t(slot) * Traits::kDsTileBytes, ss.ds.data(), Traits::kDsTileBytes);
+      }
 
       if constexpr (kRunDkv) {
         wgmma_issue</*kZeroInit=*/false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, stage), acc_dv);
@@ -263,11 +278,11 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
       }
       Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
       Tensor tdQrdS = make_tensor(rdS.data(), accumulator_as_a_operand(rdS.layout()));
-      if constexpr (kRunDq) wgmma_issue</*kZeroInit=*/true>(mma_dq, tdQrdS, tdQrKt, acc_dq);
+      if constexpr (kDq) wgmma_issue</*kZeroInit=*/true>(mma_dq, tdQrdS, tdQrKt, acc_dq);
       // The stage is released exactly once per slot in every variant, after the last GEMM reading its Q and dO
       // (dV, dK) is done: wait<1> leaves only the dQ batch (sK, registers) in flight; without dQ that is wait<0>;
       // without dV/dK, S and dP (done above) were the last readers.
-      if constexpr (kRunDkv && kRunDq) {
+      if constexpr (kRunDkv && kDq) {
         warpgroup_wait<1>();  // dV and dK are done: the stage's Q and dO are free
       } else if constexpr (kRunDkv) {
         warpgroup_wait<0>();
@@ -275,10 +290,10 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
       pipeline.consumer_release(read);
       // Bulk dQ: this warp's dV/dK wgmmas are done reading sP/sdS; warpgroup 0 says so now (before its dQ wgmma
       // completes), so that warpgroup 1, which stages its dQ there, does not wait for more than that below.
-      if constexpr (kDqBulk && kRunDqAtomics) {
+      if constexpr (kDqBulk && kDqAccumulate) {
         if (warp < 4) cutlass::arch::NamedBarrier::arrive(kNumMmaThreads, kBarrierPdSRead);
       }
-      if constexpr (kRunDq) warpgroup_wait<0>();
+      if constexpr (kDq) warpgroup_wait<0>();
       if constexpr (kSignalKvFree) {  // S, dP (waited above) and dQ were the GEMMs reading sK, sV
         if (slot + 1 == count) cutlass::arch::ClusterBarrier::arrive(&ss.barrier_kv_free);
       }
@@ -286,17 +301,17 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
         wgmma_done(acc_dv);
         wgmma_done(acc_dk);
       }
-      if constexpr (kRunDq) {
+      if constexpr (kDq) {
         wgmma_done(acc_dq);
         warpgroup_fence_operand(tdQrdS);
       }
 
       // dQ_accum[row] += dS·K for the block's rows inside Lq; accumulator values 2j, 2j+1 are adjacent columns.
       // Skipping them touches no barrier: the atomics are fire-and-forget global reductions after the release.
-      if constexpr (kRunDq && !kRunDqAtomics) {  // the dQ GEMM stays: its accumulator needs a reader
+      if constexpr (kDq && !kDqAccumulate) {  // the dQ GEMM stays: its accumulator needs a reader
         keep_alive(acc_dq, uint32_t(p.seqlen_q), reinterpret_cast<uint32_t*>(dq_accum));
       }
-      if constexpr (kRunDqAtomics && kDqBulk) {
+      if constexpr (kDqAccumulate && kDqBulk) {
         // Warpgroup 1 overwrites sP/sdS: wait until warpgroup 0's dV/dK wgmmas have read them too (its arrival
         // above; warpgroup 1's own 4 warps are past their wait<1> as well once all 256 threads are counted).
         // Warpgroup 0 only arrives (its staging is its own); the other barriers keep the two in step, so no
@@ -306,7 +321,7 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
         float* dq_block = dq_accum + int64_t(m_block) * kBlockM * kHeadDim;
         accumulate_dq_bulk(acc_dq, dq_warp_stage, dq_block + warp * kDqWarpFloats, lane);
       }
-      if constexpr (kRunDqAtomics && !kDqBulk) {
+      if constexpr (kDqAccumulate && !kDqBulk) {
         const int rows_valid = p.seqlen_q - m_block * kBlockM;
         float* dq_block = dq_accum + int64_t(m_block) * kBlockM * kHeadDim;
         CUTE_UNROLL
@@ -320,7 +335,7 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
       }
       ++read;
     }
-    if constexpr (kDqBulk && kRunDqAtomics) {
+    if constexpr (kDqBulk && kDqAccumulate) {
       if (lane == 0) bulk_wait_all();  // the staging (smem) must outlive the last reduce-adds' reads
     }
   }

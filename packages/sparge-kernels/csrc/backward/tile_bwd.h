@@ -49,8 +49,9 @@ __device__ __forceinline__ auto key_block_tile(BwdParams const& p,
 
 // The dQ kernel's tile: a query block and its kept key blocks.
 template <class Traits>
-__device__ __forceinline__ auto query_block_tile(BwdParams const& p) {
-  return BwdTile<Traits::kBlockM, Traits::kBlockN>(p, StaticTileScheduler::tile(), p.seqlen_q, p.kv_count,
+__device__ __forceinline__ auto query_block_tile(BwdParams const& p,
+                                                 TileCoord const& at = StaticTileScheduler::tile()) {
+  return BwdTile<Traits::kBlockM, Traits::kBlockN>(p, at, p.seqlen_q, p.kv_count,
                                                    p.kv_index, p.num_q_blocks, p.num_k_blocks, p.seqlen_k);
 }
 

@@ -55,6 +55,16 @@ struct BwdParams : FwdParams {
   int64_t padded_q = 0;  // num_q_blocks * 128: rows of the workspace per (batch, head)
   bool deterministic = false;
   bool dq_bulk_reduce = true;  // non-deterministic dQ: bulk async reduce on SM >= 90 (else 8-byte atomics)
+
+  // Hopper dS spill (KernelOptions.dq_accumulate == "spill"; ds_spill null otherwise). Kept (query block, key
+  // block) pairs are numbered key-block-major: pair = q_end[bh, n] - q_count[bh, n] + (slot of the query block in
+  // q_index[bh, n]). A key block whose pairs all fall below ds_spill_pairs spills its dS tiles (128 x 64
+  // elements, the dK/dV kernel's smem bytes as they are) to ds_spill; the others add dQ into dq_accum (bulk).
+  void* ds_spill = nullptr;            // (ds_spill_pairs, 128, 64) elements
+  int64_t ds_spill_pairs = 0;          // its capacity in tiles
+  const int32_t* q_end = nullptr;      // (B, H, Nk): inclusive prefix sum of q_count over the flattened (B, H, Nk)
+  int32_t* kv_pair = nullptr;          // (B, H, Nq, Nk): per kept key block of a query block its pair, -1 if it
+                                       // did not spill (first kv_count entries of a row; written by the backward)
 };
 
 }  // namespace sparge

@@ -131,6 +131,24 @@ CUTE_DEVICE void gemm_rs(Acc& acc, FragA const& tCrA, FragB& tCrB, SmemB const& 
   }
 }
 
+// dst rows [0, rows_valid) = acc · scale, straight from the registers of a wgmma accumulator (values 2j, 2j+1 are
+// adjacent columns: one 4-byte store each); coords gives (row, col) of every accumulator element. The Hopper
+// backward's dK, dV and spilled-dQ epilogues.
+template <class Element, class Acc, class Coords>
+__device__ __forceinline__ void store_accumulator_pairs(Acc const& acc, Coords const& coords, Element* dst,
+                                                        int64_t row_stride, int rows_valid, float scale) {
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc); i += 2) {
+    const int row = get<0>(coords(i)), col = get<1>(coords(i));
+    if (row < rows_valid) {
+      cutlass::Array<Element, 2> pair;
+      pair[0] = Element(acc(i) * scale);
+      pair[1] = Element(acc(i + 1) * scale);
+      *reinterpret_cast<cutlass::Array<Element, 2>*>(dst + row * row_stride + col) = pair;
+    }
+  }
+}
+
 // cp.async of a thread's partition of a (rows, D) tile global -> shared: src/dst (CPY, CPY_M, CPY_K) from one
 // tiled copy, coord the same partition of an identity tensor over the tile. Rows at or past `valid_rows`
 // (sequence tail) are not read and are zero-filled instead.

@@ -79,6 +79,8 @@ def backward(
     # reuses it only for later work on this stream, so it outlives the kernel.
     persistent = options.backward_schedule == "persistent" and not deterministic
     counter = torch.empty(1, dtype=torch.int32, device=q.device) if persistent else None
+    spill = _ds_spill_buffers(q, q_count, num_blocks(lq, block_q), block_q, block_k, options, capability) if (
+        options.dq_accumulate == "spill" and not deterministic) else None
     with torch.cuda.device(q.device):
         _C.attention_backward(
             q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse,
@@ -88,5 +90,33 @@ def backward(
             dq_bulk_reduce=options.dq_accumulate == "bulk", stream=current_stream(q.device),
             path=options.backward_path,
             tile_counter=counter.data_ptr() if counter is not None else 0,
+            **(spill or {}),
         )
     return dq, dk, dv
+
+
+def ds_spill_tiles(batch: int, heads: int, nq: int, nk: int, block_q: int, block_k: int, itemsize: int,
+                   budget_bytes: int) -> int:
+    """How many (block_q x block_k) dS tiles the spill buffer holds: what `budget_bytes` allows, never more than
+    a dense mask has pairs (0: no buffer, every key block takes the bulk path)."""
+    return min(budget_bytes // (block_q * block_k * itemsize), batch * heads * nq * nk)
+
+
+def _ds_spill_buffers(q: Tensor, q_count: Tensor, nq: int, block_q: int, block_k: int, options: KernelOptions,
+                      capability: tuple[int, int]) -> dict[str, Tensor] | None:
+    """The `dq_accumulate="spill"` arguments of `_C.attention_backward` (the Hopper kernels' dS buffer, the key
+    blocks' pair numbering, the pair map workspace), or None where the Hopper backward cannot run (SM80 kernels:
+    bulk) or nothing would fit."""
+    if options.backward_path == "sm80" or tuple(capability) != (9, 0) or "90a" not in _C.build_archs.split(","):
+        return None
+    b, h, nk = q_count.shape
+    if b * h * nq * nk >= 2**31:  # pairs are numbered in int32
+        return None
+    tiles = ds_spill_tiles(b, h, nq, nk, block_q, block_k, q.element_size(), options.ds_spill_bytes)
+    if tiles == 0:
+        return None
+    return dict(
+        ds_spill=torch.empty(tiles, block_q, block_k, dtype=q.dtype, device=q.device),
+        q_end=torch.cumsum(q_count.view(-1), 0, dtype=torch.int32).view(b, h, nk),
+        kv_pair=torch.empty(b, h, nq, nk, dtype=torch.int32, device=q.device),
+    )

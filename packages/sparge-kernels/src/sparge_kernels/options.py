@@ -29,7 +29,7 @@ __all__ = ["KernelOptions", "current_kernel_options", "kernel_options"]
 
 FORWARD_PATHS = ("auto", "sm80", "sm90")
 BACKWARD_PATHS = ("auto", "sm80", "sm90")
-DQ_ACCUMULATE = ("bulk", "atomic")
+DQ_ACCUMULATE = ("bulk", "atomic", "spill")
 BACKWARD_SCHEDULES = ("tile", "persistent")
 MASK_SCHEDULES = ("separate", "fused")
 
@@ -43,7 +43,15 @@ class KernelOptions:
     dq_accumulate: how the default (non-deterministic) backward accumulates dQ: "bulk" (bulk async reduce-adds
         from shared memory on SM >= 90, atomics below) or "atomic" (8-byte atomics). Same result up to fp32
         summation order. Both backward paths honour it (the "sm90" one: per-warp bulk reduce-adds of its dQ
-        fragments into a fragment-ordered buffer, or atomics into the row-major one).
+        fragments into a fragment-ordered buffer, or atomics into the row-major one). "spill" (Hopper path only;
+        elsewhere it is "bulk"): the dK/dV kernel writes each kept (query block, key block) tile of dS, in q's
+        dtype, to a buffer of at most `ds_spill_bytes` instead of adding dS·K into the accumulator, and a second
+        Hopper kernel sums dQ = dS·K per query block in a fixed order; key blocks whose tiles do not fit take the
+        bulk path. dQ is then bitwise reproducible when every tile fits (the dQ GEMM reads the same bf16/fp16 dS
+        it does in the other modes).
+    ds_spill_bytes: the largest dS spill buffer "spill" allocates, in bytes (default 2 GiB: every tile of the
+        (1, 12, 32760, 128) shape at 5% density, 1.3 GB, fits). The buffer is min(this, what a dense mask would
+        need); 0 sends every key block down the bulk path.
     debug_fill: None, or a float written into every output before the launch, so elements a kernel fails to write
         stay detectable (the tests poison with NaN).
     backward_path: the backward's dK/dV kernel (in both modes): "sm80" (mma.sync), "sm90" (the
@@ -71,6 +79,7 @@ class KernelOptions:
     backward_path: str = "auto"  # after the older fields: positional KernelOptions(forward_path, ...) still holds
     backward_schedule: str = "persistent"
     mask_schedule: str = "separate"
+    ds_spill_bytes: int = 2 << 30
 
     def __post_init__(self) -> None:
         if self.forward_path not in FORWARD_PATHS:
@@ -89,6 +98,11 @@ class KernelOptions:
             raise ValueError(
                 f"KernelOptions.dq_accumulate must be one of {DQ_ACCUMULATE}, got {self.dq_accumulate!r}"
             )
+        budget = self.ds_spill_bytes
+        if isinstance(budget, bool) or not isinstance(budget, int):
+            raise TypeError(f"KernelOptions.ds_spill_bytes must be an int, got {type(budget).__name__}")
+        if budget < 0:
+            raise ValueError(f"KernelOptions.ds_spill_bytes must be >= 0, got {budget}")
         fill = self.debug_fill
         if fill is not None:
             if isinstance(fill, bool) or not isinstance(fill, (int, float)):

@@ -5,11 +5,13 @@
 //     (2j, 2j+1) are adjacent columns of one row (the 8-byte atomics, 4-byte stores), dK/dV are split over the
 //     head dim by warpgroup, and S/dP/dQ rows 64w..64w+63 belong to warpgroup w;
 //   - dS re-read as the register A operand of dQ = dS·K (accumulator_as_a_operand) holds the right elements;
-//   - the stmatrix copy of P/dS to smem stores each register value at its own (query row, key).
+//   - the stmatrix copy of P/dS to smem stores each register value at its own (query row, key);
+//   - the dS spill mode's dQ kernel reads the bytes the dK/dV kernel spilled with the same layouts (check_dq).
 // Prints one line per instantiation and exits non-zero on any mismatch.
 #include <cstdio>
 #include <vector>
 
+#include "backward/kernel_traits_bwd_dq_sm90.h"
 #include "backward/kernel_traits_bwd_sm90.h"
 #include "common/utils.h"
 
@@ -77,10 +79,47 @@ int check() {
   return bad;
 }
 
+// The dS spill mode's dQ kernel (kernel_traits_bwd_dq_sm90.h) against the dK/dV kernel that spills for it:
+//   - every stage of its dS and K rings is the dK/dV kernel's sdS / sK layout, offset by whole tiles (a stage
+//     holds the bytes that kernel had: the spilled tile, the TMA's K tile), and its Kᵀ view addresses the same;
+//   - its dQ accumulator (dS from smem) partitions (row, dim) exactly as the dK/dV kernel's (dS from registers),
+//     so the bulk path's fragment-ordered dq_accum adds element for element.
+template <class T>
+int check_dq() {
+  using DkDv = typename T::DkDv;
+  int bad = 0;
+  constexpr int M = T::kBlockM, N = T::kBlockN, D = T::kHeadDim, S = T::kStages;
+  typename DkDv::SmemLayoutPdS pds;
+  typename T::SmemLayoutdS ds;
+  for (int s = 0; s < S; ++s)
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n) bad += ds(m, n, s) != pds(m, n) + s * int(cosize(pds));
+  typename DkDv::SmemLayoutKV lk;
+  typename T::SmemLayoutK k;
+  typename T::SmemLayoutKt kt;
+  for (int s = 0; s < S; ++s)
+    for (int n = 0; n < N; ++n)
+      for (int d = 0; d < D; ++d) bad += k(n, d, s) != lk(n, d) + s * int(cosize(lk)) || kt(d, n, s) != k(n, d, s);
+  bad += int(T::kDsTileBytes) != int(cosize(pds) * sizeof(typename T::Element));
+  for (int t = 0; t < T::kNumMmaThreads; ++t) {
+    Tensor ours = typename T::TiledMmadQ{}.get_thread_slice(t).partition_C(make_identity_tensor(Shape<Int<M>, Int<D>>{}));
+    Tensor theirs =
+        typename DkDv::TiledMmadQ{}.get_thread_slice(t).partition_C(make_identity_tensor(Shape<Int<M>, Int<D>>{}));
+    if (size(ours) != size(theirs)) return 1 + bad;
+    for (int i = 0; i < size(ours); ++i) bad += ours(i) != theirs(i);
+  }
+  printf("dQ kernel, head dim %d, %d stages, %d B smem: %d mismatches\n", D, S, T::kSmemBytes, bad);
+  return bad;
+}
+
 int main() {
   int bad = check<sparge::bwd::KernelTraitsBwdSm90<128, cutlass::bfloat16_t>>();
   bad += check<sparge::bwd::KernelTraitsBwdSm90<128, cutlass::half_t>>();
   bad += check<sparge::bwd::KernelTraitsBwdSm90<64, cutlass::bfloat16_t>>();
   bad += check<sparge::bwd::KernelTraitsBwdSm90<64, cutlass::half_t>>();
+  bad += check_dq<sparge::bwd::KernelTraitsBwdDqSm90<128, cutlass::bfloat16_t>>();
+  bad += check_dq<sparge::bwd::KernelTraitsBwdDqSm90<128, cutlass::half_t>>();
+  bad += check_dq<sparge::bwd::KernelTraitsBwdDqSm90<64, cutlass::bfloat16_t>>();
+  bad += check_dq<sparge::bwd::KernelTraitsBwdDqSm90<64, cutlass::half_t>>();
   return bad != 0;
 }

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Device script (H200, one run call, carry=[".carry"]; prepare .carry with tools/device/prepare_carry.sh here) for
+# the Hopper backward's dS spill mode (KernelOptions.dq_accumulate="spill": the dK/dV kernel writes dS tiles to a
+# buffer, a second Hopper kernel sums dQ = dS·K per query block) against the bulk reduce-add mode. Everything lands
+# in $OUT:
+#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [tests] [sanitize] [ab] [bench]
+#   (no argument = all six, in this order, until the time budget runs out)
+#   build     source tools/device/setup.sh (all head dims and dtypes, 90a) -> build.log, gpu_spill.txt
+#   smoke     tools/sanitize_backward.py --paths sm90 sm90-persistent without a sanitizer under a 90 s cap (a hang:
+#             a ring or mailbox phase out of step); a failure ends the run -> smoke_spill.log
+#   tests     the spill tests first (-k spill), then every backward GPU test (test_cuda_backward.py on sm80, sm90
+#             and sm90-persistent) and test_cuda_training.py -> gpu_spill_tests.log, gpu_backward_tests.log
+#   sanitize  compute-sanitizer memcheck, racecheck, synccheck of tools/sanitize_backward.py --paths sm90
+#             sm90-persistent (spill with every tile and with half of them) -> sanitizer_spill_<tool>.log
+#   ab        tools/device/bwd_ab.py --dq-modes bulk,spill (backward alone, persistent schedule; fwd+bwd eager and
+#             in a CUDA graph per mode; 1.3B at densities 0.05, 0.1, 0.2, 1) -> bwd_spill_ab.md
+#   bench     tools/bench_attention.py --backward --dq-accumulate spill on the 1.3B shape at 5% (issue 13's table:
+#             cuDNN, Flex 128x64 and 128x128, every backward mode) -> bench_bwd_spill_1p3b.md (+ .log)
+# A step is cut off by `timeout` at min(its cap, what is left of SPILL_BUDGET_S, default 560 s from the start);
+# status_spill.txt lists each step's exit code and time; the logs come back in one tarball.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+steps=${*:-build smoke tests sanitize ab bench}
+source tools/device/step_budget.sh
+budget_init "${SPILL_BUDGET_S:-560}" "$OUT/status_spill.txt"
+tests=packages/sparge-kernels/tests
+for step in $steps; do
+  step_begin "$step" || continue
+  case $step in
+    build)
+      source tools/device/setup.sh >"$OUT/build.log" 2>&1 || rc=1
+      [ $rc = 0 ] && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 \
+        | tee "$OUT/gpu_spill.txt" ;;
+    smoke)
+      timeout "$(left 90)" python3 tools/sanitize_backward.py --paths sm90 sm90-persistent 2>&1 \
+        | tee "$OUT/smoke_spill.log" || rc=1 ;;
+    tests)
+      timeout "$(left 120)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs -x -k spill \
+        "$tests/test_cuda_backward.py" 2>&1 | tee "$OUT/gpu_spill_tests.log" | tail -5 || rc=1
+      [ $rc = 0 ] && { timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
+        "$tests/test_cuda_backward.py" "$tests/test_cuda_training.py" 2>&1 \
+        | tee "$OUT/gpu_backward_tests.log" | tail -5 || rc=1; } ;;
+    sanitize)
+      for tool in memcheck racecheck synccheck; do
+        timeout "$(left 150)" compute-sanitizer --tool $tool --error-exitcode 1 \
+          python3 tools/sanitize_backward.py --paths sm90 sm90-persistent >"$OUT/sanitizer_spill_$tool.log" 2>&1 \
+          || rc=1
+        tail -1 "$OUT/sanitizer_spill_$tool.log"
+      done ;;
+    ab)
+      timeout "$(left 200)" python3 tools/device/bwd_ab.py --label "$(git rev-parse --short HEAD 2>/dev/null || echo new)" \
+        --dq-modes bulk,spill --schedules persistent --densities "${SPILL_AB_DENSITIES:-0.05,0.1,0.2,1}" \
+        2>&1 | tee "$OUT/bwd_spill_ab.md" || rc=1 ;;
+    bench)
+      timeout "$(left 300)" python3 tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 \
+        --backward-densities 1.3b=0.05 --dq-accumulate spill --out "$OUT/bench_bwd_spill_1p3b.md" \
+        >"$OUT/bench_bwd_spill_1p3b.log" 2>&1 || rc=1 ;;
+    *) echo "unknown step $step"; rc=1 ;;
+  esac
+  step_done "$step" $rc $t0
+  if [ "$step" = smoke ] && [ $rc != 0 ]; then note "smoke failed: stopping"; break; fi
+done
+(cd "$OUT" && tar czf spill_logs.tgz --remove-files ./*.log 2>/dev/null)  # at most 8 files come back
+exit $status
