@@ -3,13 +3,15 @@
 # the Hopper backward's dS spill mode (KernelOptions.dq_accumulate="spill": the dK/dV kernel writes dS tiles to a
 # buffer, a second Hopper kernel sums dQ = dS·K per query block) against the bulk reduce-add mode. Everything lands
 # in $OUT:
-#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [tests] [sanitize] [ab] [bench]
-#   (no argument = all six, in this order, until the time budget runs out)
+#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [spill-tests] [ab] [sanitize] [tests] [bench]
+#   (no argument = all seven, in this order (the answer first), until the time budget runs out)
 #   build     source tools/device/setup.sh (all head dims and dtypes, 90a) -> build.log, gpu_spill.txt
 #   smoke     tools/sanitize_backward.py --paths sm90 sm90-persistent without a sanitizer under a 90 s cap (a hang:
 #             a ring or mailbox phase out of step); a failure ends the run -> smoke_spill.log
-#   tests     the spill tests first (-k spill), then every backward GPU test (test_cuda_backward.py on sm80, sm90
-#             and sm90-persistent) and test_cuda_training.py -> gpu_spill_tests.log, gpu_backward_tests.log
+#   spill-tests  test_cuda_backward.py -k spill (every spill case on sm80, sm90 and sm90-persistent)
+#             -> gpu_spill_tests.log
+#   tests     every backward GPU test (test_cuda_backward.py on sm80, sm90 and sm90-persistent) and
+#             test_cuda_training.py -> gpu_backward_tests.log
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck of tools/sanitize_backward.py --paths sm90
 #             sm90-persistent (spill with every tile and with half of them) -> sanitizer_spill_<tool>.log
 #   ab        tools/device/bwd_ab.py --dq-modes bulk,spill (backward alone, persistent schedule; fwd+bwd eager and
@@ -21,7 +23,7 @@
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-steps=${*:-build smoke tests sanitize ab bench}
+steps=${*:-build smoke spill-tests ab sanitize tests bench}
 source tools/device/step_budget.sh
 budget_init "${SPILL_BUDGET_S:-560}" "$OUT/status_spill.txt"
 tests=packages/sparge-kernels/tests
@@ -35,12 +37,13 @@ for step in $steps; do
     smoke)
       timeout "$(left 90)" python3 tools/sanitize_backward.py --paths sm90 sm90-persistent 2>&1 \
         | tee "$OUT/smoke_spill.log" || rc=1 ;;
+    spill-tests)
+      timeout "$(left 120)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs -k spill \
+        "$tests/test_cuda_backward.py" 2>&1 | tee "$OUT/gpu_spill_tests.log" | tail -5 || rc=1 ;;
     tests)
-      timeout "$(left 120)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs -x -k spill \
-        "$tests/test_cuda_backward.py" 2>&1 | tee "$OUT/gpu_spill_tests.log" | tail -5 || rc=1
-      [ $rc = 0 ] && { timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
+      timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
         "$tests/test_cuda_backward.py" "$tests/test_cuda_training.py" 2>&1 \
-        | tee "$OUT/gpu_backward_tests.log" | tail -5 || rc=1; } ;;
+        | tee "$OUT/gpu_backward_tests.log" | tail -5 || rc=1 ;;
     sanitize)
       for tool in memcheck racecheck synccheck; do
         timeout "$(left 150)" compute-sanitizer --tool $tool --error-exitcode 1 \

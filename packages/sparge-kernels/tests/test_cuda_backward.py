@@ -17,6 +17,7 @@ the sm90 path too where the GPU is not sm_90 or the build has no 90a.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -480,6 +481,21 @@ def test_ds_spill_many_key_blocks_per_query_block(backward_path):
         pytest.skip("the spill mode is the Hopper backward's")
     with sk.kernel_options(dq_accumulate="spill"):
         run_case(1, 2, 2048, 5120, 128, torch.bfloat16, density=0.9, empty_rows=0.0, seed=5)
+
+
+def test_ds_spill_buffers_on_the_sm80_kernels(backward_path, monkeypatch):
+    """Spill buffers handed to the SM80 kernels (what "auto" does where the strides do not suit TMA): they take
+    the bulk path and must zero the accumulator the spill mode leaves unzeroed (NaN-poisoned here by debug_fill)."""
+    if backward_path != "sm80" or tuple(torch.cuda.get_device_capability()) != (9, 0):
+        pytest.skip("needs an sm_90 GPU, on the sm80 path")
+    real = cuda_backward._ds_spill_buffers
+
+    def on_any_path(q, q_count, nq, block_q, block_k, options, capability):
+        return real(q, q_count, nq, block_q, block_k, dataclasses.replace(options, backward_path="auto"), capability)
+
+    monkeypatch.setattr(cuda_backward, "_ds_spill_buffers", on_any_path)
+    with sk.kernel_options(dq_accumulate="spill"):
+        run_case(2, 3, 700, 900, 128, torch.bfloat16, density=0.4)
 
 
 def test_ds_spill_launches_its_kernels(backward_path):

@@ -144,5 +144,6 @@ void bind_attention_backward(nb::module_& m) {
         "ds_spill, q_end, kv_pair (all or none; default mode only): the Hopper dS spill mode. ds_spill (pairs, 128, "
         "64) of q's dtype takes the dS tiles of key blocks whose pairs fit; q_end (B, H, Nk) int32 is the inclusive "
         "prefix sum of q_count over the flattened (B, H, Nk); kv_pair (B, H, Nq, Nk) int32 is workspace. Key blocks "
-        "that do not fit add dQ into dq_accum (bulk); the SM80 kernels ignore the spill (bulk dQ).");
+        "that do not fit add dQ into dq_accum (bulk). With ds_spill, dq_accum need not be zeroed (the kernels zero "
+        "the blocks they add into; on the SM80 kernels, which take the bulk path, the whole buffer).");
 }

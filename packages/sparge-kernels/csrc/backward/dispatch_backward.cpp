@@ -4,7 +4,10 @@
 // time (SPARGE_HDIM_*, SPARGE_DTYPE_*), the Hopper ones only for a 90a build (SPARGE_ARCH_90A).
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
+
 #include "backward/backward_api.h"
+#include "common/cuda_check.h"
 #include "common/kernel_path.h"
 
 namespace sparge::bwd {
@@ -17,7 +20,19 @@ BackwardPath resolve_backward_path(BwdParams const& params, BackwardPath path) {
 }
 
 void dispatch_backward(BwdParams const& params, DType dtype, BackwardPath path, cudaStream_t stream) {
-  launch_on_path("attention_backward", params, dtype, resolve_backward_path(params, path), stream);
+  const BackwardPath resolved = resolve_backward_path(params, path);
+  if (resolved == BackwardPath::kSm80 && params.ds_spill != nullptr) {
+    // The spill mode is the Hopper kernels'; the SM80 ones take the bulk path, into an accumulator that the spill
+    // mode's caller did not zero.
+    BwdParams bulk = params;
+    bulk.ds_spill = nullptr;
+    bulk.ds_spill_pairs = 0;
+    const size_t bytes = size_t(bulk.batch) * bulk.heads * size_t(bulk.padded_q) * bulk.head_dim * sizeof(float);
+    SPARGE_CUDA_CHECK(cudaMemsetAsync(bulk.dq_accum, 0, bytes, stream));
+    launch_on_path("attention_backward", bulk, dtype, resolved, stream);
+    return;
+  }
+  launch_on_path("attention_backward", params, dtype, resolved, stream);
 }
 
 }  // namespace sparge::bwd

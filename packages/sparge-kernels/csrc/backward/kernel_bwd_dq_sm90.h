@@ -5,7 +5,8 @@
 // adds that fragment (the same accumulator partition, kernel_traits_bwd_dq_sm90.h) before the scale.
 //   producer (one thread): per spilled key block, its K tile (TMA) and its dS tile (one bulk copy) into a stage;
 //   consumers (2 warpgroups, 64 rows each): dQ += dS·K (wgmma, smem x smem), then dq = dQ · scale.
-// Also here: spill_pairs_kernel, which numbers the spilled tiles for this kernel (BwdParams::kv_pair).
+// Also here: spill_pairs_kernel, which numbers the spilled tiles for this kernel (BwdParams::kv_pair) and zeroes
+// the dq_accum blocks the bulk path will add into.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -32,15 +33,22 @@ using namespace cute;
 // kv_pair[bh, m, j] for the j-th kept key block n of query block m: the spilled tile of pair (m, n), or -1 when n
 // took the bulk path. The dK/dV kernel numbers key block n's tiles q_end[bh, n] - q_count[bh, n] + (slot of m in
 // q_index[bh, n]); this finds that slot by binary search (q_index rows ascend). One CTA per (query block, head,
-// batch), a thread per kept key block.
+// batch), a thread per kept key block. A query block with a key block on the bulk path gets its 128 x D floats of
+// dq_accum zeroed here, before the dK/dV kernel adds into them; the others are neither written nor read, so the
+// spill mode needs no zero-filled accumulator.
+template <int kHeadDim>
 __global__ void __launch_bounds__(128) spill_pairs_kernel(const BwdParams p) {
+  constexpr int kThreads = 128;
+  __shared__ int any_bulk;
   const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int64_t bh = int64_t(b) * p.heads + h;
   const int64_t row = bh * p.num_q_blocks + m;
   const int count = p.kv_count[row];
   const int32_t* kept = p.kv_index + row * p.num_k_blocks;
   int32_t* pairs = p.kv_pair + row * p.num_k_blocks;
-  for (int j = threadIdx.x; j < count; j += blockDim.x) {
+  if (threadIdx.x == 0) any_bulk = 0;
+  __syncthreads();
+  for (int j = threadIdx.x; j < count; j += kThreads) {
     const int64_t key_tile = bh * p.num_k_blocks + kept[j];
     const int end = p.q_end[key_tile];
     int pair = -1;
@@ -60,11 +68,20 @@ __global__ void __launch_bounds__(128) spill_pairs_kernel(const BwdParams p) {
       if (lo < q_count && queries[lo] == m) pair = end - q_count + lo;
     }
     pairs[j] = pair;
+    if (pair < 0) any_bulk = 1;
+  }
+  __syncthreads();
+  if (any_bulk) {
+    constexpr int kBlockM = MaskBlockTiles::kBlockM;
+    float4* block = reinterpret_cast<float4*>(p.dq_accum + (bh * p.padded_q + int64_t(m) * kBlockM) * kHeadDim);
+    for (int i = threadIdx.x; i < kBlockM * kHeadDim / 4; i += kThreads) block[i] = make_float4(0.f, 0.f, 0.f, 0.f);
   }
 }
 
-inline void launch_spill_pairs(BwdParams const& p, cudaStream_t stream) {
-  spill_pairs_kernel<<<dim3(unsigned(p.num_q_blocks), unsigned(p.heads), unsigned(p.batch)), 128, 0, stream>>>(p);
+template <int kHeadDim>
+void launch_spill_pairs(BwdParams const& p, cudaStream_t stream) {
+  spill_pairs_kernel<kHeadDim>
+      <<<dim3(unsigned(p.num_q_blocks), unsigned(p.heads), unsigned(p.batch)), 128, 0, stream>>>(p);
   SPARGE_CHECK_LAUNCH("sparge backward dS spill pairs");
 }
 

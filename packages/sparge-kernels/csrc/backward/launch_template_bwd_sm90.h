@@ -106,7 +106,7 @@ void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main =
     throw std::invalid_argument("sparge attention_backward: the dS spill kernels need the spill buffer, and only they");
   }
   launch_preprocess<kHeadDim, Element>(p, stream);
-  if constexpr (Traits::kDsSpill) launch_spill_pairs(p, stream);
+  if constexpr (Traits::kDsSpill) launch_spill_pairs<kHeadDim>(p, stream);  // zeroes the dq_accum blocks it uses
 
   Shape4 shape_q = make_shape(p.seqlen_q, Int<kHeadDim>{}, p.heads, p.batch);
   Shape4 shape_k = make_shape(p.seqlen_k, Int<kHeadDim>{}, p.heads, p.batch);

@@ -1,7 +1,8 @@
 """Torch glue of the CUDA block-sparse attention backward (`_C.attention_backward`).
 
 Receives HND views (possibly strided, e.g. NHD transposed), allocates dq/dk/dv in the memory layout of q/k/v
-and the float32 workspace (lse·log2e, delta, and the zeroed dQ accumulator unless `deterministic`), and launches
+and the float32 workspace (lse·log2e, delta, and the dQ accumulator unless `deterministic`: zeroed, except in the
+dS spill mode, whose kernels zero the blocks they use), and launches
 on the caller's current stream. Tensors go to `_C` as they are (pointer, dtype, shape, strides read by
 csrc/common/tensor_caster.h; None for an absent dlse / dq_accum). Kernels (csrc/backward/):
   preprocess   delta = rowsum(dO ∘ O) − dlse, lse in log2 units (+inf on empty/padding rows → P = 0)
@@ -70,17 +71,19 @@ def backward(
     f32 = dict(dtype=torch.float32, device=q.device)
     lse_log2 = torch.empty(b, h, padded, **f32)
     delta = torch.empty(b, h, padded, **f32)
-    dq_accum = None if deterministic else torch.zeros(b, h, padded, d, **f32)
+    spill = _ds_spill_buffers(q, q_count, num_blocks(lq, block_q), block_q, block_k, options, capability) if (
+        options.dq_accumulate == "spill" and not deterministic) else None
+    # The spill mode zeroes only the accumulator blocks its bulk path adds into (the kernels' pair numbering).
+    dq_accum = None if deterministic else (torch.empty if spill else torch.zeros)(b, h, padded, d, **f32)
     dq, dk, dv = empty_like_layout(q), empty_like_layout(k), empty_like_layout(v)
     if options.debug_fill is not None:
-        for t in (dq, dk, dv):
+        # dq_accum too where the kernels must zero what they use of it (the spill mode)
+        for t in (dq, dk, dv) + ((dq_accum,) if spill else ()):
             t.fill_(options.debug_fill)
     # The persistent schedule's tile counter: one per call (never shared between streams); the caching allocator
     # reuses it only for later work on this stream, so it outlives the kernel.
     persistent = options.backward_schedule == "persistent" and not deterministic
     counter = torch.empty(1, dtype=torch.int32, device=q.device) if persistent else None
-    spill = _ds_spill_buffers(q, q_count, num_blocks(lq, block_q), block_q, block_k, options, capability) if (
-        options.dq_accumulate == "spill" and not deterministic) else None
     with torch.cuda.device(q.device):
         _C.attention_backward(
             q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse,
