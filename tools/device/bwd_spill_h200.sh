@@ -8,7 +8,8 @@
 #   build     source tools/device/setup.sh (all head dims and dtypes, 90a) -> build.log, gpu_spill.txt
 #   smoke     tools/sanitize_backward.py --paths sm90 sm90-persistent without a sanitizer under a 90 s cap (a hang:
 #             a ring or mailbox phase out of step); a failure ends the run -> smoke_spill.log
-#   spill-tests  test_cuda_backward.py -k spill (every spill case on sm80, sm90 and sm90-persistent)
+#   spill-tests  test_cuda_backward.py and test_cuda_training.py -k spill (every spill case on sm80, sm90 and
+#             sm90-persistent; the 2-layer training test against the reference)
 #             -> gpu_spill_tests.log
 #   tests     every backward GPU test (test_cuda_backward.py on sm80, sm90 and sm90-persistent) and
 #             test_cuda_training.py -> gpu_backward_tests.log
@@ -38,8 +39,9 @@ for step in $steps; do
       timeout "$(left 90)" python3 tools/sanitize_backward.py --paths sm90 sm90-persistent 2>&1 \
         | tee "$OUT/smoke_spill.log" || rc=1 ;;
     spill-tests)
-      timeout "$(left 120)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs -k spill \
-        "$tests/test_cuda_backward.py" 2>&1 | tee "$OUT/gpu_spill_tests.log" | tail -5 || rc=1 ;;
+      timeout "$(left 150)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs -k spill \
+        "$tests/test_cuda_backward.py" "$tests/test_cuda_training.py" 2>&1 | tee "$OUT/gpu_spill_tests.log" \
+        | tail -5 || rc=1 ;;
     tests)
       timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
         "$tests/test_cuda_backward.py" "$tests/test_cuda_training.py" 2>&1 \

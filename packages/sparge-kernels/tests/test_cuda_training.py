@@ -88,9 +88,10 @@ def _train(mask, data, target, init_state) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("backward_path", ["sm80", "sm90"])
-def test_training_tracks_reference(monkeypatch, backward_path):
-    """backward_path="sm90" skips where the GPU or build has no Hopper backward (conftest.py)."""
+@pytest.mark.parametrize("backward_path,dq_accumulate", [("sm80", "bulk"), ("sm90", "bulk"), ("sm90", "spill")])
+def test_training_tracks_reference(monkeypatch, backward_path, dq_accumulate):
+    """backward_path="sm90" skips where the GPU or build has no Hopper backward (conftest.py); "spill" is its dS
+    spill mode (KernelOptions.dq_accumulate)."""
     check_kernel_path("backward_path", backward_path, cuda._C.build_archs, torch.cuda.get_device_capability())
     torch.manual_seed(0)
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -114,7 +115,7 @@ def test_training_tracks_reference(monkeypatch, backward_path):
 
     monkeypatch.delenv("SPARGE_BACKEND", raising=False)
     monkeypatch.setattr(backend_mod, "CUDA", dataclasses.replace(backend_mod.CUDA, backward=counted_backward))
-    with sk.kernel_options(backward_path=backward_path):
+    with sk.kernel_options(backward_path=backward_path, dq_accumulate=dq_accumulate):
         cuda_losses = _train(mask, data, target, init_state)
     assert len(calls) == 2 * STEPS  # two attention layers per step
 
