@@ -3,8 +3,8 @@
 # the Hopper backward's dS spill mode (KernelOptions.dq_accumulate="spill": the dK/dV kernel writes dS tiles to a
 # buffer, a second Hopper kernel sums dQ = dS·K per query block) against the bulk reduce-add mode. Everything lands
 # in $OUT:
-#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [spill-tests] [ab] [sanitize] [tests] [bench]
-#   (no argument = all seven, in this order (the answer first), until the time budget runs out)
+#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [spill-tests] [ab] [sanitize] [tests] [bench] [ncu]
+#   (no argument = the first seven, in this order (the answer first), until the time budget runs out)
 #   build     source tools/device/setup.sh (all head dims and dtypes, 90a) -> build.log, gpu_spill.txt
 #   smoke     tools/sanitize_backward.py --paths sm90 sm90-persistent without a sanitizer under a 90 s cap (a hang:
 #             a ring or mailbox phase out of step); a failure ends the run -> smoke_spill.log
@@ -19,6 +19,8 @@
 #             in a CUDA graph per mode; 1.3B at densities 0.05, 0.1, 0.2, 1) -> bwd_spill_ab.md
 #   bench     tools/bench_attention.py --backward --dq-accumulate spill on the 1.3B shape at 5% (issue 13's table:
 #             cuDNN, Flex 128x64 and 128x128, every backward mode) -> bench_bwd_spill_1p3b.md (+ .log)
+#   ncu       Nsight Compute speed-of-light, memory, warp-state, scheduler and occupancy sections of the spill
+#             mode's dK/dV kernel and dQ kernel (1.3B, 5%, second backward) -> ncu_spill_1p3b.txt
 # A step is cut off by `timeout` at min(its cap, what is left of SPILL_BUDGET_S, default 560 s from the start);
 # status_spill.txt lists each step's exit code and time; the logs come back in one tarball.
 set -o pipefail
@@ -61,6 +63,30 @@ for step in $steps; do
       timeout "$(left 300)" python3 tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 \
         --backward-densities 1.3b=0.05 --dq-accumulate spill --out "$OUT/bench_bwd_spill_1p3b.md" \
         >"$OUT/bench_bwd_spill_1p3b.log" 2>&1 || rc=1 ;;
+    ncu)
+      cat >/tmp/spill_1p3b.py <<'EOF'
+import sys
+
+import torch
+
+sys.path.insert(0, "tools")
+import sparge_kernels as sk
+from bench_attention import random_mask
+
+b, h, length, d = 1, 12, 32760, 128
+g = torch.Generator(device="cuda").manual_seed(0)
+q, k, v, dout = (torch.randn(b, h, length, d, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+q, k, v = (t.requires_grad_() for t in (q, k, v))
+mask = random_mask(b, h, length, length, 0.05, seed=0)
+with sk.kernel_options(dq_accumulate="spill"):
+    for _ in range(2):
+        sk.block_sparse_attention(q, k, v, mask).backward(dout)
+torch.cuda.synchronize()
+EOF
+      timeout "$(left 200)" ncu --kernel-name regex:"attention_backward_(dq_)?sm90_kernel" --launch-skip 2 \
+        --launch-count 2 --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
+        python3 /tmp/spill_1p3b.py >"$OUT/ncu_spill_1p3b.txt" 2>"$OUT/ncu_spill.log" || rc=1 ;;
     *) echo "unknown step $step"; rc=1 ;;
   esac
   step_done "$step" $rc $t0
