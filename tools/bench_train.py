@@ -9,6 +9,8 @@ Each mode runs `python -m sparge_train fit` in its own process (clean memory acc
   dense    student = the same model with dense self-attention (--backend); teacher dense (--backend)
   sparse-<path>  sparse with the backward's dK/dV kernel pinned (SPARGE_BACKWARD_PATH=<path>: sm80, sm90, auto)
                  in that run's process, e.g. sparse-sm80 against sparse (auto: the Hopper kernel on sm_90)
+  sparse-<dq>    sparse with the backward's dQ mode set (SPARGE_DQ_ACCUMULATE=<dq>: bulk, atomic, spill), e.g.
+                 sparse-spill against sparse
 
 The teacher forward is dense in both, so the step can gain at most about (teacher + student) / teacher-only
 over the student's share. Phase times come from CUDA events (train.time_phases). Random weights give
@@ -76,7 +78,10 @@ def run_mode(args, mode: str, workdir: Path) -> dict:
     cfg_path.write_text(yaml.safe_dump(run_config(args, mode, out), sort_keys=False))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if mode.startswith("sparse-"):
-        env["SPARGE_BACKWARD_PATH"] = mode.removeprefix("sparse-")
+        from sparge_kernels.options import DQ_ACCUMULATE
+
+        choice = mode.removeprefix("sparse-")
+        env["SPARGE_DQ_ACCUMULATE" if choice in DQ_ACCUMULATE else "SPARGE_BACKWARD_PATH"] = choice
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "sparge_train", "fit", "--config", str(cfg_path)], env=env,
                           capture_output=True, text=True, timeout=args.timeout)
@@ -208,11 +213,12 @@ def main() -> int:
     if args.compare_losses:
         print(compare_losses(*args.compare_losses))
         return 0
-    from sparge_kernels.options import BACKWARD_PATHS
+    from sparge_kernels.options import BACKWARD_PATHS, DQ_ACCUMULATE
 
+    choices = BACKWARD_PATHS + DQ_ACCUMULATE
     for mode in args.modes.split(","):
-        if mode not in ("sparse", "dense") and mode.removeprefix("sparse-") not in BACKWARD_PATHS:
-            parser.error(f"--modes: {mode!r} is not sparse, dense or sparse-<{'|'.join(BACKWARD_PATHS)}>")
+        if mode not in ("sparse", "dense") and mode.removeprefix("sparse-") not in choices:
+            parser.error(f"--modes: {mode!r} is not sparse, dense or sparse-<{'|'.join(choices)}>")
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_train_"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from sparge_kernels.options import current_kernel_options
 def test_defaults(monkeypatch):
     monkeypatch.delenv("SPARGE_FORWARD_PATH", raising=False)
     monkeypatch.delenv("SPARGE_BACKWARD_PATH", raising=False)
+    monkeypatch.delenv("SPARGE_DQ_ACCUMULATE", raising=False)
     assert current_kernel_options() == sk.KernelOptions("auto", "bulk", None)
     monkeypatch.setenv("SPARGE_FORWARD_PATH", "sm80")
     assert current_kernel_options().forward_path == "sm80"
@@ -126,3 +127,17 @@ def test_ds_spill_tiles_follow_the_budget_and_the_dense_bound():
     assert ds_spill_tiles(1, 12, 256, 512, 128, 64, 2, tile - 1) == 0
     assert ds_spill_tiles(2, 3, 4, 5, 128, 64, 2, 7 * tile + 5) == 7
     assert sk.KernelOptions().ds_spill_bytes == 2 << 30
+
+
+def test_dq_accumulate_default_from_the_environment(monkeypatch):
+    """SPARGE_DQ_ACCUMULATE sets the default dQ mode (how a training process is switched, e.g. bench_train's
+    sparse-spill mode); a scope still overrides it; a bad value names the variable."""
+    monkeypatch.setenv("SPARGE_DQ_ACCUMULATE", "spill")
+    assert current_kernel_options().dq_accumulate == "spill"
+    with sk.kernel_options(dq_accumulate="atomic") as scoped:
+        assert scoped.dq_accumulate == "atomic"
+    monkeypatch.setenv("SPARGE_DQ_ACCUMULATE", "fast")
+    with pytest.raises(ValueError, match="SPARGE_DQ_ACCUMULATE must be one of"):
+        current_kernel_options()
+    monkeypatch.delenv("SPARGE_DQ_ACCUMULATE")
+    assert current_kernel_options().dq_accumulate == "bulk"

@@ -49,6 +49,7 @@ class KernelOptions:
         Hopper kernel sums dQ = dS·K per query block in a fixed order; key blocks whose tiles do not fit take the
         bulk path. dQ is then bitwise reproducible when every tile fits (the dQ GEMM reads the same bf16/fp16 dS
         it does in the other modes).
+        The default comes from SPARGE_DQ_ACCUMULATE, else "bulk".
     ds_spill_bytes: the largest dS spill buffer "spill" allocates, in bytes (default 2 GiB: every tile of the
         (1, 12, 32760, 128) shape at 5% density, 1.3 GB, fits). The buffer is min(this, what a dense mask would
         need); 0 sends every key block down the bulk path.
@@ -111,21 +112,25 @@ class KernelOptions:
 
 
 def _defaults() -> KernelOptions:
-    return _defaults_for(os.environ.get("SPARGE_FORWARD_PATH", "auto"), os.environ.get("SPARGE_BACKWARD_PATH", "auto"))
+    env = os.environ
+    return _defaults_for(env.get("SPARGE_FORWARD_PATH", "auto"), env.get("SPARGE_BACKWARD_PATH", "auto"),
+                         env.get("SPARGE_DQ_ACCUMULATE", "bulk"))
 
 
 @functools.lru_cache(maxsize=16)
-def _defaults_for(path: str, backward: str) -> KernelOptions:
+def _defaults_for(path: str, backward: str, dq_accumulate: str) -> KernelOptions:
     """The defaults for these environment values, built once (every kernel launch asks; a bad value raises and
     is not cached)."""
-    if path not in FORWARD_PATHS:
-        raise ValueError(f"SPARGE_FORWARD_PATH must be one of {FORWARD_PATHS}, got {path!r}")
-    if backward not in BACKWARD_PATHS:
-        raise ValueError(f"SPARGE_BACKWARD_PATH must be one of {BACKWARD_PATHS}, got {backward!r}")
-    return KernelOptions(forward_path=path, backward_path=backward)
+    for name, value, allowed in (("SPARGE_FORWARD_PATH", path, FORWARD_PATHS),
+                                 ("SPARGE_BACKWARD_PATH", backward, BACKWARD_PATHS),
+                                 ("SPARGE_DQ_ACCUMULATE", dq_accumulate, DQ_ACCUMULATE)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return KernelOptions(forward_path=path, backward_path=backward, dq_accumulate=dq_accumulate)
 
 
-# None: no kernel_options() scope is active, the defaults (SPARGE_FORWARD_PATH, SPARGE_BACKWARD_PATH) apply.
+# None: no kernel_options() scope is active, the defaults (SPARGE_FORWARD_PATH, SPARGE_BACKWARD_PATH,
+# SPARGE_DQ_ACCUMULATE) apply.
 _active: KernelOptions | None = None
 
 
