@@ -101,13 +101,21 @@ __device__ __forceinline__ void load_dq_tile(KernelParamsBwdDqSm90<Traits> const
   auto [tKgK, tKsK] = tma_partition(kp.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
   const char* ds_spill = static_cast<const char*>(p.ds_spill);
   const int count = tile.walk.trip_count();
+  // The next slot's pair and key block are loaded before this slot's stage is acquired: a stage is short (one
+  // 128 x D x 64 GEMM), so two dependent L2 round trips per stage would hold the ring back.
+  int next_pair = count > 0 ? pairs[0] : -1;
+  int next_block = count > 0 ? tile.walk.block(0) : 0;
   for (int slot = 0; slot < count; ++slot) {
-    const int pair = pairs[slot];
+    const int pair = next_pair, block = next_block;
+    if (slot + 1 < count) {
+      next_pair = pairs[slot + 1];
+      next_block = tile.walk.block(slot + 1);
+    }
     if (pair < 0) continue;  // its dQ is in dq_accum
     pipeline.producer_acquire(write);  // also arms the stage's barrier with kStageBytes
     uint64_t* full = pipeline.producer_get_barrier(write);
     const int stage = write.index();
-    copy(kp.tma_k.with(*full), tKgK(_, tile.walk.block(slot)), tKsK(_, stage));
+    copy(kp.tma_k.with(*full), tKgK(_, block), tKsK(_, stage));
     SM90_BULK_COPY_G2S::copy(ds_spill + int64_t(pair) * Traits::kDsTileBytes, full,
                              ss.ds.data() + stage * kDsTileElems, Traits::kDsTileBytes);
     ++write;
