@@ -34,9 +34,7 @@ for step in $steps; do
   step_begin "$step" || continue
   case $step in
     build)
-      source tools/device/setup.sh >"$OUT/build.log" 2>&1 || rc=1
-      [ $rc = 0 ] && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 \
-        | tee "$OUT/gpu_bwd.txt" ;;
+      build_step "$OUT/gpu_bwd.txt" ;;
     smoke)
       timeout "$(left 60)" python3 tools/sanitize_backward.py --paths sm90-persistent 2>&1 \
         | tee "$OUT/smoke_bwd.log" || rc=1 ;;
@@ -46,12 +44,7 @@ for step in $steps; do
         packages/sparge-kernels/tests/test_cuda_forward.py \
         2>&1 | tee "$OUT/gpu_backward_tests.log" | tail -5 || rc=1 ;;
     sanitize)
-      for tool in memcheck racecheck synccheck; do
-        timeout "$(left 120)" compute-sanitizer --tool $tool --error-exitcode 1 \
-          python3 tools/sanitize_backward.py --paths sm90 sm90-persistent >"$OUT/sanitizer_backward_$tool.log" 2>&1 \
-          || rc=1
-        tail -1 "$OUT/sanitizer_backward_$tool.log"
-      done ;;
+      sanitize_step sanitizer_backward 120 python3 tools/sanitize_backward.py --paths sm90 sm90-persistent ;;
     bench)
       timeout "$(left 300)" python3 tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 \
         --backward-densities 1.3b=0.05 --out "$OUT/bench_bwd_persistent_1p3b.md" \

@@ -34,9 +34,7 @@ for step in $steps; do
   step_begin "$step" || continue
   case $step in
     build)
-      source tools/device/setup.sh >"$OUT/build.log" 2>&1 || rc=1
-      [ $rc = 0 ] && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv 2>&1 \
-        | tee "$OUT/gpu_spill.txt" ;;
+      build_step "$OUT/gpu_spill.txt" ;;
     smoke)
       timeout "$(left 90)" python3 tools/sanitize_backward.py --paths sm90 sm90-persistent 2>&1 \
         | tee "$OUT/smoke_spill.log" || rc=1 ;;
@@ -49,12 +47,7 @@ for step in $steps; do
         "$tests/test_cuda_backward.py" "$tests/test_cuda_training.py" 2>&1 \
         | tee "$OUT/gpu_backward_tests.log" | tail -5 || rc=1 ;;
     sanitize)
-      for tool in memcheck racecheck synccheck; do
-        timeout "$(left 150)" compute-sanitizer --tool $tool --error-exitcode 1 \
-          python3 tools/sanitize_backward.py --paths sm90 sm90-persistent >"$OUT/sanitizer_spill_$tool.log" 2>&1 \
-          || rc=1
-        tail -1 "$OUT/sanitizer_spill_$tool.log"
-      done ;;
+      sanitize_step sanitizer_spill 150 python3 tools/sanitize_backward.py --paths sm90 sm90-persistent ;;
     ab)
       timeout "$(left 200)" python3 tools/device/bwd_ab.py --label "$(git rev-parse --short HEAD 2>/dev/null || echo new)" \
         --dq-modes bulk,spill --schedules persistent --densities "${SPILL_AB_DENSITIES:-0.05,0.1,0.2,1}" \

@@ -79,17 +79,12 @@ for step in $steps; do
   step_begin "$step" || continue
   case $step in
     build)
-      source tools/device/setup.sh >"$OUT/build.log" 2>&1 || rc=1
-      [ $rc = 0 ] && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu_mask.txt" ;;
+      build_step "$OUT/gpu_mask.txt" ;;
     tests)
       timeout "$(left 240)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
         packages/sparge-kernels/tests/test_cuda_mask.py 2>&1 | tee "$OUT/gpu_mask_tests.log" | tail -5 || rc=1 ;;
     sanitize)
-      for tool in memcheck racecheck synccheck; do
-        timeout "$(left 100)" compute-sanitizer --tool $tool --error-exitcode 1 python3 "$smoke" \
-          >"$OUT/sanitizer_mask_$tool.log" 2>&1 || rc=1
-        tail -2 "$OUT/sanitizer_mask_$tool.log"
-      done ;;
+      sanitize_step sanitizer_mask 100 python3 "$smoke" ;;
     bench)
       timeout "$(left 200)" python3 tools/bench_mask.py --shapes 1.3b,14b >"$OUT/bench_mask.md" \
         2>"$OUT/bench_mask.log" || rc=1 ;;

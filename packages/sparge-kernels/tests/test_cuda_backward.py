@@ -298,6 +298,26 @@ def test_sm80_and_sm90_agree(backward_path, dtype, d, layout):
         assert err <= budget, f"{name}: sm90 vs sm80 relative difference {err:.2e} > {budget:.0e}"
 
 
+def small_case(deterministic: bool = False) -> tuple:
+    """cuda_backward.backward's positional arguments for a small case (the kernel-name checks)."""
+    q, k, v, dout = make_inputs(1, 2, 300, 200, 128, torch.bfloat16)
+    mask = random_mask(1, 2, 300, 200, density=0.6)
+    out, lse = forward(q, k, v, mask, 0.1)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, deterministic=deterministic)
+    return dout, q, k, v, out, lse, None, m
+
+
+def launched_kernels(args: tuple, options: KernelOptions) -> list[str]:
+    """The CUDA kernel names one backward launches (torch.profiler); skips where it records no sm90 names."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        cuda_backward.backward(*args, options=options)
+        torch.cuda.synchronize()
+    names = sorted({e.name for e in prof.events()})
+    if not any("attention_backward_sm90_kernel" in n for n in names):
+        pytest.skip(f"torch.profiler recorded no sm90 kernel names here ({len(names)} events)")
+    return names
+
+
 # --------------------------------------------------------------------- dQ accumulation modes ("bulk", "atomic")
 def mask_with_holes(b, h, lq, lk, density, seed):
     """A random block mask with an empty query block and an unattended key block in every (b, h) where there are
@@ -390,17 +410,8 @@ def test_sm90_dq_mode_launches_its_convert_kernel(backward_path, dq_accumulate):
     reduce-add kernel's layout), "atomic" the row-major one (CUDA kernel names from torch.profiler)."""
     if backward_path != "sm90":
         pytest.skip("checks the sm90 kernels' names")
-    q, k, v, dout = make_inputs(1, 2, 300, 200, 128, torch.bfloat16)
-    mask = random_mask(1, 2, 300, 200, density=0.6)
-    out, lse = forward(q, k, v, mask, 0.1)
-    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, deterministic=False)
     options = with_current_schedule(backward_path="sm90", dq_accumulate=dq_accumulate, debug_fill=float("nan"))
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        cuda_backward.backward(dout, q, k, v, out, lse, None, m, options=options)
-        torch.cuda.synchronize()
-    names = [e.name for e in prof.events()]
-    if not any("attention_backward_sm90_kernel" in n for n in names):
-        pytest.skip(f"torch.profiler recorded no sm90 kernel names here ({len(names)} events)")
+    names = launched_kernels(small_case(), options)
     want, other = "dq_convert_fragment_order_kernel", "dq_convert_rowmajor_kernel"
     if dq_accumulate == "atomic":
         want, other = other, want
@@ -416,16 +427,7 @@ def test_sm90_deterministic_launches_dkdv_without_dq_then_the_dq_kernel(backward
     if backward_path != "sm90":
         pytest.skip("checks the sm90 kernels' names")
     deterministic_once(backward_path)
-    q, k, v, dout = make_inputs(1, 2, 300, 200, 128, torch.bfloat16)
-    mask = random_mask(1, 2, 300, 200, density=0.6)
-    out, lse = forward(q, k, v, mask, 0.1)
-    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, deterministic=True)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        cuda_backward.backward(dout, q, k, v, out, lse, None, m, options=with_current_schedule(backward_path=path))
-        torch.cuda.synchronize()
-    names = sorted({e.name for e in prof.events()})
-    if not any("attention_backward_sm90_kernel" in n for n in names):
-        pytest.skip(f"torch.profiler recorded no sm90 kernel names here ({len(names)} events)")
+    names = launched_kernels(small_case(deterministic=True), with_current_schedule(backward_path=path))
     assert any("attention_backward_sm90_kernel" in n and "KernelTraitsBwdSm90Stages" in n for n in names), names
     assert any("dq_kernel" in n for n in names), names
     assert not any("dq_convert" in n or "dkdv_kernel" in n for n in names), names
@@ -503,19 +505,11 @@ def test_ds_spill_launches_its_kernels(backward_path):
     names from torch.profiler); a zero budget runs the bulk mode's kernels."""
     if backward_path != "sm90":
         pytest.skip("checks the sm90 kernels' names")
-    q, k, v, dout = make_inputs(1, 2, 300, 200, 128, torch.bfloat16)
-    mask = random_mask(1, 2, 300, 200, density=0.6)
-    out, lse = forward(q, k, v, mask, 0.1)
-    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1, deterministic=False)
+    args = small_case()
     for budget, want, other in ((1 << 30, "attention_backward_dq_sm90_kernel", "dq_convert_fragment_order_kernel"),
                                 (0, "dq_convert_fragment_order_kernel", "attention_backward_dq_sm90_kernel")):
         options = with_current_schedule(backward_path="sm90", dq_accumulate="spill", ds_spill_bytes=budget)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            cuda_backward.backward(dout, q, k, v, out, lse, None, m, options=options)
-            torch.cuda.synchronize()
-        names = sorted({e.name for e in prof.events()})
-        if not any("attention_backward_sm90_kernel" in n for n in names):
-            pytest.skip(f"torch.profiler recorded no sm90 kernel names here ({len(names)} events)")
+        names = launched_kernels(args, options)
         assert any(want in n for n in names) and not any(other in n for n in names), (budget, names)
         assert any("spill_pairs_kernel" in n for n in names) == (budget > 0), (budget, names)
 

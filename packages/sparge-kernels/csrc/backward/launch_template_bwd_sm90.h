@@ -38,6 +38,15 @@ auto tma_gmem(void const* ptr, typename Traits::ShapeQKV shape, Strides const& s
                      make_layout(shape, make_stride(s.row, _1{}, s.head, s.batch)));
 }
 
+// Opts `kernel` into smem_bytes of dynamic shared memory and launches it; `what` names the launch in errors.
+template <class Params>
+void launch_with_smem(void (*kernel)(Params), dim3 grid, int threads, int smem_bytes, Params const& kp,
+                      cudaStream_t stream, const char* what) {
+  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+  kernel<<<grid, threads, smem_bytes, stream>>>(kp);
+  if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) throw_cuda_error(err, what, __FILE__, __LINE__);
+}
+
 // The spill mode's dQ kernel: one CTA per (query block, head, batch), or (p.tile_counter set, the persistent
 // schedule) one per SM taking query blocks from that counter, zeroed again here after the dK/dV kernel's use.
 template <class Traits>
@@ -51,16 +60,14 @@ void launch_dq_sm90(BwdParams const& p, cudaStream_t stream) {
       shape_k,
   };
   if (p.tile_counter != nullptr) {
-    auto kernel = &attention_backward_dq_sm90_kernel<Traits, /*kPersistent=*/true>;
-    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    kernel<<<dq_tile_scheduler(p).prepare_launch(stream), Traits::kNThreads, kSmemBytes, stream>>>(kp);
-    SPARGE_CHECK_LAUNCH("sparge backward dQ (sm90, spilled dS, persistent)");
-    return;
+    launch_with_smem(&attention_backward_dq_sm90_kernel<Traits, /*kPersistent=*/true>,
+                     dq_tile_scheduler(p).prepare_launch(stream), Traits::kNThreads, kSmemBytes, kp, stream,
+                     "launch of sparge backward dQ (sm90, spilled dS, persistent)");
+  } else {
+    launch_with_smem(&attention_backward_dq_sm90_kernel<Traits, /*kPersistent=*/false>,
+                     StaticTileScheduler::grid(p.num_q_blocks, p.heads, p.batch), Traits::kNThreads, kSmemBytes, kp,
+                     stream, "launch of sparge backward dQ (sm90, spilled dS)");
   }
-  auto kernel = &attention_backward_dq_sm90_kernel<Traits, /*kPersistent=*/false>;
-  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  kernel<<<StaticTileScheduler::grid(p.num_q_blocks, p.heads, p.batch), Traits::kNThreads, kSmemBytes, stream>>>(kp);
-  SPARGE_CHECK_LAUNCH("sparge backward dQ (sm90, spilled dS)");
 }
 
 // The dK/dV kernel: one CTA per key block, or (p.tile_counter set) one per SM taking key blocks from that counter,
@@ -72,20 +79,17 @@ void launch_dkdv_sm90(KernelParamsBwdSm90<Traits> const& kp, cudaStream_t stream
   constexpr int kSmemBytes = Traits::kSmemBytes;
   if constexpr (Traits::kSkipStages == 0) {
     if (p.tile_counter != nullptr) {
-      auto kernel = &attention_backward_sm90_kernel<Traits, /*kPersistent=*/true>;
-      SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-      kernel<<<bwd_tile_scheduler(p).prepare_launch(stream), Traits::kNThreads, kSmemBytes, stream>>>(kp);
-      SPARGE_CHECK_LAUNCH("sparge backward dK/dV (sm90, persistent)");
+      launch_with_smem(&attention_backward_sm90_kernel<Traits, /*kPersistent=*/true>,
+                       bwd_tile_scheduler(p).prepare_launch(stream), Traits::kNThreads, kSmemBytes, kp, stream,
+                       "launch of sparge backward dK/dV (sm90, persistent)");
       return;
     }
   } else if (p.tile_counter != nullptr) {
     throw std::invalid_argument("sparge attention_backward: the profiling variants have no persistent schedule");
   }
-  auto kernel = &attention_backward_sm90_kernel<Traits, /*kPersistent=*/false>;
-  SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  const dim3 grid = StaticTileScheduler::grid(p.num_k_blocks, p.heads, p.batch);
-  kernel<<<grid, Traits::kNThreads, kSmemBytes, stream>>>(kp);
-  SPARGE_CHECK_LAUNCH("sparge backward dK/dV (sm90)");
+  launch_with_smem(&attention_backward_sm90_kernel<Traits, /*kPersistent=*/false>,
+                   StaticTileScheduler::grid(p.num_k_blocks, p.heads, p.batch), Traits::kNThreads, kSmemBytes, kp,
+                   stream, "launch of sparge backward dK/dV (sm90)");
 }
 
 // The three launches for one traits type (KernelTraitsBwdSm90, or a profiling KernelTraitsBwdSm90Stages);
