@@ -49,7 +49,8 @@ for step in $steps; do
     sanitize)
       sanitize_step sanitizer_spill 150 python3 tools/sanitize_backward.py --paths sm90 sm90-persistent ;;
     ab)
-      timeout "$(left 200)" python3 tools/device/bwd_ab.py --label "$(git rev-parse --short HEAD 2>/dev/null || echo new)" \
+      label=$(git rev-parse --short HEAD 2>/dev/null || echo new)
+      timeout "$(left 200)" python3 tools/device/bwd_ab.py --label "$label" \
         --dq-modes bulk,spill --schedules persistent --densities "${SPILL_AB_DENSITIES:-0.05,0.1,0.2,1}" \
         2>&1 | tee "$OUT/bwd_spill_ab.md" || rc=1 ;;
     bench)

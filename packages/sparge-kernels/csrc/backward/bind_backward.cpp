@@ -69,8 +69,8 @@ sparge::BwdParams sparge::bwd::backward_params(const char* who, TensorArg const&
 
 namespace {
 
-// The dS spill buffers (all three or none): ds_spill (pairs, block_q, block_k) of q's dtype, contiguous; q_end (B, H, Nk)
-// and kv_pair (B, H, Nq, Nk) int32. Only in the default (non-deterministic) mode.
+// The dS spill buffers (all three or none): ds_spill (pairs, block_q, block_k) of q's dtype, contiguous;
+// q_end (B, H, Nk) and kv_pair (B, H, Nq, Nk) int32. Only in the default (non-deterministic) mode.
 void set_ds_spill(sparge::BwdParams& p, const char* who, sparge::DType dtype, int tile_rows, int tile_cols,
                   TensorArg const& ds_spill, TensorArg const& q_end, TensorArg const& kv_pair) {
   const bool any = !ds_spill.is_none() || !q_end.is_none() || !kv_pair.is_none();

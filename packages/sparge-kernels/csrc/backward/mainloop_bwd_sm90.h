@@ -269,7 +269,9 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
       cutlass::arch::fence_view_async_shared();  // generic-proxy stores -> visible to wgmma (async proxy)
       cutlass::arch::NamedBarrier::sync(kNumMmaThreads, kBarrierPdSReady);
       if constexpr (kSpillDs) {  // read by the copy engine beside the dV/dK wgmmas' reads
-        if (thread_idx == 0) bulk_store(ds_spill + int64_t(slot) * Traits::kDsTileBytes, ss.ds.data(), Traits::kDsTileBytes);
+        if (thread_idx == 0) {
+          bulk_store(ds_spill + int64_t(slot) * Traits::kDsTileBytes, ss.ds.data(), Traits::kDsTileBytes);
+        }
       }
 
       if constexpr (kRunDkv) {

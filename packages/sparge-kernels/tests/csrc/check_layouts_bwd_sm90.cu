@@ -102,7 +102,8 @@ int check_dq() {
       for (int d = 0; d < D; ++d) bad += k(n, d, s) != lk(n, d) + s * int(cosize(lk)) || kt(d, n, s) != k(n, d, s);
   bad += int(T::kDsTileBytes) != int(cosize(pds) * sizeof(typename T::Element));
   for (int t = 0; t < T::kNumMmaThreads; ++t) {
-    Tensor ours = typename T::TiledMmadQ{}.get_thread_slice(t).partition_C(make_identity_tensor(Shape<Int<M>, Int<D>>{}));
+    Tensor ours =
+        typename T::TiledMmadQ{}.get_thread_slice(t).partition_C(make_identity_tensor(Shape<Int<M>, Int<D>>{}));
     Tensor theirs =
         typename DkDv::TiledMmadQ{}.get_thread_slice(t).partition_C(make_identity_tensor(Shape<Int<M>, Int<D>>{}));
     if (size(ours) != size(theirs)) return 1 + bad;
