@@ -349,6 +349,7 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
                       ("sm90 wgmma, bulk-reduce dQ, persistent schedule", "bulk", False, "sm90", "persistent"),
                       ("sm90 wgmma, dS spilled + sm90 dQ kernel, persistent schedule", "spill", False, "sm90",
                        "persistent"),
+                      ("sm90 wgmma, dS spilled, deterministic", "spill", True, "sm90", "persistent"),
                       ("sm90 wgmma dK/dV + SM80 dQ, deterministic", "bulk", True, "sm90", "tile")]
         for mode, accumulate, det, path, schedule in modes:
             options = sk.KernelOptions(dq_accumulate=accumulate, backward_path=path, backward_schedule=schedule)

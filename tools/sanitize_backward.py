@@ -1,8 +1,8 @@
 """Tiny backward cases for compute-sanitizer (memcheck/racecheck): tails on both sides, Lq != Lk, an empty query
 block, a key block nobody keeps, HND and NHD strides, every backward kernel (SM80 with bulk or atomic dQ, SM80
 deterministic, the Hopper backward with bulk or atomic dQ or dS spilled (all tiles, or half with the rest bulk) where
-this build and GPU have it, its deterministic pair (Hopper dK/dV without dQ, then the SM80 dQ kernel), and with its
-persistent schedule: sm90-persistent, which adds a
+this build and GPU have it, its deterministic pair (Hopper dK/dV without dQ, then the SM80 dQ kernel) and
+deterministic spill (half the tiles: both dQ kernels), and with its persistent schedule: sm90-persistent, which adds a
 case with more key blocks than SMs so that CTAs take several in turn).
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/sanitize_backward.py \
@@ -23,9 +23,11 @@ from sparge_kernels.block_mask import BlockMask
 # for about half of the mask's tiles (key blocks past it take the bulk path).
 MODES = {"sm80": [("sm80", "bulk", False, "tile"), ("sm80", "atomic", False, "tile"), ("sm80", "bulk", True, "tile")],
          "sm90": [("sm90", "bulk", False, "tile"), ("sm90", "atomic", False, "tile"), ("sm90", "bulk", True, "tile"),
-                  ("sm90", "spill", False, "tile"), ("sm90", "spill-half", False, "tile")],
+                  ("sm90", "spill", False, "tile"), ("sm90", "spill-half", False, "tile"),
+                  ("sm90", "spill-half", True, "tile")],
          "sm90-persistent": [("sm90", "bulk", False, "persistent"), ("sm90", "atomic", False, "persistent"),
-                             ("sm90", "spill", False, "persistent"), ("sm90", "spill-half", False, "persistent")]}
+                             ("sm90", "spill", False, "persistent"), ("sm90", "spill-half", False, "persistent"),
+                             ("sm90", "spill-half", True, "persistent")]}
 
 
 def operand(n: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor:

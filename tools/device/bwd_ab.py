@@ -51,6 +51,9 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
     if deterministic:
         runs += [(f"backward alone, deterministic, {path}", sk.KernelOptions(backward_path=path),
                   m._replace(deterministic=True)) for path in ("sm80", "sm90")]
+        if "spill" in dq_modes:
+            runs.append(("backward alone, deterministic, sm90 spill",
+                         sk.KernelOptions(backward_path="sm90", dq_accumulate="spill"), m._replace(deterministic=True)))
     for what, options, args in runs:
 
         def bwd(options=options, args=args):

@@ -51,7 +51,8 @@ for step in $steps; do
     ab)
       label=$(git rev-parse --short HEAD 2>/dev/null || echo new)
       timeout "$(left 200)" python3 tools/device/bwd_ab.py --label "$label" \
-        --dq-modes bulk,spill --schedules persistent --densities "${SPILL_AB_DENSITIES:-0.05,0.1,0.2,1}" \
+        --dq-modes bulk,spill --schedules persistent --deterministic \
+        --densities "${SPILL_AB_DENSITIES:-0.05,0.1,0.2,1}" \
         2>&1 | tee "$OUT/bwd_spill_ab.md" || rc=1 ;;
     bench)
       timeout "$(left 300)" python3 tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 \

@@ -475,6 +475,35 @@ def test_ds_spill_against_bulk_and_reference(backward_path, dtype, d, layout):
     assert torch.equal(run("spill")[0], runs["all"][0]), "every tile spilled: dq must be bitwise reproducible"
 
 
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.0])
+def test_ds_spill_deterministic(backward_path, fraction):
+    """deterministic=True in the spill mode, with a buffer for every tile, about half of them, none: query blocks
+    whose key blocks all spilled get dQ from the Hopper dQ kernel, the others from the SM80 per-query-block kernel.
+    Against the float64 reference, bitwise reproducible, dK/dV bitwise those of the default bulk mode."""
+    if backward_path != "sm90":
+        pytest.skip("the spill mode is the Hopper backward's")
+    b, h, lq, lk, d = 2, 3, 1500, 2000 + 7, 128
+    q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.bfloat16, seed=23)
+    mask = mask_with_holes(b, h, lq, lk, density=0.35, seed=23)
+    scale = d**-0.5
+    out, lse = forward(q, k, v, mask, scale)
+    dlse = torch.randn_like(lse)
+    args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale)
+    ref = reference.attention_backward(dout.double(), q.double(), k.double(), v.double(), out.double(),
+                                       lse.double(), dlse.double(), mask.kv_count, mask.kv_index, 128, 64, scale)
+    options = with_current_schedule(backward_path="sm90", dq_accumulate="spill", debug_fill=float("nan"),
+                                    ds_spill_bytes=spill_budget(mask, fraction))
+    runs = [cuda_backward.backward(dout, q, k, v, out, lse, dlse, MaskArgs(*args, deterministic=True),
+                                   options=options) for _ in range(2)]
+    for name, got, r in zip(("dq", "dk", "dv"), runs[0], ref):
+        check_gradient(name, got, r, torch.bfloat16)
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+    bulk = cuda_backward.backward(dout, q, k, v, out, lse, dlse, MaskArgs(*args, deterministic=False),
+                                  options=with_current_schedule(backward_path="sm90", debug_fill=float("nan")))
+    assert torch.equal(runs[0][1], bulk[1]) and torch.equal(runs[0][2], bulk[2])
+
+
 def test_ds_spill_many_key_blocks_per_query_block(backward_path):
     """A long walk on both sides (every query block keeps most of 80 key blocks, every key block most of 16 query
     blocks): the dQ kernel's ring wraps many times within one query block, and the dK/dV kernel's spill stores

@@ -70,7 +70,7 @@ sparge::BwdParams sparge::bwd::backward_params(const char* who, TensorArg const&
 namespace {
 
 // The dS spill buffers (all three or none): ds_spill (pairs, block_q, block_k) of q's dtype, contiguous;
-// q_end (B, H, Nk) and kv_pair (B, H, Nq, Nk) int32. Only in the default (non-deterministic) mode.
+// q_end (B, H, Nk) and kv_pair (B, H, Nq, Nk) int32.
 void set_ds_spill(sparge::BwdParams& p, const char* who, sparge::DType dtype, int tile_rows, int tile_cols,
                   TensorArg const& ds_spill, TensorArg const& q_end, TensorArg const& kv_pair) {
   const bool any = !ds_spill.is_none() || !q_end.is_none() || !kv_pair.is_none();
@@ -79,7 +79,6 @@ void set_ds_spill(sparge::BwdParams& p, const char* who, sparge::DType dtype, in
   if (ds_spill.is_none() || q_end.is_none() || kv_pair.is_none()) {
     throw std::invalid_argument(w + "ds_spill, q_end and kv_pair go together (all three or none)");
   }
-  if (p.deterministic) throw std::invalid_argument(w + "ds_spill is for the default mode, not deterministic=True");
   sparge::check_buffer(who, "ds_spill", ds_spill);
   sparge::check_buffer(who, "q_end", q_end);
   sparge::check_buffer(who, "kv_pair", kv_pair);
@@ -141,9 +140,10 @@ void bind_attention_backward(nb::module_& m) {
         "tile_counter: 0 (one Hopper dK/dV CTA per key block), or the device address of one int32 on q's device "
         "that the Hopper kernel then takes key blocks from, one CTA per SM (zeroed on `stream` before the "
         "launch; not shared with a launch running at the same time); the SM80 kernels ignore it. "
-        "ds_spill, q_end, kv_pair (all or none; default mode only): the Hopper dS spill mode. ds_spill (pairs, 128, "
-        "64) of q's dtype takes the dS tiles of key blocks whose pairs fit; q_end (B, H, Nk) int32 is the inclusive "
-        "prefix sum of q_count over the flattened (B, H, Nk); kv_pair (B, H, Nq, Nk) int32 is workspace. Key blocks "
-        "that do not fit add dQ into dq_accum (bulk). With ds_spill, dq_accum need not be zeroed (the kernels zero "
-        "the blocks they add into; on the SM80 kernels, which take the bulk path, the whole buffer).");
+        "ds_spill, q_end, kv_pair (all or none): the Hopper dS spill mode. ds_spill (pairs, 128, 64) of q's dtype "
+        "takes the dS tiles of key blocks whose pairs fit; q_end (B, H, Nk) int32 is the inclusive prefix sum of "
+        "q_count over the flattened (B, H, Nk); kv_pair (B, H, Nq, Nk) int32 is workspace. Key blocks that do not "
+        "fit add dQ into dq_accum (bulk), or, deterministic, leave their query blocks to the SM80 dQ kernel. With "
+        "ds_spill, dq_accum need not be zeroed (the kernels zero the blocks they add into; on the SM80 kernels, "
+        "which take the bulk path, the whole buffer).");
 }

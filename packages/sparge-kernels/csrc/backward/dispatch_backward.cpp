@@ -23,12 +23,12 @@ void dispatch_backward(BwdParams const& params, DType dtype, BackwardPath path, 
   const BackwardPath resolved = resolve_backward_path(params, path);
   if (resolved == BackwardPath::kSm80 && params.ds_spill != nullptr) {
     // The spill mode is the Hopper kernels'; the SM80 ones take the bulk path, into an accumulator that the spill
-    // mode's caller did not zero.
+    // mode's caller did not zero (deterministic: their own dQ kernel, no accumulator).
     BwdParams bulk = params;
     bulk.ds_spill = nullptr;
     bulk.ds_spill_pairs = 0;
     const size_t bytes = size_t(bulk.batch) * bulk.heads * size_t(bulk.padded_q) * bulk.head_dim * sizeof(float);
-    SPARGE_CUDA_CHECK(cudaMemsetAsync(bulk.dq_accum, 0, bytes, stream));
+    if (bulk.dq_accum != nullptr) SPARGE_CUDA_CHECK(cudaMemsetAsync(bulk.dq_accum, 0, bytes, stream));
     launch_on_path("attention_backward", bulk, dtype, resolved, stream);
     return;
   }

@@ -2,7 +2,8 @@
 // over its kept key blocks, in kv_index order, from the dS tiles the dK/dV kernel spilled (BwdParams::ds_spill)
 // and K; no atomics, so dQ is bitwise reproducible whenever every key block spilled. Key blocks that did not spill
 // (their pairs did not fit the buffer) added their dQ into dq_accum on the bulk path; a query block that has any
-// adds that fragment (the same accumulator partition, kernel_traits_bwd_dq_sm90.h) before the scale.
+// adds that fragment (the same accumulator partition, kernel_traits_bwd_dq_sm90.h) before the scale. In
+// deterministic mode there is no accumulator: such a query block is the SM80 dQ kernel's, and this one skips it.
 //   producer (one thread): per spilled key block, its K tile (TMA) and its dS tile (one bulk copy) into a stage;
 //   consumers (2 warpgroups, 64 rows each): dQ += dS·K (wgmma, smem x smem), then dq = dQ · scale.
 // Also here: spill_pairs_kernel, which numbers the spilled tiles for this kernel (BwdParams::kv_pair) and zeroes
@@ -35,7 +36,8 @@ using namespace cute;
 // q_index[bh, n]); this finds that slot by binary search (q_index rows ascend). One CTA per (query block, head,
 // batch), a thread per kept key block. A query block with a key block on the bulk path gets its 128 x D floats of
 // dq_accum zeroed here, before the dK/dV kernel adds into them; the others are neither written nor read, so the
-// spill mode needs no zero-filled accumulator.
+// spill mode needs no zero-filled accumulator. Deterministic mode (no accumulator): such a query block gets -1 for
+// every key block instead, so that the dQ kernel leaves it to the SM80 dQ kernel, which recomputes all of it.
 template <int kHeadDim>
 __global__ void __launch_bounds__(128) spill_pairs_kernel(const BwdParams p) {
   constexpr int kThreads = 128;
@@ -71,7 +73,9 @@ __global__ void __launch_bounds__(128) spill_pairs_kernel(const BwdParams p) {
     if (pair < 0) any_bulk = 1;
   }
   __syncthreads();
-  if (any_bulk) {
+  if (any_bulk && p.deterministic) {
+    for (int j = threadIdx.x; j < count; j += kThreads) pairs[j] = -1;
+  } else if (any_bulk) {
     constexpr int kBlockM = MaskBlockTiles::kBlockM;
     float4* block = reinterpret_cast<float4*>(p.dq_accum + (bh * p.padded_q + int64_t(m) * kBlockM) * kHeadDim);
     for (int i = threadIdx.x; i < kBlockM * kHeadDim / 4; i += kThreads) block[i] = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -156,6 +160,7 @@ __device__ __forceinline__ void compute_dq_tile(BwdParams const& p, Tile const& 
     ++read;
   }
 
+  if (took_bulk_path && p.deterministic) return;  // the SM80 dQ kernel makes this query block's dQ
   if (took_bulk_path) {  // the bulk path's fragment order: warp w's floats at w·32·F, float4 j of lane l at j·32 + l
     constexpr int kFrag = decltype(size(acc))::value;
     static_assert(kFrag % 4 == 0);

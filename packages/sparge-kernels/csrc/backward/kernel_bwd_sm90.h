@@ -58,9 +58,13 @@ __device__ __forceinline__ void consume_tile(BwdParams const& p, Tile const& til
   Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<kHeadDim>>{});
   clear(acc_dk);
   clear(acc_dv);
-  if constexpr (Traits::kDsSpill) {  // one mainloop or the other for the whole tile: its pairs are consecutive
+  if constexpr (Traits::kDsSpill) {  // one mainloop for the whole tile: its pairs are consecutive
     if (int64_t(p.q_end[tile.bh * p.num_k_blocks + tile.block]) <= p.ds_spill_pairs) {
-      Mainloop::template mma<kSignalKvFree, true>(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx, read, kv_phase);
+      Mainloop::template mma<kSignalKvFree, DqWork::kSpill>(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx, read,
+                                                            kv_phase);
+    } else if (p.deterministic) {
+      Mainloop::template mma<kSignalKvFree, DqWork::kNone>(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx, read,
+                                                           kv_phase);
     } else {
       Mainloop::template mma<kSignalKvFree>(p, tile, ss, pipeline, acc_dk, acc_dv, thread_idx, read, kv_phase);
     }

@@ -101,10 +101,11 @@ void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main =
   constexpr int kHeadDim = Traits::kHeadDim;
   using Shape4 = typename Traits::ShapeQKV;
   constexpr bool kComputesDq = !(Traits::kSkipStages & kSkipDqGemm);
-  if (p.deterministic ? kComputesDq : p.dq_accum == nullptr) {
+  const bool mode_ok = p.deterministic ? (!kComputesDq || Traits::kDsSpill) : p.dq_accum != nullptr;
+  if (!mode_ok) {
     throw std::invalid_argument(
-        "sparge attention_backward: the Hopper deterministic mode runs the dK/dV kernel without dQ, the default "
-        "mode the one with dQ into dq_accum");
+        "sparge attention_backward: the Hopper deterministic mode runs the dK/dV kernel without dQ (or spilling "
+        "dS), the default mode the one with dQ into dq_accum");
   }
   if (Traits::kDsSpill != (p.ds_spill != nullptr)) {
     throw std::invalid_argument("sparge attention_backward: the dS spill kernels need the spill buffer, and only they");
@@ -127,11 +128,13 @@ void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main =
       shape_k,
   };
   if (launch_main) launch_dkdv_sm90<Traits>(kp, stream);
+  if constexpr (Traits::kDsSpill) {  // deterministic: the query blocks that spilled all their tiles (run_sm90)
+    launch_dq_sm90<KernelTraitsBwdDqSm90<kHeadDim, Element>>(p, stream);
+    return;
+  }
   if (p.deterministic) return;
 
-  if constexpr (Traits::kDsSpill) {
-    launch_dq_sm90<KernelTraitsBwdDqSm90<kHeadDim, Element>>(p, stream);
-  } else if constexpr (Traits::kDqBulk) {
+  if constexpr (Traits::kDqBulk) {
     constexpr int kM = Traits::kBlockM;
     constexpr int kThreads = Traits::kNumMmaThreads;
     auto convert = dq_convert_fragment_order_kernel<typename Traits::TiledMmadQ, kM, kHeadDim, kThreads, Element>;
@@ -143,9 +146,16 @@ void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main =
 }
 
 // dq_bulk_reduce (the default, KernelOptions.dq_accumulate == "bulk") picks the bulk reduce-add dQ kernel,
-// otherwise the 8-byte atomics; both non-deterministic. Deterministic: dK/dV here, dQ by the SM80 kernel.
+// otherwise the 8-byte atomics; both non-deterministic. ds_spill: the spill kernels. Deterministic: dK/dV here, dQ
+// by the SM80 kernel; with ds_spill, the spill kernels make the dQ of query blocks whose key blocks all spilled
+// and the SM80 kernel that of the others (spill_pairs_kernel marks them), each in its fixed order.
 template <int kHeadDim, DType kDType>
 void run_sm90(BwdParams const& p, cudaStream_t stream) {
+  if (p.deterministic && p.ds_spill != nullptr) {
+    launch_bwd_sm90<KernelTraitsBwdSm90<kHeadDim, ElementOf<kDType>, /*kDqBulk=*/true, /*kDsSpill=*/true>>(p, stream);
+    run_sm80_dq<kHeadDim, kDType>(p, stream);
+    return;
+  }
   if (p.deterministic) {
     BwdParams one_cta_per_key_block = p;
     one_cta_per_key_block.tile_counter = nullptr;

@@ -1,6 +1,7 @@
 // Deterministic dQ kernel: one CTA per (query block of 128, head, batch), walking the block's kept key blocks
 // (kv_index) with K and V double-buffered. Recomputes P and dS and accumulates dQ = dS K in registers; no atomics,
-// so the result is bitwise reproducible. The dK/dV kernel runs without its dQ atomics in this mode.
+// so the result is bitwise reproducible. The dK/dV kernel runs without its dQ atomics in this mode. After the Hopper
+// dS spill mode's kernels it makes only the query blocks they leave (the kernel's first check).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -33,6 +34,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) dq_kernel(const BwdParam
   const int row0 = tile.row0, rows_valid = tile.rows_valid;
   const int count = walk.trip_count();
 
+  // The Hopper dS spill mode: query blocks whose key blocks all spilled are the Hopper dQ kernel's
+  // (kernel_bwd_dq_sm90.h); spill_pairs_kernel gave the others -1 throughout.
+  if (p.ds_spill != nullptr && (count == 0 || p.kv_pair[(bh * p.num_q_blocks + tile.block) * p.num_k_blocks] >= 0)) {
+    return;
+  }
   Element* dq = tile.template at<Element>(p.dq, p.dq_stride, row0);
   if (count == 0) {  // the query block attends to nothing: out = 0, lse = -inf, no gradient
     store_zero_rows<Traits>(dq, p.dq_stride.row, rows_valid, tid);

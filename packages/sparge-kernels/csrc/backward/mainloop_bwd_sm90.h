@@ -67,6 +67,11 @@ __device__ __forceinline__ void keep_alive(Frag const& frag, uint32_t never, uin
   if (bits == never) *dst = bits;
 }
 
+// What one tile of the dK/dV kernel does for dQ: add dS·K into dq_accum (the default mode), spill its dS tiles
+// (the spill mode, for key blocks that fit its buffer), or nothing (deterministic spill mode, key blocks that do
+// not fit).
+enum class DqWork { kAccumulate, kSpill, kNone };
+
 // The CTA's shape (kBlockM, kBlockN, kNumMmaThreads) is WarpSpecializedCtaSm90's, which the traits extend too.
 template <class Traits>
 struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
@@ -152,16 +157,19 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
   // position of the tile's first stage (advanced past its last); kv_phase: the phase of barrier_kv that brings
   // the tile's K and V. kSignalKvFree: every thread arrives on barrier_kv_free once the tile's last GEMM reading
   // K or V (its last dQ GEMM) is done, so that the producer may load the next tile's.
-  // kSpillDs (Traits::kDsSpill, a tile whose pairs fit the spill buffer): no dQ GEMM; once both warpgroups' dS
-  // rows are in sdS, consumer thread 0 bulk-stores the tile to its pair's place in p.ds_spill (waited for, like
-  // the bulk dQ's, before the next stage's P/dS stores; completed before the CTA exits, kernel_bwd_sm90.h).
-  template <bool kSignalKvFree = false, bool kSpillDs = false, class AccdKV>
+  // kDqWork: what the tile does for dQ (DqWork). kSpill (Traits::kDsSpill, a tile whose pairs fit the spill
+  // buffer): no dQ GEMM; once both warpgroups' dS rows are in sdS, consumer thread 0 bulk-stores the tile to its
+  // pair's place in p.ds_spill (waited for, like the bulk dQ's, before the next stage's P/dS stores; completed
+  // before the CTA exits, kernel_bwd_sm90.h). kNone (the spill mode's deterministic tiles that do not fit): no dQ
+  // work at all (the SM80 dQ kernel makes their query blocks' dQ).
+  template <bool kSignalKvFree = false, DqWork kDqWork = DqWork::kAccumulate, class AccdKV>
   __device__ static void mma(BwdParams const& p, Tile const& tile, SharedStorage& ss, Pipeline& pipeline,
                              AccdKV& acc_dk, AccdKV& acc_dv, int thread_idx, typename Pipeline::PipelineState& read,
                              int kv_phase = 0) {
-    static_assert(!kSpillDs || (Traits::kDsSpill && kSkip == 0), "spilling is a production mode");
-    constexpr bool kDq = kRunDq && !kSpillDs;                  // the dQ GEMM runs
-    constexpr bool kDqAccumulate = kRunDqAtomics && !kSpillDs;  // and adds into dq_accum
+    static_assert(kDqWork == DqWork::kAccumulate || (Traits::kDsSpill && kSkip == 0), "spill-mode tiles only");
+    constexpr bool kSpillDs = kDqWork == DqWork::kSpill;
+    constexpr bool kDq = kRunDq && kDqWork == DqWork::kAccumulate;                  // the dQ GEMM runs
+    constexpr bool kDqAccumulate = kRunDqAtomics && kDqWork == DqWork::kAccumulate;  // and adds into dq_accum
     typename Traits::TiledMmaSdP mma_sdp;
     typename Traits::TiledMmadKV mma_dkv;
     typename Traits::TiledMmadQ mma_dq;

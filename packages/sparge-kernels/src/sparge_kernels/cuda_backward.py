@@ -14,6 +14,10 @@ csrc/common/tensor_caster.h; None for an absent dlse / dq_accum). Kernels (csrc/
   dQ           deterministic=True: one CTA per query block over its kept key blocks (kv_index), no atomics,
                bitwise reproducible (recomputes P and dS); the dK/dV kernel then skips dQ. The Hopper dK/dV
                kernel where the Hopper path runs ("auto" or "sm90"), else the SM80 one
+  dS spill     KernelOptions.dq_accumulate="spill" on the Hopper path: the dK/dV kernel writes the dS tiles of
+               key blocks that fit a buffer, a Hopper kernel sums dQ = dS·K per query block (fixed order); key
+               blocks that do not fit take the bulk path, or, deterministic=True, leave their query blocks to the
+               SM80 dQ kernel
 An operand whose head dim is not unit-stride, or whose pointer/strides are not 16-byte aligned, is copied to a
 contiguous tensor first (rare: sliced or odd-strided inputs).
 """
@@ -72,7 +76,7 @@ def backward(
     lse_log2 = torch.empty(b, h, padded, **f32)
     delta = torch.empty(b, h, padded, **f32)
     spill = _ds_spill_buffers(q, q_count, num_blocks(lq, block_q), block_q, block_k, options, capability) if (
-        options.dq_accumulate == "spill" and not deterministic) else None
+        options.dq_accumulate == "spill") else None
     # The spill mode zeroes only the accumulator blocks its bulk path adds into (the kernels' pair numbering).
     dq_accum = None if deterministic else (torch.empty if spill else torch.zeros)(b, h, padded, d, **f32)
     dq, dk, dv = empty_like_layout(q), empty_like_layout(k), empty_like_layout(v)
@@ -82,7 +86,8 @@ def backward(
             t.fill_(options.debug_fill)
     # The persistent schedule's tile counter: one per call (never shared between streams); the caching allocator
     # reuses it only for later work on this stream, so it outlives the kernel.
-    persistent = options.backward_schedule == "persistent" and not deterministic
+    # (deterministic=True runs one CTA per key block, except in the spill mode)
+    persistent = options.backward_schedule == "persistent" and (spill is not None or not deterministic)
     counter = torch.empty(1, dtype=torch.int32, device=q.device) if persistent else None
     with torch.cuda.device(q.device):
         _C.attention_backward(

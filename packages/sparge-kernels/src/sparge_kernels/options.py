@@ -40,7 +40,7 @@ class KernelOptions:
 
     forward_path: "auto" (the Hopper wgmma/TMA kernel on sm_90 GPUs when the wheel was built for 90a, else the
         portable mma.sync kernel), "sm80" or "sm90". The default comes from SPARGE_FORWARD_PATH, else "auto".
-    dq_accumulate: how the default (non-deterministic) backward accumulates dQ: "bulk" (bulk async reduce-adds
+    dq_accumulate: how the backward makes dQ. In the default (non-deterministic) mode: "bulk" (bulk async reduce-adds
         from shared memory on SM >= 90, atomics below) or "atomic" (8-byte atomics). Same result up to fp32
         summation order. Both backward paths honour it (the "sm90" one: per-warp bulk reduce-adds of its dQ
         fragments into a fragment-ordered buffer, or atomics into the row-major one). "spill" (Hopper path only;
@@ -48,7 +48,9 @@ class KernelOptions:
         dtype, to a buffer of at most `ds_spill_bytes` instead of adding dS·K into the accumulator, and a second
         Hopper kernel sums dQ = dS·K per query block in a fixed order; key blocks whose tiles do not fit take the
         bulk path. dQ is then bitwise reproducible when every tile fits (the dQ GEMM reads the same bf16/fp16 dS
-        it does in the other modes).
+        it does in the other modes). deterministic=True ignores "bulk" and "atomic"; with "spill" on the Hopper
+        path it runs the spill kernels too, and query blocks with a key block that did not fit get their dQ from
+        the SM80 per-query-block kernel (each query block's dQ in one fixed order: bitwise reproducible).
         The default comes from SPARGE_DQ_ACCUMULATE, else "bulk".
     ds_spill_bytes: the largest dS spill buffer "spill" allocates, in bytes (default 2 GiB: every tile of the
         (1, 12, 32760, 128) shape at 5% density, 1.3 GB, fits). The buffer is min(this, what a dense mask would
