@@ -82,7 +82,7 @@ def backward(
     dq, dk, dv = empty_like_layout(q), empty_like_layout(k), empty_like_layout(v)
     if options.debug_fill is not None:
         # dq_accum too where the kernels must zero what they use of it (the spill mode)
-        for t in (dq, dk, dv) + ((dq_accum,) if spill else ()):
+        for t in (dq, dk, dv) + ((dq_accum,) if spill and dq_accum is not None else ()):
             t.fill_(options.debug_fill)
     # The persistent schedule's tile counter: one per call (never shared between streams); the caching allocator
     # reuses it only for later work on this stream, so it outlives the kernel.
