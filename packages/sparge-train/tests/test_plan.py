@@ -149,3 +149,19 @@ def test_sequence_parallel_degree_errors(gpus, degree, message, capsys):
     if degree == 3:
         assert main(["plan", "--gpus-per-node", str(gpus), "--sequence-parallel", str(degree)]) != 0
         assert "sequence_parallel: degree 3" in capsys.readouterr().err
+
+
+def test_ds_spill_buffer_is_planned_when_the_spill_mode_is_on(monkeypatch):
+    """sparge-kernels' dS spill mode (SPARGE_DQ_ACCUMULATE=spill) allocates its buffer in every attention backward:
+    the plan counts one, min(ds_spill_bytes, a dense mask's tiles), on this GPU's heads."""
+    key = "sparge dS spill buffer (dq_accumulate='spill')"
+    monkeypatch.delenv("SPARGE_DQ_ACCUMULATE", raising=False)
+    bulk = _plan(model="wan2.1-1.3b", gpus_per_node=1, nodes=1, zero_stage=2, height=480, width=832)
+    assert key not in bulk.backward_only
+    monkeypatch.setenv("SPARGE_DQ_ACCUMULATE", "spill")
+    spill = _plan(model="wan2.1-1.3b", gpus_per_node=1, nodes=1, zero_stage=2, height=480, width=832)
+    assert spill.backward_only[key] == 2 * GIB  # the default budget binds (a dense mask: 25.8 GB)
+    assert spill.backward_peak_bytes == bulk.backward_peak_bytes + 2 * GIB
+    tiny = _plan(model="wan2.1-1.3b", gpus_per_node=1, nodes=1, zero_stage=2, frames=5, height=128, width=128)
+    seq = tiny.seq_len
+    assert tiny.backward_only[key] == 12 * -(-seq // 128) * -(-seq // 64) * 128 * 64 * 2  # the dense bound binds

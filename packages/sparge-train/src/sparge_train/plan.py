@@ -228,6 +228,19 @@ def _deepspeed_model_state_estimate(req: PlanRequest, total: int, largest: int) 
     return {"gpu_bytes": int(gpu), "cpu_bytes_per_node": int(cpu)}
 
 
+def _ds_spill_bytes(batch: int, heads: int, seq: int) -> int:
+    """The dS spill buffer one sparse attention backward allocates under the kernel options in force (0 unless
+    dq_accumulate is "spill"): the budget, capped at a dense mask's 128 x 64 tiles of bf16."""
+    from sparge_kernels.cuda_backward import ds_spill_tiles
+    from sparge_kernels.options import current_kernel_options
+
+    options = current_kernel_options()
+    if options.dq_accumulate != "spill":
+        return 0
+    tiles = ds_spill_tiles(batch, heads, -(-seq // 128), -(-seq // 64), 128, 64, BF16, options.ds_spill_bytes)
+    return tiles * 128 * 64 * BF16
+
+
 def _check_sequence_parallel(req: PlanRequest, heads: int, seq: int) -> None:
     """The Ulysses degree must divide the heads (each GPU attends over heads/S) and the tokens (diffusers splits
     the sequence in equal parts)."""
@@ -294,6 +307,11 @@ def memory_plan(req: PlanRequest) -> MemoryPlan:
         # One attention's all-to-alls (forward, recomputation or backward): for each of q, k, v (or their
         # gradients) the contiguous send copy, the receive buffer and the re-laid-out result (est.).
         backward["Ulysses all-to-all buffers (bf16, est.)"] = 3 * 3 * token_bytes * BF16
+    # The sparse attention backward's dS spill buffer (sparge-kernels' KernelOptions.dq_accumulate="spill", e.g. by
+    # SPARGE_DQ_ACCUMULATE in the training process): one attention's at a time, on this GPU's heads.
+    spill = _ds_spill_bytes(req.micro_batch, arch["num_attention_heads"] // sp, seq)
+    if spill:
+        backward["sparge dS spill buffer (dq_accumulate='spill')"] = spill
     both["runtime reserve (CUDA context, NCCL, fragmentation)"] = RUNTIME_RESERVE_BYTES
 
     # Host memory per node.
