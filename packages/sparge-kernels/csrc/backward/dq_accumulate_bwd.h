@@ -115,6 +115,23 @@ CUTE_DEVICE void accumulate_dq_bulk(Acc const& acc, float* warp_stage, float* wa
   if (lane == 0) bulk_reduce_add_f32(warp_chunk, warp_stage, uint32_t(kFrag * 32 * sizeof(float)));
 }
 
+// kBulkReduce, read back into registers: acc += this warp's fragments at warp_chunk, as accumulate_dq_bulk wrote
+// them (float4 j of lane `lane` at [j·32 + lane]); acc has the partition the writer's had.
+template <class Acc>
+CUTE_DEVICE void add_dq_bulk_fragment(Acc& acc, const float* warp_chunk, int lane) {
+  constexpr int kFrag = decltype(size(acc))::value;
+  static_assert(kFrag % 4 == 0);
+  const float4* src = reinterpret_cast<const float4*>(warp_chunk);
+  CUTE_UNROLL
+  for (int j = 0; j < kFrag / 4; ++j) {
+    const float4 v = src[j * 32 + lane];
+    acc(4 * j) += v.x;
+    acc(4 * j + 1) += v.y;
+    acc(4 * j + 2) += v.z;
+    acc(4 * j + 3) += v.w;
+  }
+}
+
 // ----------------------------------------------------------------------------------------------- convert
 // What both fragment-order convert kernels read back: thread `lane` of a warp whose fragments start at src owns
 // float4 j at src[j·32 + lane]; visit(row, col, x, y) gets each pair of neighbouring columns of one row (values

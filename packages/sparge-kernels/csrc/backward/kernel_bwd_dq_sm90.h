@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "backward/dq_accumulate_bwd.h"
 #include "backward/kernel_traits_bwd_dq_sm90.h"
 #include "backward/tile_bwd.h"
 #include "common/cuda_check.h"
@@ -161,21 +162,10 @@ __device__ __forceinline__ void compute_dq_tile(BwdParams const& p, Tile const& 
   }
 
   if (took_bulk_path && p.deterministic) return;  // the SM80 dQ kernel makes this query block's dQ
-  if (took_bulk_path) {  // the bulk path's fragment order: warp w's floats at w·32·F, float4 j of lane l at j·32 + l
-    constexpr int kFrag = decltype(size(acc))::value;
-    static_assert(kFrag % 4 == 0);
-    const int warp = thread_idx / 32, lane = thread_idx % 32;
-    const float4* src =
-        reinterpret_cast<const float4*>(p.dq_accum + (tile.bh * p.padded_q + int64_t(tile.row0)) * kHeadDim) +
-        warp * (kFrag / 4) * 32;
-    CUTE_UNROLL
-    for (int j = 0; j < kFrag / 4; ++j) {
-      const float4 v = src[j * 32 + lane];
-      acc(4 * j) += v.x;
-      acc(4 * j + 1) += v.y;
-      acc(4 * j + 2) += v.z;
-      acc(4 * j + 3) += v.w;
-    }
+  if (took_bulk_path) {  // the bulk path's fragment order: warp w's 32·F floats at w·32·F of the block
+    constexpr int kWarpFloats = 32 * decltype(size(acc))::value;
+    const float* block = p.dq_accum + (tile.bh * p.padded_q + int64_t(tile.row0)) * kHeadDim;
+    add_dq_bulk_fragment(acc, block + (thread_idx / 32) * kWarpFloats, thread_idx % 32);
   }
   Tensor coords = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
   store_accumulator_pairs(acc, coords, tile.template at<Element>(p.dq, p.dq_stride, tile.row0), p.dq_stride.row,

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .cuda import _C, current_stream, empty_like_layout, kernel_ready
 from .options import KernelOptions, current_kernel_options
-from .validation import check_attention_kernel_args, check_kernel_path, num_blocks
+from .validation import check_attention_kernel_args, check_kernel_path, hopper_kernels_run, num_blocks
 
 if TYPE_CHECKING:  # backend.py imports this module
     from .backend import MaskArgs
@@ -115,7 +115,7 @@ def _ds_spill_buffers(q: Tensor, q_count: Tensor, nq: int, block_q: int, block_k
     """The `dq_accumulate="spill"` arguments of `_C.attention_backward` (the Hopper kernels' dS buffer, the key
     blocks' pair numbering, the pair map workspace), or None where the Hopper backward cannot run (SM80 kernels:
     bulk) or nothing would fit."""
-    if options.backward_path == "sm80" or tuple(capability) != (9, 0) or "90a" not in _C.build_archs.split(","):
+    if options.backward_path == "sm80" or not hopper_kernels_run(_C.build_archs, capability):
         return None
     b, h, nk = q_count.shape
     if b * h * nq * nk >= 2**31:  # pairs are numbered in int32

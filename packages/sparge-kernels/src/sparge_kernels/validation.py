@@ -175,10 +175,15 @@ def check_attention_kernel_args(
     return binding_name
 
 
+def hopper_kernels_run(build_archs: str, capability: tuple[int, int]) -> bool:
+    """Whether the Hopper (sm90) kernels can run: a build for 90a and an sm_90 GPU."""
+    return "90a" in build_archs.split(",") and tuple(capability) == (9, 0)
+
+
 def check_kernel_path(option: str, path: str, build_archs: str, capability: tuple[int, int]) -> None:
     """`option` ("forward_path" or "backward_path") = "sm90" needs the Hopper kernel: a build for 90a and an sm_90
     GPU."""
-    if path == "sm90" and ("90a" not in build_archs.split(",") or tuple(capability) != (9, 0)):
+    if path == "sm90" and not hopper_kernels_run(build_archs, capability):
         raise KernelNotBuiltError(
             f"{option}='sm90' needs an sm_90 GPU and a build for 90a; this GPU has compute capability "
             f"{capability[0]}.{capability[1]}, this build has archs {build_archs} (use {option}='auto')"

@@ -233,12 +233,15 @@ def _ds_spill_bytes(batch: int, heads: int, seq: int) -> int:
     dq_accumulate is "spill"): the budget, capped at a dense mask's 128 x 64 tiles of bf16."""
     from sparge_kernels.cuda_backward import ds_spill_tiles
     from sparge_kernels.options import current_kernel_options
+    from sparge_kernels.validation import ATTENTION_KERNEL_BLOCKS, num_blocks
 
     options = current_kernel_options()
     if options.dq_accumulate != "spill":
         return 0
-    tiles = ds_spill_tiles(batch, heads, -(-seq // 128), -(-seq // 64), 128, 64, BF16, options.ds_spill_bytes)
-    return tiles * 128 * 64 * BF16
+    block_q, block_k = ATTENTION_KERNEL_BLOCKS
+    tiles = ds_spill_tiles(batch, heads, num_blocks(seq, block_q), num_blocks(seq, block_k), block_q, block_k, BF16,
+                           options.ds_spill_bytes)
+    return tiles * block_q * block_k * BF16
 
 
 def _check_sequence_parallel(req: PlanRequest, heads: int, seq: int) -> None:
