@@ -3,7 +3,7 @@
 # the Hopper backward's dS spill mode (KernelOptions.dq_accumulate="spill": the dK/dV kernel writes dS tiles to a
 # buffer, a second Hopper kernel sums dQ = dS·K per query block) against the bulk reduce-add mode. Everything lands
 # in $OUT:
-#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [spill-tests] [ab] [sanitize] [tests] [bench] [ncu]
+#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [spill-tests] [ab] [sanitize] [tests] [bench] [ab14] [ncu]
 #   (no argument = the first seven, in this order (the answer first), until the time budget runs out)
 #   build     source tools/device/setup.sh (all head dims and dtypes, 90a) -> build.log, gpu_spill.txt
 #   smoke     tools/sanitize_backward.py --paths sm90 sm90-persistent without a sanitizer under a 90 s cap (a hang:
@@ -16,7 +16,10 @@
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck of tools/sanitize_backward.py --paths sm90
 #             sm90-persistent (spill with every tile and with half of them) -> sanitizer_spill_<tool>.log
 #   ab        tools/device/bwd_ab.py --dq-modes bulk,spill (backward alone, persistent schedule; fwd+bwd eager and
-#             in a CUDA graph per mode; 1.3B at densities 0.05, 0.1, 0.2, 1) -> bwd_spill_ab.md
+#             in a CUDA graph per mode; 1.3B at densities 0.05, 0.1, 0.2, 1; spill also with an 8 GiB buffer, which
+#             holds every tile up to 20%) -> bwd_spill_ab.md
+#   ab14      the same on the 14B shape at 5%, spill also with a 24 GiB buffer (the 2 GiB default holds ~9% of
+#             its 22.9 GB of tiles) -> bwd_spill_ab14.md
 #   bench     tools/bench_attention.py --backward --dq-accumulate spill on the 1.3B shape at 5% (issue 13's table:
 #             cuDNN, Flex 128x64 and 128x128, every backward mode) -> bench_bwd_spill_1p3b.md (+ .log)
 #   ncu       Nsight Compute speed-of-light, memory, warp-state, scheduler and occupancy sections of the spill
@@ -51,9 +54,13 @@ for step in $steps; do
     ab)
       label=$(git rev-parse --short HEAD 2>/dev/null || echo new)
       timeout "$(left 200)" python3 tools/device/bwd_ab.py --label "$label" \
-        --dq-modes bulk,spill --schedules persistent --deterministic \
+        --dq-modes bulk,spill --schedules persistent --deterministic --spill-gib 8 \
         --densities "${SPILL_AB_DENSITIES:-0.05,0.1,0.2,1}" \
         2>&1 | tee "$OUT/bwd_spill_ab.md" || rc=1 ;;
+    ab14)
+      label=$(git rev-parse --short HEAD 2>/dev/null || echo new)
+      timeout "$(left 200)" python3 tools/device/bwd_ab.py --label "$label" --shapes 14b --densities 0.05 \
+        --dq-modes bulk,spill --schedules persistent --spill-gib 24 2>&1 | tee "$OUT/bwd_spill_ab14.md" || rc=1 ;;
     bench)
       timeout "$(left 300)" python3 tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 \
         --backward-densities 1.3b=0.05 --dq-accumulate spill --out "$OUT/bench_bwd_spill_1p3b.md" \
