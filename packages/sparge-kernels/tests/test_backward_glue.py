@@ -79,6 +79,12 @@ def test_spill_mode_buffers(run):
     # The kernels zero the accumulator blocks they use: the glue leaves it unzeroed and the debug fill poisons it.
     assert torch.isnan(call["dq_accum"]).all()
     assert call["tile_counter"] != 0
+    assert call["dq_bulk_reduce"] is True  # key blocks past the buffer take the bulk path
+
+
+def test_atomic_mode(run):
+    call = run(KernelOptions(dq_accumulate="atomic"))
+    assert "ds_spill" not in call and call["dq_bulk_reduce"] is False and (call["dq_accum"] == 0).all()
 
 
 def test_spill_buffer_follows_the_budget(run):
@@ -89,12 +95,13 @@ def test_spill_buffer_follows_the_budget(run):
                     KernelOptions(dq_accumulate="spill", backward_path="sm80")):
         call = run(options)
         assert "ds_spill" not in call and (call["dq_accum"] == 0).all(), options
+        assert call["dq_bulk_reduce"] is True, options  # the bulk mode, not atomics
 
 
 @pytest.mark.parametrize("capability,archs", [((8, 0), "80,90a"), ((9, 0), "80"), ((10, 0), "80,90a,100a")])
 def test_spill_needs_the_hopper_backward(run, capability, archs):
     call = run(KernelOptions(dq_accumulate="spill"), capability=capability, archs=archs)
-    assert "ds_spill" not in call and (call["dq_accum"] == 0).all()
+    assert "ds_spill" not in call and (call["dq_accum"] == 0).all() and call["dq_bulk_reduce"] is True
 
 
 def test_deterministic_modes(run):

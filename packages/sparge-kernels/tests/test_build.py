@@ -122,10 +122,23 @@ def test_every_entry_takes_tensors_and_rejects_bad_arguments_before_touching_a_d
     with pytest.raises(ValueError, match="ds_spill must be a contiguous"):  # q's dtype
         c.attention_backward(**with_accum, **default_mode, **{**spill, "ds_spill": torch.zeros(2, 128, 64,
                                                                                              dtype=torch.float16)})
-    with pytest.raises(ValueError, match=r"q_end must be an int32 \(B, H, Nk\)"):
+    with pytest.raises(ValueError, match=r"q_end must be a contiguous int32 \(B, H, Nk\)"):
         c.attention_backward(**with_accum, **default_mode, **{**spill, "q_end": kv_index})
-    with pytest.raises(ValueError, match=r"kv_pair must be an int32 \(B, H, Nq, Nk\)"):
+    with pytest.raises(ValueError, match=r"kv_pair must be a contiguous int32 \(B, H, Nq, Nk\)"):
         c.attention_backward(**with_accum, **default_mode, **{**spill, "kv_pair": kv_count})
+    # Two heads: the right shapes with a head stride the kernels would not follow.
+    q2, lse2 = torch.zeros(1, 2, 8, 64, dtype=torch.bfloat16), torch.zeros(1, 2, 8)
+    count2, index2 = torch.zeros(1, 2, 1, dtype=torch.int32), torch.zeros(1, 2, 1, 1, dtype=torch.int32)
+    heads2 = dict(q=q2, k=q2, v=q2, out=q2, dout=q2, lse=lse2, dlse=None, kv_count=count2, kv_index=index2,
+                  q_count=count2, q_index=index2, dq=q2, dk=q2, dv=q2, lse_log2=lse2, delta=lse2,
+                  dq_accum=torch.zeros(1, 2, 128, 64))
+    spill2 = dict(ds_spill=torch.zeros(2, 128, 64, dtype=torch.bfloat16), q_end=count2, kv_pair=index2)
+    strided_q_end = torch.zeros(1, 2, 2, dtype=torch.int32)[..., :1]
+    strided_kv_pair = torch.zeros(1, 2, 1, 2, dtype=torch.int32)[..., :1]
+    with pytest.raises(ValueError, match=r"q_end must be a contiguous int32 \(B, H, Nk\)"):
+        c.attention_backward(**heads2, **default_mode, **{**spill2, "q_end": strided_q_end})
+    with pytest.raises(ValueError, match=r"kv_pair must be a contiguous int32 \(B, H, Nq, Nk\)"):
+        c.attention_backward(**heads2, **default_mode, **{**spill2, "kv_pair": strided_kv_pair})
 
     pooled = torch.zeros(1, 1, 1, 64)
     with pytest.raises(ValueError, match="q must have 4 dims"):

@@ -443,7 +443,7 @@ def spill_budget(mask: BlockMask, fraction: float, itemsize: int = 2) -> int:
                                             (torch.bfloat16, 64, "HND"), (torch.float16, 128, "NHD")])
 def test_ds_spill_against_bulk_and_reference(backward_path, dtype, d, layout):
     """The Hopper dS spill mode with a buffer for every tile, for about half of them (key blocks past the budget
-    take the bulk path and the dQ kernel adds their accumulator) and for none: against the float64 reference,
+    take the bulk path and the dQ kernel adds their accumulator), for one and for none: against the float64 reference,
     dK/dV bitwise those of the bulk mode (the dK/dV arithmetic is the same), and with every tile spilled dQ bitwise
     reproducible (a fixed order, no atomics). Empty query blocks, unattended key blocks, tails on both sides."""
     if backward_path != "sm90":
@@ -465,7 +465,10 @@ def test_ds_spill_against_bulk_and_reference(backward_path, dtype, d, layout):
         return cuda_backward.backward(dout, q, k, v, out, lse, dlse, m, options=options)
 
     bulk = run("bulk")
-    runs = {"all": run("spill"), "half": run("spill", spill_budget(mask, 0.5)), "none": run("spill", 0)}
+    # "one tile": the spill kernels run, yet (almost) every key block takes their bulk path; "none": no buffer at
+    # all, so the glue runs the bulk kernels.
+    runs = {"all": run("spill"), "half": run("spill", spill_budget(mask, 0.5)),
+            "one tile": run("spill", 128 * 64 * q.element_size()), "none": run("spill", 0)}
     for label, grads in runs.items():
         for name, got, r in zip(("dq", "dk", "dv"), grads, ref):
             check_gradient(f"{label}: {name}", got, r, dtype)

@@ -89,11 +89,11 @@ void set_ds_spill(sparge::BwdParams& p, const char* who, sparge::DType dtype, in
   }
   const std::array<int64_t, 4> bhnq_nk{p.batch, p.heads, p.num_q_blocks, p.num_k_blocks};
   const bool q_end_ok = q_end.dtype == sparge::DType::kInt32 && q_end.rank == 3 && q_end.shape[0] == p.batch &&
-                        q_end.shape[1] == p.heads && q_end.shape[2] == p.num_k_blocks;
-  bool kv_pair_ok = kv_pair.dtype == sparge::DType::kInt32 && kv_pair.rank == 4;
+                        q_end.shape[1] == p.heads && q_end.shape[2] == p.num_k_blocks && sparge::is_contiguous(q_end);
+  bool kv_pair_ok = kv_pair.dtype == sparge::DType::kInt32 && kv_pair.rank == 4 && sparge::is_contiguous(kv_pair);
   for (int i = 0; i < 4 && kv_pair_ok; ++i) kv_pair_ok = kv_pair.shape[i] == bhnq_nk[i];
-  if (!q_end_ok) throw std::invalid_argument(w + "q_end must be an int32 (B, H, Nk) tensor");
-  if (!kv_pair_ok) throw std::invalid_argument(w + "kv_pair must be an int32 (B, H, Nq, Nk) tensor");
+  if (!q_end_ok) throw std::invalid_argument(w + "q_end must be a contiguous int32 (B, H, Nk) tensor");
+  if (!kv_pair_ok) throw std::invalid_argument(w + "kv_pair must be a contiguous int32 (B, H, Nq, Nk) tensor");
   if (int64_t(p.batch) * p.heads * p.num_q_blocks * p.num_k_blocks > INT32_MAX) {
     throw std::invalid_argument(w + "ds_spill numbers pairs in int32: B * H * Nq * Nk must be below 2^31");
   }

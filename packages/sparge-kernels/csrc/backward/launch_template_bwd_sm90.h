@@ -145,7 +145,7 @@ void launch_bwd_sm90(BwdParams const& p, cudaStream_t stream, bool launch_main =
   }
 }
 
-// dq_bulk_reduce (the default, KernelOptions.dq_accumulate == "bulk") picks the bulk reduce-add dQ kernel,
+// dq_bulk_reduce (the default; KernelOptions.dq_accumulate "bulk" or "spill") picks the bulk reduce-add dQ kernel,
 // otherwise the 8-byte atomics; both non-deterministic. ds_spill: the spill kernels. Deterministic: dK/dV here, dQ
 // by the SM80 kernel; with ds_spill, the spill kernels make the dQ of query blocks whose key blocks all spilled
 // and the SM80 kernel that of the others (spill_pairs_kernel marks them), each in its fixed order.

@@ -264,7 +264,9 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
 
       // Bulk dQ: the previous stage's bulk reduce-adds must have read their staging (warpgroup 1's is sP/sdS,
       // written below by both warpgroups) before the barrier; issued a whole stage ago, so rarely a wait.
-      if constexpr ((kDqBulk && kDqAccumulate) || kSpillDs) {  // spill: the previous stage's dS store
+      // Spill kernels wait in every kind of tile: the previous dS store may be the last stage of the previous
+      // tile (persistent schedule), whichever path this tile takes.
+      if constexpr ((kDqBulk && kDqAccumulate) || Traits::kDsSpill) {
         if (lane == 0) bulk_wait_smem_read();
       }
       // Both named barriers stay in every variant: each is a full rendezvous of the 256 consumer threads, which
@@ -280,6 +282,7 @@ struct MainloopBwdSm90 : WarpSpecializedCtaSm90 {
         if (thread_idx == 0) {
           bulk_store(ds_spill + int64_t(slot) * Traits::kDsTileBytes, ss.ds.data(), Traits::kDsTileBytes);
         }
+        __syncwarp();  // warp 0 converged again before the .aligned wgmma instructions below
       }
 
       if constexpr (kRunDkv) {

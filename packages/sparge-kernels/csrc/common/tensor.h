@@ -67,4 +67,14 @@ inline void check_buffer(const char* who, const char* name, TensorArg const& t, 
   if (reinterpret_cast<std::uintptr_t>(t.data) % 16 != 0) throw std::invalid_argument(n + " must be 16-byte aligned");
 }
 
+// Row-major contiguous (dims of size 1 may have any stride), as check_buffer's callers index it.
+inline bool is_contiguous(TensorArg const& t) {
+  int64_t expected = 1;
+  for (int i = t.rank - 1; i >= 0; --i) {
+    if (t.shape[i] != 1 && t.stride[i] != expected) return false;
+    expected *= t.shape[i];
+  }
+  return true;
+}
+
 }  // namespace sparge

@@ -95,7 +95,8 @@ def backward(
             kv_count=kv_count, kv_index=kv_index, q_count=q_count, q_index=q_index,
             dq=dq, dk=dk, dv=dv, lse_log2=lse_log2, delta=delta, dq_accum=dq_accum,
             block_q=block_q, block_k=block_k, scale=float(scale), deterministic=bool(deterministic),
-            dq_bulk_reduce=options.dq_accumulate == "bulk", stream=current_stream(q.device),
+            # "spill" falls back to bulk (key blocks past the buffer; no spill buffers at all), never to atomics
+            dq_bulk_reduce=options.dq_accumulate != "atomic", stream=current_stream(q.device),
             path=options.backward_path,
             tile_counter=counter.data_ptr() if counter is not None else 0,
             **(spill or {}),
