@@ -267,7 +267,8 @@ def test_register_rows_match_shared_rows(nk, tensor_scores):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("nk", [79, 512, 700, 1281])
+# 496: the fused kernel's dynamic shared memory just past 48 KB at D=128 (the opt-in threshold)
+@pytest.mark.parametrize("nk", [79, 496, 512, 700, 1281])
 def test_fused_matches_separate_launches(nk, dtype):
     """The fused pooling + selection kernel (one persistent launch whose CTAs take pooling and selection tasks from
     a ticket counter) decides bitwise as the separate launches with tensor-core scores and 16-row CTAs: rows in 16
@@ -322,6 +323,8 @@ def test_fused_when_required_or_not_possible():
     q, k = make_qk(1, 2, 700, 900, 128, dtype=torch.float32, seed=14)
     with pytest.raises(ValueError, match="fused kernel takes float16/bfloat16"):
         cuda_mask.predict(q, k, 0.03, 0.2, 128, 64, 0.1, fused=True)
+    with pytest.raises(ValueError, match="fused=True: the fused kernel takes float16/bfloat16"):
+        cuda_mask.predict(q.double(), k.double(), 0.03, 0.2, 128, 64, 0.1, fused=True)  # no reference fallback
     half = q.to(torch.bfloat16), k.to(torch.bfloat16)
     with pytest.raises(ValueError, match="tensor_scores must be None or True"):
         cuda_mask.predict(*half, 0.03, 0.2, 128, 64, 0.1, fused=True, tensor_scores=False)

@@ -267,9 +267,9 @@ void launch_predict(PoolParams pool, SelectParams select, TransposeParams transp
   };
   if (fused != 0) {
     set_group(0, heads);
+    check_pool(pool);  // bad arguments are named as such, not as inputs the fused kernel does not take
+    check_select(select);
     if (pool_select_fits(pool, select, dtype)) {
-      check_pool(pool);
-      check_select(select);
       SPARGE_REQUIRE(counters != nullptr, "mask prediction: the fused kernel needs the workspace's counters");
       launch_pool_select(pool, select, counters, dtype, stream);
       launch_transpose_mask(transpose, stream);

@@ -3,6 +3,9 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "common/cuda_check.h"
 #include "common/device_info.h"
@@ -12,15 +15,39 @@
 namespace sparge::mask {
 namespace {
 
+// The selection's shared memory, then the two ticket slots (16 B aligned).
+size_t ticket_slots_at(int head_dim, int num_k_blocks) {
+  return (select_smem_bytes<kFusedRows>(head_dim, num_k_blocks, true) + 15) / 16 * 16;
+}
+
+// CTAs of `kernel` resident per SM with `smem` bytes of dynamic shared memory, after opting it in to that much:
+// both once per (device, kernel, smem) in a process, since neither changes (a persistent launch sizes its grid
+// by it on every call).
+int resident_ctas_per_sm(const void* kernel, size_t smem) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, const void*, size_t>, int> cache;
+  int device = 0;
+  SPARGE_CUDA_CHECK(cudaGetDevice(&device));
+  const auto key = std::make_tuple(device, kernel, smem);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    if (smem > 48 * 1024) {
+      SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    }
+    int per_sm = 0;
+    SPARGE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSelectThreads, smem));
+    it = cache.emplace(key, per_sm).first;
+  }
+  return it->second;
+}
+
 template <typename Elem, int kRowWords>
 void launch_typed(const PoolSelectParams& p, cudaStream_t stream) {
   auto* kernel = pool_select_kernel<Elem, kRowWords>;
   const size_t smem = pool_select_smem_bytes(p.select.head_dim, p.select.num_k_blocks);
-  if (smem > 48 * 1024) {
-    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  }
-  int per_sm = 0;
-  SPARGE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSelectThreads, smem));
+  const int per_sm = resident_ctas_per_sm(reinterpret_cast<const void*>(kernel), smem);
+  // pool_select_fits admitted these inputs: dynamic shared memory within the opt-in limit, none static.
   SPARGE_REQUIRE(per_sm > 0, "mask prediction: the fused kernel does not fit on an SM");
   const int grid = std::min(p.tickets, per_sm * current_device_sms());  // persistent: every CTA resident
   kernel<<<grid, kSelectThreads, smem, stream>>>(p);
@@ -37,7 +64,7 @@ void dispatch_row_words(const PoolSelectParams& p, bool register_rows, cudaStrea
 }  // namespace
 
 size_t pool_select_smem_bytes(int head_dim, int num_k_blocks) {
-  return select_smem_bytes<kFusedRows>(head_dim, num_k_blocks, true);
+  return ticket_slots_at(head_dim, num_k_blocks) + 2 * sizeof(int);
 }
 
 void launch_pool_select(const PoolParams& pool, const SelectParams& select, uint32_t* counters, DType dtype,
@@ -53,6 +80,7 @@ void launch_pool_select(const PoolParams& pool, const SelectParams& select, uint
   const int64_t tickets = (int64_t(p.units) + kFusedLag) * (p.pool_tasks + p.select_tasks);
   SPARGE_REQUIRE(tickets <= 0x7fffffff, "mask prediction: too many blocks for the fused kernel");
   p.tickets = int(tickets);
+  p.ticket_slots_at = int(ticket_slots_at(select.head_dim, nk));
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   SPARGE_CUDA_CHECK(cudaMemsetAsync(counters, 0, sizeof(uint32_t) * (1 + size_t(p.units)), s));
   if (dtype == DType::kBFloat16) {

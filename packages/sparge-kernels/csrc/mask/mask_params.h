@@ -73,6 +73,7 @@ struct PoolSelectParams {
   int pool_tasks;      // per unit: ceil((Nq + Nk) / kPoolWarps)
   int select_tasks;    // per unit: ceil(Nq / 16)
   int tickets;         // (units + kFusedLag) * (pool_tasks + select_tasks)
+  int ticket_slots_at;  // byte offset of the kernel's two ticket slots in its dynamic shared memory
 };
 
 }  // namespace sparge::mask

@@ -7,7 +7,7 @@
 // warp, pool_blocks.cuh), then the selection tasks of unit s - kFusedLag (each: 16 query blocks,
 // select_blocks.cuh). A selection task spins until its unit's pooling count is complete; those tasks were handed
 // out a whole segment earlier, to CTAs that are running (they never wait), so nothing deadlocks whatever the grid.
-// Pooling publishes with a release (bar.sync, then fence + atomic by one thread); selection acquires the same way
+// Pooling publishes with a release (bar.sync, then one thread's red.release); selection acquires the same way
 // and reads the pooled keys from L2 (ld.cg, load_pooled), not through the read-only cache.
 #pragma once
 
@@ -30,12 +30,19 @@ __device__ __forceinline__ uint32_t load_acquire_gpu(const uint32_t* ptr) {
   return value;
 }
 
+// After a bar.sync of the whole CTA, one thread's release covers every thread's earlier writes (cumulativity).
+__device__ __forceinline__ void add_release_gpu(uint32_t* ptr, uint32_t value) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(ptr), "r"(value) : "memory");
+}
+
 // Scores by 3xTF32 MMAs; rows in kRowWords registers per lane (0: in shared memory). Two CTAs per SM (128
-// registers), as the separate selection kernel.
+// registers), as the separate selection kernel. Dynamic shared memory: the selection's (select_smem_bytes), then
+// the two ticket slots at p.ticket_slots_at; no static shared memory, so the launcher's opt-in covers it all.
 template <typename Elem, int kRowWords>
 __global__ void __launch_bounds__(kSelectThreads, 2) pool_select_kernel(const PoolSelectParams p) {
   constexpr int kVec = int(16 / sizeof(typename Elem::Storage));
-  __shared__ int next_ticket[2];
+  extern __shared__ float4 smem_f4[];
+  int* next_ticket = reinterpret_cast<int*>(reinterpret_cast<char*>(smem_f4) + p.ticket_slots_at);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int nq = p.select.num_q_blocks, nk = p.select.num_k_blocks;
   const uint32_t q_tasks = uint32_t(p.units) * uint32_t(nq);
@@ -46,10 +53,15 @@ __global__ void __launch_bounds__(kSelectThreads, 2) pool_select_kernel(const Po
   __syncthreads();
   int slot = 0;
   for (int ticket = next_ticket[0]; ticket < p.tickets; ticket = next_ticket[slot]) {
-    if (tid == 0) next_ticket[slot ^ 1] = int(atomicAdd(p.counters, 1u));  // in flight during this task
     const int seg = ticket / segment, offset = ticket - seg * segment;
+    const bool pooling = offset < p.pool_tasks;  // uniform over the CTA
+    // A pooling task (a few µs) takes its successor's ticket as it starts, the atomic in flight during the task.
+    // A selection task (tens of µs at 14B) takes it as it ends: held that long, it would keep later units' pooling
+    // tickets from running and leave their selection tasks spinning.
+    int prefetched = 0;
+    if (pooling && tid == 0) prefetched = int(atomicAdd(p.counters, 1u));
     int pooled_unit = -1;
-    if (offset < p.pool_tasks) {
+    if (pooling) {
       if (seg < p.units) {
         const int block = offset * kPoolWarps + warp;  // the unit's Q blocks, then its K blocks
         if (block < nq + nk) {
@@ -66,11 +78,13 @@ __global__ void __launch_bounds__(kSelectThreads, 2) pool_select_kernel(const Po
       __syncthreads();
       select_blocks<kFusedRows, true, kRowWords, true>(p.select, (offset - p.pool_tasks) * kFusedRows, unit);
     }
-    __syncthreads();  // the task's writes (and shared memory) are done; next_ticket[slot ^ 1] is visible
-    if (pooled_unit >= 0 && tid == 0) {
-      __threadfence();
-      atomicAdd(pooled_count + pooled_unit, 1u);
+    if (pooling && tid == 0) next_ticket[slot ^ 1] = prefetched;
+    __syncthreads();  // the task's writes (and shared memory) are done; a prefetched ticket is visible
+    if (tid == 0) {
+      if (pooled_unit >= 0) add_release_gpu(pooled_count + pooled_unit, 1u);
+      if (!pooling) next_ticket[slot ^ 1] = int(atomicAdd(p.counters, 1u));
     }
+    if (!pooling) __syncthreads();  // the ticket taken just now is visible
     slot ^= 1;
   }
 }

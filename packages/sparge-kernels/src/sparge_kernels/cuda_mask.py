@@ -174,6 +174,9 @@ def predict(
     if reference.keeps_every_block(topk, topp):
         return _keep_all(b, h, nq, nk, device, out)
     if q.dtype not in KERNEL_DTYPES or d > MAX_HEAD_DIM:
+        if fused:
+            raise ValueError(f"fused=True: the fused kernel takes float16/bfloat16 Q and K with head dim <= "
+                             f"{MAX_HEAD_DIM}, got {q.dtype}, D={d}")
         warnings.warn(
             f"sparge CUDA mask kernels take float16/bfloat16/float32 and head dim <= {MAX_HEAD_DIM}; "
             f"got {q.dtype}, D={d}: using the PyTorch reference",
