@@ -7,7 +7,7 @@
 // warp, pool_blocks.cuh), then the selection tasks of unit s - kFusedLag (each: 16 query blocks,
 // select_blocks.cuh). A selection task spins until its unit's pooling count is complete; those tasks were handed
 // out a whole segment earlier, to CTAs that are running (they never wait), so nothing deadlocks whatever the grid.
-// Pooling publishes with a release (bar.sync, then one thread's red.release); selection acquires the same way
+// Pooling publishes with a release (bar.sync, then one thread's fence.acq_rel + add); selection acquires the same way
 // and reads the pooled keys from L2 (ld.cg, load_pooled), not through the read-only cache.
 #pragma once
 
@@ -30,9 +30,10 @@ __device__ __forceinline__ uint32_t load_acquire_gpu(const uint32_t* ptr) {
   return value;
 }
 
-// After a bar.sync of the whole CTA, one thread's release covers every thread's earlier writes (cumulativity).
+// After a bar.sync of the whole CTA, one thread's release covers every thread's earlier writes (cumulativity);
+// an acq_rel fence, not __threadfence's sequentially consistent one (CUTLASS's GenericBarrier does the same).
 __device__ __forceinline__ void add_release_gpu(uint32_t* ptr, uint32_t value) {
-  asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(ptr), "r"(value) : "memory");
+  asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(ptr), "r"(value) : "memory");
 }
 
 // Scores by 3xTF32 MMAs; rows in kRowWords registers per lane (0: in shared memory). Two CTAs per SM (128
