@@ -6,7 +6,7 @@ Times, per shape and random-mask density, `cuda_backward.backward` alone (sm90) 
 timer, and prints one markdown row per measurement, labelled with --label (e.g. the build's git revision):
 
     python3 tools/device/bwd_ab.py --label new [--shapes 1.3b] [--densities 0.05,0.2,1] [--deterministic]
-                                   [--dq-modes bulk,spill] [--spill-gib 2,24] [--profile]
+                                   [--dq-modes bulk,spill] [--spill-gib 24,2x12] [--profile]
 
 tools/device/bwd_persistent_h200.sh (steps base-build, ab) runs it against a base build installed under another
 PYTHONPATH.
@@ -26,7 +26,7 @@ import bench_attention as ba  # noqa: E402
 
 
 def time_density(label: str, name: str, tensors, density: float, schedules: list[str], profile: bool,
-                 deterministic: bool, dq_modes: list[str], spill_budgets: list[int]) -> None:
+                 deterministic: bool, dq_modes: list[str], spill_budgets: list[tuple[int, int]]) -> None:
     import sparge_kernels as sk
     from sparge_kernels import cuda_backward
     from sparge_kernels.backend import MaskArgs
@@ -48,14 +48,15 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
     runs = [(f"backward alone, {schedule}" + (f", {mode} dQ" if dq_modes != ["bulk"] else ""),
              sk.KernelOptions(dq_accumulate=mode, backward_path="sm90", backward_schedule=schedule), m)
             for mode in dq_modes for schedule in schedules]
-    # The spill mode with other buffer budgets (--spill-gib): where the default does not hold every tile (1.3B
-    # above ~8%, 14B), how much of the bulk path's time a larger buffer takes away.
-    tiles_needed = int(mask.q_count.sum())
-    runs += [(f"backward alone, {schedule}, spill dQ, {budget / 2**30:g} GiB budget (tiles fit: "
-              f"{min(1.0, budget / (tiles_needed * ba.BLOCK_Q * ba.BLOCK_K * q.element_size())):.0%})",
+    # The spill mode with other buffer budgets and head groups (--spill-gib): where the default does not hold
+    # every tile (1.3B above ~8%, 14B), how much of the bulk path's time a larger buffer, or the same buffer
+    # reused group after group, takes away.
+    head_tiles = int(mask.q_count.sum()) / h * ba.BLOCK_Q * ba.BLOCK_K * q.element_size()  # bytes, mean head
+    runs += [(f"backward alone, {schedule}, spill dQ, {budget / 2**30:g} GiB budget, {groups} head group(s) "
+              f"(tiles fit: ~{min(1.0, budget / (head_tiles * -(-h // groups))):.0%})",
               sk.KernelOptions(dq_accumulate="spill", backward_path="sm90", backward_schedule=schedule,
-                               ds_spill_bytes=budget), m)
-             for budget in spill_budgets for schedule in schedules]
+                               ds_spill_bytes=budget, ds_spill_head_groups=groups), m)
+             for budget, groups in spill_budgets for schedule in schedules]
     if deterministic:
         runs += [(f"backward alone, deterministic, {path}", sk.KernelOptions(backward_path=path),
                   m._replace(deterministic=True)) for path in ("sm80", "sm90")]
@@ -100,6 +101,12 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
               + prof.key_averages().table(sort_by="cuda_time_total", row_limit=20), file=sys.stderr, flush=True)
 
 
+def parse_spill_budget(text: str) -> tuple[int, int]:
+    """"2" -> (2 GiB, 1 head group); "2x12" -> (2 GiB, 12 head groups)."""
+    gib, _, groups = text.partition("x")
+    return int(float(gib) * 2**30), int(groups or 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--label", required=True)
@@ -111,8 +118,9 @@ def main() -> None:
     parser.add_argument("--dq-modes", default="bulk",
                         help="KernelOptions.dq_accumulate values to time the backward and fwd+bwd with")
     parser.add_argument("--spill-gib", default="",
-                        help="comma-separated dS spill budgets in GiB (KernelOptions.ds_spill_bytes) to also time the "
-                             "spill backward with")
+                        help="comma-separated dS spill budgets in GiB (KernelOptions.ds_spill_bytes), each optionally "
+                             "xGROUPS (KernelOptions.ds_spill_head_groups), e.g. 24,2x12: also time the spill "
+                             "backward with them")
     parser.add_argument("--profile", action="store_true",
                         help="also print a torch.profiler table of 5 fwd+bwd per density to stderr")
     args = parser.parse_args()
@@ -126,7 +134,7 @@ def main() -> None:
         for density in (float(x) for x in args.densities.split(",")):
             time_density(args.label, name, tensors, density, args.schedules.split(","), args.profile,
                          args.deterministic, args.dq_modes.split(","),
-                         [int(float(x) * 2**30) for x in args.spill_gib.split(",") if x])
+                         [parse_spill_budget(x) for x in args.spill_gib.split(",") if x])
         del q, k, v, dout, tensors
         torch.cuda.empty_cache()
 

@@ -19,7 +19,9 @@
 #             in a CUDA graph per mode; 1.3B at densities 0.05, 0.1, 0.2, 1; spill also with an 8 GiB buffer, which
 #             holds every tile up to 20%) -> bwd_spill_ab.md
 #   ab14      the same on the 14B shape at 5%, spill also with a 24 GiB buffer (the 2 GiB default holds ~9% of
-#             its 22.9 GB of tiles) -> bwd_spill_ab14.md
+#             its 22.9 GB of tiles) and with 2 GiB in 12 and 14 head groups (KernelOptions.ds_spill_head_groups;
+#             14 groups of at most 3 heads hold every tile)
+#             -> bwd_spill_ab14.md
 #   bench     tools/bench_attention.py --backward --dq-accumulate spill on the 1.3B shape at 5% (issue 13's table:
 #             cuDNN, Flex 128x64 and 128x128, every backward mode) -> bench_bwd_spill_1p3b.md (+ .log)
 #   ncu       Nsight Compute speed-of-light, memory, warp-state, scheduler and occupancy sections of the spill
@@ -60,7 +62,8 @@ for step in $steps; do
     ab14)
       label=$(git rev-parse --short HEAD 2>/dev/null || echo new)
       timeout "$(left 200)" python3 tools/device/bwd_ab.py --label "$label" --shapes 14b --densities 0.05 \
-        --dq-modes bulk,spill --schedules persistent --spill-gib 24 2>&1 | tee "$OUT/bwd_spill_ab14.md" || rc=1 ;;
+        --dq-modes bulk,spill --schedules persistent --spill-gib 24,2x12,2x14 2>&1 \
+        | tee "$OUT/bwd_spill_ab14.md" || rc=1 ;;
     bench)
       timeout "$(left 300)" python3 tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 \
         --backward-densities 1.3b=0.05 --dq-accumulate spill --out "$OUT/bench_bwd_spill_1p3b.md" \

@@ -35,9 +35,10 @@ class RecordingExtension:
 @pytest.fixture
 def run(monkeypatch):
     """run(options, deterministic=False, capability=(9, 0), archs="80,90a") -> the kwargs of the one
-    attention_backward call."""
+    attention_backward call; with calls="all": (the kwargs of every call, the inputs)."""
 
-    def go(options: KernelOptions, deterministic: bool = False, capability=(9, 0), archs: str = "80,90a") -> dict:
+    def go(options: KernelOptions, deterministic: bool = False, capability=(9, 0), archs: str = "80,90a",
+           calls: str | None = None):
         ext = RecordingExtension(archs)
         monkeypatch.setattr(cuda_backward, "_C", ext)
         monkeypatch.setattr(cuda_backward, "current_stream", lambda device: 0)
@@ -52,6 +53,8 @@ def run(monkeypatch):
         m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1,
                      deterministic=deterministic)
         cuda_backward.backward(dout, q, k, v, q, lse, None, m, options=options)
+        if calls is not None:  # every call, with the inputs they were cut from
+            return ext.calls, dict(q=q, k=k, v=v, dout=dout, lse=lse, mask=mask)
         assert len(ext.calls) == 1
         call = ext.calls[0]
         call["mask"] = mask
@@ -111,3 +114,35 @@ def test_deterministic_modes(run):
     assert call["dq_accum"] is None and call["deterministic"] is True
     assert call["ds_spill"].shape == (B * H * NQ * NK, 128, 64)
     assert call["tile_counter"] != 0  # the spill kernels keep the persistent schedule in this mode
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_spill_head_groups_launch_once_per_group_on_views(run, deterministic):
+    """ds_spill_head_groups=2 with H=2: one call per head, each on that head's views of the operands and gradients
+    (the same storage), its own mask rows, pair numbering, workspace and tile counter, and one dS buffer for both,
+    sized for one head."""
+    calls, inputs = run(KernelOptions(dq_accumulate="spill", ds_spill_head_groups=2), deterministic=deterministic,
+                        calls="all")
+    assert len(calls) == H == 2
+    mask = inputs["mask"]
+    assert calls[0]["ds_spill"] is calls[1]["ds_spill"] and calls[0]["ds_spill"].shape[0] == B * 1 * NQ * NK
+    for head, call in enumerate(calls):
+        for name in ("q", "k", "v", "dout"):
+            assert call[name].shape[1] == 1 and torch.equal(call[name], inputs[name][:, head:head + 1]), name
+        assert torch.equal(call["lse"], inputs["lse"][:, head:head + 1])
+        for name in ("kv_count", "kv_index", "q_count", "q_index"):
+            assert torch.equal(call[name], getattr(mask, name)[:, head:head + 1]), name
+        assert torch.equal(call["q_end"], torch.cumsum(mask.q_count[:, head].reshape(-1), 0).view(B, 1, NK).int())
+        assert call["kv_pair"].shape == (B, 1, NQ, NK) and call["lse_log2"].shape == (B, 1, NQ * 128)
+        assert (call["dq_accum"] is None) == deterministic
+        assert call["tile_counter"] != 0
+    # the gradients are views of one tensor per operand: head 1's start one head after head 0's
+    for name in ("dq", "dk", "dv"):
+        first, second = calls[0][name], calls[1][name]
+        assert first.shape[1] == 1 and second.data_ptr() - first.data_ptr() == first.stride(1) * first.element_size()
+
+
+def test_head_groups_only_for_spill(run):
+    calls, _ = run(KernelOptions(ds_spill_head_groups=2), calls="all")  # bulk: one call, all heads
+    assert len(calls) == 1 and calls[0]["q"].shape[1] == H
+

@@ -507,6 +507,43 @@ def test_ds_spill_deterministic(backward_path, fraction):
     assert torch.equal(runs[0][1], bulk[1]) and torch.equal(runs[0][2], bulk[2])
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_ds_spill_head_groups(backward_path, deterministic):
+    """KernelOptions.ds_spill_head_groups: the spill kernels run group after group on views of the operands and
+    gradients (B > 1 and NHD memory: strided head slices), reusing one buffer. With a budget of the largest head's
+    tiles, every tile fits once the groups are single heads, so the gradients are bitwise those of one group with
+    a buffer for everything; two groups of a three-head problem fit only in part (dK/dV still bitwise). Against
+    the float64 reference too."""
+    if backward_path != "sm90":
+        pytest.skip("the spill mode is the Hopper backward's")
+    if deterministic and current_kernel_options().backward_schedule == "tile":
+        pytest.skip("one schedule is enough for the deterministic case")
+    b, h, lq, lk, d = 2, 3, 1500, 2000 + 7, 64
+    q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.float16, layout="NHD", seed=25)
+    mask = mask_with_holes(b, h, lq, lk, density=0.35, seed=25)
+    scale = d**-0.5
+    out, lse = forward(q, k, v, mask, scale)
+    dlse = torch.randn_like(lse)
+    m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale, deterministic=deterministic)
+    ref = reference.attention_backward(dout.double(), q.double(), k.double(), v.double(), out.double(),
+                                       lse.double(), dlse.double(), mask.kv_count, mask.kv_index, 128, 64, scale)
+    one_head = int(mask.q_count.sum(dim=(0, 2)).max()) * b * 128 * 64 * q.element_size()  # per head, both batches
+
+    def run(groups, budget=None):
+        options = with_current_schedule(backward_path="sm90", dq_accumulate="spill", debug_fill=float("nan"),
+                                        ds_spill_head_groups=groups, **({} if budget is None else
+                                                                        dict(ds_spill_bytes=budget)))
+        return cuda_backward.backward(dout, q, k, v, out, lse, dlse, m, options=options)
+
+    whole = run(1)
+    for label, grads in (("3 groups", run(3, one_head)), ("2 groups", run(2, one_head))):
+        for name, got, r in zip(("dq", "dk", "dv"), grads, ref):
+            check_gradient(f"{label}: {name}", got, r, torch.float16)
+        assert torch.equal(grads[1], whole[1]) and torch.equal(grads[2], whole[2]), f"{label}: dK/dV differ"
+        if label == "3 groups":  # every tile fits: each query block's dQ from the same tiles in the same order
+            assert torch.equal(grads[0], whole[0]), f"{label}: dQ differs from one group's"
+
+
 def test_ds_spill_many_key_blocks_per_query_block(backward_path):
     """A long walk on both sides (every query block keeps most of 80 key blocks, every key block most of 16 query
     blocks): the dQ kernel's ring wraps many times within one query block, and the dK/dV kernel's spill stores
@@ -522,12 +559,13 @@ def test_ds_spill_buffers_on_the_sm80_kernels(backward_path, monkeypatch):
     the bulk path and must zero the accumulator the spill mode leaves unzeroed (NaN-poisoned here by debug_fill)."""
     if backward_path != "sm80" or tuple(torch.cuda.get_device_capability()) != (9, 0):
         pytest.skip("needs an sm_90 GPU, on the sm80 path")
-    real = cuda_backward._ds_spill_buffers
+    real = cuda_backward._ds_spill_buffer
 
-    def on_any_path(q, q_count, nq, block_q, block_k, options, capability):
-        return real(q, q_count, nq, block_q, block_k, dataclasses.replace(options, backward_path="auto"), capability)
+    def on_any_path(q, batch, heads, nq, nk, block_q, block_k, options, capability):
+        return real(q, batch, heads, nq, nk, block_q, block_k, dataclasses.replace(options, backward_path="auto"),
+                    capability)
 
-    monkeypatch.setattr(cuda_backward, "_ds_spill_buffers", on_any_path)
+    monkeypatch.setattr(cuda_backward, "_ds_spill_buffer", on_any_path)
     with sk.kernel_options(dq_accumulate="spill"):
         run_case(2, 3, 700, 900, 128, torch.bfloat16, density=0.4)
 

@@ -56,6 +56,8 @@ def test_backward_path_default_and_env(monkeypatch):
         (dict(ds_spill_bytes=-1), ValueError, "KernelOptions.ds_spill_bytes must be >= 0"),
         (dict(ds_spill_bytes=1.5), TypeError, "KernelOptions.ds_spill_bytes must be an int, got float"),
         (dict(ds_spill_bytes=True), TypeError, "KernelOptions.ds_spill_bytes must be an int, got bool"),
+        (dict(ds_spill_head_groups=0), ValueError, "KernelOptions.ds_spill_head_groups must be >= 1"),
+        (dict(ds_spill_head_groups=2.0), TypeError, "KernelOptions.ds_spill_head_groups must be an int, got float"),
     ],
 )
 def test_bad_values_name_the_field(fields, exc, match):
@@ -127,6 +129,16 @@ def test_ds_spill_tiles_follow_the_budget_and_the_dense_bound():
     assert ds_spill_tiles(1, 12, 256, 512, 128, 64, 2, tile - 1) == 0
     assert ds_spill_tiles(2, 3, 4, 5, 128, 64, 2, 7 * tile + 5) == 7
     assert sk.KernelOptions().ds_spill_bytes == 2 << 30
+    assert sk.KernelOptions().ds_spill_head_groups == 1
+
+
+def test_spill_head_groups():
+    from sparge_kernels.cuda_backward import spill_head_groups
+
+    assert spill_head_groups(12, 1) == [(0, 12)]
+    assert spill_head_groups(40, 12) == [(0, 3), (3, 6), (6, 10), (10, 13), (13, 16), (16, 20), (20, 23), (23, 26),
+                                         (26, 30), (30, 33), (33, 36), (36, 40)]
+    assert spill_head_groups(3, 5) == [(0, 1), (1, 2), (2, 3)]  # at most one group per head
 
 
 def test_dq_accumulate_default_from_the_environment(monkeypatch):

@@ -165,3 +165,8 @@ def test_ds_spill_buffer_is_planned_when_the_spill_mode_is_on(monkeypatch):
     tiny = _plan(model="wan2.1-1.3b", gpus_per_node=1, nodes=1, zero_stage=2, frames=5, height=128, width=128)
     seq = tiny.seq_len
     assert tiny.backward_only[key] == 12 * -(-seq // 128) * -(-seq // 64) * 128 * 64 * 2  # the dense bound binds
+    import sparge_kernels
+
+    with sparge_kernels.kernel_options(ds_spill_head_groups=5):  # 12 heads: groups of 2 or 3, the buffer for 3
+        grouped = _plan(model="wan2.1-1.3b", gpus_per_node=1, nodes=1, zero_stage=2, frames=5, height=128, width=128)
+    assert grouped.backward_only[key] == tiny.backward_only[key] // 12 * 3

@@ -17,7 +17,8 @@ csrc/common/tensor_caster.h; None for an absent dlse / dq_accum). Kernels (csrc/
   dS spill     KernelOptions.dq_accumulate="spill" on the Hopper path: the dK/dV kernel writes the dS tiles of
                key blocks that fit a buffer, a Hopper kernel sums dQ = dS·K per query block (fixed order); key
                blocks that do not fit take the bulk path, or, deterministic=True, leave their query blocks to the
-               SM80 dQ kernel
+               SM80 dQ kernel. KernelOptions.ds_spill_head_groups > 1: one launch sequence per group of heads,
+               on views of the tensors, reusing one buffer
 An operand whose head dim is not unit-stride, or whose pointer/strides are not 16-byte aligned, is copied to a
 contiguous tensor first (rare: sliced or odd-strided inputs).
 """
@@ -69,39 +70,66 @@ def backward(
     q, k, v, out, dout = (kernel_ready(t) for t in (q, k, v, out, dout))
     lse = lse.to(torch.float32).contiguous()
     dlse = dlse.to(torch.float32).contiguous() if dlse is not None else None
-    kv_count, kv_index, q_count, q_index = (t.contiguous() for t in (m.kv_count, m.kv_index, m.q_count, m.q_index))
+    dq, dk, dv = empty_like_layout(q), empty_like_layout(k), empty_like_layout(v)
+    if options.debug_fill is not None:
+        for t in (dq, dk, dv):
+            t.fill_(options.debug_fill)
+    nq, nk = num_blocks(lq, block_q), m.q_count.shape[-1]
+    groups = spill_head_groups(h, options.ds_spill_head_groups) if options.dq_accumulate == "spill" else [(0, h)]
+    # One dS buffer, reused group after group (the stream orders each group's kernels after the previous ones').
+    largest = max(h1 - h0 for h0, h1 in groups)
+    ds_spill = _ds_spill_buffer(q, b, largest, nq, nk, block_q, block_k, options, capability) if (
+        options.dq_accumulate == "spill") else None
+    tensors = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse, dq=dq, dk=dk, dv=dv,
+                   kv_count=m.kv_count, kv_index=m.kv_index, q_count=m.q_count, q_index=m.q_index)
+    with torch.cuda.device(q.device):
+        for h0, h1 in groups:
+            # A group's heads: views of the operands and gradients (the kernels follow strides), its mask rows
+            group = tensors if len(groups) == 1 else {
+                name: t[:, h0:h1] if t is not None else None for name, t in tensors.items()}
+            _launch_group(group, ds_spill, block_q, block_k, scale, deterministic, options)
+    return dq, dk, dv
 
+
+def spill_head_groups(heads: int, groups: int) -> list[tuple[int, int]]:
+    """[h0, h1) ranges of `groups` consecutive, near-equal head groups (at most one per head)."""
+    groups = min(groups, heads)
+    return [(heads * g // groups, heads * (g + 1) // groups) for g in range(groups)]
+
+
+def _launch_group(t: dict, ds_spill: Tensor | None, block_q: int, block_k: int, scale: float, deterministic: bool,
+                  options: KernelOptions) -> None:
+    """One `_C.attention_backward` over the heads of `t` (all of them, or a spill head group): its workspace, its
+    spill pair numbering, its tile counter."""
+    q, d = t["q"], t["q"].shape[-1]
+    b, h, lq = t["lse"].shape
+    lse, dlse = t["lse"].contiguous(), t["dlse"].contiguous() if t["dlse"] is not None else None
+    kv_count, kv_index, q_count, q_index = (t[n].contiguous() for n in ("kv_count", "kv_index", "q_count", "q_index"))
     padded = num_blocks(lq, block_q) * block_q
     f32 = dict(dtype=torch.float32, device=q.device)
     lse_log2 = torch.empty(b, h, padded, **f32)
     delta = torch.empty(b, h, padded, **f32)
-    spill = _ds_spill_buffers(q, q_count, num_blocks(lq, block_q), block_q, block_k, options, capability) if (
-        options.dq_accumulate == "spill") else None
+    spill = _ds_spill_numbering(ds_spill, q_count, num_blocks(lq, block_q)) if ds_spill is not None else None
     # The spill mode zeroes only the accumulator blocks its bulk path adds into (the kernels' pair numbering).
     dq_accum = None if deterministic else (torch.empty if spill else torch.zeros)(b, h, padded, d, **f32)
-    dq, dk, dv = empty_like_layout(q), empty_like_layout(k), empty_like_layout(v)
-    if options.debug_fill is not None:
-        # dq_accum too where the kernels must zero what they use of it (the spill mode)
-        for t in (dq, dk, dv) + ((dq_accum,) if spill and dq_accum is not None else ()):
-            t.fill_(options.debug_fill)
+    if options.debug_fill is not None and spill and dq_accum is not None:
+        dq_accum.fill_(options.debug_fill)  # where the kernels must zero what they use of it
     # The persistent schedule's tile counter: one per call (never shared between streams); the caching allocator
     # reuses it only for later work on this stream, so it outlives the kernel.
     # (deterministic=True runs one CTA per key block, except in the spill mode)
     persistent = options.backward_schedule == "persistent" and (spill is not None or not deterministic)
     counter = torch.empty(1, dtype=torch.int32, device=q.device) if persistent else None
-    with torch.cuda.device(q.device):
-        _C.attention_backward(
-            q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse,
-            kv_count=kv_count, kv_index=kv_index, q_count=q_count, q_index=q_index,
-            dq=dq, dk=dk, dv=dv, lse_log2=lse_log2, delta=delta, dq_accum=dq_accum,
-            block_q=block_q, block_k=block_k, scale=float(scale), deterministic=bool(deterministic),
-            # "spill" falls back to bulk (key blocks past the buffer; no spill buffers at all), never to atomics
-            dq_bulk_reduce=options.dq_accumulate != "atomic", stream=current_stream(q.device),
-            path=options.backward_path,
-            tile_counter=counter.data_ptr() if counter is not None else 0,
-            **(spill or {}),
-        )
-    return dq, dk, dv
+    _C.attention_backward(
+        q=q, k=t["k"], v=t["v"], out=t["out"], dout=t["dout"], lse=lse, dlse=dlse,
+        kv_count=kv_count, kv_index=kv_index, q_count=q_count, q_index=q_index,
+        dq=t["dq"], dk=t["dk"], dv=t["dv"], lse_log2=lse_log2, delta=delta, dq_accum=dq_accum,
+        block_q=block_q, block_k=block_k, scale=float(scale), deterministic=bool(deterministic),
+        # "spill" falls back to bulk (key blocks past the buffer; no spill buffers at all), never to atomics
+        dq_bulk_reduce=options.dq_accumulate != "atomic", stream=current_stream(q.device),
+        path=options.backward_path,
+        tile_counter=counter.data_ptr() if counter is not None else 0,
+        **(spill or {}),
+    )
 
 
 def ds_spill_tiles(batch: int, heads: int, nq: int, nk: int, block_q: int, block_k: int, itemsize: int,
@@ -111,21 +139,26 @@ def ds_spill_tiles(batch: int, heads: int, nq: int, nk: int, block_q: int, block
     return min(budget_bytes // (block_q * block_k * itemsize), batch * heads * nq * nk)
 
 
-def _ds_spill_buffers(q: Tensor, q_count: Tensor, nq: int, block_q: int, block_k: int, options: KernelOptions,
-                      capability: tuple[int, int]) -> dict[str, Tensor] | None:
-    """The `dq_accumulate="spill"` arguments of `_C.attention_backward` (the Hopper kernels' dS buffer, the key
-    blocks' pair numbering, the pair map workspace), or None where the Hopper backward cannot run (SM80 kernels:
-    bulk) or nothing would fit."""
+def _ds_spill_buffer(q: Tensor, batch: int, heads: int, nq: int, nk: int, block_q: int, block_k: int,
+                     options: KernelOptions, capability: tuple[int, int]) -> Tensor | None:
+    """The `dq_accumulate="spill"` dS buffer of the Hopper kernels for `heads` heads at a time (a head group), or
+    None where the Hopper backward cannot run (SM80 kernels: bulk) or nothing would fit."""
     if options.backward_path == "sm80" or not hopper_kernels_run(_C.build_archs, capability):
         return None
-    b, h, nk = q_count.shape
-    if b * h * nq * nk >= 2**31:  # pairs are numbered in int32
+    if batch * heads * nq * nk >= 2**31:  # pairs are numbered in int32
         return None
-    tiles = ds_spill_tiles(b, h, nq, nk, block_q, block_k, q.element_size(), options.ds_spill_bytes)
+    tiles = ds_spill_tiles(batch, heads, nq, nk, block_q, block_k, q.element_size(), options.ds_spill_bytes)
     if tiles == 0:
         return None
+    return torch.empty(tiles, block_q, block_k, dtype=q.dtype, device=q.device)
+
+
+def _ds_spill_numbering(ds_spill: Tensor, q_count: Tensor, nq: int) -> dict[str, Tensor]:
+    """The spill arguments of `_C.attention_backward` for the heads of `q_count`: the buffer, the key blocks'
+    pair numbering (key-block-major cumulative counts) and the pair map workspace."""
+    b, h, nk = q_count.shape
     return dict(
-        ds_spill=torch.empty(tiles, block_q, block_k, dtype=q.dtype, device=q.device),
+        ds_spill=ds_spill,
         q_end=torch.cumsum(q_count.view(-1), 0, dtype=torch.int32).view(b, h, nk),
-        kv_pair=torch.empty(b, h, nq, nk, dtype=torch.int32, device=q.device),
+        kv_pair=torch.empty(b, h, nq, nk, dtype=torch.int32, device=q_count.device),
     )

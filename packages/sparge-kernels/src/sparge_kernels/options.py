@@ -55,6 +55,10 @@ class KernelOptions:
     ds_spill_bytes: the largest dS spill buffer "spill" allocates, in bytes (default 2 GiB: every tile of the
         (1, 12, 32760, 128) shape at 5% density, 1.3 GB, fits). The buffer is min(this, what a dense mask would
         need); 0 sends every key block down the bulk path.
+    ds_spill_head_groups: "spill" runs the backward over this many consecutive groups of heads, one after the
+        other, each reusing the whole dS buffer, so that the buffer need only hold one group's tiles (default 1: all
+        heads at once). The (1, 40, 75600, 128) shape at 5% density has 22.9 GB of tiles: 12 groups fit 2 GiB.
+        dK and dV do not depend on it; dQ only through which tiles fit (the bulk path's fp32 summation order).
     debug_fill: None, or a float written into every output before the launch, so elements a kernel fails to write
         stay detectable (the tests poison with NaN).
     backward_path: the backward's dK/dV kernel (in both modes): "sm80" (mma.sync), "sm90" (the
@@ -83,6 +87,7 @@ class KernelOptions:
     backward_schedule: str = "persistent"
     mask_schedule: str = "separate"
     ds_spill_bytes: int = 2 << 30
+    ds_spill_head_groups: int = 1
 
     def __post_init__(self) -> None:
         if self.forward_path not in FORWARD_PATHS:
@@ -106,6 +111,11 @@ class KernelOptions:
             raise TypeError(f"KernelOptions.ds_spill_bytes must be an int, got {type(budget).__name__}")
         if budget < 0:
             raise ValueError(f"KernelOptions.ds_spill_bytes must be >= 0, got {budget}")
+        groups = self.ds_spill_head_groups
+        if isinstance(groups, bool) or not isinstance(groups, int):
+            raise TypeError(f"KernelOptions.ds_spill_head_groups must be an int, got {type(groups).__name__}")
+        if groups < 1:
+            raise ValueError(f"KernelOptions.ds_spill_head_groups must be >= 1, got {groups}")
         fill = self.debug_fill
         if fill is not None:
             if isinstance(fill, bool) or not isinstance(fill, (int, float)):
