@@ -57,7 +57,8 @@ class KernelOptions:
         need); 0 sends every key block down the bulk path.
     ds_spill_head_groups: "spill" runs the backward over this many consecutive groups of heads, one after the
         other, each reusing the whole dS buffer, so that the buffer need only hold one group's tiles (default 1: all
-        heads at once). The (1, 40, 75600, 128) shape at 5% density has 22.9 GB of tiles: 12 groups fit 2 GiB.
+        heads at once). The (1, 40, 75600, 128) shape at 5% density has 22.9 GB of tiles: 14 groups of at most 3
+        heads fit 2 GiB.
         dK and dV do not depend on it; dQ only through which tiles fit (the bulk path's fp32 summation order).
     debug_fill: None, or a float written into every output before the launch, so elements a kernel fails to write
         stay detectable (the tests poison with NaN).
