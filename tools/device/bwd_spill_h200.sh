@@ -17,9 +17,9 @@
 #             sm90-persistent (spill with every tile and with half of them) -> sanitizer_spill_<tool>.log
 #   ab        tools/device/bwd_ab.py --dq-modes bulk,spill (backward alone, persistent schedule; fwd+bwd eager and
 #             in a CUDA graph per mode; 1.3B at densities 0.05, 0.1, 0.2, 1; spill also with an 8 GiB buffer, which
-#             holds every tile up to 20%) -> bwd_spill_ab.md
+#             holds every tile up to 20%, and in 12 head groups, what grouping costs) -> bwd_spill_ab.md
 #   ab14      the same on the 14B shape at 5%, spill also with a 24 GiB buffer (the 2 GiB default holds ~9% of
-#             its 22.9 GB of tiles) and with 2 GiB in 12 and 14 head groups (KernelOptions.ds_spill_head_groups;
+#             its 22.9 GB of tiles) and with 2 GiB in 14 and 40 head groups (KernelOptions.ds_spill_head_groups;
 #             14 groups of at most 3 heads hold every tile)
 #             -> bwd_spill_ab14.md
 #   bench     tools/bench_attention.py --backward --dq-accumulate spill on the 1.3B shape at 5% (issue 13's table:
@@ -56,13 +56,13 @@ for step in $steps; do
     ab)
       label=$(git rev-parse --short HEAD 2>/dev/null || echo new)
       timeout "$(left 200)" python3 tools/device/bwd_ab.py --label "$label" \
-        --dq-modes bulk,spill --schedules persistent --deterministic --spill-gib 8 \
+        --dq-modes bulk,spill --schedules persistent --deterministic --spill-gib 8,2x12 \
         --densities "${SPILL_AB_DENSITIES:-0.05,0.1,0.2,1}" \
         2>&1 | tee "$OUT/bwd_spill_ab.md" || rc=1 ;;
     ab14)
       label=$(git rev-parse --short HEAD 2>/dev/null || echo new)
       timeout "$(left 200)" python3 tools/device/bwd_ab.py --label "$label" --shapes 14b --densities 0.05 \
-        --dq-modes bulk,spill --schedules persistent --spill-gib 24,2x12,2x14 2>&1 \
+        --dq-modes bulk,spill --schedules persistent --spill-gib 24,2x14,2x40 2>&1 \
         | tee "$OUT/bwd_spill_ab14.md" || rc=1 ;;
     bench)
       timeout "$(left 300)" python3 tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 \
