@@ -2,8 +2,8 @@
 block, a key block nobody keeps, HND and NHD strides, every backward kernel (SM80 with bulk or atomic dQ, SM80
 deterministic, the Hopper backward with bulk or atomic dQ or dS spilled (all tiles, or half with the rest bulk) where
 this build and GPU have it, its deterministic pair (Hopper dK/dV without dQ, then the SM80 dQ kernel) and
-deterministic spill (half the tiles: both dQ kernels), and with its persistent schedule: sm90-persistent, which adds a
-case with more key blocks than SMs so that CTAs take several in turn).
+deterministic spill (half the tiles: both dQ kernels), spill one head at a time, and with its persistent schedule:
+sm90-persistent, which adds a case with more key blocks than SMs so that CTAs take several in turn).
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 tools/sanitize_backward.py \
         [--paths sm80 sm90 sm90-persistent]
@@ -20,14 +20,15 @@ from sparge_kernels.backend import MaskArgs
 from sparge_kernels.block_mask import BlockMask
 
 # (backward_path, dq_accumulate, deterministic, backward_schedule); "spill-half": the dS spill mode with a buffer
-# for about half of the mask's tiles (key blocks past it take the bulk path).
+# for about half of the mask's tiles (key blocks past it take the bulk path); "spill-groups": the same buffer, one
+# head at a time (ds_spill_head_groups=2: strided views of one head each, the buffer reused).
 MODES = {"sm80": [("sm80", "bulk", False, "tile"), ("sm80", "atomic", False, "tile"), ("sm80", "bulk", True, "tile")],
          "sm90": [("sm90", "bulk", False, "tile"), ("sm90", "atomic", False, "tile"), ("sm90", "bulk", True, "tile"),
                   ("sm90", "spill", False, "tile"), ("sm90", "spill-half", False, "tile"),
-                  ("sm90", "spill-half", True, "tile")],
+                  ("sm90", "spill-half", True, "tile"), ("sm90", "spill-groups", False, "tile")],
          "sm90-persistent": [("sm90", "bulk", False, "persistent"), ("sm90", "atomic", False, "persistent"),
                              ("sm90", "spill", False, "persistent"), ("sm90", "spill-half", False, "persistent"),
-                             ("sm90", "spill-half", True, "persistent")]}
+                             ("sm90", "spill-half", True, "persistent"), ("sm90", "spill-groups", True, "persistent")]}
 
 
 def operand(n: int, d: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
@@ -60,8 +61,10 @@ def main() -> None:
         for path in args.paths:
             for backward_path, accumulate, det, schedule in MODES[path]:
                 spill = {"ds_spill_bytes": int(mask.q_count.sum()) // 2 * 128 * 64 * q.element_size()} if (
-                    accumulate == "spill-half") else {}
-                options = KernelOptions(backward_path=backward_path, dq_accumulate=accumulate.removesuffix("-half"),
+                    accumulate in ("spill-half", "spill-groups")) else {}
+                if accumulate == "spill-groups":
+                    spill["ds_spill_head_groups"] = 2
+                options = KernelOptions(backward_path=backward_path, dq_accumulate=accumulate.partition("-")[0],
                                         backward_schedule=schedule, debug_fill=float("nan"), **spill)
                 grads = cuda_backward.backward(dout, q, k, v, out, lse, torch.randn_like(lse),
                                                MaskArgs(*mask_args, deterministic=det), options=options)
