@@ -527,7 +527,7 @@ def test_ds_spill_head_groups(backward_path, deterministic):
     m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale, deterministic=deterministic)
     ref = reference.attention_backward(dout.double(), q.double(), k.double(), v.double(), out.double(),
                                        lse.double(), dlse.double(), mask.kv_count, mask.kv_index, 128, 64, scale)
-    one_head = int(mask.q_count.sum(dim=(0, 2)).max()) * b * 128 * 64 * q.element_size()  # per head, both batches
+    one_head = int(mask.q_count.sum(dim=(0, 2)).max()) * 128 * 64 * q.element_size()  # a head's tiles, both batches
 
     def run(groups, budget=None):
         options = with_current_schedule(backward_path="sm90", dq_accumulate="spill", debug_fill=float("nan"),
