@@ -439,6 +439,20 @@ def spill_budget(mask: BlockMask, fraction: float, itemsize: int = 2) -> int:
     return int(int(mask.q_count.sum()) * fraction) * 128 * 64 * itemsize
 
 
+def spill_case(d: int, dtype: torch.dtype, layout: str, seed: int):
+    """The spill tests' problem: (B, H, Lq, Lk) = (2, 3, 1500, 2007), a 35% mask with holes, its forward, a random
+    dlse and the float64 reference gradients: (q, k, v, dout, mask, scale, out, lse, dlse, ref)."""
+    b, h, lq, lk = 2, 3, 1500, 2000 + 7
+    q, k, v, dout = make_inputs(b, h, lq, lk, d, dtype, layout, seed=seed)
+    mask = mask_with_holes(b, h, lq, lk, density=0.35, seed=seed)
+    scale = d**-0.5
+    out, lse = forward(q, k, v, mask, scale)
+    dlse = torch.randn_like(lse)
+    ref = reference.attention_backward(dout.double(), q.double(), k.double(), v.double(), out.double(),
+                                       lse.double(), dlse.double(), mask.kv_count, mask.kv_index, 128, 64, scale)
+    return q, k, v, dout, mask, scale, out, lse, dlse, ref
+
+
 @pytest.mark.parametrize("dtype,d,layout", [(torch.bfloat16, 128, "HND"), (torch.float16, 64, "NHD"),
                                             (torch.bfloat16, 64, "HND"), (torch.float16, 128, "NHD")])
 def test_ds_spill_against_bulk_and_reference(backward_path, dtype, d, layout):
@@ -448,15 +462,8 @@ def test_ds_spill_against_bulk_and_reference(backward_path, dtype, d, layout):
     reproducible (a fixed order, no atomics). Empty query blocks, unattended key blocks, tails on both sides."""
     if backward_path != "sm90":
         pytest.skip("the spill mode is the Hopper backward's (the SM80 kernels take the bulk path)")
-    b, h, lq, lk = 2, 3, 1500, 2000 + 7
-    q, k, v, dout = make_inputs(b, h, lq, lk, d, dtype, layout, seed=21)
-    mask = mask_with_holes(b, h, lq, lk, density=0.35, seed=21)
-    scale = d**-0.5
-    out, lse = forward(q, k, v, mask, scale)
-    dlse = torch.randn_like(lse)
+    q, k, v, dout, mask, scale, out, lse, dlse, ref = spill_case(d, dtype, layout, seed=21)
     m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale, deterministic=False)
-    ref = reference.attention_backward(dout.double(), q.double(), k.double(), v.double(), out.double(),
-                                       lse.double(), dlse.double(), mask.kv_count, mask.kv_index, 128, 64, scale)
 
     def run(mode, budget=None):
         budget = KernelOptions().ds_spill_bytes if budget is None else budget
@@ -485,15 +492,8 @@ def test_ds_spill_deterministic(backward_path, fraction):
     Against the float64 reference, bitwise reproducible, dK/dV bitwise those of the default bulk mode."""
     if backward_path != "sm90":
         pytest.skip("the spill mode is the Hopper backward's")
-    b, h, lq, lk, d = 2, 3, 1500, 2000 + 7, 128
-    q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.bfloat16, seed=23)
-    mask = mask_with_holes(b, h, lq, lk, density=0.35, seed=23)
-    scale = d**-0.5
-    out, lse = forward(q, k, v, mask, scale)
-    dlse = torch.randn_like(lse)
+    q, k, v, dout, mask, scale, out, lse, dlse, ref = spill_case(128, torch.bfloat16, "HND", seed=23)
     args = (mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale)
-    ref = reference.attention_backward(dout.double(), q.double(), k.double(), v.double(), out.double(),
-                                       lse.double(), dlse.double(), mask.kv_count, mask.kv_index, 128, 64, scale)
     options = with_current_schedule(backward_path="sm90", dq_accumulate="spill", debug_fill=float("nan"),
                                     ds_spill_bytes=spill_budget(mask, fraction))
     runs = [cuda_backward.backward(dout, q, k, v, out, lse, dlse, MaskArgs(*args, deterministic=True),
@@ -518,15 +518,8 @@ def test_ds_spill_head_groups(backward_path, deterministic):
         pytest.skip("the spill mode is the Hopper backward's")
     if deterministic and current_kernel_options().backward_schedule == "tile":
         pytest.skip("one schedule is enough for the deterministic case")
-    b, h, lq, lk, d = 2, 3, 1500, 2000 + 7, 64
-    q, k, v, dout = make_inputs(b, h, lq, lk, d, torch.float16, layout="NHD", seed=25)
-    mask = mask_with_holes(b, h, lq, lk, density=0.35, seed=25)
-    scale = d**-0.5
-    out, lse = forward(q, k, v, mask, scale)
-    dlse = torch.randn_like(lse)
+    q, k, v, dout, mask, scale, out, lse, dlse, ref = spill_case(64, torch.float16, "NHD", seed=25)
     m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale, deterministic=deterministic)
-    ref = reference.attention_backward(dout.double(), q.double(), k.double(), v.double(), out.double(),
-                                       lse.double(), dlse.double(), mask.kv_count, mask.kv_index, 128, 64, scale)
     one_head = int(mask.q_count.sum(dim=(0, 2)).max()) * 128 * 64 * q.element_size()  # a head's tiles, both batches
 
     def run(groups, budget=None):
