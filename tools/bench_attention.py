@@ -19,7 +19,8 @@ fraction: only the kept blocks count), speedup vs dense cuDNN.
 (the fwd+bwd rows; the "backward alone" rows name their mode: SM80 bulk/atomic/deterministic, sm90 atomic and bulk,
 sm90 bulk with the persistent schedule (the default) and with one CTA per key block, KernelOptions.backward_schedule,
 sm90 with dS spilled;
-a fwd+bwd row runs the one-CTA-per-block schedule too). cuDNN, Flex 128x128 and sparge fwd+bwd are also timed as
+a fwd+bwd row runs the one-CTA-per-block schedule too); `--ds-spill-gib`, `--ds-spill-head-groups` set the dS
+buffer's budget and head groups of every row that spills dS. cuDNN, Flex 128x128 and sparge fwd+bwd are also timed as
 GPU work only (GRAPH_FWD_BWD calls in one CUDA graph), next to the eager rows, which count the host's gaps.
 """
 
@@ -31,7 +32,7 @@ import os
 import statistics
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -235,6 +236,7 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
     import sparge_kernels as sk
     from sparge_kernels import cuda_backward
     from sparge_kernels.backend import MaskArgs
+    from sparge_kernels.options import current_kernel_options
     from sparge_kernels.validation import KernelNotBuiltError, check_kernel_path
 
     b, h, length, d = ctx.shape
@@ -352,7 +354,9 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
                       ("sm90 wgmma, dS spilled, deterministic", "spill", True, "sm90", "persistent"),
                       ("sm90 wgmma dK/dV + SM80 dQ, deterministic", "bulk", True, "sm90", "tile")]
         for mode, accumulate, det, path, schedule in modes:
-            options = sk.KernelOptions(dq_accumulate=accumulate, backward_path=path, backward_schedule=schedule)
+            # the options in force (the spill buffer's budget and head groups from the command line), this mode's
+            options = replace(current_kernel_options(), dq_accumulate=accumulate, backward_path=path,
+                              backward_schedule=schedule, debug_fill=None)
 
             def bwd(det=det, options=options, out=out, lse=lse, idx=idx):
                 m = MaskArgs(*idx, deterministic=det)
@@ -410,6 +414,10 @@ def main() -> None:
                         help=f"random-mask densities of the forward rows, a subset of {DENSITIES} (default: all)")
     parser.add_argument("--dq-accumulate", choices=("bulk", "atomic", "spill"), default=None,
                         help="KernelOptions.dq_accumulate of the rows with default options (default: the default)")
+    parser.add_argument("--ds-spill-gib", type=float, default=None,
+                        help="KernelOptions.ds_spill_bytes in GiB, for every row that spills dS")
+    parser.add_argument("--ds-spill-head-groups", type=int, default=None,
+                        help="KernelOptions.ds_spill_head_groups, for every row that spills dS")
     args = parser.parse_args()
     densities = tuple(float(x) for x in args.densities.split(",") if x)
     if not densities or any(x not in DENSITIES for x in densities):
@@ -424,8 +432,16 @@ def main() -> None:
               "counts only kept blocks (4·B·H·Lq·Lk·D·density).\n")
     if args.dq_accumulate is not None:
         header += f"\nKernelOptions.dq_accumulate={args.dq_accumulate!r} for the rows with default options.\n"
+    scope = {} if args.dq_accumulate is None else {"dq_accumulate": args.dq_accumulate}
+    if args.ds_spill_gib is not None:
+        scope["ds_spill_bytes"] = int(args.ds_spill_gib * 2**30)
+    if args.ds_spill_head_groups is not None:
+        scope["ds_spill_head_groups"] = args.ds_spill_head_groups
+    if len(scope) > ("dq_accumulate" in scope):
+        header += "\nSpill buffer: " + ", ".join(f"KernelOptions.{k}={v!r}" for k, v in scope.items()
+                                                 if k != "dq_accumulate") + ".\n"
     parts = [header]
-    with sk.kernel_options(**({} if args.dq_accumulate is None else {"dq_accumulate": args.dq_accumulate})):
+    with sk.kernel_options(**scope):
         for name in args.shapes.split(","):
             bwd = backward_densities(args.backward_densities, name, densities) if args.backward else ()
             parts.append(table(name, bench_shape(name, args.backward, bwd, densities)))

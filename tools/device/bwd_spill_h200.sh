@@ -3,7 +3,8 @@
 # the Hopper backward's dS spill mode (KernelOptions.dq_accumulate="spill": the dK/dV kernel writes dS tiles to a
 # buffer, a second Hopper kernel sums dQ = dS·K per query block) against the bulk reduce-add mode. Everything lands
 # in $OUT:
-#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [spill-tests] [ab] [sanitize] [tests] [bench] [ab14] [ncu]
+#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [spill-tests] [ab] [sanitize] [tests] [bench] [ab14]
+#                                       [bench14] [ncu]
 #   (no argument = the first seven, in this order (the answer first), until the time budget runs out)
 #   build     source tools/device/setup.sh (all head dims and dtypes, 90a) -> build.log, gpu_spill.txt
 #   smoke     tools/sanitize_backward.py --paths sm90 sm90-persistent without a sanitizer under a 90 s cap (a hang:
@@ -24,6 +25,8 @@
 #             -> bwd_spill_ab14.md
 #   bench     tools/bench_attention.py --backward --dq-accumulate spill on the 1.3B shape at 5% (issue 13's table:
 #             cuDNN, Flex 128x64 and 128x128, every backward mode) -> bench_bwd_spill_1p3b.md (+ .log)
+#   bench14   the same table on the 14B shape at 5%, spill in 14 head groups (2 GiB); a call of its own (Flex's
+#             autotuning of the 14B shapes alone takes minutes) -> bench_bwd_spill_14b.md (+ .log)
 #   ncu       Nsight Compute speed-of-light, memory, warp-state, scheduler and occupancy sections of the spill
 #             mode's dK/dV kernel and dQ kernel (1.3B, 5%, second backward) -> ncu_spill_1p3b.txt
 # A step is cut off by `timeout` at min(its cap, what is left of SPILL_BUDGET_S, default 560 s from the start);
@@ -68,6 +71,10 @@ for step in $steps; do
       timeout "$(left 300)" python3 tools/bench_attention.py --backward --shapes 1.3b --densities 0.05 \
         --backward-densities 1.3b=0.05 --dq-accumulate spill --out "$OUT/bench_bwd_spill_1p3b.md" \
         >"$OUT/bench_bwd_spill_1p3b.log" 2>&1 || rc=1 ;;
+    bench14)
+      timeout "$(left 540)" python3 tools/bench_attention.py --backward --shapes 14b --densities 0.05 \
+        --backward-densities 14b=0.05 --dq-accumulate spill --ds-spill-head-groups 14 \
+        --out "$OUT/bench_bwd_spill_14b.md" >"$OUT/bench_bwd_spill_14b.log" 2>&1 || rc=1 ;;
     ncu)
       cat >/tmp/spill_1p3b.py <<'EOF'
 import sys
