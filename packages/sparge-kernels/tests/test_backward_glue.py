@@ -53,6 +53,10 @@ def run(monkeypatch):
         m = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, 0.1,
                      deterministic=deterministic)
         cuda_backward.backward(dout, q, k, v, q, lse, None, m, options=options)
+        for call in ext.calls:  # what the binding checks of every buffer and operand
+            for name, value in call.items():
+                if isinstance(value, torch.Tensor):
+                    assert value.data_ptr() % 16 == 0, f"{name} is not 16-byte aligned"
         if calls is not None:  # every call, with the inputs they were cut from
             return ext.calls, dict(q=q, k=k, v=v, dout=dout, lse=lse, mask=mask)
         assert len(ext.calls) == 1
@@ -143,6 +147,9 @@ def test_spill_head_groups_launch_once_per_group_on_views(run, deterministic):
 
 
 def test_head_groups_only_for_spill(run):
-    calls, _ = run(KernelOptions(ds_spill_head_groups=2), calls="all")  # bulk: one call, all heads
-    assert len(calls) == 1 and calls[0]["q"].shape[1] == H
+    for options in (KernelOptions(ds_spill_head_groups=2),  # bulk
+                    KernelOptions(dq_accumulate="spill", ds_spill_head_groups=2, ds_spill_bytes=0),  # no buffer
+                    KernelOptions(dq_accumulate="spill", ds_spill_head_groups=2, backward_path="sm80")):
+        calls, _ = run(options, calls="all")  # one call over all heads
+        assert len(calls) == 1 and calls[0]["q"].shape[1] == H and "ds_spill" not in calls[0], options
 

@@ -75,11 +75,15 @@ def backward(
         for t in (dq, dk, dv):
             t.fill_(options.debug_fill)
     nq, nk = num_blocks(lq, block_q), m.q_count.shape[-1]
-    groups = spill_head_groups(h, options.ds_spill_head_groups) if options.dq_accumulate == "spill" else [(0, h)]
-    # One dS buffer, reused group after group (the stream orders each group's kernels after the previous ones').
-    largest = max(h1 - h0 for h0, h1 in groups)
-    ds_spill = _ds_spill_buffer(q, b, largest, nq, nk, block_q, block_k, options, capability) if (
-        options.dq_accumulate == "spill") else None
+    groups, ds_spill = [(0, h)], None
+    if options.dq_accumulate == "spill":
+        # One dS buffer, reused group after group (the stream orders each group's kernels after the previous
+        # ones'); without one (SM80 kernels, no budget) the bulk path takes all heads at once.
+        spill_groups = spill_head_groups(h, options.ds_spill_head_groups)
+        largest = max(h1 - h0 for h0, h1 in spill_groups)
+        ds_spill = _ds_spill_buffer(q, b, largest, nq, nk, block_q, block_k, options, capability)
+        if ds_spill is not None:
+            groups = spill_groups
     tensors = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse, dq=dq, dk=dk, dv=dv,
                    kv_count=m.kv_count, kv_index=m.kv_index, q_count=m.q_count, q_index=m.q_index)
     with torch.cuda.device(q.device):
@@ -101,10 +105,10 @@ def _launch_group(t: dict, ds_spill: Tensor | None, block_q: int, block_k: int, 
                   options: KernelOptions) -> None:
     """One `_C.attention_backward` over the heads of `t` (all of them, or a spill head group): its workspace, its
     spill pair numbering, its tile counter."""
-    q, d = t["q"], t["q"].shape[-1]
-    b, h, lq = t["lse"].shape
-    lse, dlse = t["lse"].contiguous(), t["dlse"].contiguous() if t["dlse"] is not None else None
-    kv_count, kv_index, q_count, q_index = (t[n].contiguous() for n in ("kv_count", "kv_index", "q_count", "q_index"))
+    q = t["q"]
+    b, h, lq, d = q.shape
+    lse, dlse = _buffer(t["lse"]), _buffer(t["dlse"]) if t["dlse"] is not None else None
+    kv_count, kv_index, q_count, q_index = (_buffer(t[n]) for n in ("kv_count", "kv_index", "q_count", "q_index"))
     padded = num_blocks(lq, block_q) * block_q
     f32 = dict(dtype=torch.float32, device=q.device)
     lse_log2 = torch.empty(b, h, padded, **f32)
@@ -137,6 +141,13 @@ def ds_spill_tiles(batch: int, heads: int, nq: int, nk: int, block_q: int, block
     """How many (block_q x block_k) dS tiles the spill buffer holds: what `budget_bytes` allows, never more than
     a dense mask has pairs (0: no buffer, every key block takes the bulk path)."""
     return min(budget_bytes // (block_q * block_k * itemsize), batch * heads * nq * nk)
+
+
+def _buffer(t: Tensor) -> Tensor:
+    """t as the kernels index a buffer: contiguous, 16-byte aligned (a head group's slice of a contiguous tensor is
+    contiguous, but may start mid-way through a 16-byte word)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def _ds_spill_buffer(q: Tensor, batch: int, heads: int, nq: int, nk: int, block_q: int, block_k: int,
