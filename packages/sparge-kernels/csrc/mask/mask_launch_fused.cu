@@ -78,7 +78,8 @@ void launch_pool_select(const PoolParams& pool, const SelectParams& select, uint
   p.pool_tasks = (nq + nk + kPoolWarps - 1) / kPoolWarps;
   p.select_tasks = (nq + kFusedRows - 1) / kFusedRows;
   const int64_t tickets = (int64_t(p.units) + kFusedLag) * (p.pool_tasks + p.select_tasks);
-  SPARGE_REQUIRE(tickets <= 0x7fffffff, "mask prediction: too many blocks for the fused kernel");
+  // Each CTA takes one ticket past the last: headroom for the grid (a few hundred CTAs) in the int counter.
+  SPARGE_REQUIRE(tickets <= 0x7fffffff - (1 << 16), "mask prediction: too many blocks for the fused kernel");
   p.tickets = int(tickets);
   p.ticket_slots_at = int(ticket_slots_at(select.head_dim, nk));
   const auto s = reinterpret_cast<cudaStream_t>(stream);
