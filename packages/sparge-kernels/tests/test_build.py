@@ -110,6 +110,8 @@ def test_every_entry_takes_tensors_and_rejects_bad_arguments_before_touching_a_d
         c.attention_backward(**tensors, **{**bwd, "deterministic": False})
     with pytest.raises(ValueError, match="dk must have a unit stride"):
         c.attention_backward(**{**tensors, "dk": q.transpose(2, 3)}, **bwd)
+    with pytest.raises(ValueError, match="lse_log2 must be contiguous"):  # the kernels index buffers row-major
+        c.attention_backward(**{**tensors, "lse_log2": torch.zeros(1, 1, 16)[..., ::2]}, **bwd)
     # The dS spill buffers: all three or none, their shapes and dtypes (checked before any launch).
     spill = dict(ds_spill=torch.zeros(2, 128, 64, dtype=torch.bfloat16), q_end=kv_count, kv_pair=kv_index)
     default_mode = {**bwd, "deterministic": False}

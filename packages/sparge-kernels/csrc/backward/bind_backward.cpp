@@ -41,11 +41,15 @@ sparge::BwdParams sparge::bwd::backward_params(const char* who, TensorArg const&
   }
   for (auto [name, t] : {std::pair<const char*, TensorArg const*>{"lse", &lse}, {"kv_count", &kv_count},
                          {"kv_index", &kv_index}, {"q_count", &q_count}, {"q_index", &q_index},
-                         {"lse_log2", &lse_log2}, {"delta", &delta}}) {
-    sparge::check_buffer(who, name, *t);
+                         {"lse_log2", &lse_log2}, {"delta", &delta}, {"dlse", &dlse}, {"dq_accum", &dq_accum}}) {
+    const bool optional = t == &dlse || (t == &dq_accum && deterministic);
+    sparge::check_buffer(who, name, *t, optional);
+    // The kernels index these as row-major arrays: a strided view (e.g. a head slice with B > 1) would be read
+    // as the wrong elements.
+    if (!t->is_none() && !sparge::is_contiguous(*t)) {
+      throw std::invalid_argument(std::string(who) + ": " + name + " must be contiguous");
+    }
   }
-  sparge::check_buffer(who, "dlse", dlse, /*allow_none=*/true);
-  sparge::check_buffer(who, "dq_accum", dq_accum, /*allow_none=*/deterministic);
 
   p.dout = dout.data;
   p.dout_stride = dout.bhl_strides();
