@@ -6,7 +6,8 @@ Times, per shape and random-mask density, `cuda_backward.backward` alone (sm90) 
 timer, and prints one markdown row per measurement, labelled with --label (e.g. the build's git revision):
 
     python3 tools/device/bwd_ab.py --label new [--shapes 1.3b] [--densities 0.05,0.2,1] [--deterministic]
-                                   [--dq-modes bulk,spill] [--spill-gib 24,2x12] [--profile]
+                                   [--dq-modes bulk,spill] [--spill-gib 24,2x12] [--fwd-bwd-spill] [--flex]
+                                   [--profile]
 
 tools/device/bwd_persistent_h200.sh (steps base-build, ab) runs it against a base build installed under another
 PYTHONPATH.
@@ -26,7 +27,8 @@ import bench_attention as ba  # noqa: E402
 
 
 def time_density(label: str, name: str, tensors, density: float, schedules: list[str], profile: bool,
-                 deterministic: bool, dq_modes: list[str], spill_budgets: list[tuple[int, int]]) -> None:
+                 deterministic: bool, dq_modes: list[str], spill_budgets: list[tuple[int, int]],
+                 fwd_bwd_spill: bool = False, flex: bool = False) -> None:
     import sparge_kernels as sk
     from sparge_kernels import cuda_backward
     from sparge_kernels.backend import MaskArgs
@@ -77,9 +79,14 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
     def fwd_bwd():
         return torch.autograd.grad(sk.block_sparse_attention(qq, kk, vv, mask, scale=scale), (qq, kk, vv), dout)
 
-    for mode in dq_modes:
-        suffix = f", {mode} dQ" if dq_modes != ["bulk"] else ""
-        with sk.kernel_options(dq_accumulate=mode):
+    # fwd+bwd per dQ mode, and (--fwd-bwd-spill) with each spill budget / head grouping of --spill-gib
+    scopes = [(f", {mode} dQ" if dq_modes != ["bulk"] else "", dict(dq_accumulate=mode)) for mode in dq_modes]
+    if fwd_bwd_spill:
+        scopes += [(f", spill dQ, {budget / 2**30:g} GiB, {groups} head group(s)",
+                    dict(dq_accumulate="spill", ds_spill_bytes=budget, ds_spill_head_groups=groups))
+                   for budget, groups in spill_budgets]
+    for suffix, fields in scopes:
+        with sk.kernel_options(**fields):
             row("fwd+bwd" + suffix, ba.time_ms(fwd_bwd), 3.5 * dense_flops * mask.density)
             # The same from a CUDA graph, GPU time only: where it is well below the eager row, that row counted
             # the host's gaps (Python, autograd) between the kernels.
@@ -89,6 +96,20 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
             except Exception as exc:  # reported; the other rows still run
                 print(f"fwd+bwd CUDA graph: capture failed: {type(exc).__name__}: {exc}", file=sys.stderr,
                       flush=True)
+    if flex and density < 1:  # the peer: FlexAttention on its native 128x128 blocks at the same density
+        from torch.nn.attention.flex_attention import flex_attention
+
+        native = ba.random_mask(b, h, length, length, density, block_k=128)
+        fbm = ba.flex_block_mask(native)
+        compiled = torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
+
+        def flex_fwd_bwd():
+            return torch.autograd.grad(compiled(qq, kk, vv, block_mask=fbm, scale=scale), (qq, kk, vv), dout)
+
+        what = f"FlexAttention fwd+bwd, 128x128 blocks (kept {native.density:.3f})"
+        row(what, ba.time_ms(flex_fwd_bwd), 3.5 * dense_flops * native.density)
+        row(f"{what}, {ba.GRAPH_FWD_BWD} in one CUDA graph", ba.graph_ms(flex_fwd_bwd, ba.GRAPH_FWD_BWD),
+            3.5 * dense_flops * native.density)
     if profile:  # where fwd+bwd spends what forward + backward alone do not (CUDA time per kernel, stderr)
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
@@ -121,6 +142,10 @@ def main() -> None:
                         help="comma-separated dS spill budgets in GiB (KernelOptions.ds_spill_bytes), each optionally "
                              "xGROUPS (KernelOptions.ds_spill_head_groups), e.g. 24,2x12: also time the spill "
                              "backward with them")
+    parser.add_argument("--fwd-bwd-spill", action="store_true",
+                        help="also time fwd+bwd with each --spill-gib budget / head grouping")
+    parser.add_argument("--flex", action="store_true",
+                        help="also time FlexAttention fwd+bwd on 128x128 blocks at each density below 1")
     parser.add_argument("--profile", action="store_true",
                         help="also print a torch.profiler table of 5 fwd+bwd per density to stderr")
     args = parser.parse_args()
@@ -134,7 +159,8 @@ def main() -> None:
         for density in (float(x) for x in args.densities.split(",")):
             time_density(args.label, name, tensors, density, args.schedules.split(","), args.profile,
                          args.deterministic, args.dq_modes.split(","),
-                         [parse_spill_budget(x) for x in args.spill_gib.split(",") if x])
+                         [parse_spill_budget(x) for x in args.spill_gib.split(",") if x], args.fwd_bwd_spill,
+                         args.flex)
         del q, k, v, dout, tensors
         torch.cuda.empty_cache()
 

@@ -69,6 +69,10 @@ def test_mask_defaults_are_the_measured_choices_for_the_wan_shapes():
     assert cuda_mask.default_register_rows(512) and not cuda_mask.default_register_rows(1182)
     assert cuda_mask.default_register_rows(1182, tensor_scores=True)
     assert not cuda_mask.default_register_rows(1300, tensor_scores=True)
+    # the fused kernel: 16-word rows in registers, longer ones in shared memory; fused for the 14B shape only
+    assert cuda_mask.default_register_rows(512, True, fused=True)
+    assert not cuda_mask.default_register_rows(1182, True, fused=True)
+    assert cuda_mask.default_fused(qk_14b) and not cuda_mask.default_fused(qk_1p3b)
 
 
 @pytest.mark.skipif(cuda_mod._C is None, reason="sparge_kernels._C not built")
@@ -145,6 +149,9 @@ def test_every_entry_takes_tensors_and_rejects_bad_arguments_before_touching_a_d
     pooled = torch.zeros(1, 1, 1, 64)
     with pytest.raises(ValueError, match="q must have 4 dims"):
         c.mask_pool_blocks(q[0], q, 128, 64, pooled, pooled, 0)
+    with pytest.raises(ValueError, match="k must have unit stride along D"):  # read as contiguous rows otherwise
+        c.mask_pool_blocks(q, torch.zeros(1, 1, 64, 8, dtype=torch.bfloat16).transpose(2, 3), 128, 64, pooled,
+                           pooled, 0)
     with pytest.raises(ValueError, match="kv_index must have 4 dims"):
         c.mask_select_blocks(pooled, pooled, 0.125, 1, 0.0, 1, kv_count, kv_count, pooled, 0, 0)
     with pytest.raises(ValueError, match="q_count must have 3 dims"):

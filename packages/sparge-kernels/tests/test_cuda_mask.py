@@ -290,6 +290,7 @@ def test_fused_zeroes_its_counters_and_replays_in_a_graph():
     from sparge_kernels.cuda import _C, current_stream
 
     q, k = make_qk(1, 4, 2000, 3000, 128, seed=13)
+    q, k = q.contiguous(), k.contiguous()  # the binding takes unit-stride rows (cuda_mask.predict copies others)
     b, h, lq, d = q.shape
     nq, nk = num_blocks(lq, 128), num_blocks(k.shape[2], 64)
     expected = run_kernel(q, k, 0.03, 0.2, 128, 64, 0.1, fused=True)

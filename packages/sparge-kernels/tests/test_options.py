@@ -17,6 +17,7 @@ def test_defaults(monkeypatch):
     monkeypatch.delenv("SPARGE_BACKWARD_PATH", raising=False)
     monkeypatch.delenv("SPARGE_DQ_ACCUMULATE", raising=False)
     assert current_kernel_options() == sk.KernelOptions("auto", "bulk", None)
+    assert current_kernel_options().mask_schedule == "auto"
     monkeypatch.setenv("SPARGE_FORWARD_PATH", "sm80")
     assert current_kernel_options().forward_path == "sm80"
     monkeypatch.setenv("SPARGE_FORWARD_PATH", "sm70")

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "bindings.h"
 #include "common/tensor.h"
@@ -20,8 +21,8 @@ using sparge::TensorArg;
 
 namespace {
 
-// The mask kernels read a (B, H, L, D) input through its (B, H, L) strides (D stride 1, checked by the glue) and
-// index every other buffer as contiguous: only ranks are checked here, so the sizes below exist.
+// The mask kernels read a (B, H, L, D) input through its (B, H, L) strides (D stride 1, checked in pool_params)
+// and index every other buffer as contiguous: only ranks are checked here, so the sizes below exist.
 void require_rank(const char* name, TensorArg const& t, int rank) {
   if (t.rank != rank) {
     throw std::invalid_argument(std::string("sparge mask prediction: ") + name + " must have " + std::to_string(rank) +
@@ -50,6 +51,12 @@ sparge::mask::PoolParams pool_params(TensorArg const& q, TensorArg const& k, int
   require_rank("q", q, 4);
   require_rank("k", k, 4);
   require_rank("k_pooled_t", k_pooled_t, 4);
+  for (auto [name, t] : {std::pair<const char*, TensorArg const*>{"q", &q}, {"k", &k}}) {
+    if (t->stride[3] != 1) {  // the kernels read D contiguously: another stride would be a silent wrong answer
+      throw std::invalid_argument(std::string("sparge mask prediction: ") + name +
+                                  " must have unit stride along D (its last dim), got " + std::to_string(t->stride[3]));
+    }
+  }
   sparge::mask::PoolParams p{};
   p.q = tokens(q, block_q);
   p.k = tokens(k, block_k);

@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 
 #include "common/cuda_check.h"
 #include "common/device_info.h"
@@ -20,24 +21,27 @@ size_t ticket_slots_at(int head_dim, int num_k_blocks) {
   return (select_smem_bytes<kFusedRows>(head_dim, num_k_blocks, true) + 15) / 16 * 16;
 }
 
-// CTAs of `kernel` resident per SM with `smem` bytes of dynamic shared memory, after opting it in to that much:
-// both once per (device, kernel, smem) in a process, since neither changes (a persistent launch sizes its grid
-// by it on every call).
+// CTAs of `kernel` resident per SM with `smem` bytes of dynamic shared memory, after opting it in to at least
+// that much. The opt-in is the kernel's one attribute, so it only ever grows (the largest size asked for so far
+// serves every smaller launch); both it and the occupancy are asked once per (device, kernel, size) in a process.
 int resident_ctas_per_sm(const void* kernel, size_t smem) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, const void*, size_t>, int> cache;
+  static std::map<std::pair<int, const void*>, size_t> opted_in;  // (device, kernel) -> its attribute
+  static std::map<std::tuple<int, const void*, size_t>, int> resident;
   int device = 0;
   SPARGE_CUDA_CHECK(cudaGetDevice(&device));
-  const auto key = std::make_tuple(device, kernel, smem);
   std::lock_guard<std::mutex> lock(mutex);
-  auto it = cache.find(key);
-  if (it == cache.end()) {
-    if (smem > 48 * 1024) {
-      SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    }
+  size_t& attribute = opted_in[std::make_pair(device, kernel)];
+  if (smem > 48 * 1024 && smem > attribute) {
+    SPARGE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    attribute = smem;
+  }
+  const auto key = std::make_tuple(device, kernel, smem);
+  auto it = resident.find(key);
+  if (it == resident.end()) {
     int per_sm = 0;
     SPARGE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSelectThreads, smem));
-    it = cache.emplace(key, per_sm).first;
+    it = resident.emplace(key, per_sm).first;
   }
   return it->second;
 }

@@ -162,8 +162,9 @@ def predict(
     selection task (head_groups, rows_per_cta and tail_rows_per_cta do not apply); the same results as the
     separate launches with tensor_scores=True. True: fused, or ValueError where the fused kernel does not take the
     inputs (float32, or rows that do not allow 16-byte loads); False: separate launches; None: as
-    `current_kernel_options().mask_schedule` says ("fused": fused where the kernel takes the inputs and none of
-    the separate launches' knobs above is given nor tensor_scores=False, else separate launches).
+    `current_kernel_options().mask_schedule` says ("fused", or "auto" where Q+K >= 1 GiB (`default_fused`): fused
+    where the kernel takes the inputs and none of the separate launches' knobs above is given nor
+    tensor_scores=False, else separate launches).
     """
     b, h, lq, d = q.shape
     lk = k.shape[2]
@@ -204,8 +205,9 @@ def predict(
     kv_count, kv_index, q_count, q_index = out
     qk_bytes = (q.numel() + k.numel()) * q.element_size()
     if fused is None:
-        fused_mode = int(current_kernel_options().mask_schedule == "fused" and head_groups <= 0
-                         and rows_per_cta == 0 and tail_rows_per_cta is None
+        schedule = current_kernel_options().mask_schedule
+        fused_mode = int((schedule == "fused" or (schedule == "auto" and default_fused(qk_bytes)))
+                         and head_groups <= 0 and rows_per_cta == 0 and tail_rows_per_cta is None
                          and tensor_scores is not False)  # 1: where the kernel takes the inputs
     elif fused and tensor_scores is False:
         raise ValueError("fused=True scores on tensor cores: tensor_scores must be None or True")
@@ -220,7 +222,7 @@ def predict(
     if tail_rows_per_cta is None:
         tail_rows_per_cta = default_tail_rows_per_cta(tensor_scores)
     if register_rows is None:
-        register_rows = default_register_rows(nk, tensor_scores)
+        register_rows = default_register_rows(nk, tensor_scores, fused=bool(fused_mode))
     with torch.cuda.device(device):
         workspace = torch.empty(workspace_floats(b, h, nq, nk, d), dtype=torch.float32, device=device)
         _C.mask_predict(
@@ -256,10 +258,19 @@ def default_tail_rows_per_cta(tensor_scores: bool) -> int:
     return 0 if tensor_scores else 8
 
 
-def default_register_rows(nk: int, tensor_scores: bool = False) -> bool:
+def default_register_rows(nk: int, tensor_scores: bool = False, fused: bool = False) -> bool:
     """Rows in registers where 16 words per lane hold them (Nk <= 512: the 1.3B shape's selection 0.0351 against
     0.0382 ms, the whole prediction 0.0972 against 0.0990 ms on an H200), and up to 40 words (Nk <= 1280) with
-    tensor-core scores (16-row CTAs: the 14B shape's selection 0.378 against 0.388 ms on an H200,
-    tools/results/mask_select_lean_h200_2026-12-04.md); other rows in shared memory (with fp32 FMA scores
-    and 8-row CTAs the 14B shape's 40-word rows lose, 0.602 against 0.539 ms)."""
-    return nk <= 512 or (tensor_scores and nk <= 1280)
+    tensor-core scores in separate launches (16-row CTAs: the 14B shape's selection 0.378 against 0.388 ms on an
+    H200, tools/results/mask_select_lean_h200_2026-12-04.md); other rows in shared memory (with fp32 FMA scores
+    and 8-row CTAs the 14B shape's 40-word rows lose, 0.602 against 0.539 ms; in the fused kernel, whose pooling
+    shares the registers, 0.779 against 0.759 ms, tools/results/mask_fused_h200_2026-12-05.md)."""
+    return nk <= 512 or (tensor_scores and not fused and nk <= 1280)
+
+
+def default_fused(qk_bytes: int) -> bool:
+    """mask_schedule="auto": the fused pooling + selection kernel for large inputs (Q+K >= 1 GiB), separate
+    launches below. Measured on an H200 (tools/results/mask_fused_h200_2026-12-05.md): the 14B shape (1.5 GB)
+    predicts in 0.781 ms eager (0.779 in a graph) fused against 0.822 (0.799) separate; the 1.3B shape (0.2 GB,
+    192 selection tasks for 264 resident CTAs) in 0.101 against 0.098 (0.100 against 0.096)."""
+    return qk_bytes >= 1 << 30
