@@ -98,6 +98,7 @@ def bench_shape(name: str, iters: int) -> list[str]:
     import sparge_kernels
     from sparge_kernels import cuda_mask
     from sparge_kernels.block_mask import BlockMask
+    from sparge_kernels.options import current_kernel_options
     from sparge_kernels.reference import predict_block_mask_indices, topk_count
     from sparge_kernels.validation import num_blocks
 
@@ -182,12 +183,16 @@ def bench_shape(name: str, iters: int) -> list[str]:
 
     auto_groups = cuda_mask.default_head_groups(h, int(gbytes * 1e9))
     auto_scores = "3xTF32 tensor-core" if cuda_mask.default_tensor_scores(int(gbytes * 1e9)) else "fp32 FMA"
+    schedule = current_kernel_options().mask_schedule
+    fused_default = schedule == "fused" or (schedule == "auto" and cuda_mask.default_fused(int(gbytes * 1e9)))
+    default = ("the fused launch" if fused_default else
+               f"separate launches, {auto_groups} head group(s), {auto_scores} scores")
     lines = [
         f"### {name}: Q, K ({b}, {h}, {length}, {d}) bf16 HND contiguous, Nq={nq}, Nk={nk}, topk={TOPK}, topp={TOPP}",
         "",
         f"density {density:.4f}; decisions equal to the eager reference: {agree:.6f} (fused: {agree_fused:.6f}); "
         f"Q+K = {gbytes * 1e3:.1f} MB; "
-        f"default = separate launches, {auto_groups} head group(s), {auto_scores} scores; fused = one persistent "
+        f"default (mask_schedule={schedule!r}) = {default}; fused = one persistent "
         "pooling + selection launch (3xTF32 tensor-core scores), then the transpose. "
         f"Graph rows: {iters} calls captured in one CUDA graph (GPU time).",
         "",
