@@ -68,7 +68,7 @@ def run(monkeypatch):
 
 
 def test_bulk_mode_hands_a_zeroed_accumulator_and_no_spill(run):
-    call = run(KernelOptions(debug_fill=float("nan")))
+    call = run(KernelOptions(dq_accumulate="bulk", debug_fill=float("nan")))
     assert "ds_spill" not in call and call["dq_bulk_reduce"] is True
     assert call["dq_accum"].shape == (B, H, NQ * 128, D) and call["dq_accum"].dtype == torch.float32
     assert (call["dq_accum"] == 0).all()
@@ -112,7 +112,7 @@ def test_spill_needs_the_hopper_backward(run, capability, archs):
 
 
 def test_deterministic_modes(run):
-    call = run(KernelOptions(debug_fill=float("nan")), deterministic=True)
+    call = run(KernelOptions(dq_accumulate="bulk", debug_fill=float("nan")), deterministic=True)
     assert call["dq_accum"] is None and "ds_spill" not in call and call["tile_counter"] == 0
     call = run(KernelOptions(dq_accumulate="spill", debug_fill=float("nan")), deterministic=True)
     assert call["dq_accum"] is None and call["deterministic"] is True
@@ -147,7 +147,7 @@ def test_spill_head_groups_launch_once_per_group_on_views(run, deterministic):
 
 
 def test_head_groups_only_for_spill(run):
-    for options in (KernelOptions(ds_spill_head_groups=2),  # bulk
+    for options in (KernelOptions(dq_accumulate="bulk", ds_spill_head_groups=2),
                     KernelOptions(dq_accumulate="spill", ds_spill_head_groups=2, ds_spill_bytes=0),  # no buffer
                     KernelOptions(dq_accumulate="spill", ds_spill_head_groups=2, backward_path="sm80")):
         calls, _ = run(options, calls="all")  # one call over all heads

@@ -420,14 +420,16 @@ def test_sm90_dq_mode_launches_its_convert_kernel(backward_path, dq_accumulate):
 
 @pytest.mark.parametrize("path", ["sm90", "auto"])
 def test_sm90_deterministic_launches_dkdv_without_dq_then_the_dq_kernel(backward_path, path):
-    """deterministic=True with backward_path "sm90", and with "auto" on sm_90 (its default there since it ran
-    1.58x the SM80 pair, tools/results/bwd_deterministic_h200_2026-12-04.md): the Hopper dK/dV kernel without dQ
+    """deterministic=True with dq_accumulate="bulk" and backward_path "sm90", and with "auto" on sm_90 (its default
+    there since it ran 1.58x the SM80 pair, tools/results/bwd_deterministic_h200_2026-12-04.md): the Hopper dK/dV
+    kernel without dQ
     (the KernelTraitsBwdSm90Stages instance that skips the dS·K GEMM), then the SM80 per-query-block dQ kernel; no
     dQ conversion, no SM80 dK/dV kernel (CUDA kernel names from torch.profiler)."""
     if backward_path != "sm90":
         pytest.skip("checks the sm90 kernels' names")
     deterministic_once(backward_path)
-    names = launched_kernels(small_case(deterministic=True), with_current_schedule(backward_path=path))
+    names = launched_kernels(small_case(deterministic=True),
+                             with_current_schedule(backward_path=path, dq_accumulate="bulk"))  # not the spill kernels
     assert any("attention_backward_sm90_kernel" in n and "KernelTraitsBwdSm90Stages" in n for n in names), names
     assert any("dq_kernel" in n for n in names), names
     assert not any("dq_convert" in n or "dkdv_kernel" in n for n in names), names

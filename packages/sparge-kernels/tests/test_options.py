@@ -16,7 +16,7 @@ def test_defaults(monkeypatch):
     monkeypatch.delenv("SPARGE_FORWARD_PATH", raising=False)
     monkeypatch.delenv("SPARGE_BACKWARD_PATH", raising=False)
     monkeypatch.delenv("SPARGE_DQ_ACCUMULATE", raising=False)
-    assert current_kernel_options() == sk.KernelOptions("auto", "bulk", None)
+    assert current_kernel_options() == sk.KernelOptions("auto", "spill", None)
     assert current_kernel_options().mask_schedule == "auto"
     monkeypatch.setenv("SPARGE_FORWARD_PATH", "sm80")
     assert current_kernel_options().forward_path == "sm80"
@@ -57,7 +57,7 @@ def test_backward_path_default_and_env(monkeypatch):
         (dict(ds_spill_bytes=-1), ValueError, "KernelOptions.ds_spill_bytes must be >= 0"),
         (dict(ds_spill_bytes=1.5), TypeError, "KernelOptions.ds_spill_bytes must be an int, got float"),
         (dict(ds_spill_bytes=True), TypeError, "KernelOptions.ds_spill_bytes must be an int, got bool"),
-        (dict(ds_spill_head_groups=0), ValueError, "KernelOptions.ds_spill_head_groups must be >= 1"),
+        (dict(ds_spill_head_groups=-1), ValueError, "KernelOptions.ds_spill_head_groups must be >= 0"),
         (dict(ds_spill_head_groups=2.0), TypeError, "KernelOptions.ds_spill_head_groups must be an int, got float"),
     ],
 )
@@ -130,7 +130,13 @@ def test_ds_spill_tiles_follow_the_budget_and_the_dense_bound():
     assert ds_spill_tiles(1, 12, 256, 512, 128, 64, 2, tile - 1) == 0
     assert ds_spill_tiles(2, 3, 4, 5, 128, 64, 2, 7 * tile + 5) == 7
     assert sk.KernelOptions().ds_spill_bytes == 2 << 30
-    assert sk.KernelOptions().ds_spill_head_groups == 1
+    assert sk.KernelOptions().ds_spill_head_groups == 0  # automatic
+    from sparge_kernels.cuda_backward import auto_spill_head_groups
+
+    # a 5% mask's tiles with 25% to spare: one group at 1.3B (1.6 of 2 GiB), 14 at 14B (28.6 GB)
+    assert auto_spill_head_groups(1, 12, 256, 512, 128, 64, 2, 2 << 30) == 1
+    assert auto_spill_head_groups(1, 40, 591, 1182, 128, 64, 2, 2 << 30) == 14
+    assert auto_spill_head_groups(1, 40, 591, 1182, 128, 64, 2, 0) == 40  # at most one group per head
 
 
 def test_spill_head_groups():
@@ -144,13 +150,13 @@ def test_spill_head_groups():
 
 def test_dq_accumulate_default_from_the_environment(monkeypatch):
     """SPARGE_DQ_ACCUMULATE sets the default dQ mode (how a training process is switched, e.g. bench_train's
-    sparse-spill mode); a scope still overrides it; a bad value names the variable."""
-    monkeypatch.setenv("SPARGE_DQ_ACCUMULATE", "spill")
-    assert current_kernel_options().dq_accumulate == "spill"
+    sparse-bulk mode); a scope still overrides it; a bad value names the variable; unset, "spill"."""
+    monkeypatch.setenv("SPARGE_DQ_ACCUMULATE", "bulk")
+    assert current_kernel_options().dq_accumulate == "bulk"
     with sk.kernel_options(dq_accumulate="atomic") as scoped:
         assert scoped.dq_accumulate == "atomic"
     monkeypatch.setenv("SPARGE_DQ_ACCUMULATE", "fast")
     with pytest.raises(ValueError, match="SPARGE_DQ_ACCUMULATE must be one of"):
         current_kernel_options()
     monkeypatch.delenv("SPARGE_DQ_ACCUMULATE")
-    assert current_kernel_options().dq_accumulate == "bulk"
+    assert current_kernel_options().dq_accumulate == "spill"

@@ -17,14 +17,15 @@ csrc/common/tensor_caster.h; None for an absent dlse / dq_accum). Kernels (csrc/
   dS spill     KernelOptions.dq_accumulate="spill" on the Hopper path: the dK/dV kernel writes the dS tiles of
                key blocks that fit a buffer, a Hopper kernel sums dQ = dS·K per query block (fixed order); key
                blocks that do not fit take the bulk path, or, deterministic=True, leave their query blocks to the
-               SM80 dQ kernel. KernelOptions.ds_spill_head_groups > 1: one launch sequence per group of heads,
-               on views of the tensors, reusing one buffer
+               SM80 dQ kernel. KernelOptions.ds_spill_head_groups (0: automatic): one launch sequence per group
+               of heads, on views of the tensors, reusing one buffer
 An operand whose head dim is not unit-stride, or whose pointer/strides are not 16-byte aligned, is copied to a
 contiguous tensor first (rare: sliced or odd-strided inputs).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -79,7 +80,9 @@ def backward(
     if options.dq_accumulate == "spill":
         # One dS buffer, reused group after group (the stream orders each group's kernels after the previous
         # ones'); without one (SM80 kernels, no budget) the bulk path takes all heads at once.
-        spill_groups = spill_head_groups(h, options.ds_spill_head_groups)
+        count = options.ds_spill_head_groups or auto_spill_head_groups(b, h, nq, nk, block_q, block_k,
+                                                                      q.element_size(), options.ds_spill_bytes)
+        spill_groups = spill_head_groups(h, count)
         largest = max(h1 - h0 for h0, h1 in spill_groups)
         ds_spill = _ds_spill_buffer(q, b, largest, nq, nk, block_q, block_k, options, capability)
         if ds_spill is not None:
@@ -93,6 +96,21 @@ def backward(
                 name: t[:, h0:h1] if t is not None else None for name, t in tensors.items()}
             _launch_group(group, ds_spill, block_q, block_k, scale, deterministic, options)
     return dq, dk, dv
+
+
+# The mask density auto_spill_head_groups sizes the groups for (SpargeAttention2's operating point), and the
+# share of tiles to spare beyond it.
+SPILL_GROUPS_DENSITY = 0.05
+SPILL_GROUPS_HEADROOM = 1.25
+
+
+def auto_spill_head_groups(batch: int, heads: int, nq: int, nk: int, block_q: int, block_k: int, itemsize: int,
+                           budget_bytes: int) -> int:
+    """ds_spill_head_groups=0: the fewest head groups whose tiles at SPILL_GROUPS_DENSITY, with
+    SPILL_GROUPS_HEADROOM to spare, fit `budget_bytes` (the host does not know the mask's density without a sync;
+    key blocks that do not fit still take the bulk path)."""
+    need = SPILL_GROUPS_HEADROOM * SPILL_GROUPS_DENSITY * batch * heads * nq * nk * block_q * block_k * itemsize
+    return max(1, min(heads, math.ceil(need / max(budget_bytes, 1))))
 
 
 def spill_head_groups(heads: int, groups: int) -> list[tuple[int, int]]:

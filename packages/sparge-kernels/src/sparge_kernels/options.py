@@ -51,22 +51,27 @@ class KernelOptions:
         it does in the other modes). deterministic=True ignores "bulk" and "atomic"; with "spill" on the Hopper
         path it runs the spill kernels too, and query blocks with a key block that did not fit get their dQ from
         the SM80 per-query-block kernel (each query block's dQ in one fixed order: bitwise reproducible).
-        The default comes from SPARGE_DQ_ACCUMULATE, else "bulk".
+        The default comes from SPARGE_DQ_ACCUMULATE, else "spill" (on an H200 it was faster than "bulk" at every
+        density measured: 1.964 against 2.384 ms at 1.3B and 5%, 35.2 against 48.3 ms at 14B in head groups, and
+        the deterministic backward 2.02 against 3.14 ms; tools/results/bwd_spill_h200_2026-12-05.md).
     ds_spill_bytes: the largest dS spill buffer "spill" allocates, in bytes (default 2 GiB: every tile of the
         (1, 12, 32760, 128) shape at 5% density, 1.3 GB, fits). The buffer is min(this, what a dense mask would
         need); 0 sends every key block down the bulk path.
     ds_spill_head_groups: "spill" runs the backward over this many consecutive groups of heads, one after the
-        other, each reusing the whole dS buffer, so that the buffer need only hold one group's tiles (default 1: all
-        heads at once). The (1, 40, 75600, 128) shape at 5% density has 22.9 GB of tiles: 14 groups of at most 3
-        heads fit 2 GiB.
+        other, each reusing the whole dS buffer, so that the buffer need only hold one group's tiles. 0 (the
+        default): enough groups for the tiles of a 5% mask with 25% to spare (`cuda_backward.auto_spill_head_groups`:
+        1 on the (1, 12, 32760, 128) shape, 14 on the (1, 40, 75600, 128) one, whose 22.9 GB of tiles at 5% then fit
+        2 GiB; each the fastest measured there, tools/results/bwd_spill_h200_2026-12-05.md). Small groups cost
+        where one would do (12 groups took 2.62 against 1.96 ms at 1.3B, 5%).
         dK and dV do not depend on it; dQ only through which tiles fit (the bulk path's fp32 summation order).
     debug_fill: None, or a float written into every output before the launch, so elements a kernel fails to write
         stay detectable (the tests poison with NaN).
     backward_path: the backward's dK/dV kernel (in both modes): "sm80" (mma.sync), "sm90" (the
         warp-specialised Hopper wgmma/TMA kernel: an sm_90 GPU and a build for 90a, else an error) or "auto".
         "auto" picks "sm90" where it can run (sm_90 GPU, 90a build, TMA-walkable strides), else "sm80".
-        deterministic=True on the Hopper path runs the Hopper dK/dV kernel without dQ, then the SM80
-        per-query-block dQ kernel (1.58x the SM80 pair at 1.3B 5% on an H200); on "sm80" both SM80 kernels. The
+        deterministic=True on the Hopper path runs the spill kernels (dq_accumulate="spill", the default), or with
+        "bulk"/"atomic" the Hopper dK/dV kernel without dQ, then the SM80 per-query-block dQ kernel (1.58x the SM80
+        pair at 1.3B 5% on an H200); on "sm80" both SM80 kernels. The
         default comes from SPARGE_BACKWARD_PATH, else "auto".
     backward_schedule: how the Hopper dK/dV kernel spreads key blocks over the GPU: "tile" (one CTA per key block)
         or "persistent" (one CTA per SM taking key blocks from an atomic counter, loading the next block's operands
@@ -83,13 +88,13 @@ class KernelOptions:
     """
 
     forward_path: str = "auto"
-    dq_accumulate: str = "bulk"
+    dq_accumulate: str = "spill"
     debug_fill: float | None = None
     backward_path: str = "auto"  # after the older fields: positional KernelOptions(forward_path, ...) still holds
     backward_schedule: str = "persistent"
     mask_schedule: str = "auto"
     ds_spill_bytes: int = 2 << 30
-    ds_spill_head_groups: int = 1
+    ds_spill_head_groups: int = 0
 
     def __post_init__(self) -> None:
         if self.forward_path not in FORWARD_PATHS:
@@ -116,8 +121,8 @@ class KernelOptions:
         groups = self.ds_spill_head_groups
         if isinstance(groups, bool) or not isinstance(groups, int):
             raise TypeError(f"KernelOptions.ds_spill_head_groups must be an int, got {type(groups).__name__}")
-        if groups < 1:
-            raise ValueError(f"KernelOptions.ds_spill_head_groups must be >= 1, got {groups}")
+        if groups < 0:
+            raise ValueError(f"KernelOptions.ds_spill_head_groups must be >= 0 (0: automatic), got {groups}")
         fill = self.debug_fill
         if fill is not None:
             if isinstance(fill, bool) or not isinstance(fill, (int, float)):
@@ -128,7 +133,7 @@ class KernelOptions:
 def _defaults() -> KernelOptions:
     env = os.environ
     return _defaults_for(env.get("SPARGE_FORWARD_PATH", "auto"), env.get("SPARGE_BACKWARD_PATH", "auto"),
-                         env.get("SPARGE_DQ_ACCUMULATE", "bulk"))
+                         env.get("SPARGE_DQ_ACCUMULATE", "spill"))
 
 
 @functools.lru_cache(maxsize=16)
