@@ -184,8 +184,7 @@ def bench_shape(name: str, iters: int) -> list[str]:
     auto_groups = cuda_mask.default_head_groups(h, int(gbytes * 1e9))
     auto_scores = "3xTF32 tensor-core" if cuda_mask.default_tensor_scores(int(gbytes * 1e9)) else "fp32 FMA"
     schedule = current_kernel_options().mask_schedule
-    fused_default = schedule == "fused" or (schedule == "auto" and cuda_mask.default_fused(int(gbytes * 1e9)))
-    default = ("the fused launch" if fused_default else
+    default = ("the fused launch" if cuda_mask.schedule_fuses(schedule, int(gbytes * 1e9)) else
                f"separate launches, {auto_groups} head group(s), {auto_scores} scores")
     lines = [
         f"### {name}: Q, K ({b}, {h}, {length}, {d}) bf16 HND contiguous, Nq={nq}, Nk={nk}, topk={TOPK}, topp={TOPP}",

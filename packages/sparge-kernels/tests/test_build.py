@@ -73,6 +73,8 @@ def test_mask_defaults_are_the_measured_choices_for_the_wan_shapes():
     assert cuda_mask.default_register_rows(512, True, fused=True)
     assert not cuda_mask.default_register_rows(1182, True, fused=True)
     assert cuda_mask.default_fused(qk_14b) and not cuda_mask.default_fused(qk_1p3b)
+    assert cuda_mask.schedule_fuses("auto", qk_14b) and not cuda_mask.schedule_fuses("auto", qk_1p3b)
+    assert cuda_mask.schedule_fuses("fused", qk_1p3b) and not cuda_mask.schedule_fuses("separate", qk_14b)
 
 
 @pytest.mark.skipif(cuda_mod._C is None, reason="sparge_kernels._C not built")

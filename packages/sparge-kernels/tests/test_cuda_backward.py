@@ -556,8 +556,8 @@ def test_ds_spill_buffers_on_the_sm80_kernels(backward_path, monkeypatch):
         pytest.skip("needs an sm_90 GPU, on the sm80 path")
     real = cuda_backward._ds_spill_buffer
 
-    def on_any_path(q, batch, heads, nq, nk, block_q, block_k, options, capability):
-        return real(q, batch, heads, nq, nk, block_q, block_k, dataclasses.replace(options, backward_path="auto"),
+    def on_any_path(q, group_pairs, tiles, block_q, block_k, options, capability):
+        return real(q, group_pairs, tiles, block_q, block_k, dataclasses.replace(options, backward_path="auto"),
                     capability)
 
     monkeypatch.setattr(cuda_backward, "_ds_spill_buffer", on_any_path)

@@ -80,11 +80,9 @@ def backward(
     if options.dq_accumulate == "spill":
         # One dS buffer, reused group after group (the stream orders each group's kernels after the previous
         # ones'); without one (SM80 kernels, no budget) the bulk path takes all heads at once.
-        count = options.ds_spill_head_groups or auto_spill_head_groups(b, h, nq, nk, block_q, block_k,
-                                                                      q.element_size(), options.ds_spill_bytes)
-        spill_groups = spill_head_groups(h, count)
+        spill_groups, tiles = spill_layout(b, h, nq, nk, block_q, block_k, q.element_size(), options)
         largest = max(h1 - h0 for h0, h1 in spill_groups)
-        ds_spill = _ds_spill_buffer(q, b, largest, nq, nk, block_q, block_k, options, capability)
+        ds_spill = _ds_spill_buffer(q, b * largest * nq * nk, tiles, block_q, block_k, options, capability)
         if ds_spill is not None:
             groups = spill_groups
     tensors = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse, dq=dq, dk=dk, dv=dv,
@@ -117,6 +115,18 @@ def spill_head_groups(heads: int, groups: int) -> list[tuple[int, int]]:
     """[h0, h1) ranges of `groups` consecutive, near-equal head groups (at most one per head)."""
     groups = min(groups, heads)
     return [(heads * g // groups, heads * (g + 1) // groups) for g in range(groups)]
+
+
+def spill_layout(batch: int, heads: int, nq: int, nk: int, block_q: int, block_k: int, itemsize: int,
+                 options: KernelOptions) -> tuple[list[tuple[int, int]], int]:
+    """What "spill" uses under `options`: its head groups (ds_spill_head_groups, 0: automatic) and the tiles of
+    its one dS buffer (the budget, at most the largest group's dense tiles). The backward glue and
+    sparge-train's memory planner both size it here."""
+    count = options.ds_spill_head_groups or auto_spill_head_groups(batch, heads, nq, nk, block_q, block_k, itemsize,
+                                                                   options.ds_spill_bytes)
+    groups = spill_head_groups(heads, count)
+    largest = max(h1 - h0 for h0, h1 in groups)
+    return groups, ds_spill_tiles(batch, largest, nq, nk, block_q, block_k, itemsize, options.ds_spill_bytes)
 
 
 def _launch_group(t: dict, ds_spill: Tensor | None, block_q: int, block_k: int, scale: float, deterministic: bool,
@@ -168,16 +178,14 @@ def _buffer(t: Tensor) -> Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def _ds_spill_buffer(q: Tensor, batch: int, heads: int, nq: int, nk: int, block_q: int, block_k: int,
-                     options: KernelOptions, capability: tuple[int, int]) -> Tensor | None:
-    """The `dq_accumulate="spill"` dS buffer of the Hopper kernels for `heads` heads at a time (a head group), or
-    None where the Hopper backward cannot run (SM80 kernels: bulk) or nothing would fit."""
+def _ds_spill_buffer(q: Tensor, group_pairs: int, tiles: int, block_q: int, block_k: int, options: KernelOptions,
+                     capability: tuple[int, int]) -> Tensor | None:
+    """The `dq_accumulate="spill"` dS buffer of the Hopper kernels (`tiles` of them, spill_layout's), or None where
+    the Hopper backward cannot run (SM80 kernels: bulk), a group's B·h·Nq·Nk pairs would overflow the kernels'
+    int32 numbering, or nothing would fit."""
     if options.backward_path == "sm80" or not hopper_kernels_run(_C.build_archs, capability):
         return None
-    if batch * heads * nq * nk >= 2**31:  # pairs are numbered in int32
-        return None
-    tiles = ds_spill_tiles(batch, heads, nq, nk, block_q, block_k, q.element_size(), options.ds_spill_bytes)
-    if tiles == 0:
+    if group_pairs >= 2**31 or tiles == 0:
         return None
     return torch.empty(tiles, block_q, block_k, dtype=q.dtype, device=q.device)
 

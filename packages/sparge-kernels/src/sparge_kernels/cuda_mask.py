@@ -205,8 +205,7 @@ def predict(
     kv_count, kv_index, q_count, q_index = out
     qk_bytes = (q.numel() + k.numel()) * q.element_size()
     if fused is None:
-        schedule = current_kernel_options().mask_schedule
-        fused_mode = int((schedule == "fused" or (schedule == "auto" and default_fused(qk_bytes)))
+        fused_mode = int(schedule_fuses(current_kernel_options().mask_schedule, qk_bytes)
                          and head_groups <= 0 and rows_per_cta == 0 and tail_rows_per_cta is None
                          and tensor_scores is not False)  # 1: where the kernel takes the inputs
     elif fused and tensor_scores is False:
@@ -234,12 +233,17 @@ def predict(
     return kv_count, kv_index, q_count, q_index
 
 
+# Q+K from which the size-based defaults below switch to their large-input choice (the 14B shape is 1.5 GB, the
+# 1.3B one 0.2 GB).
+LARGE_QK_BYTES = 1 << 30
+
+
 def default_head_groups(heads: int, qk_bytes: int) -> int:
     """Head groups that overlap selection with pooling, for large inputs (Q+K >= 1 GiB). Measured on an H200
     (tools/results/mask_select_lean_h200_2026-12-04.md): 3 groups predict the 14B shape (1.5 GB) in 0.799 and
     0.801 ms against 0.815 and 0.817 with 4 and 0.813 with 1 (two runs); on the 1.3B shape (0.2 GB) any grouping
     costs (0.095 ms with 1 group, 0.107 with 3)."""
-    return min(heads, 3) if qk_bytes >= 1 << 30 else 1
+    return min(heads, 3) if qk_bytes >= LARGE_QK_BYTES else 1
 
 
 def default_tensor_scores(qk_bytes: int) -> bool:
@@ -247,7 +251,7 @@ def default_tensor_scores(qk_bytes: int) -> bool:
     Measured on an H200 (tools/results/mask_tensor_scores_h200_2026-12-04.md): with the automatic tuning, the
     14B shape (1.5 GB) predicts in 0.958 ms with tensor-core scores against 0.984 ms, the 1.3B shape (0.2 GB) in
     0.108 against 0.100 ms (its 8-row selection CTAs leave most of each 16-row MMA tile empty)."""
-    return qk_bytes >= 1 << 30
+    return qk_bytes >= LARGE_QK_BYTES
 
 
 def default_tail_rows_per_cta(tensor_scores: bool) -> int:
@@ -273,4 +277,10 @@ def default_fused(qk_bytes: int) -> bool:
     launches below. Measured on an H200 (tools/results/mask_fused_h200_2026-12-05.md): the 14B shape (1.5 GB)
     predicts in 0.781 ms eager (0.779 in a graph) fused against 0.822 (0.799) separate; the 1.3B shape (0.2 GB,
     192 selection tasks for 264 resident CTAs) in 0.101 against 0.098 (0.100 against 0.096)."""
-    return qk_bytes >= 1 << 30
+    return qk_bytes >= LARGE_QK_BYTES
+
+
+def schedule_fuses(schedule: str, qk_bytes: int) -> bool:
+    """Whether KernelOptions.mask_schedule picks the fused kernel for Q+K of `qk_bytes` ("fused"; "auto" by
+    `default_fused`)."""
+    return schedule == "fused" or (schedule == "auto" and default_fused(qk_bytes))

@@ -232,7 +232,7 @@ def _ds_spill_bytes(batch: int, heads: int, seq: int) -> int:
     """The dS spill buffer one sparse attention backward allocates under the kernel options in force (0 unless
     dq_accumulate is "spill"): the budget, capped at a dense mask's 128 x 64 tiles of bf16 for the largest head
     group (ds_spill_head_groups)."""
-    from sparge_kernels.cuda_backward import auto_spill_head_groups, ds_spill_tiles, spill_head_groups
+    from sparge_kernels.cuda_backward import spill_layout
     from sparge_kernels.options import current_kernel_options
     from sparge_kernels.validation import ATTENTION_KERNEL_BLOCKS, num_blocks
 
@@ -240,11 +240,8 @@ def _ds_spill_bytes(batch: int, heads: int, seq: int) -> int:
     if options.dq_accumulate != "spill":
         return 0
     block_q, block_k = ATTENTION_KERNEL_BLOCKS
-    nq, nk = num_blocks(seq, block_q), num_blocks(seq, block_k)
-    count = options.ds_spill_head_groups or auto_spill_head_groups(batch, heads, nq, nk, block_q, block_k, BF16,
-                                                                  options.ds_spill_bytes)
-    group = max(h1 - h0 for h0, h1 in spill_head_groups(heads, count))
-    tiles = ds_spill_tiles(batch, group, nq, nk, block_q, block_k, BF16, options.ds_spill_bytes)
+    _, tiles = spill_layout(batch, heads, num_blocks(seq, block_q), num_blocks(seq, block_k), block_q, block_k, BF16,
+                            options)
     return tiles * block_q * block_k * BF16
 
 
