@@ -45,6 +45,7 @@ DENSITIES = (1.0, 0.2, 0.1, 0.05)
 BLOCK_Q, BLOCK_K = 128, 64
 TOPK, TOPP = 0.03, 0.2
 GRAPH_CALLS = 20  # sparge_attention calls captured in one CUDA graph for the graph-replay rows
+GRAPH_REPEATS = 20  # graph replays per graph row (the median is reported)
 GRAPH_FWD_BWD = 3  # fwd+bwd calls captured in one CUDA graph (each holds its gradients and workspaces)
 
 
@@ -277,7 +278,7 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
     # GRAPH_FWD_BWD calls captured in one CUDA graph, against cuDNN's the same way.
     def graph_time(label: str, run: Callable[[], object]) -> float | None:
         try:
-            return graph_ms(run, GRAPH_FWD_BWD)
+            return graph_ms(run, GRAPH_FWD_BWD, repeats=GRAPH_REPEATS)
         except Exception as exc:  # a capture failure is reported; the other rows still run
             print(f"{label}: CUDA graph capture failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr,
                   flush=True)
@@ -362,7 +363,19 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
                 m = MaskArgs(*idx, deterministic=det)
                 return cuda_backward.backward(dout, ctx.q, ctx.k, ctx.v, out, lse, None, m, options=options)
 
-            add(f"sparge backward alone ({mode}), {what}", time_ms(bwd), 2.5 * ctx.dense_flops * kept)
+            label = f"sparge backward alone ({mode}), {what}"
+            allocs = torch.cuda.memory_stats().get("num_device_alloc", 0)
+            add(label, time_ms(bwd), 2.5 * ctx.dense_flops * kept)
+            # cudaMalloc calls while timing (the caching allocator should serve every call after the first)
+            print(f"{label}: {torch.cuda.memory_stats().get('num_device_alloc', 0) - allocs} cudaMalloc calls "
+                  "while timed", file=sys.stderr, flush=True)
+            # GPU time only: the eager row also counts the host's glue (allocations, launches) where the GPU
+            # waits for it, as it does after do_bench's L2 flush.
+            if path == "sm90":
+                ms = graph_time(label, bwd)
+                if ms is not None:
+                    rows.append(Row(f"{label}, {GRAPH_FWD_BWD} in one CUDA graph (GPU time)", ms,
+                                    2.5 * ctx.dense_flops * kept))
 
     # Masks predicted from video-like inputs: sparge_attention (prediction + attention) trains through both.
     sq, skk, sv, pmask = ctx.predicted

@@ -3,8 +3,8 @@
 # the Hopper backward's dS spill mode (KernelOptions.dq_accumulate="spill": the dK/dV kernel writes dS tiles to a
 # buffer, a second Hopper kernel sums dQ = dS·K per query block) against the bulk reduce-add mode. Everything lands
 # in $OUT:
-#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [spill-tests] [ab] [sanitize] [tests] [bench] [ab14]
-#                                       [bench14] [ncu]
+#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [spill-tests] [ab] [sanitize] [tests] [suite] [bench]
+#                                       [ab14] [bench14] [ncu]
 #   (no argument = the first seven, in this order (the answer first), until the time budget runs out)
 #   build     source tools/device/setup.sh (all head dims and dtypes, 90a) -> build.log, gpu_spill.txt
 #   smoke     tools/sanitize_backward.py --paths sm90 sm90-persistent without a sanitizer under a 90 s cap (a hang:
@@ -14,6 +14,8 @@
 #             -> gpu_spill_tests.log
 #   tests     every backward GPU test (test_cuda_backward.py on sm80, sm90 and sm90-persistent) and
 #             test_cuda_training.py -> gpu_backward_tests.log
+#   suite     the other GPU tests: mask, forward, mask validation, sparge-pipelines' and sparge-train's
+#             -> gpu_suite_tests.log
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck of tools/sanitize_backward.py --paths sm90
 #             sm90-persistent (spill with every tile and with half of them) -> sanitizer_spill_<tool>.log
 #   ab        tools/device/bwd_ab.py --dq-modes bulk,spill (backward alone, persistent schedule; fwd+bwd eager and
@@ -54,6 +56,10 @@ for step in $steps; do
       timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs \
         "$tests/test_cuda_backward.py" "$tests/test_cuda_training.py" 2>&1 \
         | tee "$OUT/gpu_backward_tests.log" | tail -5 || rc=1 ;;
+    suite)
+      timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs "$tests/test_cuda_mask.py" \
+        "$tests/test_cuda_forward.py" "$tests/test_mask_validation.py" packages/sparge-pipelines/tests/test_gpu.py \
+        packages/sparge-train/tests/test_flow_and_losses.py 2>&1 | tee "$OUT/gpu_suite_tests.log" | tail -5 || rc=1 ;;
     sanitize)
       sanitize_step sanitizer_spill 150 python3 tools/sanitize_backward.py --paths sm90 sm90-persistent ;;
     ab)
