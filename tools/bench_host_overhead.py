@@ -5,7 +5,9 @@ host, so the wall time of `calls` back-to-back calls divided by `calls` is the h
 markdown table of the entry points and of the pieces of the mask glue (`cuda_mask.predict`), then (stderr)
 cProfile's top functions for `sparge_attention`:
 
-    python3 tools/bench_host_overhead.py [--calls 2000]
+    python3 tools/bench_host_overhead.py [--calls 2000] [--backward]
+
+With --backward: the training path instead (fwd+bwd per dQ mode, the backward glue alone, cProfile of fwd+bwd).
 
 With --dispatch-only (any machine, CPU tensors): the cost of the `sparge` ops themselves, i.e. each entry point
 with a stub backend whose predict/forward return preallocated outputs, so what remains is dispatch, argument
@@ -67,6 +69,56 @@ def dispatch_only(calls: int) -> None:
             print(f"| {label} | {per_call_us(fn, calls, warmup=200):.1f} |", flush=True)
 
 
+def profile_top(fn: Callable[[], object], calls: int, top: int = 25) -> str:
+    """cProfile's top functions (own time) of `calls` calls of fn."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
+def backward_host(calls: int) -> None:
+    """Host time of the training path: what the GPU waits for where its kernels are shorter than the host's work
+    (fwd+bwd eager against a CUDA graph of the same calls)."""
+    import sparge_kernels as sk
+    from sparge_kernels import cuda_backward
+    from sparge_kernels.backend import MaskArgs
+    from sparge_kernels.options import current_kernel_options
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, dout = (torch.randn(1, 1, 1024, 128, generator=g, device="cuda").to(torch.bfloat16) for _ in range(4))
+    scale = 128**-0.5
+    mask = sk.predict_block_mask(q, k, topk=0.05, topp=0.0, scale=scale)
+    with torch.no_grad():
+        out, lse = sk.block_sparse_attention(q, k, v, mask, scale=scale, return_lse=True)
+    args = MaskArgs(mask.kv_count, mask.kv_index, mask.q_count, mask.q_index, 128, 64, scale)
+    qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
+
+    def fwd_bwd():
+        return torch.autograd.grad(sk.block_sparse_attention(qq, kk, vv, mask, scale=scale), (qq, kk, vv), dout)
+
+    print(f"Device: {torch.cuda.get_device_name()}, torch {torch.__version__}; {calls} calls each, "
+          "(1, 1, 1024, 128) bf16, predicted 5% mask\n")
+    print("| entry point | host µs per call |\n|---|---:|")
+    for mode in ("spill", "bulk"):
+        with sk.kernel_options(dq_accumulate=mode):
+            options = current_kernel_options()
+            rows = {
+                f"fwd+bwd: block_sparse_attention + torch.autograd.grad, {mode} dQ": fwd_bwd,
+                f"cuda_backward.backward (the backward glue alone), {mode} dQ": lambda options=options: (
+                    cuda_backward.backward(dout, q, k, v, out, lse, None, args, options=options)),
+            }
+            for label, fn in rows.items():
+                print(f"| {label} | {per_call_us(fn, calls):.1f} |", flush=True)
+    with sk.kernel_options(dq_accumulate="spill"):
+        print(profile_top(fwd_bwd, calls), file=sys.stderr)
+
+
 def main() -> None:
     import sparge_kernels as sk
     from sparge_kernels import cuda_mask, reference
@@ -75,9 +127,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--dispatch-only", action="store_true", help="the ops' own cost, CPU tensors, stub backend")
+    parser.add_argument("--backward", action="store_true",
+                        help="the training entry points instead: fwd+bwd per dQ mode and the backward glue alone")
     args = parser.parse_args()
     if args.dispatch_only:
         return dispatch_only(args.calls)
+    if args.backward:
+        return backward_host(args.calls)
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, 1, 1024, 128, generator=g, device="cuda").to(torch.bfloat16) for _ in range(3))
     scale = 128**-0.5
@@ -122,15 +178,7 @@ def main() -> None:
     with torch.no_grad():
         for label, fn in {**rows, **pieces}.items():
             print(f"| {label} | {per_call_us(fn, args.calls):.1f} |", flush=True)
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(args.calls):
-            rows["sparge_attention (public API)"]()
-        profiler.disable()
-    torch.cuda.synchronize()
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
-    print(text.getvalue(), file=sys.stderr)
+        print(profile_top(rows["sparge_attention (public API)"], args.calls), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 # the Hopper backward's dS spill mode (KernelOptions.dq_accumulate="spill": the dK/dV kernel writes dS tiles to a
 # buffer, a second Hopper kernel sums dQ = dS·K per query block) against the bulk reduce-add mode. Everything lands
 # in $OUT:
-#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [spill-tests] [ab] [sanitize] [tests] [suite] [bench]
+#   bash tools/device/bwd_spill_h200.sh [build] [smoke] [spill-tests] [ab] [sanitize] [tests] [suite] [host] [bench]
 #                                       [ab14] [bench14] [ncu]
 #   (no argument = the first seven, in this order (the answer first), until the time budget runs out)
 #   build     source tools/device/setup.sh (all head dims and dtypes, 90a) -> build.log, gpu_spill.txt
@@ -16,6 +16,8 @@
 #             test_cuda_training.py -> gpu_backward_tests.log
 #   suite     the other GPU tests: mask, forward, mask validation, sparge-pipelines' and sparge-train's
 #             -> gpu_suite_tests.log
+#   host      tools/bench_host_overhead.py --backward: the host's time per fwd+bwd and per backward glue call
+#             (a tiny problem, so the GPU waits for the host) -> host_bwd.md (+ cProfile in host_bwd.log)
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck of tools/sanitize_backward.py --paths sm90
 #             sm90-persistent (spill with every tile and with half of them) -> sanitizer_spill_<tool>.log
 #   ab        tools/device/bwd_ab.py --dq-modes bulk,spill (backward alone, persistent schedule; fwd+bwd eager and
@@ -60,6 +62,9 @@ for step in $steps; do
       timeout "$(left 300)" python3 -m pytest -m gpu -q -p no:cacheprovider -rs "$tests/test_cuda_mask.py" \
         "$tests/test_cuda_forward.py" "$tests/test_mask_validation.py" packages/sparge-pipelines/tests/test_gpu.py \
         packages/sparge-train/tests/test_flow_and_losses.py 2>&1 | tee "$OUT/gpu_suite_tests.log" | tail -5 || rc=1 ;;
+    host)
+      timeout "$(left 60)" python3 tools/bench_host_overhead.py --backward --calls 1000 >"$OUT/host_bwd.md" \
+        2>"$OUT/host_bwd.log" || rc=1 ;;
     sanitize)
       sanitize_step sanitizer_spill 150 python3 tools/sanitize_backward.py --paths sm90 sm90-persistent ;;
     ab)
