@@ -45,8 +45,8 @@ DENSITIES = (1.0, 0.2, 0.1, 0.05)
 BLOCK_Q, BLOCK_K = 128, 64
 TOPK, TOPP = 0.03, 0.2
 GRAPH_CALLS = 20  # sparge_attention calls captured in one CUDA graph for the graph-replay rows
-GRAPH_REPEATS = 20  # graph replays per graph row (the median is reported)
 GRAPH_FWD_BWD = 3  # fwd+bwd calls captured in one CUDA graph (each holds its gradients and workspaces)
+GRAPH_FWD_BWD_REPEATS = 20  # replays of that graph per row (the median is reported)
 
 
 @dataclass
@@ -106,6 +106,12 @@ def time_ms(fn: Callable[[], object], rep_ms: int = 200, min_runs: int = 20) -> 
             end.synchronize()
             samples.append(start.elapsed_time(end))
         return statistics.median(samples)
+
+
+def fwd_bwd_graph_ms(run: Callable[[], object]) -> float:
+    """GPU time per call of a fwd+bwd (or backward) callable: GRAPH_FWD_BWD calls captured in one CUDA graph, the
+    median of GRAPH_FWD_BWD_REPEATS replays."""
+    return graph_ms(run, GRAPH_FWD_BWD, repeats=GRAPH_FWD_BWD_REPEATS)
 
 
 def random_mask(b, h, lq, lk, density, seed=0, block_k=BLOCK_K):
@@ -278,7 +284,7 @@ def fwd_bwd_rows(ctx: ShapeContext, with_flex: bool = True, with_flash: bool = T
     # GRAPH_FWD_BWD calls captured in one CUDA graph, against cuDNN's the same way.
     def graph_time(label: str, run: Callable[[], object]) -> float | None:
         try:
-            return graph_ms(run, GRAPH_FWD_BWD, repeats=GRAPH_REPEATS)
+            return fwd_bwd_graph_ms(run)
         except Exception as exc:  # a capture failure is reported; the other rows still run
             print(f"{label}: CUDA graph capture failed: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr,
                   flush=True)

@@ -91,8 +91,7 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
             # The same from a CUDA graph, GPU time only: where it is well below the eager row, that row counted
             # the host's gaps (Python, autograd) between the kernels.
             try:
-                row(f"fwd+bwd, {ba.GRAPH_FWD_BWD} in one CUDA graph{suffix}",
-                    ba.graph_ms(fwd_bwd, ba.GRAPH_FWD_BWD, repeats=ba.GRAPH_REPEATS),
+                row(f"fwd+bwd, {ba.GRAPH_FWD_BWD} in one CUDA graph{suffix}", ba.fwd_bwd_graph_ms(fwd_bwd),
                     3.5 * dense_flops * mask.density)
             except Exception as exc:  # reported; the other rows still run
                 print(f"fwd+bwd CUDA graph: capture failed: {type(exc).__name__}: {exc}", file=sys.stderr,
@@ -109,8 +108,7 @@ def time_density(label: str, name: str, tensors, density: float, schedules: list
 
         what = f"FlexAttention fwd+bwd, 128x128 blocks (kept {native.density:.3f})"
         row(what, ba.time_ms(flex_fwd_bwd), 3.5 * dense_flops * native.density)
-        row(f"{what}, {ba.GRAPH_FWD_BWD} in one CUDA graph",
-            ba.graph_ms(flex_fwd_bwd, ba.GRAPH_FWD_BWD, repeats=ba.GRAPH_REPEATS),
+        row(f"{what}, {ba.GRAPH_FWD_BWD} in one CUDA graph", ba.fwd_bwd_graph_ms(flex_fwd_bwd),
             3.5 * dense_flops * native.density)
     if profile:  # where fwd+bwd spends what forward + backward alone do not (CUDA time per kernel, stderr)
         from torch.profiler import ProfilerActivity
